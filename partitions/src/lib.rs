@@ -7,6 +7,7 @@
 
 pub mod base32;
 pub mod filter;
+pub mod hex;
 pub mod limits;
 pub mod org;
 pub mod partition;

@@ -1,0 +1,229 @@
+//! Changes: signed deltas to one record.
+//!
+//! A change names its record (partition, type, id), its author (instance,
+//! key, optional authority tag), its counter and hybrid clock reading, what
+//! the author had seen of the record (a version vector), and the operation.
+//! The signature covers all of that in a canonical encoding (`wire.rs`), so a
+//! relay can forward a change but never alter it.
+//!
+//! Operations: `Put` sets or unsets fields; with `replace` it also unsets
+//! every field it does not list (a create, or a write to a deleted record).
+//! `Delete` marks the record deleted. Every change also writes the record's
+//! existence: true for `Put`, false for `Delete`.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use partitions::{Partition, RecordType, WriteKind};
+
+use crate::ids::{AuthorKey, Counter, Dot, Hlc, InstanceId, RecordId};
+use crate::limits::{AUTHORITY_BYTES_MAX, FIELD_NAME_BYTES_MAX, FIELDS_MAX, RECORD_BYTES_MAX};
+use crate::value::Value;
+use crate::vector::VersionVector;
+
+/// Where a record lives: the natural key two devices meet on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordKey {
+    pub partition: Partition,
+    pub record_type: RecordType,
+    pub id: RecordId,
+}
+
+impl RecordKey {
+    /// The store key: partition key, 0x01, type, 0x00, id. Records of one
+    /// partition (and one type inside it) are contiguous.
+    pub fn to_key(&self) -> Vec<u8> {
+        let mut key = type_prefix(&self.partition, &self.record_type);
+        key.extend_from_slice(self.id.as_str().as_bytes());
+        key
+    }
+}
+
+/// Partition key, 0x01, type, 0x00: the prefix of everything stored about
+/// one record type in one partition.
+pub fn type_prefix(partition: &Partition, record_type: &RecordType) -> Vec<u8> {
+    let mut key = partition.to_key();
+    key.push(1);
+    key.extend_from_slice(record_type.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+/// What a change does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Sets (`Some`) or unsets (`None`) fields. With `replace`, every field
+    /// not listed is unset too.
+    Put {
+        replace: bool,
+        fields: BTreeMap<String, Option<Value>>,
+    },
+    Delete,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub record: RecordKey,
+    pub author: InstanceId,
+    pub author_key: AuthorKey,
+    pub counter: Counter,
+    pub hlc: Hlc,
+    pub authority: Option<String>,
+    pub seen: VersionVector,
+    pub op: Op,
+    pub signature: [u8; 64],
+}
+
+/// Why a change is malformed, independent of who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("counter 0 is not a change")]
+    ZeroCounter,
+    #[error("the change claims to have seen its own counter {seen} (it is {counter})")]
+    SeenItself { seen: Counter, counter: Counter },
+    #[error("the change writes {count} fields, more than the {max} allowed")]
+    TooManyFields { count: usize, max: usize },
+    #[error("field name {name:?} is empty, too long or has control characters")]
+    FieldName { name: String },
+    #[error("the change's fields are {len} bytes, more than the {max} allowed")]
+    TooLarge { len: usize, max: usize },
+    #[error("authority tag is {len} bytes, more than the {max} allowed")]
+    Authority { len: usize, max: usize },
+    #[error("bad signature")]
+    Signature,
+}
+
+impl Change {
+    pub fn dot(&self) -> Dot {
+        Dot {
+            instance: self.author,
+            counter: self.counter,
+        }
+    }
+
+    /// What the change does as far as permissions care. Decided by the change
+    /// alone, so every node classifies it the same way: a put that replaces
+    /// the record or whose author had seen nothing of it creates.
+    pub fn write_kind(&self) -> WriteKind {
+        match &self.op {
+            Op::Delete => WriteKind::Delete,
+            Op::Put { replace: true, .. } => WriteKind::Create,
+            Op::Put { replace: false, .. } if self.seen.is_empty() => WriteKind::Create,
+            Op::Put { .. } => WriteKind::Update,
+        }
+    }
+
+    pub fn is_delete(&self) -> bool {
+        matches!(self.op, Op::Delete)
+    }
+
+    /// Whether this change writes the field `name` (set or unset).
+    pub fn writes_field(&self, name: &str) -> bool {
+        match &self.op {
+            Op::Put { replace: true, .. } => true,
+            Op::Put {
+                replace: false,
+                fields,
+            } => fields.contains_key(name),
+            Op::Delete => false,
+        }
+    }
+
+    /// What this change writes to field `name`, if it writes it: `Some(None)`
+    /// is an unset.
+    pub fn field(&self, name: &str) -> Option<Option<&Value>> {
+        match &self.op {
+            Op::Put { replace, fields } => match fields.get(name) {
+                Some(v) => Some(v.as_ref()),
+                None if *replace => Some(None),
+                None => None,
+            },
+            Op::Delete => None,
+        }
+    }
+
+    /// The fields this change names explicitly.
+    pub fn field_names(&self) -> impl Iterator<Item = &str> {
+        let fields = match &self.op {
+            Op::Put { fields, .. } => Some(fields),
+            Op::Delete => None,
+        };
+        fields
+            .into_iter()
+            .flat_map(|f| f.keys().map(String::as_str))
+    }
+
+    /// The bytes the signature covers.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        crate::wire::change_signing_bytes(self)
+    }
+
+    pub fn sign(&mut self, key: &SigningKey) {
+        debug_assert_eq!(key.verifying_key().to_bytes(), self.author_key.0);
+        self.signature = key.sign(&self.signing_bytes()).to_bytes();
+    }
+
+    /// Verifies the signature alone (strictly: no small-order keys, no
+    /// malleable signatures).
+    pub fn verify(&self) -> Result<(), ChangeError> {
+        verify_strict(&self.author_key, &self.signing_bytes(), &self.signature)
+    }
+
+    /// Checks the form of the change: everything that can be wrong with it
+    /// whoever wrote it. `encoded_len` is the length of its signing bytes.
+    pub fn check_form(&self, encoded_len: usize) -> Result<(), ChangeError> {
+        if self.counter == 0 {
+            return Err(ChangeError::ZeroCounter);
+        }
+        let seen = self.seen.get(&self.author);
+        if seen >= self.counter {
+            return Err(ChangeError::SeenItself {
+                seen,
+                counter: self.counter,
+            });
+        }
+        if let Op::Put { fields, .. } = &self.op {
+            if fields.len() > FIELDS_MAX {
+                return Err(ChangeError::TooManyFields {
+                    count: fields.len(),
+                    max: FIELDS_MAX,
+                });
+            }
+            if let Some(name) = fields.keys().find(|n| !is_field_name(n)) {
+                return Err(ChangeError::FieldName { name: name.clone() });
+            }
+        }
+        if encoded_len > RECORD_BYTES_MAX {
+            return Err(ChangeError::TooLarge {
+                len: encoded_len,
+                max: RECORD_BYTES_MAX,
+            });
+        }
+        if let Some(authority) = &self.authority
+            && authority.len() > AUTHORITY_BYTES_MAX
+        {
+            return Err(ChangeError::Authority {
+                len: authority.len(),
+                max: AUTHORITY_BYTES_MAX,
+            });
+        }
+        Ok(())
+    }
+}
+
+pub fn is_field_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= FIELD_NAME_BYTES_MAX && !name.chars().any(char::is_control)
+}
+
+pub(crate) fn verify_strict(
+    key: &AuthorKey,
+    message: &[u8],
+    signature: &[u8; 64],
+) -> Result<(), ChangeError> {
+    let key = VerifyingKey::from_bytes(&key.0).map_err(|_| ChangeError::Signature)?;
+    if key.is_weak() {
+        return Err(ChangeError::Signature);
+    }
+    key.verify_strict(message, &Signature::from_bytes(signature))
+        .map_err(|_| ChangeError::Signature)
+}

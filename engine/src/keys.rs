@@ -1,0 +1,96 @@
+//! The store's key layouts (docs/storage.md has the table). One ordered key
+//! space; the first byte names the table. Partition keys end every segment
+//! with 0x00 and are followed by 0x01, so a partition's key is a prefix of
+//! the keys of everything inside it and of nothing else.
+
+use partitions::{Partition, RecordType};
+
+use crate::change::type_prefix;
+use crate::ids::{Counter, InstanceId, RecordId};
+
+pub const META: u8 = b'm';
+pub const RECORDS: u8 = b'r';
+pub const BY_ID: u8 = b'i';
+pub const CHANGES: u8 = b'c';
+pub const HEADS: u8 = b'h';
+pub const CHAINS: u8 = b'k';
+pub const AUTHOR_CHAINS: u8 = b'a';
+pub const CONFLICTS: u8 = b'x';
+pub const LEDGER: u8 = b'l';
+pub const PEERS: u8 = b'p';
+
+pub fn meta(name: &str) -> Vec<u8> {
+    let mut key = vec![META];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// `RECORDS ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ id`
+pub fn record(partition: &Partition, record_type: &RecordType, id: &RecordId) -> Vec<u8> {
+    let mut key = vec![RECORDS];
+    key.extend_from_slice(&type_prefix(partition, record_type));
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+/// `BY_ID ‖ type ‖ 0x00 ‖ id ‖ 0x00 ‖ partition`
+pub fn by_id(partition: &Partition, record_type: &RecordType, id: &RecordId) -> Vec<u8> {
+    let mut key = by_id_prefix(record_type, id);
+    partition.write_key(&mut key);
+    key
+}
+
+pub fn by_id_prefix(record_type: &RecordType, id: &RecordId) -> Vec<u8> {
+    let mut key = vec![BY_ID];
+    key.extend_from_slice(record_type.as_str().as_bytes());
+    key.push(0);
+    key.extend_from_slice(id.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+/// `HEADS ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ instance`
+pub fn head(partition: &Partition, record_type: &RecordType, instance: &InstanceId) -> Vec<u8> {
+    let mut key = vec![HEADS];
+    key.extend_from_slice(&type_prefix(partition, record_type));
+    key.extend_from_slice(&instance.0);
+    key
+}
+
+/// `CHANGES ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ instance ‖ counter (u64 BE)`
+pub fn change(
+    partition: &Partition,
+    record_type: &RecordType,
+    instance: &InstanceId,
+    counter: Counter,
+) -> Vec<u8> {
+    let mut key = vec![CHANGES];
+    key.extend_from_slice(&type_prefix(partition, record_type));
+    key.extend_from_slice(&instance.0);
+    key.extend_from_slice(&counter.to_be_bytes());
+    key
+}
+
+/// A table prefix followed by a partition's key: everything of the table
+/// inside that partition.
+pub fn under(table: u8, partition: &Partition) -> Vec<u8> {
+    let mut key = vec![table];
+    partition.write_key(&mut key);
+    key
+}
+
+/// Splits `partition ‖ 0x01 ‖ type ‖ 0x00 ‖ rest` (without the table byte).
+pub fn split_typed(key: &[u8]) -> Option<(Partition, RecordType, &[u8])> {
+    let org_len = partitions::org::ORG_ID_BYTES;
+    if key.len() < org_len {
+        return None;
+    }
+    // Segments end with 0x00 and never contain 0x00 or 0x01, so the first
+    // 0x01 after the org id ends the partition.
+    let marker = org_len + key[org_len..].iter().position(|&b| b == 1)?;
+    let partition = Partition::from_key(&key[..marker]).ok()?;
+    let rest = &key[marker + 1..];
+    let type_end = rest.iter().position(|&b| b == 0)?;
+    let record_type = RecordType::parse(std::str::from_utf8(&rest[..type_end]).ok()?).ok()?;
+    Some((partition, record_type, &rest[type_end + 1..]))
+}

@@ -1,0 +1,80 @@
+//! Every bound on what the engine accepts from peers, files and applications,
+//! in one place, each with the reason for its number. Decoders check these
+//! before allocating; relations between them are asserted at compile time.
+
+/// Bytes of a record id. Morango ids are 32 hex digits; natural keys such as
+/// `learner-0042/exercise-17` fit easily.
+pub const RECORD_ID_BYTES_MAX: usize = 256;
+
+/// Bytes of a field name.
+pub const FIELD_NAME_BYTES_MAX: usize = 128;
+
+/// Fields one change may set or unset. Kolibri's widest models have a few
+/// dozen columns.
+pub const FIELDS_MAX: usize = 256;
+
+/// Nesting depth of a field value (arrays and maps inside arrays and maps).
+pub const VALUE_DEPTH_MAX: usize = 32;
+
+/// Encoded bytes of one change's fields. Records are rows, not files: a
+/// megabyte is far above any Morango model and keeps a batch of them bounded.
+pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
+
+/// Instances in one version vector. Every device that ever wrote a record
+/// appears once; a thousand writers of one record is already pathological.
+pub const VECTOR_ENTRIES_MAX: usize = 1024;
+
+/// Bytes of an authority tag (same bound as in certificates).
+pub const AUTHORITY_BYTES_MAX: usize = 64;
+
+/// Changes in one batch. Large enough that per-batch costs (a round trip, an
+/// fsync, a zstd frame) vanish; small enough that a lost batch is cheap to
+/// resend.
+pub const BATCH_CHANGES_MAX: usize = 4096;
+
+/// Uncompressed bytes of one batch body, and the most a batch may
+/// decompress to (the zip-bomb bound).
+pub const DECOMPRESSED_BYTES_MAX: usize = 24 * 1024 * 1024;
+
+/// Bytes of one wire message (a frame). A batch's compressed body plus its
+/// envelope; zstd never expands input by more than a few hundred bytes per
+/// 128 KiB block.
+pub const MESSAGE_BYTES_MAX: usize = DECOMPRESSED_BYTES_MAX + DECOMPRESSED_BYTES_MAX / 64 + 4096;
+
+/// Frontier entries (partition, record type, instance) in one heads
+/// message. Per-learner partitions with a few writers each reach tens of
+/// thousands; a million entries is about 60 MiB before compression, so the
+/// decompression bound is the effective limit.
+pub const HEADS_ENTRIES_MAX: usize = 1_000_000;
+
+/// Bytes of one certificate chain the engine stores or forwards (opaque to
+/// it). Matches `certs::limits::CHAIN_BYTES_MAX` with room to spare.
+pub const CREDENTIALS_BYTES_MAX: usize = 1024 * 1024;
+
+/// Certificate chains carried in one batch (one per author, usually one).
+pub const BATCH_CHAINS_MAX: usize = 64;
+
+/// Text of a session abort reason or a rejection reason.
+pub const REASON_BYTES_MAX: usize = 512;
+
+/// Rejection reasons kept in one session summary (the count is exact).
+pub const SUMMARY_REJECTIONS_MAX: usize = 32;
+
+/// Milliseconds without progress before a session resends its last message.
+pub const RETRANSMIT_MS: u64 = 2_000;
+
+/// Milliseconds without any message from the peer before a session fails.
+pub const SESSION_IDLE_TIMEOUT_MS: u64 = 30_000;
+
+/// Default changes per batch when the caller does not choose (TAO's chunk
+/// size): big enough for throughput, small enough for progress bars.
+pub const BATCH_CHANGES_DEFAULT: usize = 2048;
+
+/// Default uncompressed bytes per batch.
+pub const BATCH_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
+
+const _: () = assert!(BATCH_CHANGES_DEFAULT <= BATCH_CHANGES_MAX);
+const _: () = assert!(BATCH_BYTES_DEFAULT <= DECOMPRESSED_BYTES_MAX);
+const _: () = assert!(RECORD_BYTES_MAX * 8 <= DECOMPRESSED_BYTES_MAX);
+const _: () = assert!(CREDENTIALS_BYTES_MAX * 4 <= DECOMPRESSED_BYTES_MAX);
+const _: () = assert!(RETRANSMIT_MS < SESSION_IDLE_TIMEOUT_MS);

@@ -1,0 +1,297 @@
+//! Merge: the state of a record as a function of the set of changes it has
+//! received, and the visible record derived from it.
+//!
+//! Every change writes *registers*: the record's existence, each field it
+//! lists, and, for a replacing put, every other field too. A change `d`
+//! *supersedes* `c` on a register both write when `d` had seen `c`
+//! (`d.seen` covers `c`'s dot). For each register we keep `known`, the
+//! pointwise maximum of the `seen` vectors of every change ever applied that
+//! writes it; `c` is *current* on a register exactly when that vector does
+//! not cover it. A record keeps the changes current on at least one register
+//! (usually one) and drops the rest.
+//!
+//! Laws (tested in `tests/merge_laws.rs`):
+//! - the state after applying a set of changes does not depend on their
+//!   order, on duplicates, or on how they were grouped (commutative,
+//!   associative, idempotent), because `known` is a maximum over the set and
+//!   currency depends only on `known` and the change;
+//! - a written value disappears only when a change that saw it writes the
+//!   same register (no silent loss: concurrent values stay current and show
+//!   up as conflicts);
+//! - the visible record picks, per register, the greatest current change by
+//!   the type's policy, a total order, so every node shows the same record.
+//!
+//! The three outcomes reported for an incoming change follow SPEC §3:
+//! **skip** (it adds nothing: already held, or superseded everywhere it
+//! writes), **update** (its author had seen everything the record reflects:
+//! a fast-forward), or **merge** (concurrent: field by field).
+
+use std::collections::BTreeMap;
+
+use crate::change::{Change, Op};
+use crate::ids::Dot;
+use crate::policy::{DeletePolicy, TypePolicy};
+use crate::value::Value;
+use crate::vector::VersionVector;
+
+/// What a record holds: its retained changes and what it knows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordState {
+    /// Every dot and every `seen` of every change applied: what the record
+    /// reflects. A local write's `seen` is this vector.
+    pub vv: VersionVector,
+    pub known: Knowledge,
+    /// Retained changes, ordered by dot.
+    pub changes: Vec<Change>,
+}
+
+/// Per register, the maximum `seen` of the changes that write it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Knowledge {
+    pub exists: VersionVector,
+    /// Writers of every field: replacing puts.
+    pub all_fields: VersionVector,
+    /// Writers that list the field.
+    pub fields: BTreeMap<String, VersionVector>,
+}
+
+/// What applying a change did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing new: already held or superseded wherever it writes.
+    Skipped,
+    /// Fast-forward: its author had seen everything the record reflects.
+    Updated,
+    /// Concurrent with what the record holds; merged field by field.
+    /// `conflicts` counts registers where it now competes with another value.
+    Merged { conflicts: usize },
+}
+
+/// Why a change cannot be merged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MergeError {
+    #[error("instance {0:?} signed two different changes with counter {1}")]
+    Equivocation(crate::ids::InstanceId, u64),
+}
+
+/// A retained value that lost to another one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    /// The field, or `None` for the record's existence (delete against update).
+    pub field: Option<String>,
+    /// The losing value; `None` is an unset field, or a deletion.
+    pub value: Option<Value>,
+    pub dot: Dot,
+    pub hlc: crate::ids::Hlc,
+}
+
+/// The record as applications see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct View {
+    pub exists: bool,
+    pub fields: BTreeMap<String, Value>,
+    pub conflicts: Vec<Conflict>,
+}
+
+impl Knowledge {
+    fn field(&self, name: &str) -> VersionVector {
+        let mut v = self.all_fields.clone();
+        if let Some(listed) = self.fields.get(name) {
+            v.merge(listed);
+        }
+        v
+    }
+
+    fn add(&mut self, change: &Change) {
+        self.exists.merge(&change.seen);
+        if let Op::Put { replace, fields } = &change.op {
+            if *replace {
+                self.all_fields.merge(&change.seen);
+            }
+            for name in fields.keys() {
+                self.fields
+                    .entry(name.clone())
+                    .or_default()
+                    .merge(&change.seen);
+            }
+        }
+    }
+
+    /// Whether `change` is current on at least one register it writes.
+    fn retains(&self, change: &Change) -> bool {
+        let dot = change.dot();
+        if !self.exists.covers(dot) {
+            return true;
+        }
+        match &change.op {
+            Op::Delete => false,
+            Op::Put { replace, fields } => {
+                (*replace && !self.all_fields.covers(dot))
+                    || fields.keys().any(|name| !self.field(name).covers(dot))
+            }
+        }
+    }
+}
+
+impl RecordState {
+    /// Applies one change (already verified and authorised). Returns the
+    /// outcome and the dots of the changes dropped as superseded.
+    pub fn apply(&mut self, change: Change) -> Result<(Outcome, Vec<Dot>), MergeError> {
+        let dot = change.dot();
+        if let Ok(i) = self.changes.binary_search_by_key(&dot, Change::dot) {
+            if self.changes[i] == change {
+                return Ok((Outcome::Skipped, Vec::new()));
+            }
+            return Err(MergeError::Equivocation(dot.instance, dot.counter));
+        }
+        let fast_forward = change.seen.dominates(&self.vv);
+        self.vv.merge(&change.seen);
+        self.vv.add(dot);
+        self.known.add(&change);
+        let known = &self.known;
+        let mut dropped = Vec::new();
+        self.changes.retain(|c| {
+            let keep = known.retains(c);
+            if !keep {
+                dropped.push(c.dot());
+            }
+            keep
+        });
+        if !self.known.retains(&change) {
+            return Ok((Outcome::Skipped, dropped));
+        }
+        let conflicts = if fast_forward {
+            0
+        } else {
+            self.competitors(&change)
+        };
+        let at = self
+            .changes
+            .binary_search_by_key(&dot, Change::dot)
+            .unwrap_or_else(|i| i);
+        self.changes.insert(at, change);
+        let outcome = if fast_forward {
+            Outcome::Updated
+        } else {
+            Outcome::Merged { conflicts }
+        };
+        Ok((outcome, dropped))
+    }
+
+    /// Registers on which `change` competes with a different current value.
+    fn competitors(&self, change: &Change) -> usize {
+        let dot = change.dot();
+        let mut count = 0;
+        let exists = !change.is_delete();
+        let known = &self.known.exists;
+        if !known.covers(dot)
+            && self
+                .changes
+                .iter()
+                .any(|c| !known.covers(c.dot()) && c.is_delete() == exists)
+        {
+            count += 1;
+        }
+        for name in change.field_names() {
+            let known = self.known.field(name);
+            if known.covers(dot) {
+                continue;
+            }
+            let mine = change.field(name).flatten();
+            let differs = self.changes.iter().any(|c| {
+                c.writes_field(name) && !known.covers(c.dot()) && c.field(name).flatten() != mine
+            });
+            if differs {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// The record as it should be shown, under `policy`.
+    pub fn view(&self, policy: &TypePolicy) -> View {
+        let mut conflicts = Vec::new();
+        // Existence.
+        let current: Vec<&Change> = self
+            .changes
+            .iter()
+            .filter(|c| !self.known.exists.covers(c.dot()))
+            .collect();
+        let any_put = current.iter().any(|c| !c.is_delete());
+        let any_delete = current.iter().any(|c| c.is_delete());
+        let exists = match (any_put, any_delete) {
+            (true, true) => policy.delete == DeletePolicy::UpdateWins,
+            (true, false) => true,
+            (false, true) => false,
+            // Only possible with contradictory `seen` vectors: fall back on
+            // whether any retained change is a put, the same on every node.
+            (false, false) => self.changes.iter().any(|c| !c.is_delete()),
+        };
+        if any_put && any_delete {
+            for c in current.iter().filter(|c| c.is_delete() == exists) {
+                conflicts.push(
+                    Conflict {
+                        field: None,
+                        value: None,
+                        dot: c.dot(),
+                        hlc: c.hlc,
+                    }
+                    .with_put(c),
+                );
+            }
+        }
+        // Fields: every name some retained change lists.
+        let mut names: Vec<&str> = self.changes.iter().flat_map(Change::field_names).collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut fields = BTreeMap::new();
+        for name in names {
+            let known = self.known.field(name);
+            let writers: Vec<&Change> = self
+                .changes
+                .iter()
+                .filter(|c| c.writes_field(name) && !known.covers(c.dot()))
+                .collect();
+            let Some(winner) = writers.iter().copied().max_by(|a, b| policy.compare(a, b)) else {
+                continue;
+            };
+            let value = winner.field(name).flatten();
+            if let Some(value) = value {
+                fields.insert(name.to_owned(), value.clone());
+            }
+            for c in writers {
+                let theirs = c.field(name).flatten();
+                if c.dot() != winner.dot() && theirs != value {
+                    conflicts.push(Conflict {
+                        field: Some(name.to_owned()),
+                        value: theirs.cloned(),
+                        dot: c.dot(),
+                        hlc: c.hlc,
+                    });
+                }
+            }
+        }
+        if !exists {
+            fields.clear();
+        }
+        View {
+            exists,
+            fields,
+            conflicts,
+        }
+    }
+}
+
+impl Conflict {
+    /// For an existence conflict, a losing put is shown by its fields.
+    fn with_put(mut self, change: &Change) -> Conflict {
+        if let Op::Put { fields, .. } = &change.op {
+            let map: BTreeMap<String, Value> = fields
+                .iter()
+                .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+                .collect();
+            self.value = Some(Value::Map(map));
+        }
+        self
+    }
+}

@@ -1,0 +1,869 @@
+//! Every byte encoding the engine uses: wire messages, batches, signing bytes
+//! of changes, and the blobs the store keeps. The only module that touches
+//! serde_cbor (unmaintained, RUSTSEC-2021-0127, but stable): every decode
+//! here checks sizes before it decodes, and is fuzzed (`fuzz/`).
+//!
+//! A frame on the wire is one byte of protocol version followed by one CBOR
+//! message (serde_cbor's packed form: struct fields and enum variants by
+//! index). Batches and heads travel compressed: a zstd frame of CBOR, with
+//! its uncompressed length and a blake3 checksum of the compressed bytes
+//! checked before decompressing, and decompression bounded by that length.
+//! docs/protocol.md specifies the messages field by field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use partitions::{Filter, Partition, RecordType};
+use serde::{Deserialize, Serialize};
+
+use crate::change::{Change, Op, RecordKey};
+use crate::ids::{AuthorKey, Hlc, InstanceId, RecordId};
+use crate::limits::{
+    BATCH_CHAINS_MAX, BATCH_CHANGES_MAX, CREDENTIALS_BYTES_MAX, DECOMPRESSED_BYTES_MAX,
+    HEADS_ENTRIES_MAX, MESSAGE_BYTES_MAX, REASON_BYTES_MAX,
+};
+use crate::merge::{Knowledge, RecordState};
+use crate::value::Value;
+use crate::vector::VersionVector;
+
+/// The protocol version this engine speaks: the first byte of every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// zstd level for batches: level 3 compresses Morango-shaped records about
+/// as well as level 9 at several times the speed.
+const ZSTD_LEVEL: i32 = 3;
+
+// ---------------------------------------------------------------------------
+// Messages
+
+/// One message of the sync protocol (see docs/protocol.md).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Hello(Hello),
+    Welcome(Welcome),
+    /// "I do not know the chain you named by hash: send it whole."
+    NeedCredentials,
+    Heads(Heads),
+    Batch(Batch),
+    Ack {
+        seq: u64,
+    },
+    /// The sender of a direction has nothing more: `batches` were sent.
+    End {
+        batches: u64,
+    },
+    /// The initiator found both digests equal: nothing to do.
+    Done,
+    Abort {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hello {
+    pub session: [u8; 16],
+    pub credentials: Credentials,
+    pub filter: Filter,
+    /// The initiator wants the responder's changes.
+    pub pull: bool,
+    /// The initiator offers its changes.
+    pub push: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Welcome {
+    pub credentials: Credentials,
+    /// The responder's digest of what may flow responder → initiator.
+    pub digest_pull: [u8; 32],
+    /// The responder's digest of what may flow initiator → responder.
+    pub digest_push: [u8; 32],
+}
+
+/// A certificate chain, by hash when the peer has it cached.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Hash([u8; 32]),
+    Full(Vec<u8>),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Hash(h) => write!(f, "Hash({})", &partitions::hex::encode(h)[..8]),
+            Credentials::Full(b) => write!(f, "Full({} bytes)", b.len()),
+        }
+    }
+}
+
+/// What the sender of this message holds in the region the other side may
+/// send it: (partition, type, instance) → highest counter held. `pull` and
+/// `push` say which directions will run (the initiator drops a direction
+/// whose digests matched).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Heads {
+    pub pull: bool,
+    pub push: bool,
+    pub entries: Vec<HeadEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeadEntry {
+    pub partition: Partition,
+    pub record_type: RecordType,
+    pub instance: InstanceId,
+    pub counter: u64,
+}
+
+/// What the sender is about to send, for progress with totals.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub changes: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    pub seq: u64,
+    /// What the whole transfer will carry (the same in every batch).
+    pub plan: Plan,
+    pub groups: Vec<Group>,
+    /// Certificate chains of authors in this batch the receiver may lack.
+    pub chains: Vec<Vec<u8>>,
+}
+
+/// A run of changes by one author to one type in one partition: every change
+/// the sender retains of them with a counter above `after`, up to the last
+/// one listed. The first group of a triple in a session starts after the
+/// receiver's frontier entry; later ones after the previous group's last.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub partition: Partition,
+    pub record_type: RecordType,
+    pub author: InstanceId,
+    pub author_key: AuthorKey,
+    pub after: u64,
+    pub changes: Vec<GroupChange>,
+}
+
+/// A change inside a group (the group carries its partition, type and
+/// author).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupChange {
+    pub id: RecordId,
+    pub counter: u64,
+    pub hlc: Hlc,
+    pub authority: Option<String>,
+    pub seen: VersionVector,
+    pub op: Op,
+    pub signature: [u8; 64],
+}
+
+impl Group {
+    /// The full change at `index`.
+    pub fn change(&self, c: &GroupChange) -> Change {
+        Change {
+            record: RecordKey {
+                partition: self.partition.clone(),
+                record_type: self.record_type.clone(),
+                id: c.id.clone(),
+            },
+            author: self.author,
+            author_key: self.author_key,
+            counter: c.counter,
+            hlc: c.hlc,
+            authority: c.authority.clone(),
+            seen: c.seen.clone(),
+            op: c.op.clone(),
+            signature: c.signature,
+        }
+    }
+}
+
+impl GroupChange {
+    pub fn from_change(c: &Change) -> GroupChange {
+        GroupChange {
+            id: c.record.id.clone(),
+            counter: c.counter,
+            hlc: c.hlc,
+            authority: c.authority.clone(),
+            seen: c.seen.clone(),
+            op: c.op.clone(),
+            signature: c.signature,
+        }
+    }
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty message")]
+    Empty,
+    #[error("message is {len} bytes, more than the {max} allowed")]
+    TooLarge { len: usize, max: usize },
+    #[error("protocol version {found} is not supported (this node speaks {supported})")]
+    Version { found: u8, supported: u8 },
+    #[error("malformed CBOR: {0}")]
+    Cbor(String),
+    #[error("compressed payload fails its checksum")]
+    Checksum,
+    #[error("payload would decompress to {len} bytes, more than the {max} allowed")]
+    DecompressedTooLarge { len: u64, max: usize },
+    #[error("payload does not decompress: {0}")]
+    Decompress(String),
+    #[error("payload decompressed to {found} bytes, not the {expected} announced")]
+    LengthMismatch { expected: u64, found: u64 },
+    #[error("batch has {count} changes, more than the {max} allowed")]
+    TooManyChanges { count: usize, max: usize },
+    #[error("batch carries {count} certificate chains, more than the {max} allowed")]
+    TooManyChains { count: usize, max: usize },
+    #[error("a certificate chain is {len} bytes, more than the {max} allowed")]
+    ChainTooLarge { len: usize, max: usize },
+    #[error("heads list {count} entries, more than the {max} allowed")]
+    TooManyHeads { count: usize, max: usize },
+    #[error("abort reason is {len} bytes, more than the {max} allowed")]
+    ReasonTooLong { len: usize, max: usize },
+}
+
+// Wire forms: what serde sees. Kept apart from the public types so the
+// public API never mentions serde_cbor or byte wrappers.
+
+#[derive(Serialize, Deserialize)]
+enum MessageWire {
+    Hello {
+        session: Bytes16,
+        credentials: CredentialsWire,
+        filter: Filter,
+        pull: bool,
+        push: bool,
+    },
+    Welcome {
+        credentials: CredentialsWire,
+        digest_pull: Bytes32,
+        digest_push: Bytes32,
+    },
+    NeedCredentials,
+    Heads(Compressed),
+    Batch {
+        seq: u64,
+        plan_changes: u64,
+        plan_bytes: u64,
+        body: Compressed,
+    },
+    Ack {
+        seq: u64,
+    },
+    End {
+        batches: u64,
+    },
+    Done,
+    Abort {
+        reason: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+enum CredentialsWire {
+    Hash(Bytes32),
+    Full(ByteBuf),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Compressed {
+    raw_len: u64,
+    checksum: Bytes32,
+    data: ByteBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HeadsBody {
+    pull: bool,
+    push: bool,
+    entries: Vec<(Partition, RecordType, Bytes16, u64)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchBody {
+    groups: Vec<GroupWire>,
+    chains: Vec<ByteBuf>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GroupWire {
+    partition: Partition,
+    record_type: RecordType,
+    author: Bytes16,
+    author_key: Bytes32,
+    after: u64,
+    changes: Vec<GroupChangeWire>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GroupChangeWire {
+    id: RecordId,
+    counter: u64,
+    hlc: u64,
+    authority: Option<String>,
+    seen: VersionVector,
+    op: OpWire,
+    signature: Bytes64,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+enum OpWire {
+    Put {
+        replace: bool,
+        fields: BTreeMap<String, FieldWire>,
+    },
+    Delete,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+enum FieldWire {
+    Unset,
+    Set(Value),
+}
+
+impl OpWire {
+    fn from_op(op: &Op) -> OpWire {
+        match op {
+            Op::Put { replace, fields } => OpWire::Put {
+                replace: *replace,
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_ref()
+                                .map_or(FieldWire::Unset, |v| FieldWire::Set(v.clone())),
+                        )
+                    })
+                    .collect(),
+            },
+            Op::Delete => OpWire::Delete,
+        }
+    }
+
+    fn into_op(self) -> Op {
+        match self {
+            OpWire::Put { replace, fields } => Op::Put {
+                replace,
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k,
+                            match v {
+                                FieldWire::Unset => None,
+                                FieldWire::Set(v) => Some(v),
+                            },
+                        )
+                    })
+                    .collect(),
+            },
+            OpWire::Delete => Op::Delete,
+        }
+    }
+}
+
+/// Encodes a message as one frame.
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    let wire = match message {
+        Message::Hello(h) => MessageWire::Hello {
+            session: Bytes16(h.session),
+            credentials: CredentialsWire::from(&h.credentials),
+            filter: h.filter.clone(),
+            pull: h.pull,
+            push: h.push,
+        },
+        Message::Welcome(w) => MessageWire::Welcome {
+            credentials: CredentialsWire::from(&w.credentials),
+            digest_pull: Bytes32(w.digest_pull),
+            digest_push: Bytes32(w.digest_push),
+        },
+        Message::NeedCredentials => MessageWire::NeedCredentials,
+        Message::Heads(h) => MessageWire::Heads(compress(&HeadsBody {
+            pull: h.pull,
+            push: h.push,
+            entries: h
+                .entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.partition.clone(),
+                        e.record_type.clone(),
+                        Bytes16(e.instance.0),
+                        e.counter,
+                    )
+                })
+                .collect(),
+        })),
+        Message::Batch(b) => MessageWire::Batch {
+            seq: b.seq,
+            plan_changes: b.plan.changes,
+            plan_bytes: b.plan.bytes,
+            body: compress(&batch_body(b)),
+        },
+        Message::Ack { seq } => MessageWire::Ack { seq: *seq },
+        Message::End { batches } => MessageWire::End { batches: *batches },
+        Message::Done => MessageWire::Done,
+        Message::Abort { reason } => {
+            let mut reason = reason.clone();
+            truncate_utf8(&mut reason, REASON_BYTES_MAX);
+            MessageWire::Abort { reason }
+        }
+    };
+    let body = serde_cbor::ser::to_vec_packed(&wire).expect("writing CBOR to a Vec cannot fail");
+    let mut frame = Vec::with_capacity(body.len() + 1);
+    frame.push(PROTOCOL_VERSION);
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn batch_body(b: &Batch) -> BatchBody {
+    BatchBody {
+        groups: b
+            .groups
+            .iter()
+            .map(|g| GroupWire {
+                partition: g.partition.clone(),
+                record_type: g.record_type.clone(),
+                author: Bytes16(g.author.0),
+                author_key: Bytes32(g.author_key.0),
+                after: g.after,
+                changes: g
+                    .changes
+                    .iter()
+                    .map(|c| GroupChangeWire {
+                        id: c.id.clone(),
+                        counter: c.counter,
+                        hlc: c.hlc.0,
+                        authority: c.authority.clone(),
+                        seen: c.seen.clone(),
+                        op: OpWire::from_op(&c.op),
+                        signature: Bytes64(c.signature),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        chains: b.chains.iter().map(|c| ByteBuf(c.clone())).collect(),
+    }
+}
+
+/// Decodes one frame, checking every limit before allocating for it.
+pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
+    if frame.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    if frame.len() > MESSAGE_BYTES_MAX {
+        return Err(DecodeError::TooLarge {
+            len: frame.len(),
+            max: MESSAGE_BYTES_MAX,
+        });
+    }
+    if frame[0] != PROTOCOL_VERSION {
+        return Err(DecodeError::Version {
+            found: frame[0],
+            supported: PROTOCOL_VERSION,
+        });
+    }
+    let wire: MessageWire = cbor_decode(&frame[1..])?;
+    Ok(match wire {
+        MessageWire::Hello {
+            session,
+            credentials,
+            filter,
+            pull,
+            push,
+        } => Message::Hello(Hello {
+            session: session.0,
+            credentials: credentials.try_into()?,
+            filter,
+            pull,
+            push,
+        }),
+        MessageWire::Welcome {
+            credentials,
+            digest_pull,
+            digest_push,
+        } => Message::Welcome(Welcome {
+            credentials: credentials.try_into()?,
+            digest_pull: digest_pull.0,
+            digest_push: digest_push.0,
+        }),
+        MessageWire::NeedCredentials => Message::NeedCredentials,
+        MessageWire::Heads(body) => {
+            let body: HeadsBody = decompress(&body)?;
+            if body.entries.len() > HEADS_ENTRIES_MAX {
+                return Err(DecodeError::TooManyHeads {
+                    count: body.entries.len(),
+                    max: HEADS_ENTRIES_MAX,
+                });
+            }
+            Message::Heads(Heads {
+                pull: body.pull,
+                push: body.push,
+                entries: body
+                    .entries
+                    .into_iter()
+                    .map(|(partition, record_type, instance, counter)| HeadEntry {
+                        partition,
+                        record_type,
+                        instance: InstanceId(instance.0),
+                        counter,
+                    })
+                    .collect(),
+            })
+        }
+        MessageWire::Batch {
+            seq,
+            plan_changes,
+            plan_bytes,
+            body,
+        } => Message::Batch(decode_batch_body(
+            seq,
+            Plan {
+                changes: plan_changes,
+                bytes: plan_bytes,
+            },
+            &body,
+        )?),
+        MessageWire::Ack { seq } => Message::Ack { seq },
+        MessageWire::End { batches } => Message::End { batches },
+        MessageWire::Done => Message::Done,
+        MessageWire::Abort { reason } => {
+            if reason.len() > REASON_BYTES_MAX {
+                return Err(DecodeError::ReasonTooLong {
+                    len: reason.len(),
+                    max: REASON_BYTES_MAX,
+                });
+            }
+            Message::Abort { reason }
+        }
+    })
+}
+
+fn decode_batch_body(seq: u64, plan: Plan, body: &Compressed) -> Result<Batch, DecodeError> {
+    let body: BatchBody = decompress(body)?;
+    let count: usize = body.groups.iter().map(|g| g.changes.len()).sum();
+    if count > BATCH_CHANGES_MAX {
+        return Err(DecodeError::TooManyChanges {
+            count,
+            max: BATCH_CHANGES_MAX,
+        });
+    }
+    if body.chains.len() > BATCH_CHAINS_MAX {
+        return Err(DecodeError::TooManyChains {
+            count: body.chains.len(),
+            max: BATCH_CHAINS_MAX,
+        });
+    }
+    if let Some(chain) = body
+        .chains
+        .iter()
+        .find(|c| c.0.len() > CREDENTIALS_BYTES_MAX)
+    {
+        return Err(DecodeError::ChainTooLarge {
+            len: chain.0.len(),
+            max: CREDENTIALS_BYTES_MAX,
+        });
+    }
+    Ok(Batch {
+        seq,
+        plan,
+        groups: body
+            .groups
+            .into_iter()
+            .map(|g| Group {
+                partition: g.partition,
+                record_type: g.record_type,
+                author: InstanceId(g.author.0),
+                author_key: AuthorKey(g.author_key.0),
+                after: g.after,
+                changes: g
+                    .changes
+                    .into_iter()
+                    .map(|c| GroupChange {
+                        id: c.id,
+                        counter: c.counter,
+                        hlc: Hlc(c.hlc),
+                        authority: c.authority,
+                        seen: c.seen,
+                        op: c.op.into_op(),
+                        signature: c.signature.0,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        chains: body.chains.into_iter().map(|c| c.0).collect(),
+    })
+}
+
+impl From<&Credentials> for CredentialsWire {
+    fn from(c: &Credentials) -> CredentialsWire {
+        match c {
+            Credentials::Hash(h) => CredentialsWire::Hash(Bytes32(*h)),
+            Credentials::Full(b) => CredentialsWire::Full(ByteBuf(b.clone())),
+        }
+    }
+}
+
+impl TryFrom<CredentialsWire> for Credentials {
+    type Error = DecodeError;
+    fn try_from(c: CredentialsWire) -> Result<Credentials, DecodeError> {
+        match c {
+            CredentialsWire::Hash(h) => Ok(Credentials::Hash(h.0)),
+            CredentialsWire::Full(b) if b.0.len() > CREDENTIALS_BYTES_MAX => {
+                Err(DecodeError::ChainTooLarge {
+                    len: b.0.len(),
+                    max: CREDENTIALS_BYTES_MAX,
+                })
+            }
+            CredentialsWire::Full(b) => Ok(Credentials::Full(b.0)),
+        }
+    }
+}
+
+fn compress<T: Serialize>(body: &T) -> Compressed {
+    let raw = serde_cbor::ser::to_vec_packed(body).expect("writing CBOR to a Vec cannot fail");
+    let data = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
+    Compressed {
+        raw_len: raw.len() as u64,
+        checksum: Bytes32(*blake3::hash(&data).as_bytes()),
+        data: ByteBuf(data),
+    }
+}
+
+fn decompress<T: for<'de> Deserialize<'de>>(c: &Compressed) -> Result<T, DecodeError> {
+    if c.raw_len > DECOMPRESSED_BYTES_MAX as u64 {
+        return Err(DecodeError::DecompressedTooLarge {
+            len: c.raw_len,
+            max: DECOMPRESSED_BYTES_MAX,
+        });
+    }
+    if blake3::hash(&c.data.0).as_bytes() != &c.checksum.0 {
+        return Err(DecodeError::Checksum);
+    }
+    match zstd::zstd_safe::get_frame_content_size(&c.data.0) {
+        Ok(Some(declared)) if declared != c.raw_len => {
+            return Err(DecodeError::LengthMismatch {
+                expected: c.raw_len,
+                found: declared,
+            });
+        }
+        Ok(_) => {}
+        Err(_) => return Err(DecodeError::Decompress("not a zstd frame".to_owned())),
+    }
+    // `raw_len` is bounded above, so this allocation is too.
+    let raw = zstd::bulk::decompress(&c.data.0, c.raw_len as usize)
+        .map_err(|e| DecodeError::Decompress(e.to_string()))?;
+    if raw.len() as u64 != c.raw_len {
+        return Err(DecodeError::LengthMismatch {
+            expected: c.raw_len,
+            found: raw.len() as u64,
+        });
+    }
+    cbor_decode(&raw)
+}
+
+fn cbor_decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    serde_cbor::from_slice(bytes).map_err(|e| DecodeError::Cbor(e.to_string()))
+}
+
+fn truncate_utf8(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Changes: the bytes a signature covers.
+
+#[derive(Serialize)]
+struct SignedChange<'a> {
+    domain: &'static str,
+    partition: &'a Partition,
+    record_type: &'a RecordType,
+    id: &'a RecordId,
+    author: Bytes16,
+    author_key: Bytes32,
+    counter: u64,
+    hlc: u64,
+    authority: &'a Option<String>,
+    seen: &'a VersionVector,
+    op: OpWire,
+}
+
+/// The canonical bytes of a change without its signature.
+pub fn change_signing_bytes(c: &Change) -> Vec<u8> {
+    let signed = SignedChange {
+        domain: "ferry change v1",
+        partition: &c.record.partition,
+        record_type: &c.record.record_type,
+        id: &c.record.id,
+        author: Bytes16(c.author.0),
+        author_key: Bytes32(c.author_key.0),
+        counter: c.counter,
+        hlc: c.hlc.0,
+        authority: &c.authority,
+        seen: &c.seen,
+        op: OpWire::from_op(&c.op),
+    };
+    serde_cbor::ser::to_vec_packed(&signed).expect("writing CBOR to a Vec cannot fail")
+}
+
+// ---------------------------------------------------------------------------
+// Store blobs: trusted (we wrote them), but decoded with the same care.
+
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    vv: VersionVector,
+    known_exists: VersionVector,
+    known_all: VersionVector,
+    known_fields: BTreeMap<String, VersionVector>,
+    changes: Vec<StoredChange>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredChange {
+    author: Bytes16,
+    author_key: Bytes32,
+    counter: u64,
+    hlc: u64,
+    authority: Option<String>,
+    seen: VersionVector,
+    op: OpWire,
+    signature: Bytes64,
+}
+
+/// Encodes a record's state for the store (the key holds partition, type, id).
+pub fn encode_record(state: &RecordState) -> Vec<u8> {
+    let stored = StoredRecord {
+        vv: state.vv.clone(),
+        known_exists: state.known.exists.clone(),
+        known_all: state.known.all_fields.clone(),
+        known_fields: state.known.fields.clone(),
+        changes: state
+            .changes
+            .iter()
+            .map(|c| StoredChange {
+                author: Bytes16(c.author.0),
+                author_key: Bytes32(c.author_key.0),
+                counter: c.counter,
+                hlc: c.hlc.0,
+                authority: c.authority.clone(),
+                seen: c.seen.clone(),
+                op: OpWire::from_op(&c.op),
+                signature: Bytes64(c.signature),
+            })
+            .collect(),
+    };
+    serde_cbor::ser::to_vec_packed(&stored).expect("writing CBOR to a Vec cannot fail")
+}
+
+/// Decodes a stored record of `key`.
+pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Result<RecordState, DecodeError> {
+    let stored: StoredRecord = cbor_decode(bytes)?;
+    Ok(RecordState {
+        vv: stored.vv,
+        known: Knowledge {
+            exists: stored.known_exists,
+            all_fields: stored.known_all,
+            fields: stored.known_fields,
+        },
+        changes: stored
+            .changes
+            .into_iter()
+            .map(|c| Change {
+                record: key.clone(),
+                author: InstanceId(c.author.0),
+                author_key: AuthorKey(c.author_key.0),
+                counter: c.counter,
+                hlc: Hlc(c.hlc),
+                authority: c.authority,
+                seen: c.seen,
+                op: c.op.into_op(),
+                signature: c.signature.0,
+            })
+            .collect(),
+    })
+}
+
+/// Encodes any serde value the store keeps (ledger entries, peer caches).
+pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_cbor::ser::to_vec_packed(value).expect("writing CBOR to a Vec cannot fail")
+}
+
+pub fn decode_value<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    cbor_decode(bytes)
+}
+
+// ---------------------------------------------------------------------------
+// Byte strings: serde writes `[u8; N]` and `Vec<u8>` as arrays of integers;
+// these write CBOR byte strings.
+
+macro_rules! fixed_bytes {
+    ($name:ident, $n:expr) => {
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        pub struct $name(pub [u8; $n]);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        write!(f, "{} bytes", $n)
+                    }
+                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<$name, E> {
+                        v.try_into()
+                            .map($name)
+                            .map_err(|_| E::invalid_length(v.len(), &self))
+                    }
+                }
+                d.deserialize_bytes(Visitor)
+            }
+        }
+    };
+}
+
+fixed_bytes!(Bytes16, 16);
+fixed_bytes!(Bytes32, 32);
+fixed_bytes!(Bytes64, 64);
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ByteBuf(pub Vec<u8>);
+
+impl Serialize for ByteBuf {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteBuf;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+        }
+        d.deserialize_byte_buf(Visitor)
+    }
+}

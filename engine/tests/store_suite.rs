@@ -1,0 +1,535 @@
+//! One store test suite, run against both backends: local write semantics,
+//! the instance rule, a model test against a `BTreeMap`, and a crash test
+//! that kills a child process with SIGKILL while it writes.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use common::*;
+use engine::backend::BackendKind;
+use engine::{
+    InstanceId, LocalOp, LocalWrite, SerialSigner, StaticAuthorizer, Store, Value, WriteRejection,
+};
+use partitions::{RecordType, Scope};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+const KINDS: [BackendKind; 2] = [BackendKind::Redb, BackendKind::Sled];
+
+fn full_node(kind: BackendKind, seed: u8, auth: &StaticAuthorizer) -> Node {
+    Node::new(kind, seed, Scope::full(org()), auth)
+}
+
+fn put_op(fields: &[(&str, Value)], unset: &[&str]) -> LocalOp {
+    LocalOp::Put {
+        set: fields
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect(),
+        unset: unset.iter().map(|s| (*s).to_owned()).collect(),
+    }
+}
+
+#[test]
+fn writes_create_update_unset_delete_and_recreate() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let node = full_node(kind, 1, &auth);
+        let r = record("results:tc-1", "result", "r1");
+        node.put(
+            &auth,
+            &r,
+            &[("score", Value::Int(3)), ("done", Value::Bool(false))],
+            T0,
+        );
+        node.put(&auth, &r, &[("done", Value::Bool(true))], T0 + 1);
+        assert_eq!(node.fields(&r).expect("exists").len(), 2, "{kind:?}");
+        let unset = LocalWrite {
+            record: r.clone(),
+            op: put_op(&[], &["score"]),
+        };
+        node.store
+            .write(&node.author(), &[unset], T0 + 2, &auth, &SerialSigner)
+            .expect("write");
+        assert_eq!(
+            node.fields(&r).expect("exists").keys().collect::<Vec<_>>(),
+            ["done"]
+        );
+        node.delete(&auth, &r, T0 + 3);
+        assert_eq!(node.fields(&r), None);
+        let again = LocalWrite {
+            record: r.clone(),
+            op: LocalOp::Delete,
+        };
+        let result = node
+            .store
+            .write(&node.author(), &[again], T0 + 4, &auth, &SerialSigner)
+            .expect("write");
+        assert_eq!(result[0], Err(WriteRejection::AlreadyDeleted));
+        // Writing a deleted record starts it afresh: old fields do not return.
+        node.put(&auth, &r, &[("score", Value::Int(9))], T0 + 5);
+        assert_eq!(
+            node.fields(&r).expect("exists").keys().collect::<Vec<_>>(),
+            ["score"]
+        );
+        // The record keeps one retained change: the last one saw everything.
+        assert_eq!(
+            node.store
+                .record(&r)
+                .expect("read")
+                .expect("held")
+                .changes
+                .len(),
+            1
+        );
+        assert_eq!(
+            node.store.find(&r.record_type, &r.id).expect("find"),
+            vec![r.clone()]
+        );
+        let missing = LocalWrite {
+            record: record("results", "result", "nope"),
+            op: LocalOp::Delete,
+        };
+        let result = node
+            .store
+            .write(&node.author(), &[missing], T0 + 6, &auth, &SerialSigner)
+            .expect("write");
+        assert_eq!(result[0], Err(WriteRejection::NotFound));
+    }
+}
+
+#[test]
+fn writes_outside_the_scope_are_refused_and_use_no_counter() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let node = Node::new(kind, 1, scope("results", "results:tc-1", "test=ro"), &auth);
+        let before = node.store.counter();
+        let writes = [
+            LocalWrite {
+                record: record("results:tc-2", "result", "x"),
+                op: put_op(&[("a", Value::Int(1))], &[]),
+            },
+            LocalWrite {
+                record: record("results:tc-1", "test", "t"),
+                op: put_op(&[("a", Value::Int(1))], &[]),
+            },
+            LocalWrite {
+                record: record("results:tc-1", "result", "ok"),
+                op: put_op(&[("a", Value::Int(1))], &[]),
+            },
+        ];
+        let results = node
+            .store
+            .write(&node.author(), &writes, T0, &auth, &SerialSigner)
+            .expect("write");
+        assert!(
+            matches!(results[0], Err(WriteRejection::Denied(_))),
+            "{kind:?}"
+        );
+        assert!(matches!(results[1], Err(WriteRejection::Denied(_))));
+        assert!(results[2].is_ok());
+        assert_eq!(node.store.counter(), before + 1);
+    }
+}
+
+#[test]
+fn list_filters_by_partition_and_type() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let node = full_node(kind, 1, &auth);
+        node.put(
+            &auth,
+            &record("results:tc-4", "result", "a"),
+            &[("x", Value::Int(1))],
+            T0,
+        );
+        node.put(
+            &auth,
+            &record("results:tc-42", "result", "b"),
+            &[("x", Value::Int(1))],
+            T0,
+        );
+        node.put(
+            &auth,
+            &record("results:tc-4:s1", "answer", "c"),
+            &[("x", Value::Int(1))],
+            T0,
+        );
+        let mut seen = Vec::new();
+        node.store
+            .list(Some(&partition("results:tc-4")), None, &mut |r| {
+                seen.push(r.key.id.to_string());
+                true
+            })
+            .expect("list");
+        assert_eq!(
+            seen,
+            ["a", "c"],
+            "{kind:?}: containment is by whole segments"
+        );
+        let mut seen = Vec::new();
+        let answer = RecordType::parse("answer").expect("t");
+        node.store
+            .list(None, Some(&answer), &mut |r| {
+                seen.push(r.key.id.to_string());
+                true
+            })
+            .expect("list");
+        assert_eq!(seen, ["c"]);
+    }
+}
+
+#[test]
+fn instance_survives_a_clean_close_and_is_replaced_otherwise() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let dir = tempfile::tempdir().expect("dir");
+        auth.grant(author_key(1), Scope::full(org()), None);
+        let author = engine::LocalAuthor {
+            key: key(1),
+            authority: None,
+        };
+        let write = |store: &Store, id: &str| {
+            let w = LocalWrite {
+                record: record("results", "result", id),
+                op: put_op(&[("a", Value::Int(1))], &[]),
+            };
+            store
+                .write(&author, &[w], T0, &auth, &SerialSigner)
+                .expect("write")[0]
+                .clone()
+                .expect("accepted")
+                .dot
+        };
+        let (store, opened) = Store::open(dir.path(), kind, InstanceId([1; 16]), T0).expect("open");
+        assert!(opened.fresh_instance.is_some());
+        let first = write(&store, "a");
+        store.close().expect("close");
+        let (store, opened) =
+            Store::open(dir.path(), kind, InstanceId([2; 16]), T0).expect("reopen");
+        assert_eq!(
+            opened.fresh_instance, None,
+            "{kind:?}: a clean close keeps the instance"
+        );
+        assert_eq!(write(&store, "b").counter, first.counter + 1);
+        // Dropped without close: as after a crash.
+        drop(store);
+        let (store, opened) =
+            Store::open(dir.path(), kind, InstanceId([3; 16]), T0).expect("reopen");
+        assert!(
+            opened
+                .fresh_instance
+                .expect("fresh")
+                .contains("did not close"),
+            "{kind:?}"
+        );
+        let dot = write(&store, "c");
+        assert_eq!((dot.instance, dot.counter), (InstanceId([3; 16]), 1));
+        store.close().expect("close");
+        // A copy of the store elsewhere is another store.
+        let copy = tempfile::tempdir().expect("dir");
+        copy_dir(dir.path(), copy.path());
+        let (store, opened) =
+            Store::open(copy.path(), kind, InstanceId([4; 16]), T0).expect("open copy");
+        assert!(
+            opened
+                .fresh_instance
+                .expect("fresh")
+                .contains("moved, copied or restored"),
+            "{kind:?}"
+        );
+        store.close().expect("close");
+        // An older store put back under a newer epoch file: restored from a backup.
+        let (store, _) = Store::open(dir.path(), kind, InstanceId([5; 16]), T0).expect("open");
+        store.close().expect("close");
+        std::fs::write(dir.path().join("epoch"), "999\n").expect("epoch");
+        let (store, opened) = Store::open(dir.path(), kind, InstanceId([6; 16]), T0).expect("open");
+        assert!(
+            opened
+                .fresh_instance
+                .expect("fresh")
+                .contains("older than its directory"),
+            "{kind:?}"
+        );
+        assert_eq!(
+            store.instances().expect("history").len(),
+            3,
+            "new store, crash, restore"
+        );
+        store.close().expect("close");
+    }
+}
+
+#[test]
+fn a_peer_ahead_of_our_counter_moves_us_to_a_fresh_instance() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let node = full_node(kind, 1, &auth);
+        let r = record("results", "result", "a");
+        node.put(&auth, &r, &[("a", Value::Int(1))], T0);
+        let mine = node.store.instance();
+        let entries = vec![engine::wire::HeadEntry {
+            partition: r.partition.clone(),
+            record_type: r.record_type.clone(),
+            instance: mine,
+            counter: 50,
+        }];
+        let reason = node
+            .store
+            .check_peer_heads(&entries, InstanceId([77; 16]), T0)
+            .expect("check");
+        assert!(reason.is_some(), "{kind:?}");
+        assert_eq!(node.store.instance(), InstanceId([77; 16]));
+        node.put(&auth, &r, &[("a", Value::Int(2))], T0 + 1);
+        assert_eq!(node.store.counter(), 1);
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+/// Random puts, unsets and deletes on a few records, checked after every
+/// step against a model, with clean reopens along the way.
+#[test]
+fn store_matches_a_model_under_random_operations() {
+    for kind in KINDS {
+        for seed in 0..4u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let auth = StaticAuthorizer::new();
+            auth.grant(author_key(1), Scope::full(org()), None);
+            let author = engine::LocalAuthor {
+                key: key(1),
+                authority: None,
+            };
+            let dir = tempfile::tempdir().expect("dir");
+            let mut store = Store::open(dir.path(), kind, InstanceId([1; 16]), T0)
+                .expect("open")
+                .0;
+            let mut model: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+            for step in 0..150u64 {
+                let id = format!("r{}", rng.random_range(0..6u32));
+                let r = record("results", "result", &id);
+                let choice = rng.random_range(0..10u32);
+                let op = if choice < 6 {
+                    let field = format!("f{}", rng.random_range(0..4u32));
+                    let value = Value::Int(rng.random_range(0..100i64));
+                    let unset = if rng.random_bool(0.3) {
+                        vec![format!("f{}", rng.random_range(0..4u32))]
+                    } else {
+                        vec![]
+                    };
+                    LocalOp::Put {
+                        set: BTreeMap::from([(field, value)]),
+                        unset: unset.into_iter().collect::<BTreeSet<_>>(),
+                    }
+                } else if choice < 8 {
+                    LocalOp::Delete
+                } else {
+                    LocalOp::Restore
+                };
+                let result = store
+                    .write(
+                        &author,
+                        &[LocalWrite {
+                            record: r.clone(),
+                            op: op.clone(),
+                        }],
+                        T0 + step,
+                        &auth,
+                        &SerialSigner,
+                    )
+                    .expect("write")
+                    .remove(0);
+                match (&op, model.get_mut(&id)) {
+                    (LocalOp::Put { set, unset }, Some(fields)) => {
+                        for name in unset {
+                            fields.remove(name);
+                        }
+                        fields.extend(set.clone());
+                        assert!(result.is_ok());
+                    }
+                    (LocalOp::Put { set, .. }, None) => {
+                        model.insert(id.clone(), set.clone());
+                        assert!(result.is_ok());
+                    }
+                    (LocalOp::Delete, Some(_)) => {
+                        model.remove(&id);
+                        assert!(result.is_ok());
+                    }
+                    (LocalOp::Delete, None) | (LocalOp::Restore, Some(_)) => {
+                        assert!(result.is_err())
+                    }
+                    (LocalOp::Restore, None) => {
+                        // Restoring brings back the fields the record had when deleted.
+                        if result.is_ok() {
+                            let view = store.view(&r).expect("view").expect("held");
+                            model.insert(id.clone(), view.fields);
+                        }
+                    }
+                }
+                let shown: BTreeMap<String, BTreeMap<String, Value>> = {
+                    let mut out = BTreeMap::new();
+                    store
+                        .list(None, None, &mut |rv| {
+                            if rv.view.exists {
+                                out.insert(rv.key.id.to_string(), rv.view.fields);
+                            }
+                            true
+                        })
+                        .expect("list");
+                    out
+                };
+                assert_eq!(shown, model, "{kind:?} seed {seed} step {step}");
+                if step % 50 == 49 {
+                    store.close().expect("close");
+                    store = Store::open(dir.path(), kind, InstanceId([2; 16]), T0)
+                        .expect("reopen")
+                        .0;
+                }
+            }
+            store.close().expect("close");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Crash test: a child process writes batches and reports each acknowledged
+// one; the parent kills it with SIGKILL at a random point and checks the
+// store it left behind.
+
+const CHILD_DIR: &str = "FERRY_CRASH_CHILD_DIR";
+const CHILD_KIND: &str = "FERRY_CRASH_CHILD_KIND";
+const RECORDS_PER_BATCH: usize = 10;
+
+/// Not a test of its own: the body of the child process (does nothing unless
+/// the crash test started it).
+#[test]
+fn crash_child() {
+    let (Ok(dir), Ok(kind)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_KIND)) else {
+        return;
+    };
+    let kind = BackendKind::parse(&kind).expect("kind");
+    let auth = StaticAuthorizer::new();
+    auth.grant(author_key(1), Scope::full(org()), None);
+    let author = engine::LocalAuthor {
+        key: key(1),
+        authority: None,
+    };
+    let (store, _) =
+        Store::open(std::path::Path::new(&dir), kind, InstanceId([0xcc; 16]), T0).expect("open");
+    let start = store.counter();
+    let mut out = std::io::stdout().lock();
+    for batch in 0..100_000u64 {
+        let writes: Vec<LocalWrite> = (0..RECORDS_PER_BATCH)
+            .map(|i| LocalWrite {
+                record: record("results", "result", &format!("b{batch}-{i}")),
+                op: put_op(
+                    &[
+                        ("batch", Value::Int(batch as i64)),
+                        ("pad", Value::Text("x".repeat(200))),
+                    ],
+                    &[],
+                ),
+            })
+            .collect();
+        store
+            .write(&author, &writes, T0 + batch, &auth, &SerialSigner)
+            .expect("write");
+        writeln!(out, "acked {batch} {start}").expect("stdout");
+        out.flush().expect("flush");
+    }
+}
+
+#[test]
+fn crash_at_random_points_loses_no_acknowledged_write() {
+    let rounds: u64 = std::env::var("FERRY_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    let exe = std::env::current_exe().expect("test binary");
+    for kind in KINDS {
+        let mut rng = StdRng::seed_from_u64(42);
+        for round in 0..rounds {
+            let dir = tempfile::tempdir().expect("dir");
+            let kill_after = rng.random_range(1..40u64);
+            let mut child = Command::new(&exe)
+                .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+                .env(CHILD_DIR, dir.path())
+                .env(CHILD_KIND, kind.name())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn child");
+            let mut acked = Vec::new();
+            let reader = BufReader::new(child.stdout.take().expect("stdout"));
+            for line in reader.lines() {
+                let line = line.expect("line");
+                if let Some(rest) = line.strip_prefix("acked ") {
+                    let batch: u64 = rest
+                        .split(' ')
+                        .next()
+                        .and_then(|b| b.parse().ok())
+                        .expect("batch number");
+                    acked.push(batch);
+                    if acked.len() as u64 >= kill_after {
+                        break;
+                    }
+                }
+            }
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+            let (store, opened) = Store::open(dir.path(), kind, InstanceId([0xdd; 16]), T0)
+                .expect("reopen after crash");
+            assert!(
+                opened.fresh_instance.is_some(),
+                "{kind:?} round {round}: a crash must start a new instance"
+            );
+            let mut batches: BTreeMap<i64, usize> = BTreeMap::new();
+            store
+                .list(None, None, &mut |r| {
+                    if let Some(Value::Int(b)) = r.view.fields.get("batch") {
+                        *batches.entry(*b).or_default() += 1;
+                    }
+                    true
+                })
+                .expect("list");
+            for batch in &acked {
+                assert_eq!(
+                    batches.get(&(*batch as i64)),
+                    Some(&RECORDS_PER_BATCH),
+                    "{kind:?} round {round}: acknowledged batch {batch} lost"
+                );
+            }
+            for (batch, count) in &batches {
+                assert_eq!(
+                    *count, RECORDS_PER_BATCH,
+                    "{kind:?} round {round}: batch {batch} half applied"
+                );
+            }
+            // The frontier holds exactly what the store holds.
+            let heads = store
+                .heads(&engine::Region::of(partitions::Filter::org(org())))
+                .expect("heads");
+            let held: u64 = batches.values().map(|c| *c as u64).sum();
+            let max_head = heads.iter().map(|h| h.counter).max().unwrap_or(0);
+            assert_eq!(
+                max_head, held,
+                "{kind:?} round {round}: frontier and store disagree"
+            );
+            store.close().expect("close");
+        }
+    }
+}
