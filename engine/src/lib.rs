@@ -23,6 +23,7 @@ pub mod store;
 pub mod value;
 pub mod vector;
 pub mod wire;
+pub mod workload;
 
 pub use authorize::{Authorizer, Denied, SerialVerifier, Signed, StaticAuthorizer, Verifier};
 pub use backend::BackendKind;

@@ -419,6 +419,34 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
     frame
 }
 
+/// Builds a Batch frame around arbitrary compressed bytes with a correct
+/// checksum, claiming `raw_len` uncompressed bytes. For tests and fuzz
+/// targets that need to reach the decompression and body decoding paths.
+pub fn batch_frame_from_parts(seq: u64, raw_len: u64, data: &[u8]) -> Vec<u8> {
+    let wire = MessageWire::Batch {
+        seq,
+        plan_changes: 0,
+        plan_bytes: 0,
+        body: Compressed {
+            raw_len,
+            checksum: Bytes32(*blake3::hash(data).as_bytes()),
+            data: ByteBuf(data.to_vec()),
+        },
+    };
+    let mut frame = vec![PROTOCOL_VERSION];
+    frame.extend_from_slice(
+        &serde_cbor::ser::to_vec_packed(&wire).expect("writing CBOR to a Vec cannot fail"),
+    );
+    frame
+}
+
+/// Builds a Batch frame whose body is `body` (any bytes, meant to be CBOR),
+/// compressed properly. For fuzz targets of the batch body decoder.
+pub fn batch_frame_from_body(seq: u64, body: &[u8]) -> Vec<u8> {
+    let data = zstd::bulk::compress(body, ZSTD_LEVEL).expect("zstd compresses any input");
+    batch_frame_from_parts(seq, body.len() as u64, &data)
+}
+
 fn batch_body(b: &Batch) -> BatchBody {
     BatchBody {
         groups: b

@@ -1,28 +1,28 @@
-//! Two stores syncing through the session state machine, in memory.
+//! Two stores syncing through the session state machine, in memory: pull,
+//! push, scopes, rejections, interrupted transfers and the no-op.
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::*;
 use engine::backend::BackendKind;
-use engine::{StaticAuthorizer, Value};
+use engine::wire::{Batch, Group, GroupChange, Message, Plan};
+use engine::{Env, Event, Region, SerialVerifier, Session, StaticAuthorizer, Value};
+use partitions::{Filter, Scope};
+
+const KINDS: [BackendKind; 2] = [BackendKind::Redb, BackendKind::Sled];
+
+fn full(kind: BackendKind, seed: u8, auth: &StaticAuthorizer) -> Node {
+    Node::new(kind, seed, Scope::full(org()), auth)
+}
 
 #[test]
 fn pull_brings_every_record_and_a_second_sync_is_a_no_op() {
-    for kind in [BackendKind::Redb, BackendKind::Sled] {
+    for kind in KINDS {
         let auth = StaticAuthorizer::new();
-        let central = Node::new(kind, 1, scope("", "", ""), &auth);
-        let device = Node::new(kind, 2, scope("", "", ""), &auth);
-        // Full scopes for both.
-        auth.grant(author_key(1), engine_full(), None);
-        auth.grant(author_key(2), engine_full(), None);
-        let central = Node {
-            scope: engine_full(),
-            ..central
-        };
-        let device = Node {
-            scope: engine_full(),
-            ..device
-        };
+        let central = full(kind, 1, &auth);
+        let device = full(kind, 2, &auth);
         for i in 0..50 {
             central.put(
                 &auth,
@@ -55,9 +55,385 @@ fn pull_brings_every_record_and_a_second_sync_is_a_no_op() {
             "no-op costs {} bytes",
             a.bytes_sent + a.bytes_received
         );
+        assert_eq!(
+            a.messages_sent + a.messages_received,
+            3,
+            "Hello, Welcome, Done"
+        );
     }
 }
 
-fn engine_full() -> partitions::Scope {
-    partitions::Scope::full(org())
+#[test]
+fn a_device_gets_only_its_region_and_pushes_only_what_it_may() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let central = full(kind, 1, &auth);
+        let device = Node::new(
+            kind,
+            2,
+            scope("tests,results:tc-1", "results:tc-1", "test=ro,answer=none"),
+            &auth,
+        );
+        central.put(
+            &auth,
+            &record("tests", "test", "t1"),
+            &[("q", text("2+2"))],
+            T0,
+        );
+        central.put(
+            &auth,
+            &record("results:tc-1", "result", "a"),
+            &[("score", Value::Int(1))],
+            T0,
+        );
+        central.put(
+            &auth,
+            &record("results:tc-1", "answer", "secret"),
+            &[("x", Value::Int(1))],
+            T0,
+        );
+        central.put(
+            &auth,
+            &record("results:tc-2", "result", "other"),
+            &[("score", Value::Int(2))],
+            T0,
+        );
+        let (a, _) = sync(
+            &device,
+            &central,
+            &auth,
+            device.config(&central, 1),
+            T0 + 10,
+        );
+        assert_eq!(
+            a.received, 2,
+            "{kind:?}: the test and tc-1's result, not the answer nor tc-2"
+        );
+        let ids: Vec<String> = device
+            .snapshot()
+            .iter()
+            .map(|(k, _)| k.id.to_string())
+            .collect();
+        assert_eq!(ids, ["a", "t1"]);
+        device.put(
+            &auth,
+            &record("results:tc-1", "result", "b"),
+            &[("score", Value::Int(5))],
+            T0 + 20,
+        );
+        let (a, b) = sync(
+            &device,
+            &central,
+            &auth,
+            device.config(&central, 2),
+            T0 + 30,
+        );
+        assert_eq!((a.sent, b.received, b.updated), (1, 1, 1), "{kind:?}");
+        assert_eq!(
+            central
+                .fields(&record("results:tc-1", "result", "b"))
+                .expect("pushed")["score"],
+            Value::Int(5)
+        );
+    }
+}
+
+#[test]
+fn concurrent_edits_converge_with_the_conflict_kept_on_both_sides() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let a = full(kind, 1, &auth);
+        let b = full(kind, 2, &auth);
+        let r = record("results", "result", "shared");
+        a.put(
+            &auth,
+            &r,
+            &[("score", Value::Int(1)), ("note", text("base"))],
+            T0,
+        );
+        sync(&b, &a, &auth, b.config(&a, 1), T0 + 1);
+        a.put(&auth, &r, &[("score", Value::Int(10))], T0 + 10);
+        b.put(
+            &auth,
+            &r,
+            &[("score", Value::Int(20)), ("done", Value::Bool(true))],
+            T0 + 20,
+        );
+        let (s, _) = sync(&b, &a, &auth, b.config(&a, 2), T0 + 30);
+        assert!(s.conflicts >= 1, "{kind:?}: {s:?}");
+        assert_eq!(a.snapshot(), b.snapshot());
+        let view = a.store.view(&r).expect("view").expect("held");
+        assert_eq!(view.fields["score"], Value::Int(20), "newest wins");
+        assert_eq!(
+            view.fields["done"],
+            Value::Bool(true),
+            "one-sided fields merge"
+        );
+        assert_eq!(view.conflicts.len(), 1);
+        assert_eq!(
+            view.conflicts[0].value,
+            Some(Value::Int(10)),
+            "the loser is kept"
+        );
+    }
+}
+
+/// Drives a pull, delivering messages until `stop_after_acks` batches are
+/// acknowledged, then drops the rest: the transfer is interrupted.
+fn interrupted_pull(
+    device: &Node,
+    central: &Node,
+    auth: &StaticAuthorizer,
+    stop_after_acks: usize,
+) {
+    let mut config = device.config(central, 9);
+    config.batch_changes = 10;
+    let mut initiator = Session::initiate(config, T0);
+    let mut responder_config = central.config(device, 9);
+    responder_config.batch_changes = 10;
+    let mut responder = Session::accept(responder_config, T0);
+    let env_d = Env {
+        store: &device.store,
+        auth,
+        verifier: &SerialVerifier,
+    };
+    let env_c = Env {
+        store: &central.store,
+        auth,
+        verifier: &SerialVerifier,
+    };
+    let mut acks = 0;
+    for _ in 0..1000 {
+        while let Some(frame) = initiator.poll_transmit() {
+            if matches!(
+                engine::wire::decode_message(&frame),
+                Ok(Message::Ack { .. })
+            ) {
+                acks += 1;
+                if acks > stop_after_acks {
+                    return;
+                }
+            }
+            responder.handle_message(T0, &frame, &env_c);
+        }
+        responder.handle_idle(T0, &env_c);
+        while let Some(frame) = responder.poll_transmit() {
+            initiator.handle_message(T0, &frame, &env_d);
+        }
+    }
+    panic!("the transfer never reached {stop_after_acks} acks");
+}
+
+#[test]
+fn an_interrupted_transfer_resumes_without_resending_more_than_one_batch() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let central = full(kind, 1, &auth);
+        let device = full(kind, 2, &auth);
+        for i in 0..100 {
+            central.put(
+                &auth,
+                &record("results", "result", &format!("r{i:03}")),
+                &[("score", Value::Int(i))],
+                T0,
+            );
+        }
+        // Three batches are applied and acknowledged; the fourth's ack is lost
+        // with the connection (the fourth batch itself was applied).
+        interrupted_pull(&device, &central, &auth, 3);
+        let held = device.snapshot().len();
+        assert_eq!(
+            held, 40,
+            "{kind:?}: four batches of ten were durably applied"
+        );
+        let mut config = device.config(&central, 10);
+        config.batch_changes = 10;
+        let (a, _) = sync(&device, &central, &auth, config, T0 + 5);
+        assert_eq!(
+            a.received, 60,
+            "{kind:?}: only what was missing is sent again"
+        );
+        assert_eq!(device.snapshot(), central.snapshot());
+    }
+}
+
+#[test]
+fn forged_and_out_of_scope_changes_are_rejected_and_the_rest_applies() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let writer = Node::new(kind, 1, scope("results", "results:tc-1", ""), &auth);
+        let receiver = full(kind, 2, &auth);
+        writer.put(
+            &auth,
+            &record("results:tc-1", "result", "good"),
+            &[("score", Value::Int(1))],
+            T0,
+        );
+        writer.put(
+            &auth,
+            &record("results:tc-1", "result", "forged"),
+            &[("score", Value::Int(2))],
+            T0,
+        );
+        let mut changes: Vec<GroupChange> = Vec::new();
+        for id in ["good", "forged"] {
+            let state = writer
+                .store
+                .record(&record("results:tc-1", "result", id))
+                .expect("read")
+                .expect("held");
+            changes.push(GroupChange::from_change(&state.changes[0]));
+        }
+        // Tamper with the second change after signing.
+        if let engine::Op::Put { fields, .. } = &mut changes[1].op {
+            fields.insert("score".into(), Some(Value::Int(99)));
+        }
+        let good = writer
+            .store
+            .record(&record("results:tc-1", "result", "good"))
+            .expect("read")
+            .expect("held")
+            .changes[0]
+            .clone();
+        // A change the writer signed for a partition outside its write scope.
+        let mut outside = good.clone();
+        outside.record = record("results:tc-2", "result", "sneaky");
+        outside.counter = 3;
+        outside.sign(&key(1));
+        let batch = Batch {
+            seq: 0,
+            plan: Plan::default(),
+            groups: vec![
+                Group {
+                    partition: partition("results:tc-1"),
+                    record_type: good.record.record_type.clone(),
+                    author: good.author,
+                    author_key: good.author_key,
+                    after: 0,
+                    changes,
+                },
+                Group {
+                    partition: partition("results:tc-2"),
+                    record_type: good.record.record_type.clone(),
+                    author: good.author,
+                    author_key: good.author_key,
+                    after: 0,
+                    changes: vec![GroupChange::from_change(&outside)],
+                },
+            ],
+            chains: vec![],
+        };
+        let mut positions = BTreeMap::new();
+        let applied = receiver
+            .store
+            .apply_batch(
+                &batch,
+                &Region::of(Filter::org(org())),
+                &mut positions,
+                &auth,
+                &SerialVerifier,
+                T0,
+            )
+            .expect("applies");
+        assert_eq!(
+            (applied.received, applied.updated, applied.rejected),
+            (3, 1, 2),
+            "{kind:?}: {applied:?}"
+        );
+        assert!(
+            applied
+                .rejections
+                .iter()
+                .any(|r| r.contains("bad signature"))
+        );
+        assert!(applied.rejections.iter().any(|r| r.contains("may not")));
+        assert!(
+            receiver
+                .fields(&record("results:tc-1", "result", "good"))
+                .is_some()
+        );
+        assert!(
+            receiver
+                .fields(&record("results:tc-1", "result", "forged"))
+                .is_none()
+        );
+        assert!(
+            receiver
+                .fields(&record("results:tc-2", "result", "sneaky"))
+                .is_none()
+        );
+        // A batch that skips ahead of what the receiver holds changes nothing.
+        let mut gap = batch.clone();
+        gap.groups.truncate(1);
+        gap.groups[0].after = 5;
+        let mut positions = BTreeMap::new();
+        let err = receiver.store.apply_batch(
+            &gap,
+            &Region::of(Filter::org(org())),
+            &mut positions,
+            &auth,
+            &SerialVerifier,
+            T0,
+        );
+        assert!(
+            matches!(err, Err(engine::store::ApplyError::Gap { .. })),
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn a_session_with_a_peer_whose_credentials_are_refused_fails_on_both_sides() {
+    let auth = StaticAuthorizer::new();
+    let a = full(BackendKind::Redb, 1, &auth);
+    let b = full(BackendKind::Redb, 2, &auth);
+    let mut config = a.config(&b, 1);
+    config.credentials = vec![0; 32]; // not a's key
+    let mut initiator = Session::initiate(config, T0);
+    let mut responder = Session::accept(b.config(&a, 1), T0);
+    let env_a = Env {
+        store: &a.store,
+        auth: &auth,
+        verifier: &SerialVerifier,
+    };
+    let env_b = Env {
+        store: &b.store,
+        auth: &auth,
+        verifier: &SerialVerifier,
+    };
+    for _ in 0..10 {
+        while let Some(f) = initiator.poll_transmit() {
+            responder.handle_message(T0, &f, &env_b);
+        }
+        while let Some(f) = responder.poll_transmit() {
+            initiator.handle_message(T0, &f, &env_a);
+        }
+    }
+    let failed = |s: &mut Session| {
+        let mut out = None;
+        while let Some(e) = s.poll_event() {
+            if let Event::Failed { error, .. } = e {
+                out = Some(error.to_string());
+            }
+        }
+        out
+    };
+    assert!(
+        failed(&mut responder)
+            .expect("responder refuses")
+            .contains("refused")
+    );
+    assert!(
+        failed(&mut initiator)
+            .expect("initiator is told")
+            .contains("aborted")
+    );
+    let history = b.store.history().expect("ledger");
+    assert!(
+        history
+            .last()
+            .expect("an entry")
+            .outcome
+            .starts_with("failed")
+    );
 }

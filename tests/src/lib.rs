@@ -1,2 +1,5 @@
-//! ferry's cross-crate tests and, with the engine, the deterministic
-//! multi-node simulator.
+//! ferry's cross-crate tests: the deterministic multi-node simulator
+//! (`sim`), used by `tests/simulator.rs` and by the long-campaign command
+//! `cargo run -p tests --release --bin sim`.
+
+pub mod sim;

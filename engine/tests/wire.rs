@@ -1,0 +1,199 @@
+//! The wire format: every message round-trips, and bad bytes (truncated,
+//! flipped, oversized, a zstd bomb, another version) give a clear error and
+//! never a panic.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use engine::wire::{
+    self, Batch, Credentials, DecodeError, Group, GroupChange, HeadEntry, Heads, Hello, Message,
+    Plan, Welcome,
+};
+use engine::{AuthorKey, Hlc, InstanceId, Op, RecordId, Value, VersionVector};
+use partitions::{Filter, RecordType};
+
+fn sample_batch() -> Batch {
+    let mut seen = VersionVector::new();
+    seen.add(engine::Dot {
+        instance: InstanceId([3; 16]),
+        counter: 9,
+    });
+    let change = GroupChange {
+        id: RecordId::parse("learner-7/exercise-0042").expect("id"),
+        counter: 12,
+        hlc: Hlc::from_parts(1_700_000_000_000, 3),
+        authority: Some("central".into()),
+        seen,
+        op: Op::Put {
+            replace: false,
+            fields: BTreeMap::from([
+                ("score".to_owned(), Some(Value::Float(0.75))),
+                ("answer".to_owned(), Some(Value::Text("{\"a\": 1}".into()))),
+                ("gone".to_owned(), None),
+                ("null".to_owned(), Some(Value::Null)),
+                (
+                    "nested".to_owned(),
+                    Some(Value::Array(vec![
+                        Value::Int(-1),
+                        Value::Bytes(vec![0, 255]),
+                    ])),
+                ),
+            ]),
+        },
+        signature: [7; 64],
+    };
+    Batch {
+        seq: 4,
+        plan: Plan {
+            changes: 100,
+            bytes: 40_000,
+        },
+        groups: vec![Group {
+            partition: partition("results:tc-1"),
+            record_type: RecordType::parse("result").expect("t"),
+            author: InstanceId([1; 16]),
+            author_key: AuthorKey([2; 32]),
+            after: 11,
+            changes: vec![
+                change.clone(),
+                GroupChange {
+                    counter: 13,
+                    op: Op::Delete,
+                    ..change
+                },
+            ],
+        }],
+        chains: vec![vec![1, 2, 3]],
+    }
+}
+
+fn samples() -> Vec<Message> {
+    vec![
+        Message::Hello(Hello {
+            session: [5; 16],
+            credentials: Credentials::Hash([6; 32]),
+            filter: filter("results,tests"),
+            pull: true,
+            push: false,
+        }),
+        Message::Welcome(Welcome {
+            credentials: Credentials::Full(vec![1; 300]),
+            digest_pull: [1; 32],
+            digest_push: [2; 32],
+        }),
+        Message::NeedCredentials,
+        Message::Heads(Heads {
+            pull: true,
+            push: true,
+            entries: vec![HeadEntry {
+                partition: partition("results"),
+                record_type: RecordType::parse("result").expect("t"),
+                instance: InstanceId([4; 16]),
+                counter: 77,
+            }],
+        }),
+        Message::Batch(sample_batch()),
+        Message::Ack { seq: 3 },
+        Message::End { batches: 9 },
+        Message::Done,
+        Message::Abort {
+            reason: "bad things".into(),
+        },
+    ]
+}
+
+#[test]
+fn every_message_round_trips() {
+    for message in samples() {
+        let frame = wire::encode_message(&message);
+        assert_eq!(
+            wire::decode_message(&frame),
+            Ok(message.clone()),
+            "{message:?}"
+        );
+    }
+}
+
+#[test]
+fn truncated_and_flipped_frames_never_panic() {
+    for message in samples() {
+        let frame = wire::encode_message(&message);
+        for cut in 0..frame.len() {
+            let _ = wire::decode_message(&frame[..cut]);
+        }
+        for bit in (0..frame.len() * 8).step_by(3) {
+            let mut bad = frame.clone();
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let _ = wire::decode_message(&bad);
+        }
+    }
+}
+
+#[test]
+fn bad_frames_get_their_own_errors() {
+    assert_eq!(wire::decode_message(&[]), Err(DecodeError::Empty));
+    let mut frame = wire::encode_message(&Message::Done);
+    frame[0] = 2;
+    assert_eq!(
+        wire::decode_message(&frame),
+        Err(DecodeError::Version {
+            found: 2,
+            supported: 1
+        })
+    );
+    let huge = vec![1u8; engine::limits::MESSAGE_BYTES_MAX + 1];
+    assert!(matches!(
+        wire::decode_message(&huge),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    // A zstd bomb: 64 MiB of zeros compresses to a few KiB, but the frame
+    // may not claim more than the limit, and may not lie about its size.
+    let zeros = vec![0u8; 64 * 1024 * 1024];
+    let bomb = zstd::bulk::compress(&zeros, 19).expect("compress");
+    assert!(bomb.len() < 64 * 1024);
+    let honest = wire::batch_frame_from_parts(0, zeros.len() as u64, &bomb);
+    assert!(matches!(
+        wire::decode_message(&honest),
+        Err(DecodeError::DecompressedTooLarge { .. })
+    ));
+    let liar = wire::batch_frame_from_parts(0, 1000, &bomb);
+    assert!(matches!(
+        wire::decode_message(&liar),
+        Err(DecodeError::LengthMismatch { .. } | DecodeError::Decompress(_))
+    ));
+    // A checksum that does not match.
+    let mut frame = wire::encode_message(&Message::Batch(sample_batch()));
+    let last = frame.len() - 1;
+    frame[last] ^= 1;
+    assert_eq!(wire::decode_message(&frame), Err(DecodeError::Checksum));
+    // Too many changes in one batch.
+    let mut batch = sample_batch();
+    let one = batch.groups[0].changes[0].clone();
+    batch.groups[0].changes = vec![one; engine::limits::BATCH_CHANGES_MAX + 1];
+    let frame = wire::encode_message(&Message::Batch(batch));
+    assert!(matches!(
+        wire::decode_message(&frame),
+        Err(DecodeError::TooManyChanges { .. })
+    ));
+}
+
+#[test]
+fn a_filter_with_too_many_prefixes_is_refused_while_decoding() {
+    let many: Vec<_> = (0..=partitions::limits::FILTER_PREFIXES_MAX)
+        .map(|i| partition(&format!("p{i}")))
+        .collect();
+    let hello = Message::Hello(Hello {
+        session: [0; 16],
+        credentials: Credentials::Hash([0; 32]),
+        filter: Filter::new(many),
+        pull: true,
+        push: true,
+    });
+    let frame = wire::encode_message(&hello);
+    assert!(matches!(
+        wire::decode_message(&frame),
+        Err(DecodeError::Cbor(_))
+    ));
+}
