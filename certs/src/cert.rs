@@ -13,8 +13,8 @@ use x509_parser::asn1_rs::{Any, FromDer};
 use x509_parser::der_parser::Oid;
 use x509_parser::extensions::ParsedExtension;
 use x509_parser::oid_registry::{
-    OID_SIG_ED25519, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_BASIC_CONSTRAINTS,
-    OID_X509_EXT_KEY_USAGE, OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+    OID_SIG_ED25519, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_KEY_USAGE,
+    OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
 };
 
 use crate::extension::{CertInfo, ExtensionError, SCOPE_EXTENSION_OID};
@@ -115,71 +115,50 @@ pub enum DecodeError {
 impl Certificate {
     pub fn from_der(der: &[u8]) -> Result<Certificate, DecodeError> {
         if der.len() > CERT_BYTES_MAX {
-            return Err(DecodeError::TooLarge {
-                len: der.len(),
-                max: CERT_BYTES_MAX,
-            });
+            return Err(DecodeError::TooLarge { len: der.len(), max: CERT_BYTES_MAX });
         }
         check_outer_structure(der)?;
         let (rest, cert) =
-            x509_parser::parse_x509_certificate(der).map_err(|e| DecodeError::Der {
-                reason: e.to_string(),
-            })?;
+            x509_parser::parse_x509_certificate(der).map_err(|e| DecodeError::Der { reason: e.to_string() })?;
         if !rest.is_empty() {
             return Err(DecodeError::TrailingBytes { count: rest.len() });
         }
         if cert.version().0 != 2 {
-            return Err(DecodeError::Version {
-                found: cert.version().0 + 1,
-            });
+            return Err(DecodeError::Version { found: cert.version().0 + 1 });
         }
-        if cert.signature_algorithm.algorithm != OID_SIG_ED25519
-            || cert.signature_algorithm.parameters.is_some()
-        {
-            return Err(DecodeError::SignatureAlgorithm {
-                oid: cert.signature_algorithm.algorithm.to_id_string(),
-            });
+        if cert.signature_algorithm.algorithm != OID_SIG_ED25519 || cert.signature_algorithm.parameters.is_some() {
+            return Err(DecodeError::SignatureAlgorithm { oid: cert.signature_algorithm.algorithm.to_id_string() });
         }
         if cert.tbs_certificate.signature != cert.signature_algorithm {
             return Err(DecodeError::AlgorithmMismatch);
         }
         let spki = cert.public_key();
         if spki.algorithm.algorithm != OID_SIG_ED25519 || spki.algorithm.parameters.is_some() {
-            return Err(DecodeError::PublicKey {
-                reason: "algorithm is not Ed25519",
-            });
+            return Err(DecodeError::PublicKey { reason: "algorithm is not Ed25519" });
         }
         check_complete_tlv(spki.raw, "the public key")?;
-        let subject_key: [u8; 32] =
-            spki.subject_public_key
-                .data
-                .as_ref()
-                .try_into()
-                .map_err(|_| DecodeError::PublicKey {
-                    reason: "key is not 32 bytes",
-                })?;
+        let subject_key: [u8; 32] = spki
+            .subject_public_key
+            .data
+            .as_ref()
+            .try_into()
+            .map_err(|_| DecodeError::PublicKey { reason: "key is not 32 bytes" })?;
         if spki.subject_public_key.unused_bits != 0 || !is_valid_public_key(&subject_key) {
-            return Err(DecodeError::PublicKey {
-                reason: "not a canonical point of full order",
-            });
+            return Err(DecodeError::PublicKey { reason: "not a canonical point of full order" });
         }
         if cert.signature_value.unused_bits != 0 {
             return Err(DecodeError::SignatureLength);
         }
-        let signature: [u8; 64] = cert
-            .signature_value
-            .data
-            .as_ref()
-            .try_into()
-            .map_err(|_| DecodeError::SignatureLength)?;
+        let signature: [u8; 64] =
+            cert.signature_value.data.as_ref().try_into().map_err(|_| DecodeError::SignatureLength)?;
         let subject_dn = cert.subject().as_raw().to_vec();
         let issuer_dn = cert.issuer().as_raw().to_vec();
         check_complete_tlv(&subject_dn, "the subject name")?;
         check_complete_tlv(&issuer_dn, "the issuer name")?;
-        let not_before = u64::try_from(cert.validity().not_before.timestamp())
-            .map_err(|_| DecodeError::Time { which: "start" })?;
-        let not_after = u64::try_from(cert.validity().not_after.timestamp())
-            .map_err(|_| DecodeError::Time { which: "end" })?;
+        let not_before =
+            u64::try_from(cert.validity().not_before.timestamp()).map_err(|_| DecodeError::Time { which: "start" })?;
+        let not_after =
+            u64::try_from(cert.validity().not_after.timestamp()).map_err(|_| DecodeError::Time { which: "end" })?;
 
         let scope_oid = Oid::from(SCOPE_EXTENSION_OID).map_err(|_| DecodeError::MissingScope)?;
         let mut seen: Vec<&Oid<'_>> = Vec::new();
@@ -190,47 +169,32 @@ impl Certificate {
         let mut path_len = None;
         for ext in cert.extensions() {
             if seen.contains(&&ext.oid) {
-                return Err(DecodeError::DuplicateExtension {
-                    oid: ext.oid.to_id_string(),
-                });
+                return Err(DecodeError::DuplicateExtension { oid: ext.oid.to_id_string() });
             }
             seen.push(&ext.oid);
-            let malformed = |reason: String| DecodeError::MalformedExtension {
-                oid: ext.oid.to_id_string(),
-                reason,
-            };
+            let malformed = |reason: String| DecodeError::MalformedExtension { oid: ext.oid.to_id_string(), reason };
             if ext.oid == scope_oid {
                 if !ext.critical {
                     return Err(DecodeError::ScopeNotCritical);
                 }
-                info = Some(CertInfo::decode(
-                    unwrap_octet_string(ext.value).map_err(malformed)?,
-                )?);
+                info = Some(CertInfo::decode(unwrap_octet_string(ext.value).map_err(malformed)?)?);
                 continue;
             }
             match ext.parsed_extension() {
-                ParsedExtension::BasicConstraints(bc)
-                    if ext.oid == OID_X509_EXT_BASIC_CONSTRAINTS =>
-                {
+                ParsedExtension::BasicConstraints(bc) if ext.oid == OID_X509_EXT_BASIC_CONSTRAINTS => {
                     ca = bc.ca;
                     path_len = bc.path_len_constraint;
                 }
-                ParsedExtension::SubjectKeyIdentifier(id)
-                    if ext.oid == OID_X509_EXT_SUBJECT_KEY_IDENTIFIER =>
-                {
+                ParsedExtension::SubjectKeyIdentifier(id) if ext.oid == OID_X509_EXT_SUBJECT_KEY_IDENTIFIER => {
                     subject_key_id = Some(id.0.to_vec());
                 }
-                ParsedExtension::AuthorityKeyIdentifier(aki)
-                    if ext.oid == OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER =>
-                {
+                ParsedExtension::AuthorityKeyIdentifier(aki) if ext.oid == OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER => {
                     authority_key_id = aki.key_identifier.as_ref().map(|id| id.0.to_vec());
                 }
                 ParsedExtension::KeyUsage(_) if ext.oid == OID_X509_EXT_KEY_USAGE => {}
                 ParsedExtension::ParseError { error } => return Err(malformed(error.to_string())),
                 _ if ext.critical => {
-                    return Err(DecodeError::UnknownCriticalExtension {
-                        oid: ext.oid.to_id_string(),
-                    });
+                    return Err(DecodeError::UnknownCriticalExtension { oid: ext.oid.to_id_string() });
                 }
                 _ => {}
             }
@@ -305,16 +269,13 @@ impl Certificate {
 /// drops bytes hidden after the last element of a SEQUENCE; a certificate
 /// whose bytes mean more than what we read is refused.
 fn check_outer_structure(der: &[u8]) -> Result<(), DecodeError> {
-    let der_error = |e: x509_parser::asn1_rs::Err<x509_parser::asn1_rs::Error>| DecodeError::Der {
-        reason: e.to_string(),
-    };
+    let der_error =
+        |e: x509_parser::asn1_rs::Err<x509_parser::asn1_rs::Error>| DecodeError::Der { reason: e.to_string() };
     // DER leaves one encoding per value; the parsers below are more lenient
     // about tags, so check each outer tag byte here.
     let tag = |raw: &[u8], expected: u8, part: &'static str| match raw.first() {
         Some(&t) if t == expected => Ok(()),
-        _ => Err(DecodeError::Der {
-            reason: format!("{part} has the wrong tag"),
-        }),
+        _ => Err(DecodeError::Der { reason: format!("{part} has the wrong tag") }),
     };
     tag(der, 0x30, "the certificate")?;
     let (rest, outer) = Any::from_der(der).map_err(der_error)?;
@@ -326,17 +287,13 @@ fn check_outer_structure(der: &[u8]) -> Result<(), DecodeError> {
     // Ed25519's AlgorithmIdentifier has exactly one DER encoding.
     const ED25519_ALGORITHM: &[u8] = &[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
     if !rest.starts_with(ED25519_ALGORITHM) {
-        return Err(DecodeError::SignatureAlgorithm {
-            oid: "not exactly Ed25519".to_owned(),
-        });
+        return Err(DecodeError::SignatureAlgorithm { oid: "not exactly Ed25519".to_owned() });
     }
     let rest = &rest[ED25519_ALGORITHM.len()..];
     tag(rest, 0x03, "the signature")?;
     let (rest, _signature) = Any::from_der(rest).map_err(der_error)?;
     if !rest.is_empty() {
-        return Err(DecodeError::HiddenBytes {
-            part: "the certificate",
-        });
+        return Err(DecodeError::HiddenBytes { part: "the certificate" });
     }
     // Walk the TBS: every element must be complete, and nothing may follow
     // the last one.

@@ -52,10 +52,7 @@ impl Revocations {
     }
 
     pub fn of(&self, cert: CertId) -> &[Revocation] {
-        self.by_revoked
-            .get(&cert)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        self.by_revoked.get(&cert).map(Vec::as_slice).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -81,11 +78,7 @@ pub enum VerifyError {
     #[error("the root's key hashes to org {key_org}, but the root claims org {claimed}")]
     WrongOrgRoot { claimed: OrgId, key_org: OrgId },
     #[error("certificate {index} belongs to org {found}, but the chain's root is org {expected}")]
-    OrgMismatch {
-        index: usize,
-        expected: OrgId,
-        found: OrgId,
-    },
+    OrgMismatch { index: usize, expected: OrgId, found: OrgId },
     #[error("the root certificate is not self-issued")]
     RootNotSelfIssued,
     #[error("the root certificate is not a CA")]
@@ -101,44 +94,21 @@ pub enum VerifyError {
     #[error("certificate {index} issued a certificate but may not issue (not a CA)")]
     IssuerNotCa { index: usize },
     #[error("certificate {index} allows {allowed} issuing levels below it, the chain has {found}")]
-    PathLengthExceeded {
-        index: usize,
-        allowed: u32,
-        found: u32,
-    },
+    PathLengthExceeded { index: usize, allowed: u32, found: u32 },
     #[error("certificate {index} is not valid before {not_before} (time is {at})")]
-    NotYetValid {
-        index: usize,
-        not_before: u64,
-        at: u64,
-    },
+    NotYetValid { index: usize, not_before: u64, at: u64 },
     #[error("certificate {index} expired at {not_after} (time is {at})")]
-    Expired {
-        index: usize,
-        not_after: u64,
-        at: u64,
-    },
+    Expired { index: usize, not_after: u64, at: u64 },
     #[error(
         "certificate {index} is valid {not_before}..{not_after}, outside its issuer's {issuer_not_before}..{issuer_not_after}"
     )]
-    OutlivesIssuer {
-        index: usize,
-        not_before: u64,
-        not_after: u64,
-        issuer_not_before: u64,
-        issuer_not_after: u64,
-    },
+    OutlivesIssuer { index: usize, not_before: u64, not_after: u64, issuer_not_before: u64, issuer_not_after: u64 },
     #[error("certificate {index} is wider than its issuer: it {widening}")]
     ScopeWidened { index: usize, widening: Widening },
     #[error("the chain belongs to key {found}, not to the peer's key {expected}")]
     LeafKeyMismatch { expected: String, found: String },
     #[error("certificate {index} ({cert}) was revoked at {revoked_at} by {by}")]
-    Revoked {
-        index: usize,
-        cert: CertId,
-        revoked_at: u64,
-        by: CertId,
-    },
+    Revoked { index: usize, cert: CertId, revoked_at: u64, by: CertId },
 }
 
 impl Chain {
@@ -148,10 +118,7 @@ impl Chain {
             return Err(VerifyError::Empty);
         }
         if certs.len() > CHAIN_DEPTH_MAX {
-            return Err(VerifyError::TooDeep {
-                depth: certs.len(),
-                max: CHAIN_DEPTH_MAX,
-            });
+            return Err(VerifyError::TooDeep { depth: certs.len(), max: CHAIN_DEPTH_MAX });
         }
         Ok(Chain { certs })
     }
@@ -159,39 +126,22 @@ impl Chain {
     /// Decodes concatenated DER certificates, root first.
     pub fn decode(bytes: &[u8]) -> Result<Chain, VerifyError> {
         if bytes.len() > CHAIN_BYTES_MAX {
-            return Err(VerifyError::TooLarge {
-                len: bytes.len(),
-                max: CHAIN_BYTES_MAX,
-            });
+            return Err(VerifyError::TooLarge { len: bytes.len(), max: CHAIN_BYTES_MAX });
         }
         let mut certs = Vec::new();
         let mut rest = bytes;
         while !rest.is_empty() {
             let index = certs.len();
             if index == CHAIN_DEPTH_MAX {
-                return Err(VerifyError::TooDeep {
-                    depth: index + 1,
-                    max: CHAIN_DEPTH_MAX,
-                });
+                return Err(VerifyError::TooDeep { depth: index + 1, max: CHAIN_DEPTH_MAX });
             }
-            let (next, _) = Any::from_der(rest).map_err(|e| VerifyError::Decode {
-                index,
-                error: DecodeError::Der {
-                    reason: e.to_string(),
-                },
-            })?;
+            let (next, _) = Any::from_der(rest)
+                .map_err(|e| VerifyError::Decode { index, error: DecodeError::Der { reason: e.to_string() } })?;
             let len = rest.len() - next.len();
             if len > CERT_BYTES_MAX {
-                return Err(VerifyError::Decode {
-                    index,
-                    error: DecodeError::TooLarge {
-                        len,
-                        max: CERT_BYTES_MAX,
-                    },
-                });
+                return Err(VerifyError::Decode { index, error: DecodeError::TooLarge { len, max: CERT_BYTES_MAX } });
             }
-            let cert = Certificate::from_der(&rest[..len])
-                .map_err(|error| VerifyError::Decode { index, error })?;
+            let cert = Certificate::from_der(&rest[..len]).map_err(|error| VerifyError::Decode { index, error })?;
             certs.push(cert);
             rest = next;
         }
@@ -199,10 +149,7 @@ impl Chain {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        self.certs
-            .iter()
-            .flat_map(|c| c.der().iter().copied())
-            .collect()
+        self.certs.iter().flat_map(|c| c.der().iter().copied()).collect()
     }
 
     /// The blake3 hash of the encoding: how peers name a chain they cache.
@@ -256,10 +203,7 @@ impl Chain {
         let org = root.info().org;
         let key_org = OrgId::from_public_key(root.subject_key());
         if key_org != org {
-            return Err(VerifyError::WrongOrgRoot {
-                claimed: org,
-                key_org,
-            });
+            return Err(VerifyError::WrongOrgRoot { claimed: org, key_org });
         }
         if root.issuer_dn() != root.subject_dn() {
             return Err(VerifyError::RootNotSelfIssued);
@@ -277,11 +221,7 @@ impl Chain {
             let parent = &certs[index - 1];
             let cert = &certs[index];
             if cert.info().org != org {
-                return Err(VerifyError::OrgMismatch {
-                    index,
-                    expected: org,
-                    found: cert.info().org,
-                });
+                return Err(VerifyError::OrgMismatch { index, expected: org, found: cert.info().org });
             }
             if cert.issuer_dn() != parent.subject_dn() {
                 return Err(VerifyError::IssuerMismatch { index });
@@ -301,11 +241,7 @@ impl Chain {
                 // Issuing certificates strictly between the parent and the leaf.
                 let found = u32::try_from(certs.len() - 1 - index).unwrap_or(u32::MAX);
                 if found > allowed {
-                    return Err(VerifyError::PathLengthExceeded {
-                        index: index - 1,
-                        allowed,
-                        found,
-                    });
+                    return Err(VerifyError::PathLengthExceeded { index: index - 1, allowed, found });
                 }
             }
             if cert.not_before() < parent.not_before() || cert.not_after() > parent.not_after() {
@@ -324,28 +260,17 @@ impl Chain {
         }
         for (index, cert) in certs.iter().enumerate() {
             if at < cert.not_before() {
-                return Err(VerifyError::NotYetValid {
-                    index,
-                    not_before: cert.not_before(),
-                    at,
-                });
+                return Err(VerifyError::NotYetValid { index, not_before: cert.not_before(), at });
             }
             if at > cert.not_after() {
-                return Err(VerifyError::Expired {
-                    index,
-                    not_after: cert.not_after(),
-                    at,
-                });
+                return Err(VerifyError::Expired { index, not_after: cert.not_after(), at });
             }
         }
         let leaf = self.leaf();
         if let Some(expected) = subject_key
             && leaf.subject_key() != expected
         {
-            return Err(VerifyError::LeafKeyMismatch {
-                expected: hex(expected),
-                found: hex(leaf.subject_key()),
-            });
+            return Err(VerifyError::LeafKeyMismatch { expected: hex(expected), found: hex(leaf.subject_key()) });
         }
         for (index, cert) in certs.iter().enumerate().skip(1) {
             for revocation in revocations.of(cert.id()) {
@@ -380,6 +305,5 @@ fn signed_by(cert: &Certificate, key: &[u8; 32]) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(key) else {
         return false;
     };
-    key.verify_strict(cert.tbs(), &Signature::from_bytes(cert.signature()))
-        .is_ok()
+    key.verify_strict(cert.tbs(), &Signature::from_bytes(cert.signature())).is_ok()
 }

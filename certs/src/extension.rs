@@ -57,11 +57,7 @@ pub enum ExtensionError {
     #[error("missing key {key} in scope map")]
     MissingKey { key: u64 },
     #[error("{what} has {count} entries, more than the {max} allowed")]
-    TooMany {
-        what: &'static str,
-        count: u64,
-        max: usize,
-    },
+    TooMany { what: &'static str, count: u64, max: usize },
     #[error("bad prefix {text:?}: {reason}")]
     Prefix { text: String, reason: String },
     #[error("bad record type {text:?}: {reason}")]
@@ -69,11 +65,7 @@ pub enum ExtensionError {
     #[error("unknown type mode {value}")]
     Mode { value: u64 },
     #[error("{what} is {len} bytes, more than the {max} allowed")]
-    TextTooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TextTooLong { what: &'static str, len: usize, max: usize },
     #[error("scope CBOR is not in canonical form")]
     NotCanonical,
 }
@@ -83,10 +75,7 @@ impl CertInfo {
         let mut e = Encoder::new(Vec::new());
         let entries = if self.authority.is_some() { 7 } else { 6 };
         // Writing to a Vec cannot fail.
-        let _ = e
-            .map(entries)
-            .and_then(|e| e.u64(0))
-            .and_then(|e| e.u64(VERSION));
+        let _ = e.map(entries).and_then(|e| e.u64(0)).and_then(|e| e.u64(VERSION));
         let _ = e.u64(1).and_then(|e| e.bytes(self.org.as_bytes()));
         let _ = e.u64(2).and_then(|e| e.str(&self.name));
         write_scope_fields(&mut e, &self.scope, 3);
@@ -98,10 +87,7 @@ impl CertInfo {
 
     pub fn decode(bytes: &[u8]) -> Result<CertInfo, ExtensionError> {
         if bytes.len() > SCOPE_CBOR_BYTES_MAX {
-            return Err(ExtensionError::TooLong {
-                len: bytes.len(),
-                max: SCOPE_CBOR_BYTES_MAX,
-            });
+            return Err(ExtensionError::TooLong { len: bytes.len(), max: SCOPE_CBOR_BYTES_MAX });
         }
         let mut d = Decoder::new(bytes);
         let entries = definite(d.map(), &d)?;
@@ -132,12 +118,7 @@ impl CertInfo {
         if d.position() != bytes.len() {
             return Err(cbor_error(&d, "trailing bytes after the scope map"));
         }
-        let info = CertInfo {
-            org,
-            name,
-            scope,
-            authority,
-        };
+        let info = CertInfo { org, name, scope, authority };
         if info.encode() != bytes {
             return Err(ExtensionError::NotCanonical);
         }
@@ -157,22 +138,14 @@ pub(crate) fn write_scope_fields(e: &mut Encoder<Vec<u8>>, scope: &Scope, first:
     write_filter(e, &scope.read);
     let _ = e.u64(first + 1);
     write_filter(e, &scope.write);
-    let _ = e
-        .u64(first + 2)
-        .and_then(|e| e.map(scope.types.len() as u64));
+    let _ = e.u64(first + 2).and_then(|e| e.map(scope.types.len() as u64));
     for (record_type, mode) in &scope.types {
-        let _ = e
-            .str(record_type.as_str())
-            .and_then(|e| e.u64(mode_number(*mode)));
+        let _ = e.str(record_type.as_str()).and_then(|e| e.u64(mode_number(*mode)));
     }
 }
 
 /// Reads what `write_scope_fields` wrote, resolving prefixes against `org`.
-pub(crate) fn read_scope_fields(
-    d: &mut Decoder<'_>,
-    org: OrgId,
-    first: u64,
-) -> Result<Scope, ExtensionError> {
+pub(crate) fn read_scope_fields(d: &mut Decoder<'_>, org: OrgId, first: u64) -> Result<Scope, ExtensionError> {
     expect_key(d, first)?;
     let read = read_filter(d, org, "read filter")?;
     expect_key(d, first + 1)?;
@@ -180,37 +153,23 @@ pub(crate) fn read_scope_fields(
     expect_key(d, first + 2)?;
     let count = definite(d.map(), d)?;
     if count > SCOPE_TYPES_MAX as u64 {
-        return Err(ExtensionError::TooMany {
-            what: "type modes",
-            count,
-            max: SCOPE_TYPES_MAX,
-        });
+        return Err(ExtensionError::TooMany { what: "type modes", count, max: SCOPE_TYPES_MAX });
     }
     let mut types = BTreeMap::new();
     for _ in 0..count {
         let text = d.str().map_err(|e| from_minicbor(d, e))?;
-        let record_type = RecordType::parse(text).map_err(|e| ExtensionError::RecordType {
-            text: text.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let record_type = RecordType::parse(text)
+            .map_err(|e| ExtensionError::RecordType { text: text.to_owned(), reason: e.to_string() })?;
         let value = d.u64().map_err(|e| from_minicbor(d, e))?;
         types.insert(record_type, mode_from_number(value)?);
     }
     Ok(Scope { read, write, types })
 }
 
-fn read_filter(
-    d: &mut Decoder<'_>,
-    org: OrgId,
-    what: &'static str,
-) -> Result<Filter, ExtensionError> {
+fn read_filter(d: &mut Decoder<'_>, org: OrgId, what: &'static str) -> Result<Filter, ExtensionError> {
     let count = definite(d.array(), d)?;
     if count > FILTER_PREFIXES_MAX as u64 {
-        return Err(ExtensionError::TooMany {
-            what,
-            count,
-            max: FILTER_PREFIXES_MAX,
-        });
+        return Err(ExtensionError::TooMany { what, count, max: FILTER_PREFIXES_MAX });
     }
     let mut prefixes = Vec::new();
     for _ in 0..count {
@@ -224,10 +183,8 @@ fn read_filter(
                 reason: "prefixes must be relative to the certificate's org".to_owned(),
             });
         }
-        let prefix = Partition::resolve(org, text).map_err(|e| ExtensionError::Prefix {
-            text: text.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let prefix = Partition::resolve(org, text)
+            .map_err(|e| ExtensionError::Prefix { text: text.to_owned(), reason: e.to_string() })?;
         prefixes.push(prefix);
     }
     Ok(Filter::new(prefixes))
@@ -274,34 +231,20 @@ pub(crate) fn definite(
     }
 }
 
-pub(crate) fn bounded_str<'b>(
-    d: &mut Decoder<'b>,
-    what: &'static str,
-    max: usize,
-) -> Result<&'b str, ExtensionError> {
+pub(crate) fn bounded_str<'b>(d: &mut Decoder<'b>, what: &'static str, max: usize) -> Result<&'b str, ExtensionError> {
     let text = d.str().map_err(|e| from_minicbor(d, e))?;
     if text.len() > max {
-        return Err(ExtensionError::TextTooLong {
-            what,
-            len: text.len(),
-            max,
-        });
+        return Err(ExtensionError::TextTooLong { what, len: text.len(), max });
     }
     Ok(text)
 }
 
 pub(crate) fn cbor_error(d: &Decoder<'_>, reason: &str) -> ExtensionError {
-    ExtensionError::Cbor {
-        at: d.position(),
-        reason: reason.to_owned(),
-    }
+    ExtensionError::Cbor { at: d.position(), reason: reason.to_owned() }
 }
 
 pub(crate) fn from_minicbor(d: &Decoder<'_>, e: minicbor::decode::Error) -> ExtensionError {
-    ExtensionError::Cbor {
-        at: e.position().unwrap_or(d.position()),
-        reason: e.to_string(),
-    }
+    ExtensionError::Cbor { at: e.position().unwrap_or(d.position()), reason: e.to_string() }
 }
 
 #[cfg(test)]
@@ -326,10 +269,7 @@ mod tests {
     fn scope_extension_round_trips() {
         let info = info();
         assert_eq!(CertInfo::decode(&info.encode()), Ok(info.clone()));
-        let plain = CertInfo {
-            authority: None,
-            ..info
-        };
+        let plain = CertInfo { authority: None, ..info };
         assert_eq!(CertInfo::decode(&plain.encode()), Ok(plain));
     }
 
@@ -345,10 +285,7 @@ mod tests {
     fn scope_extension_rejects_trailing_bytes_and_truncation() {
         let mut bytes = info().encode();
         bytes.push(0);
-        assert!(matches!(
-            CertInfo::decode(&bytes),
-            Err(ExtensionError::Cbor { .. })
-        ));
+        assert!(matches!(CertInfo::decode(&bytes), Err(ExtensionError::Cbor { .. })));
         let bytes = info().encode();
         for cut in 0..bytes.len() {
             assert!(CertInfo::decode(&bytes[..cut]).is_err(), "cut at {cut}");

@@ -11,8 +11,8 @@
 use ed25519_dalek::SigningKey;
 use partitions::{OrgId, Scope, Widening};
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa,
-    KeyIdMethod, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, KeyIdMethod,
+    KeyUsagePurpose, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -81,12 +81,7 @@ pub enum IssueError {
     #[error(
         "requested validity {not_before}..{not_after} is outside the issuer's {issuer_not_before}..{issuer_not_after}"
     )]
-    ValidityOutsideIssuer {
-        not_before: u64,
-        not_after: u64,
-        issuer_not_before: u64,
-        issuer_not_after: u64,
-    },
+    ValidityOutsideIssuer { not_before: u64, not_after: u64, issuer_not_before: u64, issuer_not_after: u64 },
     #[error("validity ends ({not_after}) before it starts ({not_before})")]
     EmptyValidity { not_before: u64, not_after: u64 },
     #[error("time {0} cannot be written in a certificate (years 1970 to 9999)")]
@@ -96,11 +91,7 @@ pub enum IssueError {
     #[error("the signing key does not belong to the issuer certificate")]
     KeyMismatch,
     #[error("{what} is {len} bytes, more than the {max} allowed")]
-    TooLong {
-        what: &'static str,
-        len: usize,
-        max: usize,
-    },
+    TooLong { what: &'static str, len: usize, max: usize },
     #[error("authority tag {0:?} may only use a-z, 0-9, . _ -")]
     BadAuthority(String),
     #[error("certificate could not be built: {0}")]
@@ -124,19 +115,11 @@ pub fn create_org(
     let org = OrgId::from_public_key(&public);
     check_texts(name, None)?;
     if not_after <= not_before {
-        return Err(IssueError::EmptyValidity {
-            not_before,
-            not_after,
-        });
+        return Err(IssueError::EmptyValidity { not_before, not_after });
     }
     let template = CertTemplate {
         subject_key: public,
-        info: CertInfo {
-            org,
-            name: name.to_owned(),
-            scope: Scope::full(org),
-            authority: None,
-        },
+        info: CertInfo { org, name: name.to_owned(), scope: Scope::full(org), authority: None },
         not_before,
         not_after,
         ca: Some(None),
@@ -182,10 +165,7 @@ impl Issuer {
             return Err(IssueError::PathLength);
         }
         if self.chain.len() + 1 > CHAIN_DEPTH_MAX {
-            return Err(IssueError::TooDeep {
-                depth: self.chain.len() + 1,
-                max: CHAIN_DEPTH_MAX,
-            });
+            return Err(IssueError::TooDeep { depth: self.chain.len() + 1, max: CHAIN_DEPTH_MAX });
         }
         if !is_valid_public_key(&request.subject_key) {
             return Err(IssueError::BadSubjectKey);
@@ -195,15 +175,9 @@ impl Issuer {
         if !request.scope.read.is_within_org(org) || !request.scope.write.is_within_org(org) {
             return Err(IssueError::OtherOrg { org });
         }
-        request
-            .scope
-            .check_within(&parent.info().scope)
-            .map_err(IssueError::ScopeWidened)?;
+        request.scope.check_within(&parent.info().scope).map_err(IssueError::ScopeWidened)?;
         if request.not_after <= request.not_before {
-            return Err(IssueError::EmptyValidity {
-                not_before: request.not_before,
-                not_after: request.not_after,
-            });
+            return Err(IssueError::EmptyValidity { not_before: request.not_before, not_after: request.not_after });
         }
         if request.not_before < parent.not_before() || request.not_after > parent.not_after() {
             return Err(IssueError::ValidityOutsideIssuer {
@@ -237,11 +211,7 @@ impl Issuer {
         };
         let child = Certificate::from_der(&build(&template, Some(parent), &self.key)?)?;
         let chain = self.chain.with(child)?;
-        chain.verify(
-            Some(&request.subject_key),
-            request.not_before,
-            &Revocations::default(),
-        )?;
+        chain.verify(Some(&request.subject_key), request.not_before, &Revocations::default())?;
         Ok(chain)
     }
 
@@ -254,24 +224,14 @@ impl Issuer {
 
 fn check_texts(name: &str, authority: Option<&str>) -> Result<(), IssueError> {
     if name.len() > NAME_BYTES_MAX {
-        return Err(IssueError::TooLong {
-            what: "name",
-            len: name.len(),
-            max: NAME_BYTES_MAX,
-        });
+        return Err(IssueError::TooLong { what: "name", len: name.len(), max: NAME_BYTES_MAX });
     }
     if let Some(authority) = authority {
         if authority.len() > AUTHORITY_BYTES_MAX {
-            return Err(IssueError::TooLong {
-                what: "authority",
-                len: authority.len(),
-                max: AUTHORITY_BYTES_MAX,
-            });
+            return Err(IssueError::TooLong { what: "authority", len: authority.len(), max: AUTHORITY_BYTES_MAX });
         }
         let ok = !authority.is_empty()
-            && authority
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
+            && authority.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c));
         if !ok {
             return Err(IssueError::BadAuthority(authority.to_owned()));
         }
@@ -293,10 +253,8 @@ pub fn build(
         None => params.self_signed(&signer),
         Some(parent) => {
             let mut issuer_params = CertificateParams::default();
-            issuer_params.distinguished_name =
-                distinguished_name(parent.info().org, parent.subject_key());
-            issuer_params.key_identifier_method =
-                KeyIdMethod::PreSpecified(key_id(parent.subject_key()));
+            issuer_params.distinguished_name = distinguished_name(parent.info().org, parent.subject_key());
+            issuer_params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(parent.subject_key()));
             let issuer = rcgen::Issuer::new(issuer_params, &signer);
             params.signed_by(&EdPublic(&template.subject_key), &issuer)
         }
@@ -328,24 +286,15 @@ fn params(template: &CertTemplate) -> Result<CertificateParams, IssueError> {
         Some(Some(n)) => IsCa::Ca(BasicConstraints::Constrained(n)),
     };
     params.key_usages = if template.ca.is_some() {
-        vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyCertSign,
-        ]
+        vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyCertSign]
     } else {
         vec![KeyUsagePurpose::DigitalSignature]
     };
     params.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&template.subject_key));
     params.use_authority_key_identifier_extension = true;
-    let replaces_scope = template
-        .extra_extensions
-        .iter()
-        .any(|e| e.oid == SCOPE_EXTENSION_OID);
+    let replaces_scope = template.extra_extensions.iter().any(|e| e.oid == SCOPE_EXTENSION_OID);
     if !replaces_scope {
-        let mut scope = CustomExtension::from_oid_content(
-            SCOPE_EXTENSION_OID,
-            octet_string(&template.info.encode()),
-        );
+        let mut scope = CustomExtension::from_oid_content(SCOPE_EXTENSION_OID, octet_string(&template.info.encode()));
         scope.set_criticality(true);
         params.custom_extensions.push(scope);
     }

@@ -41,12 +41,7 @@ pub struct RevocationError {
 impl Revocation {
     pub fn sign(revoked: CertId, revoked_at: u64, revoker: CertId, key: &SigningKey) -> Revocation {
         let message = signed_part(revoked, revoked_at, revoker);
-        Revocation {
-            revoked,
-            revoked_at,
-            revoker,
-            signature: key.sign(&message).to_bytes(),
-        }
+        Revocation { revoked, revoked_at, revoker, signature: key.sign(&message).to_bytes() }
     }
 
     /// Whether `revoker_key` signed this statement.
@@ -55,23 +50,18 @@ impl Revocation {
             return false;
         };
         let message = signed_part(self.revoked, self.revoked_at, self.revoker);
-        key.verify_strict(&message, &Signature::from_bytes(&self.signature))
-            .is_ok()
+        key.verify_strict(&message, &Signature::from_bytes(&self.signature)).is_ok()
     }
 
     pub fn to_bytes(&self) -> [u8; REVOCATION_BYTES] {
         let mut out = [0u8; REVOCATION_BYTES];
-        out[..40].copy_from_slice(
-            &signed_part(self.revoked, self.revoked_at, self.revoker)[DOMAIN.len()..],
-        );
+        out[..40].copy_from_slice(&signed_part(self.revoked, self.revoked_at, self.revoker)[DOMAIN.len()..]);
         out[40..].copy_from_slice(&self.signature);
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Revocation, RevocationError> {
-        let bytes: &[u8; REVOCATION_BYTES] = bytes
-            .try_into()
-            .map_err(|_| RevocationError { len: bytes.len() })?;
+        let bytes: &[u8; REVOCATION_BYTES] = bytes.try_into().map_err(|_| RevocationError { len: bytes.len() })?;
         let mut revoked = [0u8; 16];
         let mut at = [0u8; 8];
         let mut revoker = [0u8; 16];

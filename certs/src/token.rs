@@ -24,8 +24,7 @@ use rand_core::CryptoRng;
 
 use crate::chain::Chain;
 use crate::extension::{
-    ExtensionError, bounded_str, cbor_error, definite, expect_key, from_minicbor,
-    read_scope_fields, write_scope_fields,
+    ExtensionError, bounded_str, cbor_error, definite, expect_key, from_minicbor, read_scope_fields, write_scope_fields,
 };
 use crate::issue::{IssueError, IssueRequest, Issuer};
 use crate::key::{hex, is_valid_public_key};
@@ -113,10 +112,7 @@ impl Token {
     pub fn decode(text: &str) -> Result<Token, TokenError> {
         let text = text.trim();
         if text.len() > TOKEN_TEXT_MAX {
-            return Err(TokenError::TooLong {
-                len: text.len(),
-                max: TOKEN_TEXT_MAX,
-            });
+            return Err(TokenError::TooLong { len: text.len(), max: TOKEN_TEXT_MAX });
         }
         let body = text.strip_prefix(PREFIX).ok_or(TokenError::Prefix)?;
         let bytes = base32::decode(body)?;
@@ -143,11 +139,7 @@ fn decode_cbor(bytes: &[u8]) -> Result<Token, ExtensionError> {
     expect_key(&mut d, 2)?;
     let count = definite(d.array(), &d)?;
     if count > TOKEN_ADDRESSES_MAX as u64 {
-        return Err(ExtensionError::TooMany {
-            what: "addresses",
-            count,
-            max: TOKEN_ADDRESSES_MAX,
-        });
+        return Err(ExtensionError::TooMany { what: "addresses", count, max: TOKEN_ADDRESSES_MAX });
     }
     let mut addresses = Vec::new();
     for _ in 0..count {
@@ -163,21 +155,12 @@ fn decode_cbor(bytes: &[u8]) -> Result<Token, ExtensionError> {
     if d.position() != bytes.len() {
         return Err(cbor_error(&d, "trailing bytes after the token"));
     }
-    Ok(Token {
-        issuer_key,
-        addresses,
-        secret,
-        expires_at,
-        org,
-        scope,
-    })
+    Ok(Token { issuer_key, addresses, secret, expires_at, org, scope })
 }
 
 fn fixed<const N: usize>(d: &mut Decoder<'_>, what: &str) -> Result<[u8; N], ExtensionError> {
     let bytes = d.bytes().map_err(|e| from_minicbor(d, e))?;
-    bytes
-        .try_into()
-        .map_err(|_| cbor_error(d, &format!("{what} must be {N} bytes")))
+    bytes.try_into().map_err(|_| cbor_error(d, &format!("{what} must be {N} bytes")))
 }
 
 /// The hash the issuer keeps instead of the secret.
@@ -209,10 +192,7 @@ pub fn create_token(
     request: &TokenRequest,
     rng: &mut impl CryptoRng,
 ) -> Result<(Token, TokenRecord), IssueError> {
-    request
-        .scope
-        .check_within(&issuer.chain().leaf().info().scope)
-        .map_err(IssueError::ScopeWidened)?;
+    request.scope.check_within(&issuer.chain().leaf().info().scope).map_err(IssueError::ScopeWidened)?;
     if !issuer.chain().leaf().is_ca() {
         return Err(IssueError::NotCa);
     }
@@ -258,10 +238,7 @@ pub fn redeem(
         return Err(EnrolError::WrongSecret);
     }
     if now > record.expires_at {
-        return Err(EnrolError::Expired {
-            expires_at: record.expires_at,
-            now,
-        });
+        return Err(EnrolError::Expired { expires_at: record.expires_at, now });
     }
     if record.uses_left == 0 {
         return Err(EnrolError::UsedUp);
@@ -275,9 +252,7 @@ pub fn redeem(
         name: subject_name.to_owned(),
         scope: record.scope.clone(),
         not_before: now,
-        not_after: now
-            .saturating_add(record.certificate_validity)
-            .min(issuer_end),
+        not_after: now.saturating_add(record.certificate_validity).min(issuer_end),
         can_issue: record.can_issue,
         authority: record.authority.clone(),
     };

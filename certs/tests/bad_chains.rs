@@ -2,8 +2,8 @@
 //! chains they are variations of.
 
 use certs::{
-    CertInfo, CertTemplate, Certificate, Chain, DecodeError, IssueError, IssueRequest, Issuer,
-    RawExtension, Revocations, SCOPE_EXTENSION_OID, VerifyError, build, create_org, octet_string,
+    CertInfo, CertTemplate, Certificate, Chain, DecodeError, IssueError, IssueRequest, Issuer, RawExtension,
+    Revocations, SCOPE_EXTENSION_OID, VerifyError, build, create_org, octet_string,
 };
 use ed25519_dalek::SigningKey;
 use partitions::{Filter, OrgId, Partition, RecordType, Scope, TypeMode, Widening};
@@ -60,9 +60,7 @@ fn fixture() -> Fixture {
         )
         .expect("site");
     let site_issuer = Issuer::new(site.clone(), key(2)).expect("site issuer");
-    let device = site_issuer
-        .issue(&device_request(), serial(3))
-        .expect("device");
+    let device = site_issuer.issue(&device_request(), serial(3)).expect("device");
     Fixture { root, site, device }
 }
 
@@ -83,12 +81,7 @@ fn device_template(parent: &Certificate) -> CertTemplate {
     let request = device_request();
     CertTemplate {
         subject_key: request.subject_key,
-        info: CertInfo {
-            org: parent.info().org,
-            name: request.name,
-            scope: request.scope,
-            authority: None,
-        },
+        info: CertInfo { org: parent.info().org, name: request.name, scope: request.scope, authority: None },
         not_before: request.not_before,
         not_after: request.not_after,
         ca: None,
@@ -121,11 +114,7 @@ fn cert(der: &[u8]) -> Certificate {
 }
 
 /// Re-decodes a chain after changing one certificate's DER.
-fn tamper(
-    chain: &Chain,
-    index: usize,
-    change: impl Fn(&mut Vec<u8>),
-) -> Result<Chain, VerifyError> {
+fn tamper(chain: &Chain, index: usize, change: impl Fn(&mut Vec<u8>)) -> Result<Chain, VerifyError> {
     let mut bytes = Vec::new();
     for (i, cert) in chain.certs().iter().enumerate() {
         let mut der = cert.der().to_vec();
@@ -148,27 +137,16 @@ fn good_chain_grants_the_device_scope() {
     let f = fixture();
     let verified = verify(&f.device).expect("verifies");
     assert_eq!(verified.org, org());
-    assert_eq!(
-        verified.scope,
-        scope("results:tc-1,tests", "results:tc-1", "test=ro")
-    );
+    assert_eq!(verified.scope, scope("results:tc-1,tests", "results:tc-1", "test=ro"));
     assert_eq!(verified.subject_key, public(3));
     assert_eq!(verified.not_after, T0 + 10 * DAY);
     let decoded = Chain::decode(&f.device.encode()).expect("decodes");
     assert_eq!(decoded, f.device);
     assert_eq!(
-        f.site
-            .verify(Some(&public(2)), T0, &Revocations::default())
-            .expect("site")
-            .authority
-            .as_deref(),
+        f.site.verify(Some(&public(2)), T0, &Revocations::default()).expect("site").authority.as_deref(),
         Some("central")
     );
-    assert!(
-        f.root
-            .verify(Some(&public(1)), T0, &Revocations::default())
-            .is_ok()
-    );
+    assert!(f.root.verify(Some(&public(1)), T0, &Revocations::default()).is_ok());
 }
 
 #[test]
@@ -178,27 +156,15 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
     let p = |text: &str| Partition::resolve(org(), text).expect("valid");
 
     let mut revoked_leaf = Revocations::default();
-    revoked_leaf.insert(
-        Issuer::new(f.site.clone(), key(2))
-            .expect("issuer")
-            .revoke(f.device.leaf().id(), T0 - 10),
-    );
+    revoked_leaf.insert(Issuer::new(f.site.clone(), key(2)).expect("issuer").revoke(f.device.leaf().id(), T0 - 10));
     let mut revoked_site = Revocations::default();
-    revoked_site.insert(
-        Issuer::new(f.root.clone(), key(1))
-            .expect("issuer")
-            .revoke(f.site.leaf().id(), T0 - 10),
-    );
+    revoked_site.insert(Issuer::new(f.root.clone(), key(1)).expect("issuer").revoke(f.site.leaf().id(), T0 - 10));
 
     let wrong_root = {
         let mut template = device_template(f.root.leaf());
         template.subject_key = public(1);
-        template.info = CertInfo {
-            org: other_org,
-            name: "fake".into(),
-            scope: Scope::full(other_org),
-            authority: None,
-        };
+        template.info =
+            CertInfo { org: other_org, name: "fake".into(), scope: Scope::full(other_org), authority: None };
         template.ca = Some(None);
         let root = build(&template, None, &key(1)).expect("builds");
         Chain::decode(&root)
@@ -214,14 +180,7 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
             template.serial = serial(10 + i);
             template.not_before = T0 - DAY;
             template.not_after = T0 + DAY;
-            certs.push(cert(
-                &build(
-                    &template,
-                    Some(&parent),
-                    &key(if i == 0 { 1 } else { 9 + i }),
-                )
-                .expect("builds"),
-            ));
+            certs.push(cert(&build(&template, Some(&parent), &key(if i == 0 { 1 } else { 9 + i })).expect("builds")));
         }
         let bytes: Vec<u8> = certs.iter().flat_map(|c| c.der().to_vec()).collect();
         Chain::decode(&bytes)
@@ -243,31 +202,16 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
         template.subject_key = public(6);
         template.ca = Some(None);
         let subsub = build(&template, Some(&cert(&sub)), &key(5)).expect("builds");
-        let leaf = build(
-            &device_template(&cert(&subsub)),
-            Some(&cert(&subsub)),
-            &key(6),
-        )
-        .expect("builds");
+        let leaf = build(&device_template(&cert(&subsub)), Some(&cert(&subsub)), &key(6)).expect("builds");
         append(&f.site, &[sub, subsub, leaf])
     };
     let with_extension = |oid: Vec<u64>, value: Vec<u8>, critical: bool| {
         let mut template = device_template(f.site.leaf());
-        template.extra_extensions.push(RawExtension {
-            oid,
-            value,
-            critical,
-        });
+        template.extra_extensions.push(RawExtension { oid, value, critical });
         with_device(&f, template)
     };
 
-    type Case = (
-        &'static str,
-        Result<Chain, VerifyError>,
-        u64,
-        Revocations,
-        VerifyError,
-    );
+    type Case = (&'static str, Result<Chain, VerifyError>, u64, Revocations, VerifyError);
     let none = Revocations::default;
     let cases: Vec<Case> = vec![
         (
@@ -300,12 +244,7 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
             }),
             T0,
             none(),
-            VerifyError::ScopeWidened {
-                index: 2,
-                widening: Widening::Read {
-                    prefix: p("archive"),
-                },
-            },
+            VerifyError::ScopeWidened { index: 2, widening: Widening::Read { prefix: p("archive") } },
         ),
         (
             "write scope widened",
@@ -316,19 +255,13 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
             }),
             T0,
             none(),
-            VerifyError::ScopeWidened {
-                index: 2,
-                widening: Widening::Write { prefix: p("tests") },
-            },
+            VerifyError::ScopeWidened { index: 2, widening: Widening::Write { prefix: p("tests") } },
         ),
         (
             "type mode widened",
             with_device(&f, {
                 let mut t = device_template(f.site.leaf());
-                t.info
-                    .scope
-                    .types
-                    .insert(RecordType::parse("test").expect("t"), TypeMode::ReadWrite);
+                t.info.scope.types.insert(RecordType::parse("test").expect("t"), TypeMode::ReadWrite);
                 t
             }),
             T0,
@@ -347,22 +280,14 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
             Ok(f.device.clone()),
             T0 + 11 * DAY,
             none(),
-            VerifyError::Expired {
-                index: 2,
-                not_after: T0 + 10 * DAY,
-                at: T0 + 11 * DAY,
-            },
+            VerifyError::Expired { index: 2, not_after: T0 + 10 * DAY, at: T0 + 11 * DAY },
         ),
         (
             "not yet valid",
             Ok(f.device.clone()),
             T0 - 2 * DAY,
             none(),
-            VerifyError::NotYetValid {
-                index: 0,
-                not_before: T0 - DAY,
-                at: T0 - 2 * DAY,
-            },
+            VerifyError::NotYetValid { index: 0, not_before: T0 - DAY, at: T0 - 2 * DAY },
         ),
         (
             "child valid longer than its issuer",
@@ -386,42 +311,17 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
             Ok(f.device.clone()),
             T0,
             revoked_leaf.clone(),
-            VerifyError::Revoked {
-                index: 2,
-                cert: f.device.leaf().id(),
-                revoked_at: T0 - 10,
-                by: f.site.leaf().id(),
-            },
+            VerifyError::Revoked { index: 2, cert: f.device.leaf().id(), revoked_at: T0 - 10, by: f.site.leaf().id() },
         ),
         (
             "revoked intermediate",
             Ok(f.device.clone()),
             T0,
             revoked_site,
-            VerifyError::Revoked {
-                index: 1,
-                cert: f.site.leaf().id(),
-                revoked_at: T0 - 10,
-                by: f.root.leaf().id(),
-            },
+            VerifyError::Revoked { index: 1, cert: f.site.leaf().id(), revoked_at: T0 - 10, by: f.root.leaf().id() },
         ),
-        (
-            "wrong org root",
-            wrong_root,
-            T0,
-            none(),
-            VerifyError::WrongOrgRoot {
-                claimed: other_org,
-                key_org: org(),
-            },
-        ),
-        (
-            "depth exceeded",
-            deep,
-            T0,
-            none(),
-            VerifyError::TooDeep { depth: 9, max: 8 },
-        ),
+        ("wrong org root", wrong_root, T0, none(), VerifyError::WrongOrgRoot { claimed: other_org, key_org: org() }),
+        ("depth exceeded", deep, T0, none(), VerifyError::TooDeep { depth: 9, max: 8 }),
         (
             "issued by a holder without the issue right",
             issued_by_leaf,
@@ -434,73 +334,44 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
             path_too_long,
             T0,
             none(),
-            VerifyError::PathLengthExceeded {
-                index: 1,
-                allowed: 1,
-                found: 2,
-            },
+            VerifyError::PathLengthExceeded { index: 1, allowed: 1, found: 2 },
         ),
         (
             "leaf key is not the peer's key",
             Ok(f.site.clone()),
             T0,
             none(),
-            VerifyError::LeafKeyMismatch {
-                expected: certs::key::hex(&public(3)),
-                found: certs::key::hex(&public(2)),
-            },
+            VerifyError::LeafKeyMismatch { expected: certs::key::hex(&public(3)), found: certs::key::hex(&public(2)) },
         ),
         (
             "truncated DER",
             tamper(&f.device, 2, |der| der.truncate(der.len() - 10)),
             T0,
             none(),
-            VerifyError::Decode {
-                index: 2,
-                error: DecodeError::Der {
-                    reason: String::new(),
-                },
-            },
+            VerifyError::Decode { index: 2, error: DecodeError::Der { reason: String::new() } },
         ),
         (
             "garbled DER",
             tamper(&f.device, 1, |der| der[0] = 0x31),
             T0,
             none(),
-            VerifyError::Decode {
-                index: 1,
-                error: DecodeError::Der {
-                    reason: String::new(),
-                },
-            },
+            VerifyError::Decode { index: 1, error: DecodeError::Der { reason: String::new() } },
         ),
         (
             "unknown critical extension",
             with_extension(vec![1, 2, 3, 4], vec![0x05, 0x00], true),
             T0,
             none(),
-            VerifyError::Decode {
-                index: 2,
-                error: DecodeError::UnknownCriticalExtension {
-                    oid: "1.2.3.4".into(),
-                },
-            },
+            VerifyError::Decode { index: 2, error: DecodeError::UnknownCriticalExtension { oid: "1.2.3.4".into() } },
         ),
         (
             "scope extension with malformed CBOR",
-            with_extension(
-                SCOPE_EXTENSION_OID.to_vec(),
-                octet_string(&[0xa7, 0x00, 0x01, 0xff]),
-                true,
-            ),
+            with_extension(SCOPE_EXTENSION_OID.to_vec(), octet_string(&[0xa7, 0x00, 0x01, 0xff]), true),
             T0,
             none(),
             VerifyError::Decode {
                 index: 2,
-                error: DecodeError::Scope(certs::ExtensionError::Cbor {
-                    at: 0,
-                    reason: String::new(),
-                }),
+                error: DecodeError::Scope(certs::ExtensionError::Cbor { at: 0, reason: String::new() }),
             },
         ),
         (
@@ -512,10 +383,7 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
             ),
             T0,
             none(),
-            VerifyError::Decode {
-                index: 2,
-                error: DecodeError::ScopeNotCritical,
-            },
+            VerifyError::Decode { index: 2, error: DecodeError::ScopeNotCritical },
         ),
         (
             "duplicate extension",
@@ -535,20 +403,12 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
             }),
             T0,
             none(),
-            VerifyError::Decode {
-                index: 2,
-                error: DecodeError::DuplicateExtension {
-                    oid: "1.2.3.4".into(),
-                },
-            },
+            VerifyError::Decode { index: 2, error: DecodeError::DuplicateExtension { oid: "1.2.3.4".into() } },
         ),
     ];
     for (name, chain, at, revocations, expected) in cases {
         let got = chain.and_then(|c| c.verify(Some(&public(3)), at, &revocations));
-        assert!(
-            same_error(&got, &expected),
-            "{name}: expected {expected:?}, got {got:?}"
-        );
+        assert!(same_error(&got, &expected), "{name}: expected {expected:?}, got {got:?}");
     }
 }
 
@@ -558,24 +418,12 @@ fn same_error(got: &Result<certs::Verified, VerifyError>, expected: &VerifyError
     use certs::ExtensionError;
     match (got, expected) {
         (
-            Err(VerifyError::Decode {
-                index: a,
-                error: DecodeError::Der { .. },
-            }),
-            VerifyError::Decode {
-                index: b,
-                error: DecodeError::Der { .. },
-            },
+            Err(VerifyError::Decode { index: a, error: DecodeError::Der { .. } }),
+            VerifyError::Decode { index: b, error: DecodeError::Der { .. } },
         ) => a == b,
         (
-            Err(VerifyError::Decode {
-                index: a,
-                error: DecodeError::Scope(ExtensionError::Cbor { .. }),
-            }),
-            VerifyError::Decode {
-                index: b,
-                error: DecodeError::Scope(ExtensionError::Cbor { .. }),
-            },
+            Err(VerifyError::Decode { index: a, error: DecodeError::Scope(ExtensionError::Cbor { .. }) }),
+            VerifyError::Decode { index: b, error: DecodeError::Scope(ExtensionError::Cbor { .. }) },
         ) => a == b,
         (Err(e), expected) => e == expected,
         (Ok(_), _) => false,
@@ -587,36 +435,17 @@ fn revocations_by_someone_not_above_the_certificate_are_ignored() {
     let f = fixture();
     let mut revocations = Revocations::default();
     // The device revoking itself, and a stranger's key, change nothing.
-    revocations.insert(certs::Revocation::sign(
-        f.device.leaf().id(),
-        T0 - 10,
-        f.device.leaf().id(),
-        &key(3),
-    ));
-    revocations.insert(certs::Revocation::sign(
-        f.device.leaf().id(),
-        T0 - 10,
-        f.site.leaf().id(),
-        &key(8),
-    ));
+    revocations.insert(certs::Revocation::sign(f.device.leaf().id(), T0 - 10, f.device.leaf().id(), &key(3)));
+    revocations.insert(certs::Revocation::sign(f.device.leaf().id(), T0 - 10, f.site.leaf().id(), &key(8)));
     // A revocation from the future has not taken effect yet.
-    revocations.insert(
-        Issuer::new(f.site.clone(), key(2))
-            .expect("issuer")
-            .revoke(f.device.leaf().id(), T0 + 10),
-    );
+    revocations.insert(Issuer::new(f.site.clone(), key(2)).expect("issuer").revoke(f.device.leaf().id(), T0 + 10));
     assert!(f.device.verify(Some(&public(3)), T0, &revocations).is_ok());
     assert!(matches!(
         f.device.verify(Some(&public(3)), T0 + 10, &revocations),
         Err(VerifyError::Revoked { index: 2, .. })
     ));
     let bytes = revocations.of(f.device.leaf().id())[0].to_bytes();
-    assert_eq!(
-        certs::Revocation::from_bytes(&bytes)
-            .expect("decodes")
-            .to_bytes(),
-        bytes
-    );
+    assert_eq!(certs::Revocation::from_bytes(&bytes).expect("decodes").to_bytes(), bytes);
 }
 
 #[test]
@@ -628,30 +457,16 @@ fn issuer_refuses_what_a_verifier_would_reject() {
     request.scope = scope("archive", "", "test=ro");
     assert_eq!(
         site.issue(&request, serial(4)),
-        Err(IssueError::ScopeWidened(Widening::Read {
-            prefix: Partition::resolve(org(), "archive").expect("p")
-        }))
+        Err(IssueError::ScopeWidened(Widening::Read { prefix: Partition::resolve(org(), "archive").expect("p") }))
     );
     let mut request = device_request();
     request.not_after = T0 + 500 * DAY;
-    assert!(matches!(
-        site.issue(&request, serial(4)),
-        Err(IssueError::ValidityOutsideIssuer { .. })
-    ));
-    assert_eq!(
-        device.issue(&device_request(), serial(4)),
-        Err(IssueError::NotCa)
-    );
-    assert!(matches!(
-        Issuer::new(f.device.clone(), key(2)),
-        Err(IssueError::KeyMismatch)
-    ));
+    assert!(matches!(site.issue(&request, serial(4)), Err(IssueError::ValidityOutsideIssuer { .. })));
+    assert_eq!(device.issue(&device_request(), serial(4)), Err(IssueError::NotCa));
+    assert!(matches!(Issuer::new(f.device.clone(), key(2)), Err(IssueError::KeyMismatch)));
     let mut request = device_request();
     request.subject_key = [0; 32];
-    assert_eq!(
-        site.issue(&request, serial(4)),
-        Err(IssueError::BadSubjectKey)
-    );
+    assert_eq!(site.issue(&request, serial(4)), Err(IssueError::BadSubjectKey));
 }
 
 #[test]
@@ -668,12 +483,8 @@ fn flipping_any_bit_of_any_certificate_in_a_chain_makes_it_fail() {
                 }
                 bytes.extend_from_slice(&other);
             }
-            let result = Chain::decode(&bytes)
-                .and_then(|c| c.verify(Some(&public(3)), T0, &Revocations::default()));
-            assert!(
-                result.is_err(),
-                "flipping bit {bit} of certificate {index} still verifies"
-            );
+            let result = Chain::decode(&bytes).and_then(|c| c.verify(Some(&public(3)), T0, &Revocations::default()));
+            assert!(result.is_err(), "flipping bit {bit} of certificate {index} still verifies");
         }
     }
 }

@@ -24,12 +24,7 @@ pub trait Authorizer: Sync {
     /// Checks the credentials a peer presented for a session (opaque bytes:
     /// for `node`, a certificate chain whose holder must be `peer`) and
     /// returns what the peer may read and write. `now_s` is seconds since 1970.
-    fn authenticate(
-        &self,
-        peer: &AuthorKey,
-        credentials: &[u8],
-        now_s: u64,
-    ) -> Result<Scope, Denied>;
+    fn authenticate(&self, peer: &AuthorKey, credentials: &[u8], now_s: u64) -> Result<Scope, Denied>;
 
     /// Learns credentials that travelled with data; returns whose they are.
     fn learn(&self, credentials: &[u8], now_s: u64) -> Result<AuthorKey, Denied>;
@@ -60,44 +55,26 @@ impl StaticAuthorizer {
     }
 
     pub fn grant(&self, key: AuthorKey, scope: Scope, authority: Option<String>) {
-        self.entries
-            .lock()
-            .expect("authorizer lock")
-            .insert(key, (scope, authority));
+        self.entries.lock().expect("authorizer lock").insert(key, (scope, authority));
     }
 
     fn entry(&self, key: &AuthorKey) -> Option<(Scope, Option<String>)> {
-        self.entries
-            .lock()
-            .expect("authorizer lock")
-            .get(key)
-            .cloned()
+        self.entries.lock().expect("authorizer lock").get(key).cloned()
     }
 }
 
 impl Authorizer for StaticAuthorizer {
-    fn authenticate(
-        &self,
-        peer: &AuthorKey,
-        credentials: &[u8],
-        _now_s: u64,
-    ) -> Result<Scope, Denied> {
+    fn authenticate(&self, peer: &AuthorKey, credentials: &[u8], _now_s: u64) -> Result<Scope, Denied> {
         if credentials != peer.0 {
             return Err(Denied("credentials belong to another key".into()));
         }
-        self.entry(peer)
-            .map(|(scope, _)| scope)
-            .ok_or_else(|| Denied("unknown peer".into()))
+        self.entry(peer).map(|(scope, _)| scope).ok_or_else(|| Denied("unknown peer".into()))
     }
 
     fn learn(&self, credentials: &[u8], _now_s: u64) -> Result<AuthorKey, Denied> {
-        let key: [u8; 32] = credentials
-            .try_into()
-            .map_err(|_| Denied("not a key".into()))?;
+        let key: [u8; 32] = credentials.try_into().map_err(|_| Denied("not a key".into()))?;
         let key = AuthorKey(key);
-        self.entry(&key)
-            .map(|_| key)
-            .ok_or_else(|| Denied("unknown author".into()))
+        self.entry(&key).map(|_| key).ok_or_else(|| Denied("unknown author".into()))
     }
 
     fn may_write(
@@ -109,20 +86,14 @@ impl Authorizer for StaticAuthorizer {
         kind: WriteKind,
         _at_s: u64,
     ) -> Result<(), Denied> {
-        let (scope, tag) = self
-            .entry(author)
-            .ok_or_else(|| Denied("unknown author".into()))?;
+        let (scope, tag) = self.entry(author).ok_or_else(|| Denied("unknown author".into()))?;
         if authority.is_some() && authority != tag.as_deref() {
-            return Err(Denied(
-                "author does not hold the authority it claims".into(),
-            ));
+            return Err(Denied("author does not hold the authority it claims".into()));
         }
         if scope.may_write(partition, record_type, kind) {
             Ok(())
         } else {
-            Err(Denied(format!(
-                "author may not {kind:?} {record_type} in {partition}"
-            )))
+            Err(Denied(format!("author may not {kind:?} {record_type} in {partition}")))
         }
     }
 }

@@ -100,10 +100,7 @@ pub struct BackendError {
 
 impl BackendError {
     pub(crate) fn io(e: std::io::Error) -> BackendError {
-        BackendError {
-            backend: "file",
-            message: e.to_string(),
-        }
+        BackendError { backend: "file", message: e.to_string() }
     }
 }
 

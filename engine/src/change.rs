@@ -95,10 +95,7 @@ pub enum ChangeError {
 
 impl Change {
     pub fn dot(&self) -> Dot {
-        Dot {
-            instance: self.author,
-            counter: self.counter,
-        }
+        Dot { instance: self.author, counter: self.counter }
     }
 
     /// What the change does as far as permissions care. Decided by the change
@@ -121,10 +118,7 @@ impl Change {
     pub fn writes_field(&self, name: &str) -> bool {
         match &self.op {
             Op::Put { replace: true, .. } => true,
-            Op::Put {
-                replace: false,
-                fields,
-            } => fields.contains_key(name),
+            Op::Put { replace: false, fields } => fields.contains_key(name),
             Op::Delete => false,
         }
     }
@@ -148,9 +142,7 @@ impl Change {
             Op::Put { fields, .. } => Some(fields),
             Op::Delete => None,
         };
-        fields
-            .into_iter()
-            .flat_map(|f| f.keys().map(String::as_str))
+        fields.into_iter().flat_map(|f| f.keys().map(String::as_str))
     }
 
     /// The bytes the signature covers.
@@ -177,35 +169,23 @@ impl Change {
         }
         let seen = self.seen.get(&self.author);
         if seen >= self.counter {
-            return Err(ChangeError::SeenItself {
-                seen,
-                counter: self.counter,
-            });
+            return Err(ChangeError::SeenItself { seen, counter: self.counter });
         }
         if let Op::Put { fields, .. } = &self.op {
             if fields.len() > FIELDS_MAX {
-                return Err(ChangeError::TooManyFields {
-                    count: fields.len(),
-                    max: FIELDS_MAX,
-                });
+                return Err(ChangeError::TooManyFields { count: fields.len(), max: FIELDS_MAX });
             }
             if let Some(name) = fields.keys().find(|n| !is_field_name(n)) {
                 return Err(ChangeError::FieldName { name: name.clone() });
             }
         }
         if encoded_len > RECORD_BYTES_MAX {
-            return Err(ChangeError::TooLarge {
-                len: encoded_len,
-                max: RECORD_BYTES_MAX,
-            });
+            return Err(ChangeError::TooLarge { len: encoded_len, max: RECORD_BYTES_MAX });
         }
         if let Some(authority) = &self.authority
             && authority.len() > AUTHORITY_BYTES_MAX
         {
-            return Err(ChangeError::Authority {
-                len: authority.len(),
-                max: AUTHORITY_BYTES_MAX,
-            });
+            return Err(ChangeError::Authority { len: authority.len(), max: AUTHORITY_BYTES_MAX });
         }
         Ok(())
     }
@@ -215,15 +195,10 @@ pub fn is_field_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= FIELD_NAME_BYTES_MAX && !name.chars().any(char::is_control)
 }
 
-pub(crate) fn verify_strict(
-    key: &AuthorKey,
-    message: &[u8],
-    signature: &[u8; 64],
-) -> Result<(), ChangeError> {
+pub(crate) fn verify_strict(key: &AuthorKey, message: &[u8], signature: &[u8; 64]) -> Result<(), ChangeError> {
     let key = VerifyingKey::from_bytes(&key.0).map_err(|_| ChangeError::Signature)?;
     if key.is_weak() {
         return Err(ChangeError::Signature);
     }
-    key.verify_strict(message, &Signature::from_bytes(signature))
-        .map_err(|_| ChangeError::Signature)
+    key.verify_strict(message, &Signature::from_bytes(signature)).map_err(|_| ChangeError::Signature)
 }

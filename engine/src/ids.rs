@@ -66,10 +66,7 @@ impl RecordId {
             return Err(RecordIdError::Empty);
         }
         if text.len() > RECORD_ID_BYTES_MAX {
-            return Err(RecordIdError::TooLong {
-                len: text.len(),
-                max: RECORD_ID_BYTES_MAX,
-            });
+            return Err(RecordIdError::TooLong { len: text.len(), max: RECORD_ID_BYTES_MAX });
         }
         if text.chars().any(char::is_control) {
             return Err(RecordIdError::Control);

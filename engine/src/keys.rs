@@ -58,12 +58,7 @@ pub fn head(partition: &Partition, record_type: &RecordType, instance: &Instance
 }
 
 /// `CHANGES ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ instance ‖ counter (u64 BE)`
-pub fn change(
-    partition: &Partition,
-    record_type: &RecordType,
-    instance: &InstanceId,
-    counter: Counter,
-) -> Vec<u8> {
+pub fn change(partition: &Partition, record_type: &RecordType, instance: &InstanceId, counter: Counter) -> Vec<u8> {
     let mut key = vec![CHANGES];
     key.extend_from_slice(&type_prefix(partition, record_type));
     key.extend_from_slice(&instance.0);

@@ -34,8 +34,8 @@ pub use merge::{Conflict, Outcome, RecordState, View};
 pub use region::Region;
 pub use session::{Direction, Env, Event, Role, Session, SessionConfig, SessionError, Summary};
 pub use store::{
-    Applied, LocalAuthor, LocalOp, LocalWrite, Opened, RecordView, SerialSigner, Signer, Store,
-    StoreError, WriteRejection, Written,
+    Applied, LocalAuthor, LocalOp, LocalWrite, Opened, RecordView, SerialSigner, Signer, Store, StoreError,
+    WriteRejection, Written,
 };
 pub use value::Value;
 pub use vector::VersionVector;

@@ -109,10 +109,7 @@ impl Knowledge {
                 self.all_fields.merge(&change.seen);
             }
             for name in fields.keys() {
-                self.fields
-                    .entry(name.clone())
-                    .or_default()
-                    .merge(&change.seen);
+                self.fields.entry(name.clone()).or_default().merge(&change.seen);
             }
         }
     }
@@ -126,8 +123,7 @@ impl Knowledge {
         match &change.op {
             Op::Delete => false,
             Op::Put { replace, fields } => {
-                (*replace && !self.all_fields.covers(dot))
-                    || fields.keys().any(|name| !self.field(name).covers(dot))
+                (*replace && !self.all_fields.covers(dot)) || fields.keys().any(|name| !self.field(name).covers(dot))
             }
         }
     }
@@ -160,21 +156,10 @@ impl RecordState {
         if !self.known.retains(&change) {
             return Ok((Outcome::Skipped, dropped));
         }
-        let conflicts = if fast_forward {
-            0
-        } else {
-            self.competitors(&change)
-        };
-        let at = self
-            .changes
-            .binary_search_by_key(&dot, Change::dot)
-            .unwrap_or_else(|i| i);
+        let conflicts = if fast_forward { 0 } else { self.competitors(&change) };
+        let at = self.changes.binary_search_by_key(&dot, Change::dot).unwrap_or_else(|i| i);
         self.changes.insert(at, change);
-        let outcome = if fast_forward {
-            Outcome::Updated
-        } else {
-            Outcome::Merged { conflicts }
-        };
+        let outcome = if fast_forward { Outcome::Updated } else { Outcome::Merged { conflicts } };
         Ok((outcome, dropped))
     }
 
@@ -184,12 +169,7 @@ impl RecordState {
         let mut count = 0;
         let exists = !change.is_delete();
         let known = &self.known.exists;
-        if !known.covers(dot)
-            && self
-                .changes
-                .iter()
-                .any(|c| !known.covers(c.dot()) && c.is_delete() == exists)
-        {
+        if !known.covers(dot) && self.changes.iter().any(|c| !known.covers(c.dot()) && c.is_delete() == exists) {
             count += 1;
         }
         for name in change.field_names() {
@@ -198,9 +178,10 @@ impl RecordState {
                 continue;
             }
             let mine = change.field(name).flatten();
-            let differs = self.changes.iter().any(|c| {
-                c.writes_field(name) && !known.covers(c.dot()) && c.field(name).flatten() != mine
-            });
+            let differs = self
+                .changes
+                .iter()
+                .any(|c| c.writes_field(name) && !known.covers(c.dot()) && c.field(name).flatten() != mine);
             if differs {
                 count += 1;
             }
@@ -212,11 +193,7 @@ impl RecordState {
     pub fn view(&self, policy: &TypePolicy) -> View {
         let mut conflicts = Vec::new();
         // Existence.
-        let current: Vec<&Change> = self
-            .changes
-            .iter()
-            .filter(|c| !self.known.exists.covers(c.dot()))
-            .collect();
+        let current: Vec<&Change> = self.changes.iter().filter(|c| !self.known.exists.covers(c.dot())).collect();
         let any_put = current.iter().any(|c| !c.is_delete());
         let any_delete = current.iter().any(|c| c.is_delete());
         let exists = match (any_put, any_delete) {
@@ -229,15 +206,7 @@ impl RecordState {
         };
         if any_put && any_delete {
             for c in current.iter().filter(|c| c.is_delete() == exists) {
-                conflicts.push(
-                    Conflict {
-                        field: None,
-                        value: None,
-                        dot: c.dot(),
-                        hlc: c.hlc,
-                    }
-                    .with_put(c),
-                );
+                conflicts.push(Conflict { field: None, value: None, dot: c.dot(), hlc: c.hlc }.with_put(c));
             }
         }
         // Fields: every name some retained change lists.
@@ -247,11 +216,8 @@ impl RecordState {
         let mut fields = BTreeMap::new();
         for name in names {
             let known = self.known.field(name);
-            let writers: Vec<&Change> = self
-                .changes
-                .iter()
-                .filter(|c| c.writes_field(name) && !known.covers(c.dot()))
-                .collect();
+            let writers: Vec<&Change> =
+                self.changes.iter().filter(|c| c.writes_field(name) && !known.covers(c.dot())).collect();
             let Some(winner) = writers.iter().copied().max_by(|a, b| policy.compare(a, b)) else {
                 continue;
             };
@@ -274,11 +240,7 @@ impl RecordState {
         if !exists {
             fields.clear();
         }
-        View {
-            exists,
-            fields,
-            conflicts,
-        }
+        View { exists, fields, conflicts }
     }
 }
 
@@ -286,10 +248,8 @@ impl Conflict {
     /// For an existence conflict, a losing put is shown by its fields.
     fn with_put(mut self, change: &Change) -> Conflict {
         if let Op::Put { fields, .. } = &change.op {
-            let map: BTreeMap<String, Value> = fields
-                .iter()
-                .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
-                .collect();
+            let map: BTreeMap<String, Value> =
+                fields.iter().filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v))).collect();
             self.value = Some(Value::Map(map));
         }
         self

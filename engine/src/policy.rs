@@ -35,9 +35,7 @@ pub const SYSTEM_SEGMENT: &str = "ferry";
 /// The org's system partition, `<org>:ferry`, where profiles and revocations
 /// live and which every member of the org may read.
 pub fn system_partition(org: OrgId) -> Partition {
-    Partition::root(org)
-        .child(SYSTEM_SEGMENT)
-        .expect("`ferry` is a valid segment")
+    Partition::root(org).child(SYSTEM_SEGMENT).expect("`ferry` is a valid segment")
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,10 +58,7 @@ pub struct TypePolicy {
 
 impl Default for TypePolicy {
     fn default() -> TypePolicy {
-        TypePolicy {
-            fields: FieldPolicy::Newest,
-            delete: DeletePolicy::DeleteWins,
-        }
+        TypePolicy { fields: FieldPolicy::Newest, delete: DeletePolicy::DeleteWins }
     }
 }
 
@@ -120,19 +115,12 @@ impl Profile {
     pub fn from_fields(fields: &BTreeMap<String, Value>) -> Profile {
         let types = fields
             .iter()
-            .filter_map(|(name, value)| {
-                value
-                    .as_str()
-                    .map(|text| (name.clone(), TypePolicy::parse(text)))
-            })
+            .filter_map(|(name, value)| value.as_str().map(|text| (name.clone(), TypePolicy::parse(text))))
             .collect();
         Profile { types }
     }
 
     pub fn policy(&self, record_type: &RecordType) -> TypePolicy {
-        self.types
-            .get(record_type.as_str())
-            .cloned()
-            .unwrap_or_default()
+        self.types.get(record_type.as_str()).cloned().unwrap_or_default()
     }
 }

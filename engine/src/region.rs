@@ -29,18 +29,12 @@ impl Region {
             .filter(|(_, mode)| **mode == TypeMode::None)
             .map(|(t, _)| t.clone())
             .collect();
-        Region {
-            filter,
-            excluded_types,
-        }
+        Region { filter, excluded_types }
     }
 
     /// Everything of a filter, no types excluded.
     pub fn of(filter: Filter) -> Region {
-        Region {
-            filter,
-            excluded_types: BTreeSet::new(),
-        }
+        Region { filter, excluded_types: BTreeSet::new() }
     }
 
     pub fn contains(&self, partition: &Partition, record_type: &RecordType) -> bool {

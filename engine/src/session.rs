@@ -36,8 +36,7 @@ use crate::limits::{SESSION_IDLE_TIMEOUT_MS, SUMMARY_REJECTIONS_MAX};
 use crate::region::Region;
 use crate::store::{ApplyError, Store, Triple};
 use crate::wire::{
-    self, Batch, Credentials, DecodeError, Group, GroupChange, HeadEntry, Heads, Hello, Message,
-    Plan, Welcome,
+    self, Batch, Credentials, DecodeError, Group, GroupChange, HeadEntry, Heads, Hello, Message, Plan, Welcome,
 };
 
 /// What a session needs to start.
@@ -74,12 +73,7 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    pub fn new(
-        session: [u8; 16],
-        peer: AuthorKey,
-        credentials: Vec<u8>,
-        local_scope: Scope,
-    ) -> SessionConfig {
+    pub fn new(session: [u8; 16], peer: AuthorKey, credentials: Vec<u8>, local_scope: Scope) -> SessionConfig {
         SessionConfig {
             session,
             peer,
@@ -274,11 +268,7 @@ impl Session {
     fn new(role: Role, config: SessionConfig, now_ms: u64) -> Session {
         Session {
             role,
-            stage: if role == Role::Initiator {
-                Stage::AwaitWelcome
-            } else {
-                Stage::AwaitHello
-            },
+            stage: if role == Role::Initiator { Stage::AwaitWelcome } else { Stage::AwaitHello },
             config,
             peer_scope: None,
             filter: Filter::empty(),
@@ -315,6 +305,16 @@ impl Session {
         self.peer_scope.as_ref()
     }
 
+    /// The filter being synced (the initiator's, once the responder heard it).
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// What this node may do in the session.
+    pub fn local_scope(&self) -> &Scope {
+        &self.config.local_scope
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmits.pop_front()
     }
@@ -328,9 +328,7 @@ impl Session {
         if self.is_finished() {
             return None;
         }
-        let idle = self
-            .last_heard_ms
-            .saturating_add(self.config.idle_timeout_ms);
+        let idle = self.last_heard_ms.saturating_add(self.config.idle_timeout_ms);
         Some(match self.config.retransmit_ms {
             Some(r) => idle.min(self.last_sent_ms.max(self.last_heard_ms).saturating_add(r)),
             None => idle,
@@ -342,12 +340,7 @@ impl Session {
             return;
         }
         if now_ms.saturating_sub(self.last_heard_ms) >= self.config.idle_timeout_ms {
-            self.fail(
-                SessionError::Timeout(now_ms - self.last_heard_ms),
-                now_ms,
-                env,
-                false,
-            );
+            self.fail(SessionError::Timeout(now_ms - self.last_heard_ms), now_ms, env, false);
             return;
         }
         if let Some(r) = self.config.retransmit_ms
@@ -440,40 +433,20 @@ impl Session {
     fn resolve(credentials: &Credentials, env: &Env<'_>) -> Result<Option<Vec<u8>>, SessionError> {
         match credentials {
             Credentials::Full(bytes) => Ok(Some(bytes.clone())),
-            Credentials::Hash(hash) => env
-                .store
-                .chain(hash)
-                .map_err(|e| SessionError::Store(e.to_string())),
+            Credentials::Hash(hash) => env.store.chain(hash).map_err(|e| SessionError::Store(e.to_string())),
         }
     }
 
-    fn authenticate(
-        &mut self,
-        chain: &[u8],
-        now_ms: u64,
-        env: &Env<'_>,
-    ) -> Result<Scope, SessionError> {
-        let scope = env
-            .auth
-            .authenticate(&self.config.peer, chain, now_ms / 1000)
-            .map_err(|d| SessionError::Refused(d.0))?;
-        env.store
-            .put_chain(&self.config.peer, chain)
-            .map_err(|e| SessionError::Store(e.to_string()))?;
+    fn authenticate(&mut self, chain: &[u8], now_ms: u64, env: &Env<'_>) -> Result<Scope, SessionError> {
+        let scope =
+            env.auth.authenticate(&self.config.peer, chain, now_ms / 1000).map_err(|d| SessionError::Refused(d.0))?;
+        env.store.put_chain(&self.config.peer, chain).map_err(|e| SessionError::Store(e.to_string()))?;
         self.peer_scope = Some(scope.clone());
-        self.events.push_back(Event::Authenticated {
-            scope: scope.clone(),
-        });
+        self.events.push_back(Event::Authenticated { scope: scope.clone() });
         Ok(scope)
     }
 
-    fn on_hello(
-        &mut self,
-        hello: Hello,
-        duplicate: bool,
-        now_ms: u64,
-        env: &Env<'_>,
-    ) -> Result<(), SessionError> {
+    fn on_hello(&mut self, hello: Hello, duplicate: bool, now_ms: u64, env: &Env<'_>) -> Result<(), SessionError> {
         if self.role != Role::Responder {
             return Err(SessionError::Protocol("Hello sent to the initiator".into()));
         }
@@ -500,13 +473,8 @@ impl Session {
         let digest_pull = env.store.digest(&out_region).map_err(store_err)?;
         let digest_push = env.store.digest(&in_region).map_err(store_err)?;
         self.prepare_directions(out_region, in_region);
-        let full =
-            !self.credentials_sent_full && !matches!(hello.credentials, Credentials::Hash(_));
-        let welcome = Welcome {
-            credentials: self.credentials(full),
-            digest_pull,
-            digest_push,
-        };
+        let full = !self.credentials_sent_full && !matches!(hello.credentials, Credentials::Hash(_));
+        let welcome = Welcome { credentials: self.credentials(full), digest_pull, digest_push };
         let frame = wire::encode_message(&Message::Welcome(welcome));
         self.handshake = Some(frame.clone());
         self.send(frame);
@@ -544,9 +512,7 @@ impl Session {
         env: &Env<'_>,
     ) -> Result<(), SessionError> {
         if self.role != Role::Initiator {
-            return Err(SessionError::Protocol(
-                "Welcome sent to the responder".into(),
-            ));
+            return Err(SessionError::Protocol("Welcome sent to the responder".into()));
         }
         if self.stage != Stage::AwaitWelcome {
             if duplicate {
@@ -563,10 +529,8 @@ impl Session {
         let in_region = Region::between(&self.filter, &peer_scope, &local);
         let out_region = Region::between(&self.filter, &local, &peer_scope);
         let store_err = |e: crate::store::StoreError| SessionError::Store(e.to_string());
-        let same_pull =
-            !self.pull || env.store.digest(&in_region).map_err(store_err)? == welcome.digest_pull;
-        let same_push =
-            !self.push || env.store.digest(&out_region).map_err(store_err)? == welcome.digest_push;
+        let same_pull = !self.pull || env.store.digest(&in_region).map_err(store_err)? == welcome.digest_pull;
+        let same_push = !self.push || env.store.digest(&out_region).map_err(store_err)? == welcome.digest_push;
         self.stage = Stage::Transfer;
         if same_pull && same_push {
             let frame = wire::encode_message(&Message::Done);
@@ -582,11 +546,7 @@ impl Session {
         self.prepare_directions(out_region, in_region);
         // Our frontier where we receive, so the responder can send; sent even
         // when we only push, as the signal to answer with its frontier.
-        let mut heads = if self.pull {
-            self.own_heads(env)?
-        } else {
-            Heads::default()
-        };
+        let mut heads = if self.pull { self.own_heads(env)? } else { Heads::default() };
         heads.pull = self.pull;
         heads.push = self.push;
         let frame = wire::encode_message(&Message::Heads(heads));
@@ -648,30 +608,14 @@ impl Session {
         let Some(inc) = &mut self.inc else {
             return Ok(Heads::default());
         };
-        let entries = env
-            .store
-            .heads(&inc.region)
-            .map_err(|e| SessionError::Store(e.to_string()))?;
+        let entries = env.store.heads(&inc.region).map_err(|e| SessionError::Store(e.to_string()))?;
         for e in &entries {
-            inc.positions.insert(
-                (e.partition.clone(), e.record_type.clone(), e.instance),
-                e.counter,
-            );
+            inc.positions.insert((e.partition.clone(), e.record_type.clone(), e.instance), e.counter);
         }
-        Ok(Heads {
-            pull: false,
-            push: false,
-            entries,
-        })
+        Ok(Heads { pull: false, push: false, entries })
     }
 
-    fn on_heads(
-        &mut self,
-        heads: Heads,
-        duplicate: bool,
-        now_ms: u64,
-        env: &Env<'_>,
-    ) -> Result<(), SessionError> {
+    fn on_heads(&mut self, heads: Heads, duplicate: bool, now_ms: u64, env: &Env<'_>) -> Result<(), SessionError> {
         if self.stage != Stage::Transfer || self.summary.noop {
             return Err(SessionError::Protocol("Heads before the handshake".into()));
         }
@@ -686,10 +630,7 @@ impl Session {
             }
             return Ok(());
         }
-        match env
-            .store
-            .check_peer_heads(&heads.entries, self.config.fresh_instance, now_ms)
-        {
+        match env.store.check_peer_heads(&heads.entries, self.config.fresh_instance, now_ms) {
             Ok(Some(reason)) => self.events.push_back(Event::InstanceChanged { reason }),
             Ok(None) => {}
             Err(e) => return Err(SessionError::Store(e.to_string())),
@@ -744,9 +685,7 @@ impl Session {
             self.summary.sent += changes;
             self.send(frame);
         } else if out.exhausted && out.end_frame.is_none() {
-            let frame = wire::encode_message(&Message::End {
-                batches: out.next_seq,
-            });
+            let frame = wire::encode_message(&Message::End { batches: out.next_seq });
             out.end_frame = Some(frame.clone());
             self.send(frame);
         }
@@ -754,9 +693,7 @@ impl Session {
 
     fn on_ack(&mut self, seq: u64, _now_ms: u64, env: &Env<'_>) -> Result<(), SessionError> {
         let Some(out) = &mut self.out else {
-            return Err(SessionError::Protocol(
-                "Ack for a direction that is not sending".into(),
-            ));
+            return Err(SessionError::Protocol("Ack for a direction that is not sending".into()));
         };
         match &out.inflight {
             Some((inflight, _, changes, bytes)) if *inflight == seq => {
@@ -788,9 +725,7 @@ impl Session {
 
     fn on_batch(&mut self, batch: Batch, now_ms: u64, env: &Env<'_>) -> Result<(), SessionError> {
         let Some(inc) = &mut self.inc else {
-            return Err(SessionError::Protocol(
-                "Batch for a direction that is not receiving".into(),
-            ));
+            return Err(SessionError::Protocol("Batch for a direction that is not receiving".into()));
         };
         if batch.seq < inc.expected_seq {
             // A resend of what we applied: acknowledge again.
@@ -807,14 +742,7 @@ impl Session {
         inc.plan = batch.plan;
         let applied = env
             .store
-            .apply_batch(
-                &batch,
-                &inc.region,
-                &mut inc.positions,
-                env.auth,
-                env.verifier,
-                now_ms,
-            )
+            .apply_batch(&batch, &inc.region, &mut inc.positions, env.auth, env.verifier, now_ms)
             .map_err(|e| match e {
                 ApplyError::Gap { .. } => SessionError::Protocol(e.to_string()),
                 ApplyError::Store(e) => SessionError::Store(e.to_string()),
@@ -850,9 +778,7 @@ impl Session {
 
     fn on_end(&mut self, batches: u64) -> Result<(), SessionError> {
         let Some(inc) = &mut self.inc else {
-            return Err(SessionError::Protocol(
-                "End for a direction that is not receiving".into(),
-            ));
+            return Err(SessionError::Protocol("End for a direction that is not receiving".into()));
         };
         if batches > inc.expected_seq {
             return Err(SessionError::Protocol(format!(
@@ -881,8 +807,7 @@ impl Session {
             self.stage = Stage::Completed;
             self.summary.duration_ms = now_ms.saturating_sub(self.config.started_at_ms);
             self.write_ledger(None, env);
-            self.events
-                .push_back(Event::Completed(self.summary.clone()));
+            self.events.push_back(Event::Completed(self.summary.clone()));
         }
     }
 
@@ -891,17 +816,12 @@ impl Session {
             return;
         }
         if tell_peer {
-            self.send(wire::encode_message(&Message::Abort {
-                reason: error.to_string(),
-            }));
+            self.send(wire::encode_message(&Message::Abort { reason: error.to_string() }));
         }
         self.stage = Stage::Failed;
         self.summary.duration_ms = now_ms.saturating_sub(self.config.started_at_ms);
         self.write_ledger(Some(&error), env);
-        self.events.push_back(Event::Failed {
-            error,
-            summary: self.summary.clone(),
-        });
+        self.events.push_back(Event::Failed { error, summary: self.summary.clone() });
     }
 
     fn write_ledger(&mut self, error: Option<&SessionError>, env: &Env<'_>) {
@@ -970,32 +890,62 @@ impl Session {
     }
 }
 
+/// Encodes, as `Batch` frames, every change in `region` that a node whose
+/// frontier is `their_heads` lacks: what a session would send it, for
+/// writing to a file (bundles). `emit` gets each frame and its change count.
+pub fn delta_frames(
+    store: &Store,
+    region: Region,
+    their_heads: &[HeadEntry],
+    batch_changes: usize,
+    batch_bytes: usize,
+    emit: &mut dyn FnMut(Vec<u8>, u64) -> Result<(), String>,
+) -> Result<Plan, String> {
+    let mut out = Outgoing {
+        region,
+        work: Vec::new(),
+        cursor: 0,
+        position: 0,
+        next_seq: 0,
+        inflight: None,
+        prepared: None,
+        exhausted: false,
+        chains_sent: BTreeSet::new(),
+        plan: Plan::default(),
+        planned: false,
+        changes_done: 0,
+        bytes_done: 0,
+        end_frame: None,
+    };
+    plan(&mut out, their_heads, store)?;
+    while !out.exhausted {
+        prepare(&mut out, batch_changes, batch_bytes, store)?;
+        if let Some((frame, changes, _)) = out.prepared.take() {
+            out.next_seq += 1;
+            emit(frame, changes)?;
+        }
+    }
+    emit(wire::encode_message(&Message::End { batches: out.next_seq }), 0)?;
+    Ok(out.plan)
+}
+
 /// Lists what the peer lacks in the outgoing region and counts it.
-fn plan_outgoing(
-    out: &mut Outgoing,
-    peer_heads: &[HeadEntry],
-    env: &Env<'_>,
-) -> Result<(), String> {
+fn plan_outgoing(out: &mut Outgoing, peer_heads: &[HeadEntry], env: &Env<'_>) -> Result<(), String> {
+    plan(out, peer_heads, env.store)
+}
+
+fn plan(out: &mut Outgoing, peer_heads: &[HeadEntry], store: &Store) -> Result<(), String> {
     let theirs: BTreeMap<Triple, Counter> = peer_heads
         .iter()
         .filter(|e| out.region.contains(&e.partition, &e.record_type))
-        .map(|e| {
-            (
-                (e.partition.clone(), e.record_type.clone(), e.instance),
-                e.counter,
-            )
-        })
+        .map(|e| ((e.partition.clone(), e.record_type.clone(), e.instance), e.counter))
         .collect();
-    let ours = env.store.heads(&out.region).map_err(|e| e.to_string())?;
+    let ours = store.heads(&out.region).map_err(|e| e.to_string())?;
     let mut plan = Plan::default();
     for e in ours {
-        let after = theirs
-            .get(&(e.partition.clone(), e.record_type.clone(), e.instance))
-            .copied()
-            .unwrap_or(0);
+        let after = theirs.get(&(e.partition.clone(), e.record_type.clone(), e.instance)).copied().unwrap_or(0);
         if e.counter > after {
-            let (changes, bytes) = env
-                .store
+            let (changes, bytes) = store
                 .count_group(&e.partition, &e.record_type, &e.instance, after, e.counter)
                 .map_err(|e| e.to_string())?;
             plan.changes += changes;
@@ -1019,16 +969,19 @@ fn plan_outgoing(
 
 /// Builds the next batch into `out.prepared`.
 fn prepare_batch(out: &mut Outgoing, config: &SessionConfig, env: &Env<'_>) -> Result<(), String> {
-    let max_changes = config.batch_changes.max(1);
-    let max_bytes = config.batch_bytes.max(1) as u64;
+    prepare(out, config.batch_changes, config.batch_bytes, env.store)
+}
+
+fn prepare(out: &mut Outgoing, batch_changes: usize, batch_bytes: usize, store: &Store) -> Result<(), String> {
+    let max_changes = batch_changes.max(1);
+    let max_bytes = batch_bytes.max(1) as u64;
     let mut groups = Vec::new();
     let mut count = 0usize;
     let mut bytes = 0u64;
     while out.cursor < out.work.len() && count < max_changes && bytes < max_bytes {
         let work = out.work[out.cursor].clone();
         let mut changes = Vec::new();
-        let end = env
-            .store
+        let end = store
             .scan_group(
                 &work.partition,
                 &work.record_type,
@@ -1069,19 +1022,10 @@ fn prepare_batch(out: &mut Outgoing, config: &SessionConfig, env: &Env<'_>) -> R
     let mut chains = Vec::new();
     for group in &groups {
         if out.chains_sent.insert(group.author_key) {
-            chains.extend(
-                env.store
-                    .chains_of(&group.author_key)
-                    .map_err(|e| e.to_string())?,
-            );
+            chains.extend(store.chains_of(&group.author_key).map_err(|e| e.to_string())?);
         }
     }
-    let batch = Batch {
-        seq: out.next_seq,
-        plan: out.plan,
-        groups,
-        chains,
-    };
+    let batch = Batch { seq: out.next_seq, plan: out.plan, groups, chains };
     let frame = wire::encode_message(&Message::Batch(batch));
     out.prepared = Some((frame, count as u64, bytes));
     Ok(())
@@ -1090,15 +1034,7 @@ fn prepare_batch(out: &mut Outgoing, config: &SessionConfig, env: &Env<'_>) -> R
 fn batch_bytes(batch: &Batch) -> u64 {
     // The sender counts the stored size of each change; the receiver does
     // not know it, so progress on this side counts signing bytes instead.
-    batch
-        .groups
-        .iter()
-        .flat_map(|g| {
-            g.changes
-                .iter()
-                .map(move |c| g.change(c).signing_bytes().len() as u64)
-        })
-        .sum()
+    batch.groups.iter().flat_map(|g| g.changes.iter().map(move |c| g.change(c).signing_bytes().len() as u64)).sum()
 }
 
 /// A finished session's one-line account, for logs.

@@ -51,13 +51,7 @@ pub enum ApplyError {
     #[error(
         "group {partition}/{record_type}/{instance} starts after counter {after}, but this node holds only up to {head}"
     )]
-    Gap {
-        partition: Partition,
-        record_type: RecordType,
-        instance: InstanceId,
-        head: Counter,
-        after: Counter,
-    },
+    Gap { partition: Partition, record_type: RecordType, instance: InstanceId, head: Counter, after: Counter },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -192,12 +186,7 @@ impl Store {
     /// Opens or creates the store in `dir`. `fresh` is a random instance id
     /// used if the store must start a new instance (engine has no random
     /// generator of its own).
-    pub fn open(
-        dir: &Path,
-        kind: BackendKind,
-        fresh: InstanceId,
-        now_ms: u64,
-    ) -> Result<(Store, Opened), StoreError> {
+    pub fn open(dir: &Path, kind: BackendKind, fresh: InstanceId, now_ms: u64) -> Result<(Store, Opened), StoreError> {
         let backend = kind.open(dir)?;
         let get = |name: &str| backend.get(&keys::meta(name));
         let stored_instance = get("instance")?;
@@ -208,9 +197,7 @@ impl Store {
         let fingerprint = fingerprint(dir, kind);
         let reason = match (&stored_instance, state.as_deref()) {
             (None, _) => Some("a new store".to_owned()),
-            (Some(_), Some(b"open")) => {
-                Some("the last run did not close the store cleanly".to_owned())
-            }
+            (Some(_), Some(b"open")) => Some("the last run did not close the store cleanly".to_owned()),
             _ if stored_fingerprint.as_deref() != Some(fingerprint.as_slice()) => {
                 Some("the store was moved, copied or restored".to_owned())
             }
@@ -221,16 +208,8 @@ impl Store {
         };
         let (instance, counter) = match (&reason, stored_instance) {
             (None, Some(bytes)) => {
-                let instance = InstanceId(
-                    bytes
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| corrupt("instance id"))?,
-                );
-                let counter = get("counter")?
-                    .map(|b| be_u64(&b))
-                    .transpose()?
-                    .unwrap_or(0);
+                let instance = InstanceId(bytes.as_slice().try_into().map_err(|_| corrupt("instance id"))?);
+                let counter = get("counter")?.map(|b| be_u64(&b)).transpose()?.unwrap_or(0);
                 (instance, counter)
             }
             _ => (fresh, 0),
@@ -257,26 +236,15 @@ impl Store {
             backend,
             kind,
             dir: dir.to_path_buf(),
-            local: Mutex::new(Local {
-                instance,
-                counter,
-                clock: Clock::starting_at(Hlc(hlc)),
-            }),
+            local: Mutex::new(Local { instance, counter, clock: Clock::starting_at(Hlc(hlc)) }),
             profiles: Mutex::new(BTreeMap::new()),
         };
-        Ok((
-            store,
-            Opened {
-                instance,
-                fresh_instance: reason,
-            },
-        ))
+        Ok((store, Opened { instance, fresh_instance: reason }))
     }
 
     /// Marks the store cleanly closed and makes everything durable.
     pub fn close(self) -> Result<(), StoreError> {
-        self.backend
-            .commit(&[(keys::meta("state"), Some(b"closed".to_vec()))])?;
+        self.backend.commit(&[(keys::meta("state"), Some(b"closed".to_vec()))])?;
         self.backend.close()?;
         Ok(())
     }
@@ -299,9 +267,7 @@ impl Store {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
-        self.local
-            .lock()
-            .expect("the store lock is never poisoned: writers do not panic while holding it")
+        self.local.lock().expect("the store lock is never poisoned: writers do not panic while holding it")
     }
 
     /// Every instance this store has written as, oldest first, with the
@@ -312,11 +278,7 @@ impl Store {
         self.scan_prefix(&prefix, &mut |k, v| {
             if let (Ok(id), true) = (k[prefix.len()..].try_into(), v.len() >= 8) {
                 let at = u64::from_be_bytes(v[..8].try_into().unwrap_or([0; 8]));
-                out.push((
-                    InstanceId(id),
-                    at,
-                    String::from_utf8_lossy(&v[8..]).into_owned(),
-                ));
+                out.push((InstanceId(id), at, String::from_utf8_lossy(&v[8..]).into_owned()));
             }
             true
         })?;
@@ -324,11 +286,7 @@ impl Store {
         Ok(out)
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
+    fn scan_prefix(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
         let end = prefix_end(prefix);
         self.backend.scan(prefix, end.as_deref(), visit)?;
         Ok(())
@@ -339,15 +297,10 @@ impl Store {
 
     /// The stored state of a record.
     pub fn record(&self, key: &RecordKey) -> Result<Option<RecordState>, StoreError> {
-        let Some(bytes) =
-            self.backend
-                .get(&keys::record(&key.partition, &key.record_type, &key.id))?
-        else {
+        let Some(bytes) = self.backend.get(&keys::record(&key.partition, &key.record_type, &key.id))? else {
             return Ok(None);
         };
-        wire::decode_record(key, &bytes)
-            .map(Some)
-            .map_err(|e| corrupt(&format!("record {key:?}: {e}")))
+        wire::decode_record(key, &bytes).map(Some).map_err(|e| corrupt(&format!("record {key:?}: {e}")))
     }
 
     /// The record as applications see it, under its org's policies.
@@ -355,27 +308,17 @@ impl Store {
         let Some(state) = self.record(key)? else {
             return Ok(None);
         };
-        Ok(Some(
-            state.view(&self.policy(&key.partition, &key.record_type)?),
-        ))
+        Ok(Some(state.view(&self.policy(&key.partition, &key.record_type)?)))
     }
 
     /// The records of a type with this id, in any partition.
-    pub fn find(
-        &self,
-        record_type: &RecordType,
-        id: &RecordId,
-    ) -> Result<Vec<RecordKey>, StoreError> {
+    pub fn find(&self, record_type: &RecordType, id: &RecordId) -> Result<Vec<RecordKey>, StoreError> {
         let prefix = keys::by_id_prefix(record_type, id);
         let mut out = Vec::new();
         let mut bad = false;
         self.scan_prefix(&prefix, &mut |k, _| {
             match Partition::from_key(&k[prefix.len()..]) {
-                Ok(partition) => out.push(RecordKey {
-                    partition,
-                    record_type: record_type.clone(),
-                    id: id.clone(),
-                }),
+                Ok(partition) => out.push(RecordKey { partition, record_type: record_type.clone(), id: id.clone() }),
                 Err(_) => bad = true,
             }
             true
@@ -408,18 +351,12 @@ impl Store {
             if record_type.is_some_and(|want| *want != t) {
                 return true;
             }
-            let Ok(id) = std::str::from_utf8(id)
-                .map_err(|_| ())
-                .and_then(|s| RecordId::parse(s).map_err(|_| ()))
+            let Ok(id) = std::str::from_utf8(id).map_err(|_| ()).and_then(|s| RecordId::parse(s).map_err(|_| ()))
             else {
                 failure = Some(corrupt("record id"));
                 return false;
             };
-            let key = RecordKey {
-                partition,
-                record_type: t,
-                id,
-            };
+            let key = RecordKey { partition, record_type: t, id };
             let state = match wire::decode_record(&key, v) {
                 Ok(state) => state,
                 Err(e) => {
@@ -461,11 +398,7 @@ impl Store {
                 .ok()
                 .and_then(|s| RecordId::parse(s).ok())
                 .ok_or_else(|| corrupt("conflict key id"))?;
-            let key = RecordKey {
-                partition,
-                record_type,
-                id,
-            };
+            let key = RecordKey { partition, record_type, id };
             if let Some(view) = self.view(&key)?
                 && !visit(RecordView { key, view })
             {
@@ -476,11 +409,7 @@ impl Store {
     }
 
     /// The merge policy of a record type in an org, from its profile record.
-    pub fn policy(
-        &self,
-        partition: &Partition,
-        record_type: &RecordType,
-    ) -> Result<TypePolicy, StoreError> {
+    pub fn policy(&self, partition: &Partition, record_type: &RecordType) -> Result<TypePolicy, StoreError> {
         let org = partition.org();
         if let Some(profile) = self.profiles.lock().expect("profile cache lock").get(&org) {
             return Ok(profile.policy(record_type));
@@ -489,19 +418,12 @@ impl Store {
         let profile = match self.record(&key)? {
             Some(state) => {
                 let view = state.view(&TypePolicy::default());
-                if view.exists {
-                    Profile::from_fields(&view.fields)
-                } else {
-                    Profile::default()
-                }
+                if view.exists { Profile::from_fields(&view.fields) } else { Profile::default() }
             }
             None => Profile::default(),
         };
         let policy = profile.policy(record_type);
-        self.profiles
-            .lock()
-            .expect("profile cache lock")
-            .insert(org, profile);
+        self.profiles.lock().expect("profile cache lock").insert(org, profile);
         Ok(policy)
     }
 
@@ -571,13 +493,8 @@ impl Store {
             change.hlc = clock.tick(now_ms);
             // Merge before signing (the signature plays no part in merging);
             // the signatures are filled in below.
-            state
-                .apply(change.clone())
-                .map_err(|e| corrupt(&format!("own change does not merge: {e}")))?;
-            results[i] = Some(Ok(Written {
-                dot: change.dot(),
-                view: View::default(),
-            }));
+            state.apply(change.clone()).map_err(|e| corrupt(&format!("own change does not merge: {e}")))?;
+            results[i] = Some(Ok(Written { dot: change.dot(), view: View::default() }));
             changes.push(change);
         }
         signer.sign_all(&author.key, &mut changes);
@@ -595,17 +512,11 @@ impl Store {
                 }
             }
             if !*existed {
-                pending.put(
-                    keys::by_id(&key.partition, &key.record_type, &key.id),
-                    Vec::new(),
-                );
+                pending.put(keys::by_id(&key.partition, &key.record_type, &key.id), Vec::new());
             }
             pending.record(key, state);
             if key.record_type.as_str() == PROFILE_TYPE {
-                self.profiles
-                    .lock()
-                    .expect("profile cache lock")
-                    .remove(&key.partition.org());
+                self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
             }
         }
         for change in &changes {
@@ -630,14 +541,10 @@ impl Store {
         for (slot, write) in results.iter_mut().zip(writes) {
             if let Some(Ok(written)) = slot {
                 let (state, _) = &states[&write.record];
-                written.view =
-                    state.view(&self.policy(&write.record.partition, &write.record.record_type)?);
+                written.view = state.view(&self.policy(&write.record.partition, &write.record.record_type)?);
             }
         }
-        Ok(results
-            .into_iter()
-            .map(|r| r.expect("every write has a result"))
-            .collect())
+        Ok(results.into_iter().map(|r| r.expect("every write has a result")).collect())
     }
 
     /// The dots stored in the index before this call that the new states no
@@ -693,25 +600,15 @@ impl Store {
         Ok(out)
     }
 
-    fn visit_heads(
-        &self,
-        region: &Region,
-        visit: &mut dyn FnMut(HeadEntry),
-    ) -> Result<(), StoreError> {
+    fn visit_heads(&self, region: &Region, visit: &mut dyn FnMut(HeadEntry)) -> Result<(), StoreError> {
         let mut failure = None;
         for prefix in region.filter.prefixes() {
             self.scan_prefix(&keys::under(keys::HEADS, prefix), &mut |k, v| {
-                let parsed =
-                    keys::split_typed(&k[1..]).and_then(|(partition, record_type, rest)| {
-                        let instance: [u8; 16] = rest.try_into().ok()?;
-                        let counter = u64::from_be_bytes(v.try_into().ok()?);
-                        Some(HeadEntry {
-                            partition,
-                            record_type,
-                            instance: InstanceId(instance),
-                            counter,
-                        })
-                    });
+                let parsed = keys::split_typed(&k[1..]).and_then(|(partition, record_type, rest)| {
+                    let instance: [u8; 16] = rest.try_into().ok()?;
+                    let counter = u64::from_be_bytes(v.try_into().ok()?);
+                    Some(HeadEntry { partition, record_type, instance: InstanceId(instance), counter })
+                });
                 match parsed {
                     Some(entry) => {
                         if !region.excluded_types.contains(&entry.record_type) {
@@ -753,11 +650,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<Option<String>, StoreError> {
         let mut local = self.lock();
-        let ahead = entries
-            .iter()
-            .filter(|e| e.instance == local.instance)
-            .map(|e| e.counter)
-            .max();
+        let ahead = entries.iter().filter(|e| e.instance == local.instance).map(|e| e.counter).max();
         match ahead {
             Some(theirs) if theirs > local.counter => {
                 let reason = format!(
@@ -820,38 +713,22 @@ impl Store {
         // The end key is inclusive of `upto`: scan to just past it.
         let mut end_exclusive = end;
         end_exclusive.push(0);
-        self.backend
-            .scan(&start, Some(&end_exclusive), &mut visit)?;
+        self.backend.scan(&start, Some(&end_exclusive), &mut visit)?;
         if let Some(e) = failure {
             return Err(e);
         }
-        let last = if complete {
-            upto
-        } else {
-            found.last().map_or(after, |f| f.0)
-        };
+        let last = if complete { upto } else { found.last().map_or(after, |f| f.0) };
         for (counter, id, _) in found {
-            let key = RecordKey {
-                partition: partition.clone(),
-                record_type: record_type.clone(),
-                id,
-            };
+            let key = RecordKey { partition: partition.clone(), record_type: record_type.clone(), id };
             // A change may have been superseded since the index was read;
             // then it is obsolete and is simply not sent.
             if let Some(state) = self.record(&key)?
-                && let Some(change) = state
-                    .changes
-                    .iter()
-                    .find(|c| c.author == *instance && c.counter == counter)
+                && let Some(change) = state.changes.iter().find(|c| c.author == *instance && c.counter == counter)
             {
                 out.push(change.clone());
             }
         }
-        Ok(ScanEnd {
-            last,
-            complete,
-            bytes,
-        })
+        Ok(ScanEnd { last, complete, bytes })
     }
 
     /// Counts the retained changes and their bytes in `(after, upto]`.
@@ -917,11 +794,7 @@ impl Store {
         // must continue from there, so batches apply in order or not at all.
         let mut moved: BTreeMap<Triple, Counter> = BTreeMap::new();
         for group in &batch.groups {
-            let triple = (
-                group.partition.clone(),
-                group.record_type.clone(),
-                group.author,
-            );
+            let triple = (group.partition.clone(), group.record_type.clone(), group.author);
             let position = match moved.get(&triple).or_else(|| positions.get(&triple)) {
                 Some(p) => *p,
                 None => self.head(&group.partition, &group.record_type, &group.author)?,
@@ -960,10 +833,7 @@ impl Store {
                 last = gc.counter;
                 let change = group.change(gc);
                 let message = change.signing_bytes();
-                let what = format!(
-                    "{}/{}/{}",
-                    change.record.partition, change.record.record_type, change.record.id
-                );
+                let what = format!("{}/{}/{}", change.record.partition, change.record.record_type, change.record.id);
                 if let Err(e) = change.check_form(message.len()) {
                     applied.reject(format!("{what}: {e}"));
                     continue;
@@ -985,11 +855,7 @@ impl Store {
         }
         let items: Vec<Signed<'_>> = candidates
             .iter()
-            .map(|c| Signed {
-                message: &c.message,
-                signature: &c.change.signature,
-                key: &c.change.author_key,
-            })
+            .map(|c| Signed { message: &c.message, signature: &c.change.signature, key: &c.change.author_key })
             .collect();
         let valid = verifier.verify_all(&items);
         drop(items);
@@ -1048,27 +914,16 @@ impl Store {
                 continue;
             }
             if !existed {
-                pending.put(
-                    keys::by_id(&key.partition, &key.record_type, &key.id),
-                    Vec::new(),
-                );
+                pending.put(keys::by_id(&key.partition, &key.record_type, &key.id), Vec::new());
             }
             pending.record(key, state);
             if key.record_type.as_str() == PROFILE_TYPE {
-                self.profiles
-                    .lock()
-                    .expect("profile cache lock")
-                    .remove(&key.partition.org());
+                self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
             }
         }
-        pending.put(
-            keys::meta("hlc"),
-            local.clock.last().0.to_be_bytes().to_vec(),
-        );
+        pending.put(keys::meta("hlc"), local.clock.last().0.to_be_bytes().to_vec());
         self.finish_heads(&mut pending)?;
-        self.backend
-            .commit(&pending.into_writes())
-            .map_err(StoreError::from)?;
+        self.backend.commit(&pending.into_writes()).map_err(StoreError::from)?;
         positions.extend(moved);
         Ok(applied)
     }
@@ -1154,8 +1009,7 @@ impl Store {
         let mut key = vec![keys::LEDGER];
         key.extend_from_slice(&entry.started_at_ms.to_be_bytes());
         key.extend_from_slice(entry.session.as_bytes());
-        self.backend
-            .commit(&[(key, Some(wire::encode_value(entry)))])?;
+        self.backend.commit(&[(key, Some(wire::encode_value(entry)))])?;
         Ok(())
     }
 
@@ -1181,14 +1035,8 @@ impl Store {
         Ok(self.backend.get(&peer_key(peer, name))?)
     }
 
-    pub fn set_peer_note(
-        &self,
-        peer: &AuthorKey,
-        name: &str,
-        value: &[u8],
-    ) -> Result<(), StoreError> {
-        self.backend
-            .commit(&[(peer_key(peer, name), Some(value.to_vec()))])?;
+    pub fn set_peer_note(&self, peer: &AuthorKey, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.backend.commit(&[(peer_key(peer, name), Some(value.to_vec()))])?;
         Ok(())
     }
 
@@ -1250,17 +1098,8 @@ impl Pending {
     }
 
     fn index_change(&mut self, change: &Change, encoded_len: usize) {
-        self.touched.insert((
-            change.record.partition.clone(),
-            change.record.record_type.clone(),
-            change.author,
-        ));
-        let key = keys::change(
-            &change.record.partition,
-            &change.record.record_type,
-            &change.author,
-            change.counter,
-        );
+        self.touched.insert((change.record.partition.clone(), change.record.record_type.clone(), change.author));
+        let key = keys::change(&change.record.partition, &change.record.record_type, &change.author, change.counter);
         let mut value = (encoded_len as u32).to_be_bytes().to_vec();
         value.extend_from_slice(change.record.id.as_str().as_bytes());
         self.put(key, value);
@@ -1268,14 +1107,8 @@ impl Pending {
 
     fn drop_changes(&mut self, key: &RecordKey, dropped: &[Dot]) {
         for dot in dropped {
-            self.touched
-                .insert((key.partition.clone(), key.record_type.clone(), dot.instance));
-            self.delete(keys::change(
-                &key.partition,
-                &key.record_type,
-                &dot.instance,
-                dot.counter,
-            ));
+            self.touched.insert((key.partition.clone(), key.record_type.clone(), dot.instance));
+            self.delete(keys::change(&key.partition, &key.record_type, &dot.instance, dot.counter));
         }
     }
 
@@ -1297,9 +1130,7 @@ impl Pending {
 }
 
 fn counter_of(change_key: &[u8]) -> Counter {
-    let tail: [u8; 8] = change_key[change_key.len() - 8..]
-        .try_into()
-        .expect("change keys end with a counter");
+    let tail: [u8; 8] = change_key[change_key.len() - 8..].try_into().expect("change keys end with a counter");
     u64::from_be_bytes(tail)
 }
 
@@ -1310,9 +1141,7 @@ fn parse_index_value(v: &[u8]) -> Option<(u64, RecordId)> {
 }
 
 fn be_u64(bytes: &[u8]) -> Result<u64, StoreError> {
-    Ok(u64::from_be_bytes(
-        bytes.try_into().map_err(|_| corrupt("a stored number"))?,
-    ))
+    Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| corrupt("a stored number"))?))
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -1341,11 +1170,7 @@ fn fingerprint(dir: &Path, kind: BackendKind) -> Vec<u8> {
 }
 
 fn read_epoch_file(dir: &Path) -> Option<u64> {
-    std::fs::read_to_string(dir.join(EPOCH_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(dir.join(EPOCH_FILE)).ok()?.trim().parse().ok()
 }
 
 fn write_epoch_file(dir: &Path, epoch: u64) -> std::io::Result<()> {
@@ -1364,37 +1189,27 @@ fn local_op(op: &LocalOp, held: bool, exists_now: bool) -> Result<Op, WriteRejec
     match op {
         LocalOp::Put { set, unset } => {
             if set.len() + unset.len() > FIELDS_MAX {
-                return Err(WriteRejection::Field(format!(
-                    "more than {FIELDS_MAX} fields"
-                )));
+                return Err(WriteRejection::Field(format!("more than {FIELDS_MAX} fields")));
             }
             if let Some(bad) = set.keys().chain(unset.iter()).find(|n| !is_field_name(n)) {
                 return Err(WriteRejection::Field(format!("bad field name {bad:?}")));
             }
-            let mut fields: BTreeMap<String, Option<Value>> = set
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(v.clone())))
-                .collect();
+            let mut fields: BTreeMap<String, Option<Value>> =
+                set.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
             if exists_now {
                 for name in unset {
                     fields.entry(name.clone()).or_insert(None);
                 }
             }
             // A write to a record that is absent or deleted starts it afresh.
-            Ok(Op::Put {
-                replace: !exists_now,
-                fields,
-            })
+            Ok(Op::Put { replace: !exists_now, fields })
         }
         LocalOp::Delete if !held => Err(WriteRejection::NotFound),
         LocalOp::Delete if !exists_now => Err(WriteRejection::AlreadyDeleted),
         LocalOp::Delete => Ok(Op::Delete),
         LocalOp::Restore if !held => Err(WriteRejection::NotFound),
         LocalOp::Restore if exists_now => Err(WriteRejection::NotDeleted),
-        LocalOp::Restore => Ok(Op::Put {
-            replace: false,
-            fields: BTreeMap::new(),
-        }),
+        LocalOp::Restore => Ok(Op::Put { replace: false, fields: BTreeMap::new() }),
     }
 }
 

@@ -143,19 +143,13 @@ impl<'de> serde::de::Visitor<'de> for ValueVisitor {
         Ok(Value::Int(v))
     }
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
-        i64::try_from(v)
-            .map(Value::Int)
-            .map_err(|_| E::custom("integer above i64::MAX"))
+        i64::try_from(v).map(Value::Int).map_err(|_| E::custom("integer above i64::MAX"))
     }
     fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Value, E> {
-        i64::try_from(v)
-            .map(Value::Int)
-            .map_err(|_| E::custom("integer outside i64"))
+        i64::try_from(v).map(Value::Int).map_err(|_| E::custom("integer outside i64"))
     }
     fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Value, E> {
-        i64::try_from(v)
-            .map(Value::Int)
-            .map_err(|_| E::custom("integer outside i64"))
+        i64::try_from(v).map(Value::Int).map_err(|_| E::custom("integer outside i64"))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))

@@ -44,11 +44,7 @@ impl VersionVector {
 
     /// Whether every entry of `other` is at most ours.
     pub fn dominates(&self, other: &VersionVector) -> bool {
-        other
-            .0
-            .dots
-            .iter()
-            .all(|(instance, &counter)| self.get(instance) >= counter)
+        other.0.dots.iter().all(|(instance, &counter)| self.get(instance) >= counter)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -97,26 +93,16 @@ impl<'de> serde::Deserialize<'de> for VersionVector {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = VersionVector;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(
-                    f,
-                    "a version vector of at most {VECTOR_ENTRIES_MAX} entries"
-                )
+                write!(f, "a version vector of at most {VECTOR_ENTRIES_MAX} entries")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<VersionVector, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<VersionVector, A::Error> {
                 let mut v = VersionVector::new();
                 let mut count = 0;
                 let mut last: Option<InstanceId> = None;
-                while let Some((instance, counter)) =
-                    map.next_entry::<crate::wire::Bytes16, u64>()?
-                {
+                while let Some((instance, counter)) = map.next_entry::<crate::wire::Bytes16, u64>()? {
                     count += 1;
                     if count > VECTOR_ENTRIES_MAX {
-                        return Err(serde::de::Error::custom(
-                            "version vector has too many entries",
-                        ));
+                        return Err(serde::de::Error::custom("version vector has too many entries"));
                     }
                     let instance = InstanceId(instance.0);
                     // One encoding per vector: keys ascending, no zeros.
@@ -143,41 +129,17 @@ mod tests {
 
     #[test]
     fn vector_covers_merges_and_dominates() {
-        let mut a: VersionVector = [Dot {
-            instance: i(1),
-            counter: 3,
-        }]
-        .into_iter()
-        .collect();
-        let b: VersionVector = [
-            Dot {
-                instance: i(1),
-                counter: 1,
-            },
-            Dot {
-                instance: i(2),
-                counter: 5,
-            },
-        ]
-        .into_iter()
-        .collect();
-        assert!(a.covers(Dot {
-            instance: i(1),
-            counter: 2
-        }));
-        assert!(!a.covers(Dot {
-            instance: i(2),
-            counter: 1
-        }));
+        let mut a: VersionVector = [Dot { instance: i(1), counter: 3 }].into_iter().collect();
+        let b: VersionVector =
+            [Dot { instance: i(1), counter: 1 }, Dot { instance: i(2), counter: 5 }].into_iter().collect();
+        assert!(a.covers(Dot { instance: i(1), counter: 2 }));
+        assert!(!a.covers(Dot { instance: i(2), counter: 1 }));
         assert!(!a.dominates(&b));
         a.merge(&b);
         assert!(a.dominates(&b));
         assert_eq!(a.get(&i(1)), 3);
         assert_eq!(a.get(&i(2)), 5);
-        a.add(Dot {
-            instance: i(3),
-            counter: 0,
-        });
+        a.add(Dot { instance: i(3), counter: 0 });
         assert_eq!(a.len(), 2, "zero entries are never stored");
     }
 }

@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 use crate::change::{Change, Op, RecordKey};
 use crate::ids::{AuthorKey, Hlc, InstanceId, RecordId};
 use crate::limits::{
-    BATCH_CHAINS_MAX, BATCH_CHANGES_MAX, CREDENTIALS_BYTES_MAX, DECOMPRESSED_BYTES_MAX,
-    HEADS_ENTRIES_MAX, MESSAGE_BYTES_MAX, REASON_BYTES_MAX,
+    BATCH_CHAINS_MAX, BATCH_CHANGES_MAX, CREDENTIALS_BYTES_MAX, DECOMPRESSED_BYTES_MAX, HEADS_ENTRIES_MAX,
+    MESSAGE_BYTES_MAX, REASON_BYTES_MAX,
 };
 use crate::merge::{Knowledge, RecordState};
 use crate::value::Value;
@@ -229,36 +229,15 @@ pub enum DecodeError {
 
 #[derive(Serialize, Deserialize)]
 enum MessageWire {
-    Hello {
-        session: Bytes16,
-        credentials: CredentialsWire,
-        filter: Filter,
-        pull: bool,
-        push: bool,
-    },
-    Welcome {
-        credentials: CredentialsWire,
-        digest_pull: Bytes32,
-        digest_push: Bytes32,
-    },
+    Hello { session: Bytes16, credentials: CredentialsWire, filter: Filter, pull: bool, push: bool },
+    Welcome { credentials: CredentialsWire, digest_pull: Bytes32, digest_push: Bytes32 },
     NeedCredentials,
     Heads(Compressed),
-    Batch {
-        seq: u64,
-        plan_changes: u64,
-        plan_bytes: u64,
-        body: Compressed,
-    },
-    Ack {
-        seq: u64,
-    },
-    End {
-        batches: u64,
-    },
+    Batch { seq: u64, plan_changes: u64, plan_bytes: u64, body: Compressed },
+    Ack { seq: u64 },
+    End { batches: u64 },
     Done,
-    Abort {
-        reason: String,
-    },
+    Abort { reason: String },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -310,10 +289,7 @@ struct GroupChangeWire {
 
 #[derive(Serialize, Deserialize, Clone)]
 enum OpWire {
-    Put {
-        replace: bool,
-        fields: BTreeMap<String, FieldWire>,
-    },
+    Put { replace: bool, fields: BTreeMap<String, FieldWire> },
     Delete,
 }
 
@@ -330,13 +306,7 @@ impl OpWire {
                 replace: *replace,
                 fields: fields
                     .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.as_ref()
-                                .map_or(FieldWire::Unset, |v| FieldWire::Set(v.clone())),
-                        )
-                    })
+                    .map(|(k, v)| (k.clone(), v.as_ref().map_or(FieldWire::Unset, |v| FieldWire::Set(v.clone()))))
                     .collect(),
             },
             Op::Delete => OpWire::Delete,
@@ -387,14 +357,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             entries: h
                 .entries
                 .iter()
-                .map(|e| {
-                    (
-                        e.partition.clone(),
-                        e.record_type.clone(),
-                        Bytes16(e.instance.0),
-                        e.counter,
-                    )
-                })
+                .map(|e| (e.partition.clone(), e.record_type.clone(), Bytes16(e.instance.0), e.counter))
                 .collect(),
         })),
         Message::Batch(b) => MessageWire::Batch {
@@ -427,16 +390,10 @@ pub fn batch_frame_from_parts(seq: u64, raw_len: u64, data: &[u8]) -> Vec<u8> {
         seq,
         plan_changes: 0,
         plan_bytes: 0,
-        body: Compressed {
-            raw_len,
-            checksum: Bytes32(*blake3::hash(data).as_bytes()),
-            data: ByteBuf(data.to_vec()),
-        },
+        body: Compressed { raw_len, checksum: Bytes32(*blake3::hash(data).as_bytes()), data: ByteBuf(data.to_vec()) },
     };
     let mut frame = vec![PROTOCOL_VERSION];
-    frame.extend_from_slice(
-        &serde_cbor::ser::to_vec_packed(&wire).expect("writing CBOR to a Vec cannot fail"),
-    );
+    frame.extend_from_slice(&serde_cbor::ser::to_vec_packed(&wire).expect("writing CBOR to a Vec cannot fail"));
     frame
 }
 
@@ -483,37 +440,17 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
         return Err(DecodeError::Empty);
     }
     if frame.len() > MESSAGE_BYTES_MAX {
-        return Err(DecodeError::TooLarge {
-            len: frame.len(),
-            max: MESSAGE_BYTES_MAX,
-        });
+        return Err(DecodeError::TooLarge { len: frame.len(), max: MESSAGE_BYTES_MAX });
     }
     if frame[0] != PROTOCOL_VERSION {
-        return Err(DecodeError::Version {
-            found: frame[0],
-            supported: PROTOCOL_VERSION,
-        });
+        return Err(DecodeError::Version { found: frame[0], supported: PROTOCOL_VERSION });
     }
     let wire: MessageWire = cbor_decode(&frame[1..])?;
     Ok(match wire {
-        MessageWire::Hello {
-            session,
-            credentials,
-            filter,
-            pull,
-            push,
-        } => Message::Hello(Hello {
-            session: session.0,
-            credentials: credentials.try_into()?,
-            filter,
-            pull,
-            push,
-        }),
-        MessageWire::Welcome {
-            credentials,
-            digest_pull,
-            digest_push,
-        } => Message::Welcome(Welcome {
+        MessageWire::Hello { session, credentials, filter, pull, push } => {
+            Message::Hello(Hello { session: session.0, credentials: credentials.try_into()?, filter, pull, push })
+        }
+        MessageWire::Welcome { credentials, digest_pull, digest_push } => Message::Welcome(Welcome {
             credentials: credentials.try_into()?,
             digest_pull: digest_pull.0,
             digest_push: digest_push.0,
@@ -522,10 +459,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
         MessageWire::Heads(body) => {
             let body: HeadsBody = decompress(&body)?;
             if body.entries.len() > HEADS_ENTRIES_MAX {
-                return Err(DecodeError::TooManyHeads {
-                    count: body.entries.len(),
-                    max: HEADS_ENTRIES_MAX,
-                });
+                return Err(DecodeError::TooManyHeads { count: body.entries.len(), max: HEADS_ENTRIES_MAX });
             }
             Message::Heads(Heads {
                 pull: body.pull,
@@ -542,28 +476,15 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
                     .collect(),
             })
         }
-        MessageWire::Batch {
-            seq,
-            plan_changes,
-            plan_bytes,
-            body,
-        } => Message::Batch(decode_batch_body(
-            seq,
-            Plan {
-                changes: plan_changes,
-                bytes: plan_bytes,
-            },
-            &body,
-        )?),
+        MessageWire::Batch { seq, plan_changes, plan_bytes, body } => {
+            Message::Batch(decode_batch_body(seq, Plan { changes: plan_changes, bytes: plan_bytes }, &body)?)
+        }
         MessageWire::Ack { seq } => Message::Ack { seq },
         MessageWire::End { batches } => Message::End { batches },
         MessageWire::Done => Message::Done,
         MessageWire::Abort { reason } => {
             if reason.len() > REASON_BYTES_MAX {
-                return Err(DecodeError::ReasonTooLong {
-                    len: reason.len(),
-                    max: REASON_BYTES_MAX,
-                });
+                return Err(DecodeError::ReasonTooLong { len: reason.len(), max: REASON_BYTES_MAX });
             }
             Message::Abort { reason }
         }
@@ -574,26 +495,13 @@ fn decode_batch_body(seq: u64, plan: Plan, body: &Compressed) -> Result<Batch, D
     let body: BatchBody = decompress(body)?;
     let count: usize = body.groups.iter().map(|g| g.changes.len()).sum();
     if count > BATCH_CHANGES_MAX {
-        return Err(DecodeError::TooManyChanges {
-            count,
-            max: BATCH_CHANGES_MAX,
-        });
+        return Err(DecodeError::TooManyChanges { count, max: BATCH_CHANGES_MAX });
     }
     if body.chains.len() > BATCH_CHAINS_MAX {
-        return Err(DecodeError::TooManyChains {
-            count: body.chains.len(),
-            max: BATCH_CHAINS_MAX,
-        });
+        return Err(DecodeError::TooManyChains { count: body.chains.len(), max: BATCH_CHAINS_MAX });
     }
-    if let Some(chain) = body
-        .chains
-        .iter()
-        .find(|c| c.0.len() > CREDENTIALS_BYTES_MAX)
-    {
-        return Err(DecodeError::ChainTooLarge {
-            len: chain.0.len(),
-            max: CREDENTIALS_BYTES_MAX,
-        });
+    if let Some(chain) = body.chains.iter().find(|c| c.0.len() > CREDENTIALS_BYTES_MAX) {
+        return Err(DecodeError::ChainTooLarge { len: chain.0.len(), max: CREDENTIALS_BYTES_MAX });
     }
     Ok(Batch {
         seq,
@@ -641,10 +549,7 @@ impl TryFrom<CredentialsWire> for Credentials {
         match c {
             CredentialsWire::Hash(h) => Ok(Credentials::Hash(h.0)),
             CredentialsWire::Full(b) if b.0.len() > CREDENTIALS_BYTES_MAX => {
-                Err(DecodeError::ChainTooLarge {
-                    len: b.0.len(),
-                    max: CREDENTIALS_BYTES_MAX,
-                })
+                Err(DecodeError::ChainTooLarge { len: b.0.len(), max: CREDENTIALS_BYTES_MAX })
             }
             CredentialsWire::Full(b) => Ok(Credentials::Full(b.0)),
         }
@@ -654,41 +559,28 @@ impl TryFrom<CredentialsWire> for Credentials {
 fn compress<T: Serialize>(body: &T) -> Compressed {
     let raw = serde_cbor::ser::to_vec_packed(body).expect("writing CBOR to a Vec cannot fail");
     let data = zstd::bulk::compress(&raw, ZSTD_LEVEL).expect("zstd compresses any input");
-    Compressed {
-        raw_len: raw.len() as u64,
-        checksum: Bytes32(*blake3::hash(&data).as_bytes()),
-        data: ByteBuf(data),
-    }
+    Compressed { raw_len: raw.len() as u64, checksum: Bytes32(*blake3::hash(&data).as_bytes()), data: ByteBuf(data) }
 }
 
 fn decompress<T: for<'de> Deserialize<'de>>(c: &Compressed) -> Result<T, DecodeError> {
     if c.raw_len > DECOMPRESSED_BYTES_MAX as u64 {
-        return Err(DecodeError::DecompressedTooLarge {
-            len: c.raw_len,
-            max: DECOMPRESSED_BYTES_MAX,
-        });
+        return Err(DecodeError::DecompressedTooLarge { len: c.raw_len, max: DECOMPRESSED_BYTES_MAX });
     }
     if blake3::hash(&c.data.0).as_bytes() != &c.checksum.0 {
         return Err(DecodeError::Checksum);
     }
     match zstd::zstd_safe::get_frame_content_size(&c.data.0) {
         Ok(Some(declared)) if declared != c.raw_len => {
-            return Err(DecodeError::LengthMismatch {
-                expected: c.raw_len,
-                found: declared,
-            });
+            return Err(DecodeError::LengthMismatch { expected: c.raw_len, found: declared });
         }
         Ok(_) => {}
         Err(_) => return Err(DecodeError::Decompress("not a zstd frame".to_owned())),
     }
     // `raw_len` is bounded above, so this allocation is too.
-    let raw = zstd::bulk::decompress(&c.data.0, c.raw_len as usize)
-        .map_err(|e| DecodeError::Decompress(e.to_string()))?;
+    let raw =
+        zstd::bulk::decompress(&c.data.0, c.raw_len as usize).map_err(|e| DecodeError::Decompress(e.to_string()))?;
     if raw.len() as u64 != c.raw_len {
-        return Err(DecodeError::LengthMismatch {
-            expected: c.raw_len,
-            found: raw.len() as u64,
-        });
+        return Err(DecodeError::LengthMismatch { expected: c.raw_len, found: raw.len() as u64 });
     }
     cbor_decode(&raw)
 }
@@ -797,11 +689,7 @@ pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Result<RecordState, Decod
     let stored: StoredRecord = cbor_decode(bytes)?;
     Ok(RecordState {
         vv: stored.vv,
-        known: Knowledge {
-            exists: stored.known_exists,
-            all_fields: stored.known_all,
-            fields: stored.known_fields,
-        },
+        known: Knowledge { exists: stored.known_exists, all_fields: stored.known_all, fields: stored.known_fields },
         changes: stored
             .changes
             .into_iter()
@@ -853,9 +741,7 @@ macro_rules! fixed_bytes {
                         write!(f, "{} bytes", $n)
                     }
                     fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<$name, E> {
-                        v.try_into()
-                            .map($name)
-                            .map_err(|_| E::invalid_length(v.len(), &self))
+                        v.try_into().map($name).map_err(|_| E::invalid_length(v.len(), &self))
                     }
                 }
                 d.deserialize_bytes(Visitor)

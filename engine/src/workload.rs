@@ -40,10 +40,7 @@ pub fn result_fields(seed: u64, seq: u64, version: u64) -> BTreeMap<String, Valu
     let mut fields = BTreeMap::new();
     fields.insert("seq".into(), Value::Int(seq as i64));
     fields.insert("learner_id".into(), Value::Text(hex32(learner, 1)));
-    fields.insert(
-        "item".into(),
-        Value::Text(format!("exercise-{:04}/q{:02}", r % 10_000, (r >> 20) % 20)),
-    );
+    fields.insert("item".into(), Value::Text(format!("exercise-{:04}/q{:02}", r % 10_000, (r >> 20) % 20)));
     fields.insert("score".into(), Value::Float(((v % 1000) as f64) / 1000.0));
     fields.insert("attempts".into(), Value::Int(1 + (v % 5) as i64));
     fields.insert("completed".into(), Value::Bool(!v.is_multiple_of(3)));
@@ -63,26 +60,9 @@ pub fn result_fields(seed: u64, seq: u64, version: u64) -> BTreeMap<String, Valu
     fields
 }
 
-/// Seconds since 1970 as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC).
+/// Seconds and milliseconds since 1970 as RFC 3339 UTC.
 fn iso8601(secs: u64, millis: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    crate::hlc::rfc3339(secs * 1000 + millis)
 }
 
 #[cfg(test)]

@@ -24,18 +24,9 @@ fn key() -> RecordKey {
 /// One step of a writer: write some fields, delete, or learn others' changes.
 #[derive(Clone, Debug)]
 enum Step {
-    Put {
-        writer: usize,
-        fields: Vec<(usize, Option<i64>)>,
-        replace: bool,
-    },
-    Delete {
-        writer: usize,
-    },
-    Learn {
-        writer: usize,
-        picks: Vec<usize>,
-    },
+    Put { writer: usize, fields: Vec<(usize, Option<i64>)>, replace: bool },
+    Delete { writer: usize },
+    Learn { writer: usize, picks: Vec<usize> },
 }
 
 const FIELDS: [&str; 3] = ["a", "b", "c"];
@@ -62,26 +53,17 @@ fn history(steps: &[Step], writers: usize) -> Vec<Change> {
                 for &p in picks {
                     if !all.is_empty() {
                         let c = all[p % all.len()].clone();
-                        replicas[*writer]
-                            .apply(c)
-                            .expect("honest histories never equivocate");
+                        replicas[*writer].apply(c).expect("honest histories never equivocate");
                     }
                 }
                 continue;
             }
             Step::Delete { writer } => (*writer, Op::Delete),
-            Step::Put {
-                writer,
-                fields,
-                replace,
-            } => (
+            Step::Put { writer, fields, replace } => (
                 *writer,
                 Op::Put {
                     replace: *replace,
-                    fields: fields
-                        .iter()
-                        .map(|(f, v)| (FIELDS[*f].to_owned(), v.map(Value::Int)))
-                        .collect(),
+                    fields: fields.iter().map(|(f, v)| (FIELDS[*f].to_owned(), v.map(Value::Int))).collect(),
                 },
             ),
         };
@@ -98,9 +80,7 @@ fn history(steps: &[Step], writers: usize) -> Vec<Change> {
             op,
             signature: [0; 64],
         };
-        replicas[writer]
-            .apply(change.clone())
-            .expect("own change merges");
+        replicas[writer].apply(change.clone()).expect("own change merges");
         all.push(change);
     }
     all
@@ -132,10 +112,7 @@ fn shuffled(changes: &[Change], seed: u64, duplicates: bool) -> Vec<Change> {
 fn policies() -> Vec<TypePolicy> {
     vec![
         TypePolicy::default(),
-        TypePolicy {
-            fields: FieldPolicy::Authority("central".into()),
-            delete: DeletePolicy::UpdateWins,
-        },
+        TypePolicy { fields: FieldPolicy::Authority("central".into()), delete: DeletePolicy::UpdateWins },
     ]
 }
 
@@ -215,10 +192,7 @@ fn concurrent_edits_of_different_fields_both_survive() {
         counter: 1,
         hlc: Hlc::from_parts(20, 0),
         seen: seen.clone(),
-        op: Op::Put {
-            replace: false,
-            fields: BTreeMap::from([("name".to_owned(), Some(Value::from("Ada L.")))]),
-        },
+        op: Op::Put { replace: false, fields: BTreeMap::from([("name".to_owned(), Some(Value::from("Ada L.")))]) },
         ..base.clone()
     };
     let tablet = Change {
@@ -226,17 +200,10 @@ fn concurrent_edits_of_different_fields_both_survive() {
         counter: 1,
         hlc: Hlc::from_parts(30, 0),
         seen,
-        op: Op::Put {
-            replace: false,
-            fields: BTreeMap::from([("last_login".to_owned(), Some(Value::Int(2)))]),
-        },
+        op: Op::Put { replace: false, fields: BTreeMap::from([("last_login".to_owned(), Some(Value::Int(2)))]) },
         ..base.clone()
     };
-    for order in [
-        [&base, &coach, &tablet],
-        [&tablet, &coach, &base],
-        [&coach, &base, &tablet],
-    ] {
+    for order in [[&base, &coach, &tablet], [&tablet, &coach, &base], [&coach, &base, &tablet]] {
         let state = apply_all(&order.map(|c| c.clone()));
         let view = state.view(&TypePolicy::default());
         assert_eq!(view.fields["name"], Value::from("Ada L."));
@@ -255,10 +222,7 @@ fn same_field_conflict_keeps_the_loser_and_authority_wins() {
         hlc: Hlc::from_parts(hlc, 0),
         authority: authority.map(str::to_owned),
         seen: Default::default(),
-        op: Op::Put {
-            replace: false,
-            fields: BTreeMap::from([("score".to_owned(), Some(Value::from(value)))]),
-        },
+        op: Op::Put { replace: false, fields: BTreeMap::from([("score".to_owned(), Some(Value::from(value)))]) },
         signature: [0; 64],
     };
     let central = mk(1, 10, "from central", Some("central"));
@@ -268,15 +232,10 @@ fn same_field_conflict_keeps_the_loser_and_authority_wins() {
     assert_eq!(newest.fields["score"], Value::from("from device"));
     assert_eq!(newest.conflicts.len(), 1);
     assert_eq!(newest.conflicts[0].value, Some(Value::from("from central")));
-    let authority = state.view(&TypePolicy {
-        fields: FieldPolicy::Authority("central".into()),
-        delete: DeletePolicy::DeleteWins,
-    });
+    let authority =
+        state.view(&TypePolicy { fields: FieldPolicy::Authority("central".into()), delete: DeletePolicy::DeleteWins });
     assert_eq!(authority.fields["score"], Value::from("from central"));
-    assert_eq!(
-        authority.conflicts[0].value,
-        Some(Value::from("from device"))
-    );
+    assert_eq!(authority.conflicts[0].value, Some(Value::from("from device")));
 }
 
 #[test]
@@ -289,10 +248,7 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
         hlc: Hlc::from_parts(10, 0),
         authority: None,
         seen: Default::default(),
-        op: Op::Put {
-            replace: true,
-            fields: BTreeMap::from([("a".to_owned(), Some(Value::Int(1)))]),
-        },
+        op: Op::Put { replace: true, fields: BTreeMap::from([("a".to_owned(), Some(Value::Int(1)))]) },
         signature: [0; 64],
     };
     let mut seen = engine::VersionVector::new();
@@ -310,27 +266,16 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
         counter: 1,
         hlc: Hlc::from_parts(30, 0),
         seen,
-        op: Op::Put {
-            replace: false,
-            fields: BTreeMap::from([("b".to_owned(), Some(Value::Int(2)))]),
-        },
+        op: Op::Put { replace: false, fields: BTreeMap::from([("b".to_owned(), Some(Value::Int(2)))]) },
         ..create.clone()
     };
     let state = apply_all(&[create.clone(), update.clone(), delete.clone()]);
     let default = state.view(&TypePolicy::default());
     assert!(!default.exists);
     assert_eq!(default.conflicts.len(), 1, "the losing update is kept");
-    let update_wins = state.view(&TypePolicy {
-        fields: FieldPolicy::Newest,
-        delete: DeletePolicy::UpdateWins,
-    });
+    let update_wins = state.view(&TypePolicy { fields: FieldPolicy::Newest, delete: DeletePolicy::UpdateWins });
     assert!(update_wins.exists);
-    assert_eq!(
-        update_wins.fields.len(),
-        2,
-        "the whole record comes back: {:?}",
-        update_wins.fields
-    );
+    assert_eq!(update_wins.fields.len(), 2, "the whole record comes back: {:?}", update_wins.fields);
     // A later write that saw the delete resurrects the record.
     let mut seen_all = state.vv.clone();
     seen_all.add(delete.dot());
@@ -339,10 +284,7 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
         counter: 2,
         hlc: Hlc::from_parts(40, 0),
         seen: seen_all,
-        op: Op::Put {
-            replace: true,
-            fields: BTreeMap::from([("c".to_owned(), Some(Value::Int(3)))]),
-        },
+        op: Op::Put { replace: true, fields: BTreeMap::from([("c".to_owned(), Some(Value::Int(3)))]) },
         ..create
     };
     let mut state = state;

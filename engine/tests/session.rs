@@ -31,35 +31,15 @@ fn pull_brings_every_record_and_a_second_sync_is_a_no_op() {
                 T0 + i as u64,
             );
         }
-        let (a, b) = sync(
-            &device,
-            &central,
-            &auth,
-            device.config(&central, 1),
-            T0 + 1000,
-        );
+        let (a, b) = sync(&device, &central, &auth, device.config(&central, 1), T0 + 1000);
         assert_eq!(a.received, 50, "{kind:?}");
         assert_eq!(a.updated, 50);
         assert_eq!(b.sent, 50);
         assert_eq!(device.snapshot(), central.snapshot());
-        let (a, b) = sync(
-            &device,
-            &central,
-            &auth,
-            device.config(&central, 2),
-            T0 + 2000,
-        );
+        let (a, b) = sync(&device, &central, &auth, device.config(&central, 2), T0 + 2000);
         assert!(a.noop && b.noop, "{kind:?}: {a:?}");
-        assert!(
-            a.bytes_sent + a.bytes_received < 1024,
-            "no-op costs {} bytes",
-            a.bytes_sent + a.bytes_received
-        );
-        assert_eq!(
-            a.messages_sent + a.messages_received,
-            3,
-            "Hello, Welcome, Done"
-        );
+        assert!(a.bytes_sent + a.bytes_received < 1024, "no-op costs {} bytes", a.bytes_sent + a.bytes_received);
+        assert_eq!(a.messages_sent + a.messages_received, 3, "Hello, Welcome, Done");
     }
 }
 
@@ -68,73 +48,19 @@ fn a_device_gets_only_its_region_and_pushes_only_what_it_may() {
     for kind in KINDS {
         let auth = StaticAuthorizer::new();
         let central = full(kind, 1, &auth);
-        let device = Node::new(
-            kind,
-            2,
-            scope("tests,results:tc-1", "results:tc-1", "test=ro,answer=none"),
-            &auth,
-        );
-        central.put(
-            &auth,
-            &record("tests", "test", "t1"),
-            &[("q", text("2+2"))],
-            T0,
-        );
-        central.put(
-            &auth,
-            &record("results:tc-1", "result", "a"),
-            &[("score", Value::Int(1))],
-            T0,
-        );
-        central.put(
-            &auth,
-            &record("results:tc-1", "answer", "secret"),
-            &[("x", Value::Int(1))],
-            T0,
-        );
-        central.put(
-            &auth,
-            &record("results:tc-2", "result", "other"),
-            &[("score", Value::Int(2))],
-            T0,
-        );
-        let (a, _) = sync(
-            &device,
-            &central,
-            &auth,
-            device.config(&central, 1),
-            T0 + 10,
-        );
-        assert_eq!(
-            a.received, 2,
-            "{kind:?}: the test and tc-1's result, not the answer nor tc-2"
-        );
-        let ids: Vec<String> = device
-            .snapshot()
-            .iter()
-            .map(|(k, _)| k.id.to_string())
-            .collect();
+        let device = Node::new(kind, 2, scope("tests,results:tc-1", "results:tc-1", "test=ro,answer=none"), &auth);
+        central.put(&auth, &record("tests", "test", "t1"), &[("q", text("2+2"))], T0);
+        central.put(&auth, &record("results:tc-1", "result", "a"), &[("score", Value::Int(1))], T0);
+        central.put(&auth, &record("results:tc-1", "answer", "secret"), &[("x", Value::Int(1))], T0);
+        central.put(&auth, &record("results:tc-2", "result", "other"), &[("score", Value::Int(2))], T0);
+        let (a, _) = sync(&device, &central, &auth, device.config(&central, 1), T0 + 10);
+        assert_eq!(a.received, 2, "{kind:?}: the test and tc-1's result, not the answer nor tc-2");
+        let ids: Vec<String> = device.snapshot().iter().map(|(k, _)| k.id.to_string()).collect();
         assert_eq!(ids, ["a", "t1"]);
-        device.put(
-            &auth,
-            &record("results:tc-1", "result", "b"),
-            &[("score", Value::Int(5))],
-            T0 + 20,
-        );
-        let (a, b) = sync(
-            &device,
-            &central,
-            &auth,
-            device.config(&central, 2),
-            T0 + 30,
-        );
+        device.put(&auth, &record("results:tc-1", "result", "b"), &[("score", Value::Int(5))], T0 + 20);
+        let (a, b) = sync(&device, &central, &auth, device.config(&central, 2), T0 + 30);
         assert_eq!((a.sent, b.received, b.updated), (1, 1, 1), "{kind:?}");
-        assert_eq!(
-            central
-                .fields(&record("results:tc-1", "result", "b"))
-                .expect("pushed")["score"],
-            Value::Int(5)
-        );
+        assert_eq!(central.fields(&record("results:tc-1", "result", "b")).expect("pushed")["score"], Value::Int(5));
     }
 }
 
@@ -145,70 +71,36 @@ fn concurrent_edits_converge_with_the_conflict_kept_on_both_sides() {
         let a = full(kind, 1, &auth);
         let b = full(kind, 2, &auth);
         let r = record("results", "result", "shared");
-        a.put(
-            &auth,
-            &r,
-            &[("score", Value::Int(1)), ("note", text("base"))],
-            T0,
-        );
+        a.put(&auth, &r, &[("score", Value::Int(1)), ("note", text("base"))], T0);
         sync(&b, &a, &auth, b.config(&a, 1), T0 + 1);
         a.put(&auth, &r, &[("score", Value::Int(10))], T0 + 10);
-        b.put(
-            &auth,
-            &r,
-            &[("score", Value::Int(20)), ("done", Value::Bool(true))],
-            T0 + 20,
-        );
+        b.put(&auth, &r, &[("score", Value::Int(20)), ("done", Value::Bool(true))], T0 + 20);
         let (s, _) = sync(&b, &a, &auth, b.config(&a, 2), T0 + 30);
         assert!(s.conflicts >= 1, "{kind:?}: {s:?}");
         assert_eq!(a.snapshot(), b.snapshot());
         let view = a.store.view(&r).expect("view").expect("held");
         assert_eq!(view.fields["score"], Value::Int(20), "newest wins");
-        assert_eq!(
-            view.fields["done"],
-            Value::Bool(true),
-            "one-sided fields merge"
-        );
+        assert_eq!(view.fields["done"], Value::Bool(true), "one-sided fields merge");
         assert_eq!(view.conflicts.len(), 1);
-        assert_eq!(
-            view.conflicts[0].value,
-            Some(Value::Int(10)),
-            "the loser is kept"
-        );
+        assert_eq!(view.conflicts[0].value, Some(Value::Int(10)), "the loser is kept");
     }
 }
 
 /// Drives a pull, delivering messages until `stop_after_acks` batches are
 /// acknowledged, then drops the rest: the transfer is interrupted.
-fn interrupted_pull(
-    device: &Node,
-    central: &Node,
-    auth: &StaticAuthorizer,
-    stop_after_acks: usize,
-) {
+fn interrupted_pull(device: &Node, central: &Node, auth: &StaticAuthorizer, stop_after_acks: usize) {
     let mut config = device.config(central, 9);
     config.batch_changes = 10;
     let mut initiator = Session::initiate(config, T0);
     let mut responder_config = central.config(device, 9);
     responder_config.batch_changes = 10;
     let mut responder = Session::accept(responder_config, T0);
-    let env_d = Env {
-        store: &device.store,
-        auth,
-        verifier: &SerialVerifier,
-    };
-    let env_c = Env {
-        store: &central.store,
-        auth,
-        verifier: &SerialVerifier,
-    };
+    let env_d = Env { store: &device.store, auth, verifier: &SerialVerifier };
+    let env_c = Env { store: &central.store, auth, verifier: &SerialVerifier };
     let mut acks = 0;
     for _ in 0..1000 {
         while let Some(frame) = initiator.poll_transmit() {
-            if matches!(
-                engine::wire::decode_message(&frame),
-                Ok(Message::Ack { .. })
-            ) {
+            if matches!(engine::wire::decode_message(&frame), Ok(Message::Ack { .. })) {
                 acks += 1;
                 if acks > stop_after_acks {
                     return;
@@ -231,28 +123,17 @@ fn an_interrupted_transfer_resumes_without_resending_more_than_one_batch() {
         let central = full(kind, 1, &auth);
         let device = full(kind, 2, &auth);
         for i in 0..100 {
-            central.put(
-                &auth,
-                &record("results", "result", &format!("r{i:03}")),
-                &[("score", Value::Int(i))],
-                T0,
-            );
+            central.put(&auth, &record("results", "result", &format!("r{i:03}")), &[("score", Value::Int(i))], T0);
         }
         // Three batches are applied and acknowledged; the fourth's ack is lost
         // with the connection (the fourth batch itself was applied).
         interrupted_pull(&device, &central, &auth, 3);
         let held = device.snapshot().len();
-        assert_eq!(
-            held, 40,
-            "{kind:?}: four batches of ten were durably applied"
-        );
+        assert_eq!(held, 40, "{kind:?}: four batches of ten were durably applied");
         let mut config = device.config(&central, 10);
         config.batch_changes = 10;
         let (a, _) = sync(&device, &central, &auth, config, T0 + 5);
-        assert_eq!(
-            a.received, 60,
-            "{kind:?}: only what was missing is sent again"
-        );
+        assert_eq!(a.received, 60, "{kind:?}: only what was missing is sent again");
         assert_eq!(device.snapshot(), central.snapshot());
     }
 }
@@ -263,38 +144,20 @@ fn forged_and_out_of_scope_changes_are_rejected_and_the_rest_applies() {
         let auth = StaticAuthorizer::new();
         let writer = Node::new(kind, 1, scope("results", "results:tc-1", ""), &auth);
         let receiver = full(kind, 2, &auth);
-        writer.put(
-            &auth,
-            &record("results:tc-1", "result", "good"),
-            &[("score", Value::Int(1))],
-            T0,
-        );
-        writer.put(
-            &auth,
-            &record("results:tc-1", "result", "forged"),
-            &[("score", Value::Int(2))],
-            T0,
-        );
+        writer.put(&auth, &record("results:tc-1", "result", "good"), &[("score", Value::Int(1))], T0);
+        writer.put(&auth, &record("results:tc-1", "result", "forged"), &[("score", Value::Int(2))], T0);
         let mut changes: Vec<GroupChange> = Vec::new();
         for id in ["good", "forged"] {
-            let state = writer
-                .store
-                .record(&record("results:tc-1", "result", id))
-                .expect("read")
-                .expect("held");
+            let state = writer.store.record(&record("results:tc-1", "result", id)).expect("read").expect("held");
             changes.push(GroupChange::from_change(&state.changes[0]));
         }
         // Tamper with the second change after signing.
         if let engine::Op::Put { fields, .. } = &mut changes[1].op {
             fields.insert("score".into(), Some(Value::Int(99)));
         }
-        let good = writer
-            .store
-            .record(&record("results:tc-1", "result", "good"))
-            .expect("read")
-            .expect("held")
-            .changes[0]
-            .clone();
+        let good = writer.store.record(&record("results:tc-1", "result", "good")).expect("read").expect("held").changes
+            [0]
+        .clone();
         // A change the writer signed for a partition outside its write scope.
         let mut outside = good.clone();
         outside.record = record("results:tc-2", "result", "sneaky");
@@ -326,42 +189,14 @@ fn forged_and_out_of_scope_changes_are_rejected_and_the_rest_applies() {
         let mut positions = BTreeMap::new();
         let applied = receiver
             .store
-            .apply_batch(
-                &batch,
-                &Region::of(Filter::org(org())),
-                &mut positions,
-                &auth,
-                &SerialVerifier,
-                T0,
-            )
+            .apply_batch(&batch, &Region::of(Filter::org(org())), &mut positions, &auth, &SerialVerifier, T0)
             .expect("applies");
-        assert_eq!(
-            (applied.received, applied.updated, applied.rejected),
-            (3, 1, 2),
-            "{kind:?}: {applied:?}"
-        );
-        assert!(
-            applied
-                .rejections
-                .iter()
-                .any(|r| r.contains("bad signature"))
-        );
+        assert_eq!((applied.received, applied.updated, applied.rejected), (3, 1, 2), "{kind:?}: {applied:?}");
+        assert!(applied.rejections.iter().any(|r| r.contains("bad signature")));
         assert!(applied.rejections.iter().any(|r| r.contains("may not")));
-        assert!(
-            receiver
-                .fields(&record("results:tc-1", "result", "good"))
-                .is_some()
-        );
-        assert!(
-            receiver
-                .fields(&record("results:tc-1", "result", "forged"))
-                .is_none()
-        );
-        assert!(
-            receiver
-                .fields(&record("results:tc-2", "result", "sneaky"))
-                .is_none()
-        );
+        assert!(receiver.fields(&record("results:tc-1", "result", "good")).is_some());
+        assert!(receiver.fields(&record("results:tc-1", "result", "forged")).is_none());
+        assert!(receiver.fields(&record("results:tc-2", "result", "sneaky")).is_none());
         // A batch that skips ahead of what the receiver holds changes nothing.
         let mut gap = batch.clone();
         gap.groups.truncate(1);
@@ -375,10 +210,7 @@ fn forged_and_out_of_scope_changes_are_rejected_and_the_rest_applies() {
             &SerialVerifier,
             T0,
         );
-        assert!(
-            matches!(err, Err(engine::store::ApplyError::Gap { .. })),
-            "{kind:?}"
-        );
+        assert!(matches!(err, Err(engine::store::ApplyError::Gap { .. })), "{kind:?}");
     }
 }
 
@@ -391,16 +223,8 @@ fn a_session_with_a_peer_whose_credentials_are_refused_fails_on_both_sides() {
     config.credentials = vec![0; 32]; // not a's key
     let mut initiator = Session::initiate(config, T0);
     let mut responder = Session::accept(b.config(&a, 1), T0);
-    let env_a = Env {
-        store: &a.store,
-        auth: &auth,
-        verifier: &SerialVerifier,
-    };
-    let env_b = Env {
-        store: &b.store,
-        auth: &auth,
-        verifier: &SerialVerifier,
-    };
+    let env_a = Env { store: &a.store, auth: &auth, verifier: &SerialVerifier };
+    let env_b = Env { store: &b.store, auth: &auth, verifier: &SerialVerifier };
     for _ in 0..10 {
         while let Some(f) = initiator.poll_transmit() {
             responder.handle_message(T0, &f, &env_b);
@@ -418,22 +242,8 @@ fn a_session_with_a_peer_whose_credentials_are_refused_fails_on_both_sides() {
         }
         out
     };
-    assert!(
-        failed(&mut responder)
-            .expect("responder refuses")
-            .contains("refused")
-    );
-    assert!(
-        failed(&mut initiator)
-            .expect("initiator is told")
-            .contains("aborted")
-    );
+    assert!(failed(&mut responder).expect("responder refuses").contains("refused"));
+    assert!(failed(&mut initiator).expect("initiator is told").contains("aborted"));
     let history = b.store.history().expect("ledger");
-    assert!(
-        history
-            .last()
-            .expect("an entry")
-            .outcome
-            .starts_with("failed")
-    );
+    assert!(history.last().expect("an entry").outcome.starts_with("failed"));
 }

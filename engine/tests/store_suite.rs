@@ -10,9 +10,7 @@ use std::process::{Command, Stdio};
 
 use common::*;
 use engine::backend::BackendKind;
-use engine::{
-    InstanceId, LocalOp, LocalWrite, SerialSigner, StaticAuthorizer, Store, Value, WriteRejection,
-};
+use engine::{InstanceId, LocalOp, LocalWrite, SerialSigner, StaticAuthorizer, Store, Value, WriteRejection};
 use partitions::{RecordType, Scope};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -25,10 +23,7 @@ fn full_node(kind: BackendKind, seed: u8, auth: &StaticAuthorizer) -> Node {
 
 fn put_op(fields: &[(&str, Value)], unset: &[&str]) -> LocalOp {
     LocalOp::Put {
-        set: fields
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect(),
+        set: fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
         unset: unset.iter().map(|s| (*s).to_owned()).collect(),
     }
 }
@@ -39,64 +34,25 @@ fn writes_create_update_unset_delete_and_recreate() {
         let auth = StaticAuthorizer::new();
         let node = full_node(kind, 1, &auth);
         let r = record("results:tc-1", "result", "r1");
-        node.put(
-            &auth,
-            &r,
-            &[("score", Value::Int(3)), ("done", Value::Bool(false))],
-            T0,
-        );
+        node.put(&auth, &r, &[("score", Value::Int(3)), ("done", Value::Bool(false))], T0);
         node.put(&auth, &r, &[("done", Value::Bool(true))], T0 + 1);
         assert_eq!(node.fields(&r).expect("exists").len(), 2, "{kind:?}");
-        let unset = LocalWrite {
-            record: r.clone(),
-            op: put_op(&[], &["score"]),
-        };
-        node.store
-            .write(&node.author(), &[unset], T0 + 2, &auth, &SerialSigner)
-            .expect("write");
-        assert_eq!(
-            node.fields(&r).expect("exists").keys().collect::<Vec<_>>(),
-            ["done"]
-        );
+        let unset = LocalWrite { record: r.clone(), op: put_op(&[], &["score"]) };
+        node.store.write(&node.author(), &[unset], T0 + 2, &auth, &SerialSigner).expect("write");
+        assert_eq!(node.fields(&r).expect("exists").keys().collect::<Vec<_>>(), ["done"]);
         node.delete(&auth, &r, T0 + 3);
         assert_eq!(node.fields(&r), None);
-        let again = LocalWrite {
-            record: r.clone(),
-            op: LocalOp::Delete,
-        };
-        let result = node
-            .store
-            .write(&node.author(), &[again], T0 + 4, &auth, &SerialSigner)
-            .expect("write");
+        let again = LocalWrite { record: r.clone(), op: LocalOp::Delete };
+        let result = node.store.write(&node.author(), &[again], T0 + 4, &auth, &SerialSigner).expect("write");
         assert_eq!(result[0], Err(WriteRejection::AlreadyDeleted));
         // Writing a deleted record starts it afresh: old fields do not return.
         node.put(&auth, &r, &[("score", Value::Int(9))], T0 + 5);
-        assert_eq!(
-            node.fields(&r).expect("exists").keys().collect::<Vec<_>>(),
-            ["score"]
-        );
+        assert_eq!(node.fields(&r).expect("exists").keys().collect::<Vec<_>>(), ["score"]);
         // The record keeps one retained change: the last one saw everything.
-        assert_eq!(
-            node.store
-                .record(&r)
-                .expect("read")
-                .expect("held")
-                .changes
-                .len(),
-            1
-        );
-        assert_eq!(
-            node.store.find(&r.record_type, &r.id).expect("find"),
-            vec![r.clone()]
-        );
-        let missing = LocalWrite {
-            record: record("results", "result", "nope"),
-            op: LocalOp::Delete,
-        };
-        let result = node
-            .store
-            .write(&node.author(), &[missing], T0 + 6, &auth, &SerialSigner)
-            .expect("write");
+        assert_eq!(node.store.record(&r).expect("read").expect("held").changes.len(), 1);
+        assert_eq!(node.store.find(&r.record_type, &r.id).expect("find"), vec![r.clone()]);
+        let missing = LocalWrite { record: record("results", "result", "nope"), op: LocalOp::Delete };
+        let result = node.store.write(&node.author(), &[missing], T0 + 6, &auth, &SerialSigner).expect("write");
         assert_eq!(result[0], Err(WriteRejection::NotFound));
     }
 }
@@ -108,27 +64,12 @@ fn writes_outside_the_scope_are_refused_and_use_no_counter() {
         let node = Node::new(kind, 1, scope("results", "results:tc-1", "test=ro"), &auth);
         let before = node.store.counter();
         let writes = [
-            LocalWrite {
-                record: record("results:tc-2", "result", "x"),
-                op: put_op(&[("a", Value::Int(1))], &[]),
-            },
-            LocalWrite {
-                record: record("results:tc-1", "test", "t"),
-                op: put_op(&[("a", Value::Int(1))], &[]),
-            },
-            LocalWrite {
-                record: record("results:tc-1", "result", "ok"),
-                op: put_op(&[("a", Value::Int(1))], &[]),
-            },
+            LocalWrite { record: record("results:tc-2", "result", "x"), op: put_op(&[("a", Value::Int(1))], &[]) },
+            LocalWrite { record: record("results:tc-1", "test", "t"), op: put_op(&[("a", Value::Int(1))], &[]) },
+            LocalWrite { record: record("results:tc-1", "result", "ok"), op: put_op(&[("a", Value::Int(1))], &[]) },
         ];
-        let results = node
-            .store
-            .write(&node.author(), &writes, T0, &auth, &SerialSigner)
-            .expect("write");
-        assert!(
-            matches!(results[0], Err(WriteRejection::Denied(_))),
-            "{kind:?}"
-        );
+        let results = node.store.write(&node.author(), &writes, T0, &auth, &SerialSigner).expect("write");
+        assert!(matches!(results[0], Err(WriteRejection::Denied(_))), "{kind:?}");
         assert!(matches!(results[1], Err(WriteRejection::Denied(_))));
         assert!(results[2].is_ok());
         assert_eq!(node.store.counter(), before + 1);
@@ -140,24 +81,9 @@ fn list_filters_by_partition_and_type() {
     for kind in KINDS {
         let auth = StaticAuthorizer::new();
         let node = full_node(kind, 1, &auth);
-        node.put(
-            &auth,
-            &record("results:tc-4", "result", "a"),
-            &[("x", Value::Int(1))],
-            T0,
-        );
-        node.put(
-            &auth,
-            &record("results:tc-42", "result", "b"),
-            &[("x", Value::Int(1))],
-            T0,
-        );
-        node.put(
-            &auth,
-            &record("results:tc-4:s1", "answer", "c"),
-            &[("x", Value::Int(1))],
-            T0,
-        );
+        node.put(&auth, &record("results:tc-4", "result", "a"), &[("x", Value::Int(1))], T0);
+        node.put(&auth, &record("results:tc-42", "result", "b"), &[("x", Value::Int(1))], T0);
+        node.put(&auth, &record("results:tc-4:s1", "answer", "c"), &[("x", Value::Int(1))], T0);
         let mut seen = Vec::new();
         node.store
             .list(Some(&partition("results:tc-4")), None, &mut |r| {
@@ -165,11 +91,7 @@ fn list_filters_by_partition_and_type() {
                 true
             })
             .expect("list");
-        assert_eq!(
-            seen,
-            ["a", "c"],
-            "{kind:?}: containment is by whole segments"
-        );
+        assert_eq!(seen, ["a", "c"], "{kind:?}: containment is by whole segments");
         let mut seen = Vec::new();
         let answer = RecordType::parse("answer").expect("t");
         node.store
@@ -188,77 +110,38 @@ fn instance_survives_a_clean_close_and_is_replaced_otherwise() {
         let auth = StaticAuthorizer::new();
         let dir = tempfile::tempdir().expect("dir");
         auth.grant(author_key(1), Scope::full(org()), None);
-        let author = engine::LocalAuthor {
-            key: key(1),
-            authority: None,
-        };
+        let author = engine::LocalAuthor { key: key(1), authority: None };
         let write = |store: &Store, id: &str| {
-            let w = LocalWrite {
-                record: record("results", "result", id),
-                op: put_op(&[("a", Value::Int(1))], &[]),
-            };
-            store
-                .write(&author, &[w], T0, &auth, &SerialSigner)
-                .expect("write")[0]
-                .clone()
-                .expect("accepted")
-                .dot
+            let w = LocalWrite { record: record("results", "result", id), op: put_op(&[("a", Value::Int(1))], &[]) };
+            store.write(&author, &[w], T0, &auth, &SerialSigner).expect("write")[0].clone().expect("accepted").dot
         };
         let (store, opened) = Store::open(dir.path(), kind, InstanceId([1; 16]), T0).expect("open");
         assert!(opened.fresh_instance.is_some());
         let first = write(&store, "a");
         store.close().expect("close");
-        let (store, opened) =
-            Store::open(dir.path(), kind, InstanceId([2; 16]), T0).expect("reopen");
-        assert_eq!(
-            opened.fresh_instance, None,
-            "{kind:?}: a clean close keeps the instance"
-        );
+        let (store, opened) = Store::open(dir.path(), kind, InstanceId([2; 16]), T0).expect("reopen");
+        assert_eq!(opened.fresh_instance, None, "{kind:?}: a clean close keeps the instance");
         assert_eq!(write(&store, "b").counter, first.counter + 1);
         // Dropped without close: as after a crash.
         drop(store);
-        let (store, opened) =
-            Store::open(dir.path(), kind, InstanceId([3; 16]), T0).expect("reopen");
-        assert!(
-            opened
-                .fresh_instance
-                .expect("fresh")
-                .contains("did not close"),
-            "{kind:?}"
-        );
+        let (store, opened) = Store::open(dir.path(), kind, InstanceId([3; 16]), T0).expect("reopen");
+        assert!(opened.fresh_instance.expect("fresh").contains("did not close"), "{kind:?}");
         let dot = write(&store, "c");
         assert_eq!((dot.instance, dot.counter), (InstanceId([3; 16]), 1));
         store.close().expect("close");
         // A copy of the store elsewhere is another store.
         let copy = tempfile::tempdir().expect("dir");
         copy_dir(dir.path(), copy.path());
-        let (store, opened) =
-            Store::open(copy.path(), kind, InstanceId([4; 16]), T0).expect("open copy");
-        assert!(
-            opened
-                .fresh_instance
-                .expect("fresh")
-                .contains("moved, copied or restored"),
-            "{kind:?}"
-        );
+        let (store, opened) = Store::open(copy.path(), kind, InstanceId([4; 16]), T0).expect("open copy");
+        assert!(opened.fresh_instance.expect("fresh").contains("moved, copied or restored"), "{kind:?}");
         store.close().expect("close");
         // An older store put back under a newer epoch file: restored from a backup.
         let (store, _) = Store::open(dir.path(), kind, InstanceId([5; 16]), T0).expect("open");
         store.close().expect("close");
         std::fs::write(dir.path().join("epoch"), "999\n").expect("epoch");
         let (store, opened) = Store::open(dir.path(), kind, InstanceId([6; 16]), T0).expect("open");
-        assert!(
-            opened
-                .fresh_instance
-                .expect("fresh")
-                .contains("older than its directory"),
-            "{kind:?}"
-        );
-        assert_eq!(
-            store.instances().expect("history").len(),
-            3,
-            "new store, crash, restore"
-        );
+        assert!(opened.fresh_instance.expect("fresh").contains("older than its directory"), "{kind:?}");
+        assert_eq!(store.instances().expect("history").len(), 3, "new store, crash, restore");
         store.close().expect("close");
     }
 }
@@ -277,10 +160,7 @@ fn a_peer_ahead_of_our_counter_moves_us_to_a_fresh_instance() {
             instance: mine,
             counter: 50,
         }];
-        let reason = node
-            .store
-            .check_peer_heads(&entries, InstanceId([77; 16]), T0)
-            .expect("check");
+        let reason = node.store.check_peer_heads(&entries, InstanceId([77; 16]), T0).expect("check");
         assert!(reason.is_some(), "{kind:?}");
         assert_eq!(node.store.instance(), InstanceId([77; 16]));
         node.put(&auth, &r, &[("a", Value::Int(2))], T0 + 1);
@@ -310,14 +190,9 @@ fn store_matches_a_model_under_random_operations() {
             let mut rng = StdRng::seed_from_u64(seed);
             let auth = StaticAuthorizer::new();
             auth.grant(author_key(1), Scope::full(org()), None);
-            let author = engine::LocalAuthor {
-                key: key(1),
-                authority: None,
-            };
+            let author = engine::LocalAuthor { key: key(1), authority: None };
             let dir = tempfile::tempdir().expect("dir");
-            let mut store = Store::open(dir.path(), kind, InstanceId([1; 16]), T0)
-                .expect("open")
-                .0;
+            let mut store = Store::open(dir.path(), kind, InstanceId([1; 16]), T0).expect("open").0;
             let mut model: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
             for step in 0..150u64 {
                 let id = format!("r{}", rng.random_range(0..6u32));
@@ -326,11 +201,8 @@ fn store_matches_a_model_under_random_operations() {
                 let op = if choice < 6 {
                     let field = format!("f{}", rng.random_range(0..4u32));
                     let value = Value::Int(rng.random_range(0..100i64));
-                    let unset = if rng.random_bool(0.3) {
-                        vec![format!("f{}", rng.random_range(0..4u32))]
-                    } else {
-                        vec![]
-                    };
+                    let unset =
+                        if rng.random_bool(0.3) { vec![format!("f{}", rng.random_range(0..4u32))] } else { vec![] };
                     LocalOp::Put {
                         set: BTreeMap::from([(field, value)]),
                         unset: unset.into_iter().collect::<BTreeSet<_>>(),
@@ -343,10 +215,7 @@ fn store_matches_a_model_under_random_operations() {
                 let result = store
                     .write(
                         &author,
-                        &[LocalWrite {
-                            record: r.clone(),
-                            op: op.clone(),
-                        }],
+                        &[LocalWrite { record: r.clone(), op: op.clone() }],
                         T0 + step,
                         &auth,
                         &SerialSigner,
@@ -395,9 +264,7 @@ fn store_matches_a_model_under_random_operations() {
                 assert_eq!(shown, model, "{kind:?} seed {seed} step {step}");
                 if step % 50 == 49 {
                     store.close().expect("close");
-                    store = Store::open(dir.path(), kind, InstanceId([2; 16]), T0)
-                        .expect("reopen")
-                        .0;
+                    store = Store::open(dir.path(), kind, InstanceId([2; 16]), T0).expect("reopen").0;
                 }
             }
             store.close().expect("close");
@@ -424,30 +291,18 @@ fn crash_child() {
     let kind = BackendKind::parse(&kind).expect("kind");
     let auth = StaticAuthorizer::new();
     auth.grant(author_key(1), Scope::full(org()), None);
-    let author = engine::LocalAuthor {
-        key: key(1),
-        authority: None,
-    };
-    let (store, _) =
-        Store::open(std::path::Path::new(&dir), kind, InstanceId([0xcc; 16]), T0).expect("open");
+    let author = engine::LocalAuthor { key: key(1), authority: None };
+    let (store, _) = Store::open(std::path::Path::new(&dir), kind, InstanceId([0xcc; 16]), T0).expect("open");
     let start = store.counter();
     let mut out = std::io::stdout().lock();
     for batch in 0..100_000u64 {
         let writes: Vec<LocalWrite> = (0..RECORDS_PER_BATCH)
             .map(|i| LocalWrite {
                 record: record("results", "result", &format!("b{batch}-{i}")),
-                op: put_op(
-                    &[
-                        ("batch", Value::Int(batch as i64)),
-                        ("pad", Value::Text("x".repeat(200))),
-                    ],
-                    &[],
-                ),
+                op: put_op(&[("batch", Value::Int(batch as i64)), ("pad", Value::Text("x".repeat(200)))], &[]),
             })
             .collect();
-        store
-            .write(&author, &writes, T0 + batch, &auth, &SerialSigner)
-            .expect("write");
+        store.write(&author, &writes, T0 + batch, &auth, &SerialSigner).expect("write");
         writeln!(out, "acked {batch} {start}").expect("stdout");
         out.flush().expect("flush");
     }
@@ -455,10 +310,7 @@ fn crash_child() {
 
 #[test]
 fn crash_at_random_points_loses_no_acknowledged_write() {
-    let rounds: u64 = std::env::var("FERRY_CRASH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(4);
+    let rounds: u64 = std::env::var("FERRY_CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4);
     let exe = std::env::current_exe().expect("test binary");
     for kind in KINDS {
         let mut rng = StdRng::seed_from_u64(42);
@@ -478,11 +330,7 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
             for line in reader.lines() {
                 let line = line.expect("line");
                 if let Some(rest) = line.strip_prefix("acked ") {
-                    let batch: u64 = rest
-                        .split(' ')
-                        .next()
-                        .and_then(|b| b.parse().ok())
-                        .expect("batch number");
+                    let batch: u64 = rest.split(' ').next().and_then(|b| b.parse().ok()).expect("batch number");
                     acked.push(batch);
                     if acked.len() as u64 >= kill_after {
                         break;
@@ -491,12 +339,9 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
             }
             child.kill().expect("SIGKILL");
             child.wait().expect("reap");
-            let (store, opened) = Store::open(dir.path(), kind, InstanceId([0xdd; 16]), T0)
-                .expect("reopen after crash");
-            assert!(
-                opened.fresh_instance.is_some(),
-                "{kind:?} round {round}: a crash must start a new instance"
-            );
+            let (store, opened) =
+                Store::open(dir.path(), kind, InstanceId([0xdd; 16]), T0).expect("reopen after crash");
+            assert!(opened.fresh_instance.is_some(), "{kind:?} round {round}: a crash must start a new instance");
             let mut batches: BTreeMap<i64, usize> = BTreeMap::new();
             store
                 .list(None, None, &mut |r| {
@@ -514,21 +359,13 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
                 );
             }
             for (batch, count) in &batches {
-                assert_eq!(
-                    *count, RECORDS_PER_BATCH,
-                    "{kind:?} round {round}: batch {batch} half applied"
-                );
+                assert_eq!(*count, RECORDS_PER_BATCH, "{kind:?} round {round}: batch {batch} half applied");
             }
             // The frontier holds exactly what the store holds.
-            let heads = store
-                .heads(&engine::Region::of(partitions::Filter::org(org())))
-                .expect("heads");
+            let heads = store.heads(&engine::Region::of(partitions::Filter::org(org()))).expect("heads");
             let held: u64 = batches.values().map(|c| *c as u64).sum();
             let max_head = heads.iter().map(|h| h.counter).max().unwrap_or(0);
-            assert_eq!(
-                max_head, held,
-                "{kind:?} round {round}: frontier and store disagree"
-            );
+            assert_eq!(max_head, held, "{kind:?} round {round}: frontier and store disagree");
             store.close().expect("close");
         }
     }

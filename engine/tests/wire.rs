@@ -8,18 +8,14 @@ use std::collections::BTreeMap;
 
 use common::*;
 use engine::wire::{
-    self, Batch, Credentials, DecodeError, Group, GroupChange, HeadEntry, Heads, Hello, Message,
-    Plan, Welcome,
+    self, Batch, Credentials, DecodeError, Group, GroupChange, HeadEntry, Heads, Hello, Message, Plan, Welcome,
 };
 use engine::{AuthorKey, Hlc, InstanceId, Op, RecordId, Value, VersionVector};
 use partitions::{Filter, RecordType};
 
 fn sample_batch() -> Batch {
     let mut seen = VersionVector::new();
-    seen.add(engine::Dot {
-        instance: InstanceId([3; 16]),
-        counter: 9,
-    });
+    seen.add(engine::Dot { instance: InstanceId([3; 16]), counter: 9 });
     let change = GroupChange {
         id: RecordId::parse("learner-7/exercise-0042").expect("id"),
         counter: 12,
@@ -33,37 +29,21 @@ fn sample_batch() -> Batch {
                 ("answer".to_owned(), Some(Value::Text("{\"a\": 1}".into()))),
                 ("gone".to_owned(), None),
                 ("null".to_owned(), Some(Value::Null)),
-                (
-                    "nested".to_owned(),
-                    Some(Value::Array(vec![
-                        Value::Int(-1),
-                        Value::Bytes(vec![0, 255]),
-                    ])),
-                ),
+                ("nested".to_owned(), Some(Value::Array(vec![Value::Int(-1), Value::Bytes(vec![0, 255])]))),
             ]),
         },
         signature: [7; 64],
     };
     Batch {
         seq: 4,
-        plan: Plan {
-            changes: 100,
-            bytes: 40_000,
-        },
+        plan: Plan { changes: 100, bytes: 40_000 },
         groups: vec![Group {
             partition: partition("results:tc-1"),
             record_type: RecordType::parse("result").expect("t"),
             author: InstanceId([1; 16]),
             author_key: AuthorKey([2; 32]),
             after: 11,
-            changes: vec![
-                change.clone(),
-                GroupChange {
-                    counter: 13,
-                    op: Op::Delete,
-                    ..change
-                },
-            ],
+            changes: vec![change.clone(), GroupChange { counter: 13, op: Op::Delete, ..change }],
         }],
         chains: vec![vec![1, 2, 3]],
     }
@@ -98,9 +78,7 @@ fn samples() -> Vec<Message> {
         Message::Ack { seq: 3 },
         Message::End { batches: 9 },
         Message::Done,
-        Message::Abort {
-            reason: "bad things".into(),
-        },
+        Message::Abort { reason: "bad things".into() },
     ]
 }
 
@@ -108,11 +86,7 @@ fn samples() -> Vec<Message> {
 fn every_message_round_trips() {
     for message in samples() {
         let frame = wire::encode_message(&message);
-        assert_eq!(
-            wire::decode_message(&frame),
-            Ok(message.clone()),
-            "{message:?}"
-        );
+        assert_eq!(wire::decode_message(&frame), Ok(message.clone()), "{message:?}");
     }
 }
 
@@ -136,28 +110,16 @@ fn bad_frames_get_their_own_errors() {
     assert_eq!(wire::decode_message(&[]), Err(DecodeError::Empty));
     let mut frame = wire::encode_message(&Message::Done);
     frame[0] = 2;
-    assert_eq!(
-        wire::decode_message(&frame),
-        Err(DecodeError::Version {
-            found: 2,
-            supported: 1
-        })
-    );
+    assert_eq!(wire::decode_message(&frame), Err(DecodeError::Version { found: 2, supported: 1 }));
     let huge = vec![1u8; engine::limits::MESSAGE_BYTES_MAX + 1];
-    assert!(matches!(
-        wire::decode_message(&huge),
-        Err(DecodeError::TooLarge { .. })
-    ));
+    assert!(matches!(wire::decode_message(&huge), Err(DecodeError::TooLarge { .. })));
     // A zstd bomb: 64 MiB of zeros compresses to a few KiB, but the frame
     // may not claim more than the limit, and may not lie about its size.
     let zeros = vec![0u8; 64 * 1024 * 1024];
     let bomb = zstd::bulk::compress(&zeros, 19).expect("compress");
     assert!(bomb.len() < 64 * 1024);
     let honest = wire::batch_frame_from_parts(0, zeros.len() as u64, &bomb);
-    assert!(matches!(
-        wire::decode_message(&honest),
-        Err(DecodeError::DecompressedTooLarge { .. })
-    ));
+    assert!(matches!(wire::decode_message(&honest), Err(DecodeError::DecompressedTooLarge { .. })));
     let liar = wire::batch_frame_from_parts(0, 1000, &bomb);
     assert!(matches!(
         wire::decode_message(&liar),
@@ -173,17 +135,12 @@ fn bad_frames_get_their_own_errors() {
     let one = batch.groups[0].changes[0].clone();
     batch.groups[0].changes = vec![one; engine::limits::BATCH_CHANGES_MAX + 1];
     let frame = wire::encode_message(&Message::Batch(batch));
-    assert!(matches!(
-        wire::decode_message(&frame),
-        Err(DecodeError::TooManyChanges { .. })
-    ));
+    assert!(matches!(wire::decode_message(&frame), Err(DecodeError::TooManyChanges { .. })));
 }
 
 #[test]
 fn a_filter_with_too_many_prefixes_is_refused_while_decoding() {
-    let many: Vec<_> = (0..=partitions::limits::FILTER_PREFIXES_MAX)
-        .map(|i| partition(&format!("p{i}")))
-        .collect();
+    let many: Vec<_> = (0..=partitions::limits::FILTER_PREFIXES_MAX).map(|i| partition(&format!("p{i}"))).collect();
     let hello = Message::Hello(Hello {
         session: [0; 16],
         credentials: Credentials::Hash([0; 32]),
@@ -192,8 +149,5 @@ fn a_filter_with_too_many_prefixes_is_refused_while_decoding() {
         push: true,
     });
     let frame = wire::encode_message(&hello);
-    assert!(matches!(
-        wire::decode_message(&frame),
-        Err(DecodeError::Cbor(_))
-    ));
+    assert!(matches!(wire::decode_message(&frame), Err(DecodeError::Cbor(_))));
 }

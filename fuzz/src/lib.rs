@@ -31,24 +31,13 @@ pub fn partitions_parse(data: &[u8]) {
         assert_eq!(Filter::parse(org, &f.to_string()), Ok(f));
     }
     if let Ok(types) = Scope::parse_types(text) {
-        let scope = Scope {
-            types,
-            ..Scope::default()
-        };
+        let scope = Scope { types, ..Scope::default() };
         assert_eq!(Scope::parse_types(&scope.types_text()), Ok(scope.types));
     }
     let mut parts = text.splitn(3, '|');
-    let (read, write, types) = (
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-        parts.next().unwrap_or(""),
-    );
+    let (read, write, types) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     if let Ok(template) = ScopeTemplate::parse(read, write, types) {
-        let values = template
-            .params()
-            .into_iter()
-            .map(|p| (p.to_owned(), "v".to_owned()))
-            .collect();
+        let values = template.params().into_iter().map(|p| (p.to_owned(), "v".to_owned())).collect();
         let _ = template.expand(org, &values);
     }
 }

@@ -49,14 +49,8 @@ fn token_sample() -> Vec<u8> {
         uses: 3,
     };
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
-    let (token, _) = create_token(
-        &issuer,
-        &key(1),
-        vec!["/ip4/127.0.0.1/tcp/1".into()],
-        &request,
-        &mut rng,
-    )
-    .expect("token");
+    let (token, _) =
+        create_token(&issuer, &key(1), vec!["/ip4/127.0.0.1/tcp/1".into()], &request, &mut rng).expect("token");
     let line = token.encode();
     assert_eq!(Token::decode(&line), Ok(token));
     line.into_bytes()

@@ -1,2 +1,24 @@
-//! The `ferry` command's library: transport, enrolment, bundles and the local
-//! API. Being built (issue 4).
+//! The `ferry` command (SPEC §4): the only crate with tokio, libp2p, the
+//! clock, the file system layout and the command line. It turns verified
+//! certificates into the scopes the engine enforces (`authority.rs`), drives
+//! engine sessions over libp2p streams (`net.rs`, `protocols.rs`), runs the
+//! daemon (`serve.rs`) with its local API (`control.rs`, docs/api.md), and
+//! moves batches through files (`bundle.rs`).
+
+pub mod authority;
+pub mod bundle;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod home;
+pub mod identity;
+pub mod json;
+pub mod net;
+pub mod node;
+pub mod ops;
+pub mod parallel;
+pub mod pem;
+pub mod protocols;
+pub mod random;
+pub mod serve;

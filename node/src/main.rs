@@ -1,5 +1,5 @@
-//! The `ferry` binary. Thin: parse the command line, call into `node`.
+//! The `ferry` binary: parse the command line and run it (`node::cli`).
 
-fn main() {
-    println!("ferry {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    node::cli::main()
 }

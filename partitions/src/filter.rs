@@ -34,9 +34,7 @@ impl Filter {
 
     /// Everything of one org.
     pub fn org(org: OrgId) -> Filter {
-        Filter {
-            prefixes: vec![Partition::root(org)],
-        }
+        Filter { prefixes: vec![Partition::root(org)] }
     }
 
     /// The filter of exactly these prefixes, normalised.
@@ -59,34 +57,21 @@ impl Filter {
     /// Builds a filter from outside input, checking the prefix count first.
     pub fn try_new(prefixes: Vec<Partition>) -> Result<Filter, FilterError> {
         if prefixes.len() > FILTER_PREFIXES_MAX {
-            return Err(FilterError::TooManyPrefixes {
-                count: prefixes.len(),
-                max: FILTER_PREFIXES_MAX,
-            });
+            return Err(FilterError::TooManyPrefixes { count: prefixes.len(), max: FILTER_PREFIXES_MAX });
         }
         Ok(Filter::new(prefixes))
     }
 
     /// Parses comma-separated partitions, each absolute or relative to `org`.
     pub fn parse(org: OrgId, text: &str) -> Result<Filter, FilterError> {
-        let items: Vec<&str> = text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
+        let items: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         if items.len() > FILTER_PREFIXES_MAX {
-            return Err(FilterError::TooManyPrefixes {
-                count: items.len(),
-                max: FILTER_PREFIXES_MAX,
-            });
+            return Err(FilterError::TooManyPrefixes { count: items.len(), max: FILTER_PREFIXES_MAX });
         }
         let prefixes = items
             .iter()
             .enumerate()
-            .map(|(index, item)| {
-                Partition::resolve(org, item)
-                    .map_err(|error| FilterError::Partition { index, error })
-            })
+            .map(|(index, item)| Partition::resolve(org, item).map_err(|error| FilterError::Partition { index, error }))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Filter::new(prefixes))
     }
@@ -113,9 +98,7 @@ impl Filter {
     /// Whether some partition inside `partition` is in this filter, that is,
     /// whether the two overlap at all.
     pub fn overlaps(&self, partition: &Partition) -> bool {
-        self.prefixes
-            .iter()
-            .any(|p| p.contains(partition) || partition.contains(p))
+        self.prefixes.iter().any(|p| p.contains(partition) || partition.contains(p))
     }
 
     /// Everything in either filter.
@@ -192,10 +175,7 @@ impl<'de> serde::Deserialize<'de> for Filter {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "a list of at most {FILTER_PREFIXES_MAX} partitions")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<Filter, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Filter, A::Error> {
                 let mut prefixes = Vec::new();
                 while let Some(p) = seq.next_element::<Partition>()? {
                     if prefixes.len() == FILTER_PREFIXES_MAX {
@@ -246,10 +226,7 @@ mod tests {
     fn filter_subset_and_containment() {
         assert!(f("results:tc-1").is_subset(&f("results")));
         assert!(!f("results").is_subset(&f("results:tc-1")));
-        assert_eq!(
-            f("results,tests").first_outside(&f("results")),
-            Some(&p("tests"))
-        );
+        assert_eq!(f("results,tests").first_outside(&f("results")), Some(&p("tests")));
         assert!(f("results").contains(&p("results:tc-9:s")));
         assert!(!f("results:tc-4").contains(&p("results:tc-42")));
         assert!(f("results:tc-4").overlaps(&p("results")));
@@ -257,13 +234,7 @@ mod tests {
 
     #[test]
     fn filter_parse_checks_the_prefix_count() {
-        let many = (0..=FILTER_PREFIXES_MAX)
-            .map(|i| format!("p{i}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        assert_eq!(
-            Filter::parse(org(), &many),
-            Err(FilterError::TooManyPrefixes { count: 65, max: 64 })
-        );
+        let many = (0..=FILTER_PREFIXES_MAX).map(|i| format!("p{i}")).collect::<Vec<_>>().join(",");
+        assert_eq!(Filter::parse(org(), &many), Err(FilterError::TooManyPrefixes { count: 65, max: 64 }));
     }
 }

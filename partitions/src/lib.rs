@@ -17,7 +17,5 @@ pub mod template;
 pub use filter::{Filter, FilterError};
 pub use org::{OrgId, OrgIdError};
 pub use partition::{Partition, PartitionError};
-pub use scope::{
-    RecordType, RecordTypeError, Scope, ScopeError, TypeMode, TypeModeError, Widening, WriteKind,
-};
+pub use scope::{RecordType, RecordTypeError, Scope, ScopeError, TypeMode, TypeModeError, Widening, WriteKind};
 pub use template::{ScopeTemplate, Template, TemplateError};

@@ -14,8 +14,7 @@ pub const PARTITION_SEGMENTS_MAX: usize = 8;
 /// Printed length of a whole partition: the org id plus every segment with its
 /// separator at the maximum size. A looser bound would let a peer make us
 /// allocate for text that cannot be a partition.
-pub const PARTITION_BYTES_MAX: usize =
-    crate::org::ORG_ID_TEXT_LEN + PARTITION_SEGMENTS_MAX * (1 + SEGMENT_BYTES_MAX);
+pub const PARTITION_BYTES_MAX: usize = crate::org::ORG_ID_TEXT_LEN + PARTITION_SEGMENTS_MAX * (1 + SEGMENT_BYTES_MAX);
 
 /// Prefixes in one filter. A certificate's read or write filter names a few
 /// partitions (a test centre, a lab, one learner); 64 is generous for that

@@ -61,10 +61,7 @@ impl OrgId {
     /// Parses the printed form.
     pub fn parse(text: &str) -> Result<OrgId, OrgIdError> {
         if text.len() != ORG_ID_TEXT_LEN {
-            return Err(OrgIdError::Length {
-                len: text.len(),
-                expected: ORG_ID_TEXT_LEN,
-            });
+            return Err(OrgIdError::Length { len: text.len(), expected: ORG_ID_TEXT_LEN });
         }
         let bytes = base32::decode(text).map_err(|e| match e {
             Base32Error::Character { ch, at } => OrgIdError::Character { ch, at },
@@ -94,9 +91,15 @@ impl FromStr for OrgId {
     }
 }
 
+/// Text (the printed id) in human-readable formats such as JSON; 16 bytes
+/// in binary ones such as CBOR.
 impl serde::Serialize for OrgId {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        if serializer.is_human_readable() {
+            serializer.serialize_str(&self.to_string())
+        } else {
+            serializer.serialize_bytes(&self.0)
+        }
     }
 }
 
@@ -109,13 +112,18 @@ impl<'de> serde::Deserialize<'de> for OrgId {
                 write!(f, "{ORG_ID_BYTES} bytes of org id")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<OrgId, E> {
-                let bytes: [u8; ORG_ID_BYTES] = v
-                    .try_into()
-                    .map_err(|_| E::invalid_length(v.len(), &self))?;
+                let bytes: [u8; ORG_ID_BYTES] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
                 Ok(OrgId(bytes))
             }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OrgId, E> {
+                OrgId::parse(v).map_err(E::custom)
+            }
         }
-        deserializer.deserialize_bytes(Visitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(Visitor)
+        } else {
+            deserializer.deserialize_bytes(Visitor)
+        }
     }
 }
 
@@ -128,10 +136,7 @@ mod tests {
         let id = OrgId::from_public_key(&[7u8; 32]);
         let text = id.to_string();
         assert_eq!(text.len(), ORG_ID_TEXT_LEN);
-        assert!(
-            text.chars()
-                .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c))
-        );
+        assert!(text.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
         assert_eq!(OrgId::parse(&text), Ok(id));
     }
 
@@ -147,18 +152,9 @@ mod tests {
 
     #[test]
     fn org_id_rejects_wrong_length_and_alphabet() {
-        assert_eq!(
-            OrgId::parse("abc"),
-            Err(OrgIdError::Length {
-                len: 3,
-                expected: ORG_ID_TEXT_LEN
-            })
-        );
+        assert_eq!(OrgId::parse("abc"), Err(OrgIdError::Length { len: 3, expected: ORG_ID_TEXT_LEN }));
         let text = format!("{}1", "a".repeat(ORG_ID_TEXT_LEN - 1));
-        assert_eq!(
-            OrgId::parse(&text),
-            Err(OrgIdError::Character { ch: '1', at: 25 })
-        );
+        assert_eq!(OrgId::parse(&text), Err(OrgIdError::Character { ch: '1', at: 25 }));
     }
 
     #[test]

@@ -38,11 +38,7 @@ pub enum PartitionError {
     #[error("partition segment {index} is empty")]
     EmptySegment { index: usize },
     #[error("partition segment {index} is {len} bytes, more than the {max} allowed")]
-    SegmentTooLong {
-        index: usize,
-        len: usize,
-        max: usize,
-    },
+    SegmentTooLong { index: usize, len: usize, max: usize },
     #[error("partition segment {index} has character {ch:?}; only A-Z a-z 0-9 . _ - are allowed")]
     Character { index: usize, ch: char },
     #[error("partition key is malformed")]
@@ -52,10 +48,7 @@ pub enum PartitionError {
 impl Partition {
     /// The whole of an org: the partition that contains all of its data.
     pub fn root(org: OrgId) -> Partition {
-        Partition {
-            org,
-            text: org.to_string(),
-        }
+        Partition { org, text: org.to_string() }
     }
 
     /// Parses an absolute partition, `<org-id>[:<segment>…]`.
@@ -64,10 +57,7 @@ impl Partition {
             return Err(PartitionError::Empty);
         }
         if text.len() > PARTITION_BYTES_MAX {
-            return Err(PartitionError::TooLong {
-                len: text.len(),
-                max: PARTITION_BYTES_MAX,
-            });
+            return Err(PartitionError::TooLong { len: text.len(), max: PARTITION_BYTES_MAX });
         }
         let (org_text, rest) = match text.split_once(':') {
             Some((org_text, rest)) => (org_text, Some(rest)),
@@ -96,10 +86,7 @@ impl Partition {
             return Ok(partition);
         }
         if text.len() > PARTITION_BYTES_MAX {
-            return Err(PartitionError::TooLong {
-                len: text.len(),
-                max: PARTITION_BYTES_MAX,
-            });
+            return Err(PartitionError::TooLong { len: text.len(), max: PARTITION_BYTES_MAX });
         }
         for segment in text.split(':') {
             partition = partition.child(segment)?;
@@ -111,20 +98,14 @@ impl Partition {
     pub fn child(&self, segment: &str) -> Result<Partition, PartitionError> {
         let index = self.depth();
         if index >= PARTITION_SEGMENTS_MAX {
-            return Err(PartitionError::TooDeep {
-                depth: index + 1,
-                max: PARTITION_SEGMENTS_MAX,
-            });
+            return Err(PartitionError::TooDeep { depth: index + 1, max: PARTITION_SEGMENTS_MAX });
         }
         check_segment(index, segment)?;
         let mut text = String::with_capacity(self.text.len() + 1 + segment.len());
         text.push_str(&self.text);
         text.push(':');
         text.push_str(segment);
-        Ok(Partition {
-            org: self.org,
-            text,
-        })
+        Ok(Partition { org: self.org, text })
     }
 
     pub fn org(&self) -> OrgId {
@@ -142,25 +123,19 @@ impl Partition {
 
     /// Number of segments below the org id; the org root has depth 0.
     pub fn depth(&self) -> usize {
-        self.text[ORG_ID_TEXT_LEN..]
-            .bytes()
-            .filter(|&b| b == b':')
-            .count()
+        self.text[ORG_ID_TEXT_LEN..].bytes().filter(|&b| b == b':').count()
     }
 
     /// Whether `other` lies inside this partition (or is it), by whole segments.
     pub fn contains(&self, other: &Partition) -> bool {
         other.text.len() >= self.text.len()
             && other.text.starts_with(&self.text)
-            && (other.text.len() == self.text.len()
-                || other.text.as_bytes()[self.text.len()] == b':')
+            && (other.text.len() == self.text.len() || other.text.as_bytes()[self.text.len()] == b':')
     }
 
     /// The partition this one is written relative to its org (`results:tc-1`).
     pub fn relative(&self) -> &str {
-        self.text[ORG_ID_TEXT_LEN..]
-            .strip_prefix(':')
-            .unwrap_or_default()
+        self.text[ORG_ID_TEXT_LEN..].strip_prefix(':').unwrap_or_default()
     }
 
     /// The key form: the 16 org id bytes, then every segment followed by a
@@ -190,10 +165,7 @@ impl Partition {
         let mut partition = Partition::root(OrgId::from_bytes(org));
         let mut rest = &key[ORG_ID_BYTES..];
         while !rest.is_empty() {
-            let end = rest
-                .iter()
-                .position(|&b| b == 0)
-                .ok_or(PartitionError::Key)?;
+            let end = rest.iter().position(|&b| b == 0).ok_or(PartitionError::Key)?;
             let segment = std::str::from_utf8(&rest[..end]).map_err(|_| PartitionError::Key)?;
             partition = partition.child(segment)?;
             rest = &rest[end + 1..];
@@ -208,11 +180,7 @@ pub(crate) fn check_segment(index: usize, segment: &str) -> Result<(), Partition
         return Err(PartitionError::EmptySegment { index });
     }
     if segment.len() > SEGMENT_BYTES_MAX {
-        return Err(PartitionError::SegmentTooLong {
-            index,
-            len: segment.len(),
-            max: SEGMENT_BYTES_MAX,
-        });
+        return Err(PartitionError::SegmentTooLong { index, len: segment.len(), max: SEGMENT_BYTES_MAX });
     }
     if let Some(ch) = segment.chars().find(|&c| !is_segment_char(c)) {
         return Err(PartitionError::Character { index, ch });
@@ -226,9 +194,7 @@ pub(crate) fn is_segment_char(c: char) -> bool {
 
 impl Ord for Partition {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.org
-            .cmp(&other.org)
-            .then_with(|| self.segments().cmp(other.segments()))
+        self.org.cmp(&other.org).then_with(|| self.segments().cmp(other.segments()))
     }
 }
 
@@ -314,10 +280,7 @@ mod tests {
         assert_eq!(p.to_string(), format!("{}:results:tc-1", org()));
         assert_eq!(p.relative(), "results:tc-1");
         assert_eq!(Partition::resolve(org(), &p.to_string()).unwrap(), p);
-        assert_eq!(
-            Partition::resolve(org(), "").unwrap(),
-            Partition::root(org())
-        );
+        assert_eq!(Partition::resolve(org(), "").unwrap(), Partition::root(org()));
         assert_eq!(p.segments().collect::<Vec<_>>(), ["results", "tc-1"]);
         assert_eq!(p.depth(), 2);
     }
@@ -325,32 +288,13 @@ mod tests {
     #[test]
     fn partition_rejects_bad_segments_with_the_reason() {
         let o = org();
-        assert_eq!(
-            Partition::resolve(o, "a::b"),
-            Err(PartitionError::EmptySegment { index: 1 })
-        );
-        assert_eq!(
-            Partition::resolve(o, "a:b c"),
-            Err(PartitionError::Character { index: 1, ch: ' ' })
-        );
+        assert_eq!(Partition::resolve(o, "a::b"), Err(PartitionError::EmptySegment { index: 1 }));
+        assert_eq!(Partition::resolve(o, "a:b c"), Err(PartitionError::Character { index: 1, ch: ' ' }));
         let long = "x".repeat(SEGMENT_BYTES_MAX + 1);
-        assert_eq!(
-            Partition::resolve(o, &long),
-            Err(PartitionError::SegmentTooLong {
-                index: 0,
-                len: 65,
-                max: 64
-            })
-        );
+        assert_eq!(Partition::resolve(o, &long), Err(PartitionError::SegmentTooLong { index: 0, len: 65, max: 64 }));
         let deep = ["s"; PARTITION_SEGMENTS_MAX + 1].join(":");
-        assert_eq!(
-            Partition::resolve(o, &deep),
-            Err(PartitionError::TooDeep { depth: 9, max: 8 })
-        );
-        assert!(matches!(
-            Partition::parse("nope:results"),
-            Err(PartitionError::Org(_))
-        ));
+        assert_eq!(Partition::resolve(o, &deep), Err(PartitionError::TooDeep { depth: 9, max: 8 }));
+        assert!(matches!(Partition::parse("nope:results"), Err(PartitionError::Org(_))));
         assert_eq!(Partition::parse(""), Err(PartitionError::Empty));
     }
 

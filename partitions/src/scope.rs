@@ -35,10 +35,7 @@ impl RecordType {
             return Err(RecordTypeError::Empty);
         }
         if text.len() > RECORD_TYPE_BYTES_MAX {
-            return Err(RecordTypeError::TooLong {
-                len: text.len(),
-                max: RECORD_TYPE_BYTES_MAX,
-            });
+            return Err(RecordTypeError::TooLong { len: text.len(), max: RECORD_TYPE_BYTES_MAX });
         }
         if let Some(ch) = text.chars().find(|&c| !is_segment_char(c)) {
             return Err(RecordTypeError::Character { ch });
@@ -94,9 +91,7 @@ impl<'de> serde::Deserialize<'de> for RecordType {
 
 /// What a scope allows for one record type: SENAITE's skipped, read-only and
 /// update-only content types, and plain read-write.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TypeMode {
     /// Neither read nor written: records of the type never reach the holder.
     #[serde(rename = "none")]
@@ -187,11 +182,7 @@ pub enum Widening {
     #[error("writes {prefix} outside the parent's write filter")]
     Write { prefix: Partition },
     #[error("gives type {record_type} mode {child} where the parent gives {parent}")]
-    TypeMode {
-        record_type: RecordType,
-        child: TypeMode,
-        parent: TypeMode,
-    },
+    TypeMode { record_type: RecordType, child: TypeMode, parent: TypeMode },
 }
 
 /// Why a list of type modes is not a valid part of a scope.
@@ -202,10 +193,7 @@ pub enum ScopeError {
     #[error("scope type entry {entry:?} is not TYPE=MODE")]
     TypeEntry { entry: String },
     #[error("scope type entry {entry:?}: {error}")]
-    RecordType {
-        entry: String,
-        error: RecordTypeError,
-    },
+    RecordType { entry: String, error: RecordTypeError },
     #[error("scope type entry {entry:?}: {error}")]
     Mode { entry: String, error: TypeModeError },
 }
@@ -213,19 +201,12 @@ pub enum ScopeError {
 impl Scope {
     /// Everything in one org: the scope of the org's root certificate.
     pub fn full(org: OrgId) -> Scope {
-        Scope {
-            read: Filter::org(org),
-            write: Filter::org(org),
-            types: BTreeMap::new(),
-        }
+        Scope { read: Filter::org(org), write: Filter::org(org), types: BTreeMap::new() }
     }
 
     /// The mode for a record type.
     pub fn mode(&self, record_type: &RecordType) -> TypeMode {
-        self.types
-            .get(record_type)
-            .copied()
-            .unwrap_or(TypeMode::ReadWrite)
+        self.types.get(record_type).copied().unwrap_or(TypeMode::ReadWrite)
     }
 
     /// Whether the holder may hold and receive records of this type here.
@@ -234,12 +215,7 @@ impl Scope {
     }
 
     /// Whether the holder may author this kind of write here.
-    pub fn may_write(
-        &self,
-        partition: &Partition,
-        record_type: &RecordType,
-        kind: WriteKind,
-    ) -> bool {
+    pub fn may_write(&self, partition: &Partition, record_type: &RecordType, kind: WriteKind) -> bool {
         self.write.contains(partition) && self.mode(record_type).may_write(kind)
     }
 
@@ -247,24 +223,16 @@ impl Scope {
     /// rule for every certificate hop. Returns the first widening found.
     pub fn check_within(&self, parent: &Scope) -> Result<(), Widening> {
         if let Some(prefix) = self.read.first_outside(&parent.read) {
-            return Err(Widening::Read {
-                prefix: prefix.clone(),
-            });
+            return Err(Widening::Read { prefix: prefix.clone() });
         }
         if let Some(prefix) = self.write.first_outside(&parent.write) {
-            return Err(Widening::Write {
-                prefix: prefix.clone(),
-            });
+            return Err(Widening::Write { prefix: prefix.clone() });
         }
         for record_type in parent.types.keys().chain(self.types.keys()) {
             let child = self.mode(record_type);
             let parent_mode = parent.mode(record_type);
             if child > parent_mode {
-                return Err(Widening::TypeMode {
-                    record_type: record_type.clone(),
-                    child,
-                    parent: parent_mode,
-                });
+                return Err(Widening::TypeMode { record_type: record_type.clone(), child, parent: parent_mode });
             }
         }
         Ok(())
@@ -279,45 +247,25 @@ impl Scope {
     pub fn intersection(&self, other: &Scope) -> Scope {
         let mut types = self.types.clone();
         for (record_type, &mode) in &other.types {
-            let entry = types
-                .entry(record_type.clone())
-                .or_insert(TypeMode::ReadWrite);
+            let entry = types.entry(record_type.clone()).or_insert(TypeMode::ReadWrite);
             *entry = (*entry).min(mode);
         }
-        Scope {
-            read: self.read.intersection(&other.read),
-            write: self.write.intersection(&other.write),
-            types,
-        }
+        Scope { read: self.read.intersection(&other.read), write: self.write.intersection(&other.write), types }
     }
 
     /// Parses `TYPE=MODE,…` as on the command line.
     pub fn parse_types(text: &str) -> Result<BTreeMap<RecordType, TypeMode>, ScopeError> {
-        let entries: Vec<&str> = text
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
+        let entries: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         if entries.len() > SCOPE_TYPES_MAX {
-            return Err(ScopeError::TooManyTypes {
-                count: entries.len(),
-                max: SCOPE_TYPES_MAX,
-            });
+            return Err(ScopeError::TooManyTypes { count: entries.len(), max: SCOPE_TYPES_MAX });
         }
         let mut types = BTreeMap::new();
         for entry in entries {
-            let (name, mode) = entry.split_once('=').ok_or_else(|| ScopeError::TypeEntry {
-                entry: entry.to_owned(),
-            })?;
-            let record_type =
-                RecordType::parse(name.trim()).map_err(|error| ScopeError::RecordType {
-                    entry: entry.to_owned(),
-                    error,
-                })?;
-            let mode = mode.trim().parse().map_err(|error| ScopeError::Mode {
-                entry: entry.to_owned(),
-                error,
-            })?;
+            let (name, mode) =
+                entry.split_once('=').ok_or_else(|| ScopeError::TypeEntry { entry: entry.to_owned() })?;
+            let record_type = RecordType::parse(name.trim())
+                .map_err(|error| ScopeError::RecordType { entry: entry.to_owned(), error })?;
+            let mode = mode.trim().parse().map_err(|error| ScopeError::Mode { entry: entry.to_owned(), error })?;
             types.insert(record_type, mode);
         }
         Ok(types)
@@ -325,11 +273,7 @@ impl Scope {
 
     /// Prints the type modes as `TYPE=MODE,…`.
     pub fn types_text(&self) -> String {
-        self.types
-            .iter()
-            .map(|(t, m)| format!("{t}={m}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        self.types.iter().map(|(t, m)| format!("{t}={m}")).collect::<Vec<_>>().join(",")
     }
 }
 
@@ -357,24 +301,16 @@ mod tests {
         assert!(scope("results:tc-1", "results:tc-1:s", "test=none").is_within(&parent));
         assert_eq!(
             scope("results,archive", "", "").check_within(&parent),
-            Err(Widening::Read {
-                prefix: Partition::resolve(org(), "archive").unwrap()
-            })
+            Err(Widening::Read { prefix: Partition::resolve(org(), "archive").unwrap() })
         );
         assert_eq!(
             scope("results", "results", "test=ro").check_within(&parent),
-            Err(Widening::Write {
-                prefix: Partition::resolve(org(), "results").unwrap()
-            })
+            Err(Widening::Write { prefix: Partition::resolve(org(), "results").unwrap() })
         );
         // Leaving a restricted type out would make it read-write: a widening.
         assert_eq!(
             scope("results", "", "").check_within(&parent),
-            Err(Widening::TypeMode {
-                record_type: t("test"),
-                child: TypeMode::ReadWrite,
-                parent: TypeMode::ReadOnly
-            })
+            Err(Widening::TypeMode { record_type: t("test"), child: TypeMode::ReadWrite, parent: TypeMode::ReadOnly })
         );
     }
 
@@ -391,13 +327,7 @@ mod tests {
 
     #[test]
     fn type_mode_parse_rejects_unknown_modes() {
-        assert!(matches!(
-            Scope::parse_types("a=rw,b=sometimes"),
-            Err(ScopeError::Mode { .. })
-        ));
-        assert!(matches!(
-            Scope::parse_types("a"),
-            Err(ScopeError::TypeEntry { .. })
-        ));
+        assert!(matches!(Scope::parse_types("a=rw,b=sometimes"), Err(ScopeError::Mode { .. })));
+        assert!(matches!(Scope::parse_types("a"), Err(ScopeError::TypeEntry { .. })));
     }
 }

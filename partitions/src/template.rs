@@ -40,11 +40,7 @@ pub enum TemplateError {
     #[error("template is {len} bytes, more than the {max} allowed")]
     TooLong { len: usize, max: usize },
     #[error("template {template:?} at byte {at}: {reason}")]
-    Syntax {
-        template: String,
-        at: usize,
-        reason: &'static str,
-    },
+    Syntax { template: String, at: usize, reason: &'static str },
     #[error("template uses {count} parameters, more than the {max} allowed")]
     TooManyParams { count: usize, max: usize },
     #[error("template has {count} partitions, more than the {max} allowed")]
@@ -56,25 +52,15 @@ pub enum TemplateError {
     #[error("parameter {name:?} is not one partition segment: {error}")]
     BadValue { name: String, error: PartitionError },
     #[error("template {template:?} expands to a bad partition: {error}")]
-    Partition {
-        template: String,
-        error: PartitionError,
-    },
+    Partition { template: String, error: PartitionError },
 }
 
 impl Template {
     pub fn parse(text: &str) -> Result<Template, TemplateError> {
         if text.len() > TEMPLATE_BYTES_MAX {
-            return Err(TemplateError::TooLong {
-                len: text.len(),
-                max: TEMPLATE_BYTES_MAX,
-            });
+            return Err(TemplateError::TooLong { len: text.len(), max: TEMPLATE_BYTES_MAX });
         }
-        let syntax = |at: usize, reason: &'static str| TemplateError::Syntax {
-            template: text.to_owned(),
-            at,
-            reason,
-        };
+        let syntax = |at: usize, reason: &'static str| TemplateError::Syntax { template: text.to_owned(), at, reason };
         let mut pieces = Vec::new();
         let mut rest = text;
         let mut offset = 0;
@@ -83,25 +69,15 @@ impl Template {
                 pieces.push(Piece::Text(rest[..start].to_owned()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .ok_or_else(|| syntax(offset + start, "unterminated ${"))?;
+            let end = after.find('}').ok_or_else(|| syntax(offset + start, "unterminated ${"))?;
             let name = &after[..end];
             if name.is_empty() {
                 return Err(syntax(offset + start, "empty parameter name"));
             }
-            let valid = name
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !valid {
-                return Err(syntax(
-                    offset + start,
-                    "parameter names are [a-z_][a-z0-9_]*",
-                ));
+                return Err(syntax(offset + start, "parameter names are [a-z_][a-z0-9_]*"));
             }
             pieces.push(Piece::Param(name.to_owned()));
             let consumed = start + 2 + end + 1;
@@ -126,31 +102,19 @@ impl Template {
     }
 
     /// Expands with `values` and resolves against `org`.
-    pub fn expand(
-        &self,
-        org: OrgId,
-        values: &BTreeMap<String, String>,
-    ) -> Result<Partition, TemplateError> {
+    pub fn expand(&self, org: OrgId, values: &BTreeMap<String, String>) -> Result<Partition, TemplateError> {
         let mut text = String::new();
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => text.push_str(t),
                 Piece::Param(name) => {
-                    let value = values
-                        .get(name)
-                        .ok_or_else(|| TemplateError::Missing { name: name.clone() })?;
-                    check_segment(0, value).map_err(|error| TemplateError::BadValue {
-                        name: name.clone(),
-                        error,
-                    })?;
+                    let value = values.get(name).ok_or_else(|| TemplateError::Missing { name: name.clone() })?;
+                    check_segment(0, value).map_err(|error| TemplateError::BadValue { name: name.clone(), error })?;
                     text.push_str(value);
                 }
             }
         }
-        Partition::resolve(org, &text).map_err(|error| TemplateError::Partition {
-            template: self.to_string(),
-            error,
-        })
+        Partition::resolve(org, &text).map_err(|error| TemplateError::Partition { template: self.to_string(), error })
     }
 }
 
@@ -170,16 +134,9 @@ impl ScopeTemplate {
     /// Parses comma-separated read and write templates and `TYPE=MODE,…`.
     pub fn parse(read: &str, write: &str, types: &str) -> Result<ScopeTemplate, TemplateError> {
         let list = |text: &str| -> Result<Vec<Template>, TemplateError> {
-            let items: Vec<&str> = text
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect();
+            let items: Vec<&str> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             if items.len() > FILTER_PREFIXES_MAX {
-                return Err(TemplateError::TooManyPartitions {
-                    count: items.len(),
-                    max: FILTER_PREFIXES_MAX,
-                });
+                return Err(TemplateError::TooManyPartitions { count: items.len(), max: FILTER_PREFIXES_MAX });
             }
             items.into_iter().map(Template::parse).collect()
         };
@@ -197,52 +154,30 @@ impl ScopeTemplate {
         };
         let count = template.params().len();
         if count > TEMPLATE_PARAMS_MAX {
-            return Err(TemplateError::TooManyParams {
-                count,
-                max: TEMPLATE_PARAMS_MAX,
-            });
+            return Err(TemplateError::TooManyParams { count, max: TEMPLATE_PARAMS_MAX });
         }
         Ok(template)
     }
 
     /// Every parameter name the template uses.
     pub fn params(&self) -> BTreeSet<&str> {
-        self.read
-            .iter()
-            .chain(&self.write)
-            .flat_map(Template::params)
-            .collect()
+        self.read.iter().chain(&self.write).flat_map(Template::params).collect()
     }
 
     /// The scope for these parameter values: exactly the template's
     /// parameters must be given.
-    pub fn expand(
-        &self,
-        org: OrgId,
-        values: &BTreeMap<String, String>,
-    ) -> Result<Scope, TemplateError> {
+    pub fn expand(&self, org: OrgId, values: &BTreeMap<String, String>) -> Result<Scope, TemplateError> {
         let params = self.params();
         if let Some(name) = values.keys().find(|k| !params.contains(k.as_str())) {
             return Err(TemplateError::Unknown { name: name.clone() });
         }
         if let Some(name) = params.iter().find(|p| !values.contains_key(**p)) {
-            return Err(TemplateError::Missing {
-                name: (*name).to_owned(),
-            });
+            return Err(TemplateError::Missing { name: (*name).to_owned() });
         }
         let expand_all = |templates: &[Template]| -> Result<Filter, TemplateError> {
-            Ok(Filter::new(
-                templates
-                    .iter()
-                    .map(|t| t.expand(org, values))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ))
+            Ok(Filter::new(templates.iter().map(|t| t.expand(org, values)).collect::<Result<Vec<_>, _>>()?))
         };
-        Ok(Scope {
-            read: expand_all(&self.read)?,
-            write: expand_all(&self.write)?,
-            types: self.types.clone(),
-        })
+        Ok(Scope { read: expand_all(&self.read)?, write: expand_all(&self.write)?, types: self.types.clone() })
     }
 }
 
@@ -254,45 +189,27 @@ mod tests {
         OrgId::from_public_key(&[1u8; 32])
     }
     fn values(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
     #[test]
     fn morango_single_user_template_expands_to_the_users_partitions() {
-        let template = ScopeTemplate::parse(
-            "${facility}:user-ro,${facility}:user-rw:${user}",
-            "${facility}:user-rw:${user}",
-            "",
-        )
-        .unwrap();
+        let template =
+            ScopeTemplate::parse("${facility}:user-ro,${facility}:user-rw:${user}", "${facility}:user-rw:${user}", "")
+                .unwrap();
         assert_eq!(template.params(), BTreeSet::from(["facility", "user"]));
-        let scope = template
-            .expand(org(), &values(&[("facility", "f1"), ("user", "u7")]))
-            .unwrap();
+        let scope = template.expand(org(), &values(&[("facility", "f1"), ("user", "u7")])).unwrap();
         assert_eq!(scope.write, Filter::parse(org(), "f1:user-rw:u7").unwrap());
-        assert_eq!(
-            scope.read,
-            Filter::parse(org(), "f1:user-ro,f1:user-rw:u7").unwrap()
-        );
+        assert_eq!(scope.read, Filter::parse(org(), "f1:user-ro,f1:user-rw:u7").unwrap());
     }
 
     #[test]
     fn template_rejects_missing_unknown_and_segment_escaping_values() {
         let template = ScopeTemplate::parse("${facility}", "", "").unwrap();
-        assert_eq!(
-            template.expand(org(), &values(&[])),
-            Err(TemplateError::Missing {
-                name: "facility".into()
-            })
-        );
+        assert_eq!(template.expand(org(), &values(&[])), Err(TemplateError::Missing { name: "facility".into() }));
         assert_eq!(
             template.expand(org(), &values(&[("facility", "f"), ("user", "u")])),
-            Err(TemplateError::Unknown {
-                name: "user".into()
-            })
+            Err(TemplateError::Unknown { name: "user".into() })
         );
         assert!(matches!(
             template.expand(org(), &values(&[("facility", "f:other")])),
@@ -302,21 +219,9 @@ mod tests {
 
     #[test]
     fn template_syntax_errors_say_where() {
-        assert!(matches!(
-            Template::parse("a:${x"),
-            Err(TemplateError::Syntax { at: 2, .. })
-        ));
-        assert!(matches!(
-            Template::parse("${}"),
-            Err(TemplateError::Syntax { at: 0, .. })
-        ));
-        assert!(matches!(
-            Template::parse("a$b"),
-            Err(TemplateError::Syntax { at: 1, .. })
-        ));
-        assert!(matches!(
-            Template::parse("${Bad}"),
-            Err(TemplateError::Syntax { .. })
-        ));
+        assert!(matches!(Template::parse("a:${x"), Err(TemplateError::Syntax { at: 2, .. })));
+        assert!(matches!(Template::parse("${}"), Err(TemplateError::Syntax { at: 0, .. })));
+        assert!(matches!(Template::parse("a$b"), Err(TemplateError::Syntax { at: 1, .. })));
+        assert!(matches!(Template::parse("${Bad}"), Err(TemplateError::Syntax { .. })));
     }
 }

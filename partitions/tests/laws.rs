@@ -8,21 +8,14 @@ use partitions::{Filter, OrgId, Partition, RecordType, Scope, TypeMode};
 use proptest::prelude::*;
 
 fn orgs() -> [OrgId; 2] {
-    [
-        OrgId::from_public_key(&[1; 32]),
-        OrgId::from_public_key(&[2; 32]),
-    ]
+    [OrgId::from_public_key(&[1; 32]), OrgId::from_public_key(&[2; 32])]
 }
 
 /// Partitions from a small alphabet so that containment happens often.
 fn partition() -> impl Strategy<Value = Partition> {
-    (
-        0usize..2,
-        prop::collection::vec(prop::sample::select(vec!["a", "b", "ab", "a-1"]), 0..4),
+    (0usize..2, prop::collection::vec(prop::sample::select(vec!["a", "b", "ab", "a-1"]), 0..4)).prop_map(
+        |(org, segments)| Partition::resolve(orgs()[org], &segments.join(":")).expect("valid by construction"),
     )
-        .prop_map(|(org, segments)| {
-            Partition::resolve(orgs()[org], &segments.join(":")).expect("valid by construction")
-        })
 }
 
 fn filter() -> impl Strategy<Value = Filter> {
@@ -30,20 +23,11 @@ fn filter() -> impl Strategy<Value = Filter> {
 }
 
 fn mode() -> impl Strategy<Value = TypeMode> {
-    prop::sample::select(vec![
-        TypeMode::None,
-        TypeMode::ReadOnly,
-        TypeMode::UpdateOnly,
-        TypeMode::ReadWrite,
-    ])
+    prop::sample::select(vec![TypeMode::None, TypeMode::ReadOnly, TypeMode::UpdateOnly, TypeMode::ReadWrite])
 }
 
 fn scope() -> impl Strategy<Value = Scope> {
-    (
-        filter(),
-        filter(),
-        prop::collection::btree_map(prop::sample::select(vec!["t1", "t2", "t3"]), mode(), 0..3),
-    )
+    (filter(), filter(), prop::collection::btree_map(prop::sample::select(vec!["t1", "t2", "t3"]), mode(), 0..3))
         .prop_map(|(read, write, types)| Scope {
             read,
             write,

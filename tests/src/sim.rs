@@ -28,9 +28,8 @@ use std::fmt::Write as _;
 use ed25519_dalek::SigningKey;
 use engine::backend::BackendKind;
 use engine::{
-    AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey,
-    Region, SerialSigner, SerialVerifier, Session, SessionConfig, StaticAuthorizer, Store, Value,
-    View,
+    AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey, Region, SerialSigner,
+    SerialVerifier, Session, SessionConfig, StaticAuthorizer, Store, Value, View,
 };
 use partitions::{Filter, OrgId, Partition, RecordType, Scope, TypeMode, WriteKind};
 use rand::rngs::StdRng;
@@ -68,16 +67,8 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "simulation seed {} failed at step {}: {}",
-            self.seed, self.step, self.message
-        )?;
-        writeln!(
-            f,
-            "replay with: SIM_SEED={} cargo test -p tests --test simulator",
-            self.seed
-        )?;
+        writeln!(f, "simulation seed {} failed at step {}: {}", self.seed, self.step, self.message)?;
+        writeln!(f, "replay with: SIM_SEED={} cargo test -p tests --test simulator", self.seed)?;
         writeln!(f, "last steps:")?;
         for line in &self.trace {
             writeln!(f, "  {line}")?;
@@ -156,31 +147,11 @@ pub fn morango_144(kind: BackendKind) -> Result<(), String> {
     let f = |t: &str| Filter::parse(org, t).expect("valid");
     let user = world.add_node(
         kind,
-        Scope {
-            read: f("f0:user-ro,f0:user-rw:u0"),
-            write: f("f0:user-rw:u0"),
-            types: Default::default(),
-        },
+        Scope { read: f("f0:user-ro,f0:user-rw:u0"), write: f("f0:user-rw:u0"), types: Default::default() },
         "single-user",
     );
-    let facility = world.add_node(
-        kind,
-        Scope {
-            read: f("f0"),
-            write: f("f0"),
-            types: Default::default(),
-        },
-        "facility",
-    );
-    let third = world.add_node(
-        kind,
-        Scope {
-            read: f("f0"),
-            write: f("f0"),
-            types: Default::default(),
-        },
-        "third",
-    );
+    let facility = world.add_node(kind, Scope { read: f("f0"), write: f("f0"), types: Default::default() }, "facility");
+    let third = world.add_node(kind, Scope { read: f("f0"), write: f("f0"), types: Default::default() }, "third");
     let key = RecordKey {
         partition: Partition::resolve(org, "f0:user-rw:u0").expect("p"),
         record_type: RecordType::parse("result").expect("t"),
@@ -190,44 +161,21 @@ pub fn morango_144(kind: BackendKind) -> Result<(), String> {
         .write(
             user,
             &key,
-            LocalOp::Put {
-                set: [("score".to_owned(), Value::Int(7))].into(),
-                unset: Default::default(),
-            },
+            LocalOp::Put { set: [("score".to_owned(), Value::Int(7))].into(), unset: Default::default() },
         )
         .map_err(|e| format!("write on the single-user device: {e}"))?;
     // The single-user device syncs its own narrow filter with the facility device.
-    world.sync_reliably(
-        user,
-        facility,
-        Filter::parse(org, "f0:user-rw:u0").expect("f"),
-        true,
-        true,
-    )?;
+    world.sync_reliably(user, facility, Filter::parse(org, "f0:user-rw:u0").expect("f"), true, true)?;
     // Then the facility device syncs the whole facility with a third device.
-    world.sync_reliably(
-        third,
-        facility,
-        Filter::parse(org, "f0").expect("f"),
-        true,
-        true,
-    )?;
+    world.sync_reliably(third, facility, Filter::parse(org, "f0").expect("f"), true, true)?;
     let store = world.nodes[third].store.as_ref().expect("alive");
-    let view = store
-        .view(&key)
-        .map_err(|e| e.to_string())?
-        .ok_or("the third device lacks the record")?;
+    let view = store.view(&key).map_err(|e| e.to_string())?.ok_or("the third device lacks the record")?;
     if view.fields.get("score") != Some(&Value::Int(7)) {
         return Err(format!("the third device shows {:?}", view.fields));
     }
-    let state = store
-        .record(&key)
-        .map_err(|e| e.to_string())?
-        .ok_or("no state")?;
+    let state = store.record(&key).map_err(|e| e.to_string())?.ok_or("no state")?;
     for change in &state.changes {
-        change
-            .verify()
-            .map_err(|e| format!("the relayed change does not verify: {e}"))?;
+        change.verify().map_err(|e| format!("the relayed change does not verify: {e}"))?;
         if change.author_key != AuthorKey(world.key(user).verifying_key().to_bytes()) {
             return Err("the relayed change is not the single-user device's".into());
         }
@@ -254,10 +202,7 @@ impl World {
             isolated: BTreeSet::new(),
             counters: BTreeMap::new(),
             trace: VecDeque::new(),
-            report: Report {
-                seed,
-                ..Report::default()
-            },
+            report: Report { seed, ..Report::default() },
             step: 0,
         }
     }
@@ -274,27 +219,13 @@ impl World {
             for u in 0..world.rng.random_range(1..=3usize) {
                 leaves.push(format!("f{f}:user-rw:u{u}"));
             }
-            leaves.push(format!(
-                "f{f}:results:tc-{}",
-                world.rng.random_range(1..=2u32)
-            ));
+            leaves.push(format!("f{f}:results:tc-{}", world.rng.random_range(1..=2u32)));
         }
-        world.leaves = leaves
-            .iter()
-            .map(|l| Partition::resolve(org, l).expect("valid leaf"))
-            .collect();
+        world.leaves = leaves.iter().map(|l| Partition::resolve(org, l).expect("valid leaf")).collect();
         let count = world.rng.random_range(3..=7usize);
         for i in 0..count {
-            let kind = if world.rng.random_bool(0.5) {
-                BackendKind::Redb
-            } else {
-                BackendKind::Sled
-            };
-            let (scope, name) = if i == 0 {
-                (Scope::full(org), "central".to_owned())
-            } else {
-                world.random_scope()
-            };
+            let kind = if world.rng.random_bool(0.5) { BackendKind::Redb } else { BackendKind::Sled };
+            let (scope, name) = if i == 0 { (Scope::full(org), "central".to_owned()) } else { world.random_scope() };
             world.add_node(kind, scope, &format!("{name}#{i}"));
         }
         world.report.nodes = count;
@@ -306,39 +237,19 @@ impl World {
         let f = |t: &str| Filter::parse(org, t).expect("valid filter");
         let fac = format!("f{}", self.rng.random_range(0..3u32));
         let types = |list: &[(&str, TypeMode)]| {
-            list.iter()
-                .map(|(t, m)| (RecordType::parse(t).expect("type"), *m))
-                .collect::<BTreeMap<_, _>>()
+            list.iter().map(|(t, m)| (RecordType::parse(t).expect("type"), *m)).collect::<BTreeMap<_, _>>()
         };
         match self.rng.random_range(0..5u32) {
             0 => (Scope::full(org), "full".into()),
-            1 => (
-                Scope {
-                    read: f(&fac),
-                    write: f(&fac),
-                    types: BTreeMap::new(),
-                },
-                format!("facility-{fac}"),
-            ),
+            1 => (Scope { read: f(&fac), write: f(&fac), types: BTreeMap::new() }, format!("facility-{fac}")),
             2 => {
                 let u = format!("{fac}:user-rw:u{}", self.rng.random_range(0..3u32));
                 (
-                    Scope {
-                        read: f(&format!("{fac}:user-ro,{u}")),
-                        write: f(&u),
-                        types: BTreeMap::new(),
-                    },
+                    Scope { read: f(&format!("{fac}:user-ro,{u}")), write: f(&u), types: BTreeMap::new() },
                     format!("single-user-{u}"),
                 )
             }
-            3 => (
-                Scope {
-                    read: Filter::org(org),
-                    write: Filter::empty(),
-                    types: BTreeMap::new(),
-                },
-                "portal".into(),
-            ),
+            3 => (Scope { read: Filter::org(org), write: Filter::empty(), types: BTreeMap::new() }, "portal".into()),
             _ => (
                 Scope {
                     read: f(&fac),
@@ -363,21 +274,10 @@ impl World {
         .expect("temporary directory");
         let fresh = self.fresh_instance();
         let (store, _) = Store::open(dir.path(), kind, fresh, self.now).expect("open store");
-        let key = AuthorKey(
-            SigningKey::from_bytes(&self.secret(seed))
-                .verifying_key()
-                .to_bytes(),
-        );
+        let key = AuthorKey(SigningKey::from_bytes(&self.secret(seed)).verifying_key().to_bytes());
         self.auth.grant(key, scope.clone(), None);
         store.put_chain(&key, &key.0).expect("own credentials");
-        self.nodes.push(SimNode {
-            name: name.to_owned(),
-            kind,
-            dir,
-            store: Some(store),
-            seed,
-            scope,
-        });
+        self.nodes.push(SimNode { name: name.to_owned(), kind, dir, store: Some(store), seed, scope });
         index
     }
 
@@ -408,20 +308,11 @@ impl World {
         if self.trace.len() == TRACE_LINES {
             self.trace.pop_front();
         }
-        self.trace.push_back(format!(
-            "[{} t={}] {line}",
-            self.step,
-            self.now % 1_000_000_000
-        ));
+        self.trace.push_back(format!("[{} t={}] {line}", self.step, self.now % 1_000_000_000));
     }
 
     fn fail(&self, message: String) -> Failure {
-        Failure {
-            seed: self.report.seed,
-            step: self.step,
-            message,
-            trace: self.trace.iter().cloned().collect(),
-        }
+        Failure { seed: self.report.seed, step: self.step, message, trace: self.trace.iter().cloned().collect() }
     }
 
     // -- actions -------------------------------------------------------------
@@ -468,11 +359,7 @@ impl World {
         }
         let (partition, record_type) = options[self.rng.random_range(0..options.len())].clone();
         let id = RecordId::parse(&format!("r{}", self.rng.random_range(0..4u32))).expect("id");
-        let key = RecordKey {
-            partition,
-            record_type,
-            id,
-        };
+        let key = RecordKey { partition, record_type, id };
         let roll = self.rng.random_range(0..100u32);
         let op = if roll < 12 {
             LocalOp::Delete
@@ -482,10 +369,7 @@ impl World {
             let mut set = BTreeMap::new();
             for _ in 0..self.rng.random_range(1..=2u32) {
                 let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
-                set.insert(
-                    field.to_owned(),
-                    Value::Int(self.rng.random_range(0..10i64)),
-                );
+                set.insert(field.to_owned(), Value::Int(self.rng.random_range(0..10i64)));
             }
             let mut unset = BTreeSet::new();
             if self.rng.random_bool(0.1) {
@@ -511,35 +395,16 @@ impl World {
     }
 
     fn write(&mut self, node: usize, key: &RecordKey, op: LocalOp) -> Result<(), String> {
-        let author = LocalAuthor {
-            key: self.key(node),
-            authority: None,
-        };
+        let author = LocalAuthor { key: self.key(node), authority: None };
         let store = self.nodes[node].store.as_ref().ok_or("node is down")?;
         let result = store
-            .write(
-                &author,
-                &[LocalWrite {
-                    record: key.clone(),
-                    op,
-                }],
-                self.now,
-                &self.auth,
-                &SerialSigner,
-            )
+            .write(&author, &[LocalWrite { record: key.clone(), op }], self.now, &self.auth, &SerialSigner)
             .map_err(|e| e.to_string())?;
-        result
-            .into_iter()
-            .next()
-            .expect("one result")
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        result.into_iter().next().expect("one result").map(|_| ()).map_err(|e| e.to_string())
     }
 
     fn linked(&self, a: usize, b: usize) -> bool {
-        !self.cuts.contains(&(a.min(b), a.max(b)))
-            && !self.isolated.contains(&a)
-            && !self.isolated.contains(&b)
+        !self.cuts.contains(&(a.min(b), a.max(b))) && !self.isolated.contains(&a) && !self.isolated.contains(&b)
     }
 
     fn random_sync(&mut self) {
@@ -585,11 +450,7 @@ impl World {
             filter
                 .prefixes()
                 .iter()
-                .map(|p| if p.depth() == 0 {
-                    "<org>".to_owned()
-                } else {
-                    p.relative().to_owned()
-                })
+                .map(|p| if p.depth() == 0 { "<org>".to_owned() } else { p.relative().to_owned() })
                 .collect::<Vec<_>>()
                 .join(",")
         );
@@ -599,12 +460,7 @@ impl World {
 
     fn config(&mut self, node: usize, peer: usize, id: [u8; 16]) -> SessionConfig {
         let own = self.author_key(node);
-        let mut config = SessionConfig::new(
-            id,
-            self.author_key(peer),
-            own.0.to_vec(),
-            self.nodes[node].scope.clone(),
-        );
+        let mut config = SessionConfig::new(id, self.author_key(peer), own.0.to_vec(), self.nodes[node].scope.clone());
         config.started_at_ms = self.now;
         config.idle_timeout_ms = IDLE_MS;
         config.fresh_instance = self.fresh_instance();
@@ -619,11 +475,7 @@ impl World {
         let Some((peer, session, _)) = self.sessions.get_mut(&(node, id)) else {
             return;
         };
-        let env = Env {
-            store,
-            auth: &self.auth,
-            verifier: &SerialVerifier,
-        };
+        let env = Env { store, auth: &self.auth, verifier: &SerialVerifier };
         let peer = *peer;
         let mut frames = Vec::new();
         for _ in 0..4 {
@@ -637,12 +489,7 @@ impl World {
             events.push(event);
         }
         for frame in frames {
-            self.net.push(InFlight {
-                from: node,
-                to: peer,
-                session: id,
-                frame,
-            });
+            self.net.push(InFlight { from: node, to: peer, session: id, frame });
         }
         for event in events {
             match event {
@@ -658,11 +505,7 @@ impl World {
                 }
                 Event::Failed { error, .. } => {
                     self.report.syncs_failed += 1;
-                    let kind: String = error
-                        .to_string()
-                        .chars()
-                        .take_while(|c| !c.is_ascii_digit())
-                        .collect();
+                    let kind: String = error.to_string().chars().take_while(|c| !c.is_ascii_digit()).collect();
                     *self.report.failures.entry(kind).or_default() += 1;
                     let line = format!(
                         "{} session {} failed: {error}",
@@ -685,11 +528,7 @@ impl World {
             return;
         }
         // Mostly in order, sometimes any message: reordering.
-        let index = if self.rng.random_bool(0.7) {
-            0
-        } else {
-            self.rng.random_range(0..self.net.len())
-        };
+        let index = if self.rng.random_bool(0.7) { 0 } else { self.rng.random_range(0..self.net.len()) };
         let message = self.net.remove(index);
         self.deliver(message);
     }
@@ -703,10 +542,7 @@ impl World {
         let key = (m.to, m.session);
         if !self.sessions.contains_key(&key) {
             // Only a Hello opens a session at the responder.
-            if !matches!(
-                engine::wire::decode_message(&m.frame),
-                Ok(engine::wire::Message::Hello(_))
-            ) {
+            if !matches!(engine::wire::decode_message(&m.frame), Ok(engine::wire::Message::Hello(_))) {
                 self.report.dropped += 1;
                 return;
             }
@@ -716,11 +552,7 @@ impl World {
             self.sessions.insert(key, (m.from, session, None));
         }
         let store = self.nodes[m.to].store.as_ref().expect("checked above");
-        let env = Env {
-            store,
-            auth: &self.auth,
-            verifier: &SerialVerifier,
-        };
+        let env = Env { store, auth: &self.auth, verifier: &SerialVerifier };
         let (_, session, _) = self.sessions.get_mut(&key).expect("inserted above");
         session.handle_message(self.now, &m.frame, &env);
         self.report.delivered += 1;
@@ -728,12 +560,7 @@ impl World {
             let what = engine::wire::decode_message(&m.frame)
                 .map(|msg| format!("{msg:?}").chars().take(90).collect::<String>())
                 .unwrap_or_default();
-            let line = format!(
-                "deliver {} -> {} [{}]: {what}",
-                m.from,
-                m.to,
-                partitions::hex::encode(&m.session[..3])
-            );
+            let line = format!("deliver {} -> {} [{}]: {what}", m.from, m.to, partitions::hex::encode(&m.session[..3]));
             self.log(line);
         }
         self.flush(m.to, m.session);
@@ -751,12 +578,7 @@ impl World {
         if !self.net.is_empty() {
             let i = self.rng.random_range(0..self.net.len());
             let m = &self.net[i];
-            let copy = InFlight {
-                from: m.from,
-                to: m.to,
-                session: m.session,
-                frame: m.frame.clone(),
-            };
+            let copy = InFlight { from: m.from, to: m.to, session: m.session, frame: m.frame.clone() };
             self.net.push(copy);
             self.report.duplicated += 1;
         }
@@ -772,11 +594,7 @@ impl World {
             .collect();
         for (node, id) in due {
             if let Some(store) = self.nodes[node].store.as_ref() {
-                let env = Env {
-                    store,
-                    auth: &self.auth,
-                    verifier: &SerialVerifier,
-                };
+                let env = Env { store, auth: &self.auth, verifier: &SerialVerifier };
                 if let Some((_, session, _)) = self.sessions.get_mut(&(node, id)) {
                     session.handle_timeout(self.now, &env);
                 }
@@ -791,8 +609,7 @@ impl World {
                 *finished_at = Some(now);
             }
         }
-        self.sessions
-            .retain(|_, (_, _, f)| f.is_none_or(|at| now - at < 3 * IDLE_MS));
+        self.sessions.retain(|_, (_, _, f)| f.is_none_or(|at| now - at < 3 * IDLE_MS));
     }
 
     fn cut(&mut self) {
@@ -847,12 +664,7 @@ impl World {
 
     fn restart(&mut self, node: usize) {
         let fresh = self.fresh_instance();
-        let (store, opened) = reopen(
-            self.nodes[node].dir.path(),
-            self.nodes[node].kind,
-            fresh,
-            self.now,
-        );
+        let (store, opened) = reopen(self.nodes[node].dir.path(), self.nodes[node].kind, fresh, self.now);
         let line = format!(
             "restart {} as {:?} ({})",
             self.nodes[node].name,
@@ -877,10 +689,7 @@ impl World {
             if let Some(last) = self.counters.get(&key)
                 && counter < *last
             {
-                return Err(self.fail(format!(
-                    "{}: counter went back from {last} to {counter}",
-                    self.nodes[i].name
-                )));
+                return Err(self.fail(format!("{}: counter went back from {last} to {counter}", self.nodes[i].name)));
             }
             self.counters.insert(key, counter);
             if !deep {
@@ -890,8 +699,7 @@ impl World {
             let mut outside = None;
             store
                 .list(None, None, &mut |r| {
-                    let holdable = scope.read.contains(&r.key.partition)
-                        || scope.write.contains(&r.key.partition);
+                    let holdable = scope.read.contains(&r.key.partition) || scope.write.contains(&r.key.partition);
                     if !holdable || scope.mode(&r.key.record_type) == TypeMode::None {
                         outside = Some(r.key);
                         return false;
@@ -900,15 +708,10 @@ impl World {
                 })
                 .map_err(|e| self.fail(e.to_string()))?;
             if let Some(key) = outside {
-                return Err(self.fail(format!(
-                    "{} holds {key:?} outside its scope",
-                    self.nodes[i].name
-                )));
+                return Err(self.fail(format!("{} holds {key:?} outside its scope", self.nodes[i].name)));
             }
             // No frontier entry claims a change the node cannot serve.
-            let heads = store
-                .heads(&Region::of(Filter::org(self.org)))
-                .map_err(|e| self.fail(e.to_string()))?;
+            let heads = store.heads(&Region::of(Filter::org(self.org))).map_err(|e| self.fail(e.to_string()))?;
             for head in heads {
                 let mut found = Vec::new();
                 store
@@ -954,16 +757,8 @@ impl World {
         let mut responder = Session::accept(responder_config, self.now);
         let store_a = self.nodes[a].store.as_ref().ok_or("initiator is down")?;
         let store_b = self.nodes[b].store.as_ref().ok_or("responder is down")?;
-        let env_a = Env {
-            store: store_a,
-            auth: &self.auth,
-            verifier: &SerialVerifier,
-        };
-        let env_b = Env {
-            store: store_b,
-            auth: &self.auth,
-            verifier: &SerialVerifier,
-        };
+        let env_a = Env { store: store_a, auth: &self.auth, verifier: &SerialVerifier };
+        let env_b = Env { store: store_b, auth: &self.auth, verifier: &SerialVerifier };
         let mut result = None;
         for _ in 0..1_000_000 {
             let mut moved = false;
@@ -1020,14 +815,9 @@ impl World {
                     if a == b {
                         continue;
                     }
-                    let summary =
-                        self.sync_reliably(a, b, org.clone(), true, true)
-                            .map_err(|e| {
-                                self.fail(format!(
-                                    "{} with {}: {e}",
-                                    self.nodes[a].name, self.nodes[b].name
-                                ))
-                            })?;
+                    let summary = self
+                        .sync_reliably(a, b, org.clone(), true, true)
+                        .map_err(|e| self.fail(format!("{} with {}: {e}", self.nodes[a].name, self.nodes[b].name)))?;
                     if !summary.noop {
                         quiet = false;
                     }
@@ -1046,14 +836,10 @@ impl World {
         let views: Vec<Vec<(RecordKey, View)>> = (0..n)
             .map(|i| {
                 let mut out = Vec::new();
-                self.nodes[i]
-                    .store
-                    .as_ref()
-                    .expect("all alive")
-                    .list(None, None, &mut |r| {
-                        out.push((r.key, r.view));
-                        true
-                    })?;
+                self.nodes[i].store.as_ref().expect("all alive").list(None, None, &mut |r| {
+                    out.push((r.key, r.view));
+                    true
+                })?;
                 Ok(out)
             })
             .collect::<Result<_, engine::StoreError>>()
@@ -1087,10 +873,8 @@ impl World {
                     )));
                 }
                 let heads = |i: usize| self.nodes[i].store.as_ref().expect("alive").heads(&region);
-                let (ha, hb) = (
-                    heads(a).map_err(|e| self.fail(e.to_string()))?,
-                    heads(b).map_err(|e| self.fail(e.to_string()))?,
-                );
+                let (ha, hb) =
+                    (heads(a).map_err(|e| self.fail(e.to_string()))?, heads(b).map_err(|e| self.fail(e.to_string()))?);
                 if ha != hb {
                     return Err(self.fail(format!(
                         "{} and {} have different frontiers in the region both read",
@@ -1110,10 +894,7 @@ impl World {
                 })
                 .map_err(|e| self.fail(e.to_string()))?;
             for key in keys {
-                let state = store
-                    .record(&key)
-                    .map_err(|e| self.fail(e.to_string()))?
-                    .expect("listed");
+                let state = store.record(&key).map_err(|e| self.fail(e.to_string()))?.expect("listed");
                 for change in &state.changes {
                     if change.verify().is_err() {
                         return Err(self.fail(format!(
@@ -1126,10 +907,7 @@ impl World {
             }
         }
         self.report.records = views[0].len();
-        self.report.conflicts = views[0]
-            .iter()
-            .filter(|(_, v)| !v.conflicts.is_empty())
-            .count();
+        self.report.conflicts = views[0].iter().filter(|(_, v)| !v.conflicts.is_empty()).count();
         Ok(())
     }
 }
@@ -1137,12 +915,7 @@ impl World {
 /// Reopens a store after an in-process "crash". A killed process releases
 /// sled's file lock at once; in one process, sled's background IO threads may
 /// hold it a moment longer after the drop, so yield until they let go.
-fn reopen(
-    dir: &std::path::Path,
-    kind: BackendKind,
-    fresh: InstanceId,
-    now: u64,
-) -> (Store, engine::Opened) {
+fn reopen(dir: &std::path::Path, kind: BackendKind, fresh: InstanceId, now: u64) -> (Store, engine::Opened) {
     let mut last = None;
     for _ in 0..200_000 {
         match Store::open(dir, kind, fresh, now) {
@@ -1154,26 +927,15 @@ fn reopen(
             Err(e) => panic!("reopen {}: {e}", dir.display()),
         }
     }
-    panic!(
-        "reopen {}: the lock was never released: {last:?}",
-        dir.display()
-    );
+    panic!("reopen {}: the lock was never released: {last:?}", dir.display());
 }
 
 /// What two nodes may both read (and so must agree on).
 fn shared_region(a: &Scope, b: &Scope) -> Region {
     let filter = a.read.intersection(&b.read);
-    let excluded = a
-        .types
-        .iter()
-        .chain(&b.types)
-        .filter(|(_, m)| **m == TypeMode::None)
-        .map(|(t, _)| t.clone())
-        .collect();
-    Region {
-        filter,
-        excluded_types: excluded,
-    }
+    let excluded =
+        a.types.iter().chain(&b.types).filter(|(_, m)| **m == TypeMode::None).map(|(t, _)| t.clone()).collect();
+    Region { filter, excluded_types: excluded }
 }
 
 fn short_op(op: &LocalOp) -> String {

@@ -16,10 +16,7 @@ fn every_seed_is_safe_and_converges() {
         }
         return;
     }
-    let seeds: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    let seeds: u64 = std::env::var("SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
     let mut totals = tests::sim::Report::default();
     for seed in 0..seeds {
         match run(Options { seed, steps: STEPS }) {
@@ -40,12 +37,7 @@ fn every_seed_is_safe_and_converges() {
     }
     println!("{seeds} seeds: {totals:?}");
     // The faults must actually happen, or the seeds prove nothing.
-    assert!(
-        totals.dropped > 0
-            && totals.duplicated > 0
-            && totals.crashes > 0
-            && totals.syncs_failed > 0
-    );
+    assert!(totals.dropped > 0 && totals.duplicated > 0 && totals.crashes > 0 && totals.syncs_failed > 0);
     assert!(totals.syncs_completed > seeds && totals.conflicts > 0);
 }
 

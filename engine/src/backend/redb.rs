@@ -22,18 +22,12 @@ pub struct RedbBackend {
 }
 
 fn err(e: impl std::fmt::Display) -> BackendError {
-    BackendError {
-        backend: "redb",
-        message: e.to_string(),
-    }
+    BackendError { backend: "redb", message: e.to_string() }
 }
 
 impl RedbBackend {
     pub fn open(dir: &Path) -> Result<RedbBackend, BackendError> {
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(dir.join(FILE_NAME))
-            .map_err(err)?;
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(dir.join(FILE_NAME)).map_err(err)?;
         // Create the table so read transactions always find it.
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(TABLE).map_err(err)?;
@@ -91,9 +85,7 @@ impl Backend for RedbBackend {
             for (key, value) in writes {
                 match value {
                     Some(value) => {
-                        table
-                            .insert(key.as_slice(), value.as_slice())
-                            .map_err(err)?;
+                        table.insert(key.as_slice(), value.as_slice()).map_err(err)?;
                     }
                     None => {
                         table.remove(key.as_slice()).map_err(err)?;

@@ -26,32 +26,19 @@ pub struct SledBackend {
 }
 
 fn err(e: impl std::fmt::Display) -> BackendError {
-    BackendError {
-        backend: "sled",
-        message: e.to_string(),
-    }
+    BackendError { backend: "sled", message: e.to_string() }
 }
 
 impl SledBackend {
     pub fn open(dir: &Path) -> Result<SledBackend, BackendError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .flush_every_ms(None)
-            .open()
-            .map_err(err)?;
-        let backend = SledBackend {
-            db,
-            dir: dir.to_path_buf(),
-        };
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open().map_err(err)?;
+        let backend = SledBackend { db, dir: dir.to_path_buf() };
         backend.sync_files(true)?;
         Ok(backend)
     }
 
     fn sync_files(&self, everything: bool) -> Result<(), BackendError> {
-        File::open(self.dir.join("db"))
-            .and_then(|f| f.sync_all())
-            .map_err(err)?;
+        File::open(self.dir.join("db")).and_then(|f| f.sync_all()).map_err(err)?;
         if everything {
             let conf = self.dir.join("conf");
             if conf.exists() {
@@ -60,15 +47,11 @@ impl SledBackend {
             let blobs = self.dir.join("blobs");
             if blobs.is_dir() {
                 for entry in std::fs::read_dir(&blobs).map_err(err)? {
-                    File::open(entry.map_err(err)?.path())
-                        .and_then(|f| f.sync_all())
-                        .map_err(err)?;
+                    File::open(entry.map_err(err)?.path()).and_then(|f| f.sync_all()).map_err(err)?;
                 }
                 File::open(&blobs).and_then(|f| f.sync_all()).map_err(err)?;
             }
-            File::open(&self.dir)
-                .and_then(|f| f.sync_all())
-                .map_err(err)?;
+            File::open(&self.dir).and_then(|f| f.sync_all()).map_err(err)?;
         }
         Ok(())
     }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use ed25519_dalek::SigningKey;
 use engine::backend::BackendKind;
 use engine::{
-    AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey,
-    SerialSigner, SerialVerifier, Session, SessionConfig, StaticAuthorizer, Store, Summary, Value,
+    AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey, SerialSigner,
+    SerialVerifier, Session, SessionConfig, StaticAuthorizer, Store, Summary, Value,
 };
 use partitions::{Filter, OrgId, Partition, RecordType, Scope};
 
@@ -27,11 +27,7 @@ pub fn filter(text: &str) -> Filter {
 }
 
 pub fn scope(read: &str, write: &str, types: &str) -> Scope {
-    Scope {
-        read: filter(read),
-        write: filter(write),
-        types: Scope::parse_types(types).expect("types"),
-    }
+    Scope { read: filter(read), write: filter(write), types: Scope::parse_types(types).expect("types") }
 }
 
 pub fn key(seed: u8) -> SigningKey {
@@ -61,77 +57,36 @@ pub struct Node {
 impl Node {
     pub fn new(kind: BackendKind, seed: u8, scope: Scope, auth: &StaticAuthorizer) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (store, _) =
-            Store::open(dir.path(), kind, InstanceId([seed; 16]), T0).expect("open store");
+        let (store, _) = Store::open(dir.path(), kind, InstanceId([seed; 16]), T0).expect("open store");
         auth.grant(author_key(seed), scope.clone(), None);
-        store
-            .put_chain(&author_key(seed), &author_key(seed).0)
-            .expect("own credentials");
-        Node {
-            store,
-            seed,
-            scope,
-            dir,
-        }
+        store.put_chain(&author_key(seed), &author_key(seed).0).expect("own credentials");
+        Node { store, seed, scope, dir }
     }
 
     pub fn author(&self) -> LocalAuthor {
-        LocalAuthor {
-            key: key(self.seed),
-            authority: None,
-        }
+        LocalAuthor { key: key(self.seed), authority: None }
     }
 
-    pub fn put(
-        &self,
-        auth: &StaticAuthorizer,
-        key: &RecordKey,
-        fields: &[(&str, Value)],
-        now_ms: u64,
-    ) {
+    pub fn put(&self, auth: &StaticAuthorizer, key: &RecordKey, fields: &[(&str, Value)], now_ms: u64) {
         let write = LocalWrite {
             record: key.clone(),
             op: LocalOp::Put {
-                set: fields
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                    .collect(),
+                set: fields.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
                 unset: Default::default(),
             },
         };
-        let results = self
-            .store
-            .write(&self.author(), &[write], now_ms, auth, &SerialSigner)
-            .expect("write");
-        results
-            .into_iter()
-            .next()
-            .expect("one result")
-            .expect("write accepted");
+        let results = self.store.write(&self.author(), &[write], now_ms, auth, &SerialSigner).expect("write");
+        results.into_iter().next().expect("one result").expect("write accepted");
     }
 
     pub fn delete(&self, auth: &StaticAuthorizer, key: &RecordKey, now_ms: u64) {
-        let write = LocalWrite {
-            record: key.clone(),
-            op: LocalOp::Delete,
-        };
-        let results = self
-            .store
-            .write(&self.author(), &[write], now_ms, auth, &SerialSigner)
-            .expect("write");
-        results
-            .into_iter()
-            .next()
-            .expect("one result")
-            .expect("delete accepted");
+        let write = LocalWrite { record: key.clone(), op: LocalOp::Delete };
+        let results = self.store.write(&self.author(), &[write], now_ms, auth, &SerialSigner).expect("write");
+        results.into_iter().next().expect("one result").expect("delete accepted");
     }
 
     pub fn fields(&self, key: &RecordKey) -> Option<BTreeMap<String, Value>> {
-        self.store
-            .view(key)
-            .expect("view")
-            .filter(|v| v.exists)
-            .map(|v| v.fields)
+        self.store.view(key).expect("view").filter(|v| v.exists).map(|v| v.fields)
     }
 
     /// Everything this node shows, for comparisons.
@@ -162,25 +117,11 @@ impl Node {
 
 /// Drives an initiator and a responder until both finish, delivering every
 /// message in order. Returns both summaries.
-pub fn sync(
-    a: &Node,
-    b: &Node,
-    auth: &StaticAuthorizer,
-    config: SessionConfig,
-    now_ms: u64,
-) -> (Summary, Summary) {
+pub fn sync(a: &Node, b: &Node, auth: &StaticAuthorizer, config: SessionConfig, now_ms: u64) -> (Summary, Summary) {
     let mut initiator = Session::initiate(config, now_ms);
     let mut responder = Session::accept(b.config(a, 0), now_ms);
-    let env_a = Env {
-        store: &a.store,
-        auth,
-        verifier: &SerialVerifier,
-    };
-    let env_b = Env {
-        store: &b.store,
-        auth,
-        verifier: &SerialVerifier,
-    };
+    let env_a = Env { store: &a.store, auth, verifier: &SerialVerifier };
+    let env_b = Env { store: &b.store, auth, verifier: &SerialVerifier };
     let mut done_a = None;
     let mut done_b = None;
     for _ in 0..100_000 {

@@ -10,8 +10,8 @@ use ed25519_dalek::SigningKey;
 use engine::backend::BackendKind;
 use engine::workload::{self, RECORD_TYPE};
 use engine::{
-    AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordKey, SerialSigner,
-    SerialVerifier, Session, SessionConfig, StaticAuthorizer, Store, Summary,
+    AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordKey, SerialSigner, SerialVerifier,
+    Session, SessionConfig, StaticAuthorizer, Store, Summary,
 };
 use partitions::{Filter, OrgId, Partition, RecordType, Scope};
 
@@ -24,9 +24,7 @@ fn main() {
     while let Some(flag) = args.next() {
         match (flag.as_str(), args.next()) {
             ("--records", Some(n)) => records = n.parse().expect("--records N"),
-            ("--backend", Some(b)) => {
-                backends = vec![BackendKind::parse(&b).expect("redb or sled")]
-            }
+            ("--backend", Some(b)) => backends = vec![BackendKind::parse(&b).expect("redb or sled")],
             _ => {
                 eprintln!("usage: engine_bench [--records N] [--backend redb|sled]");
                 std::process::exit(2);
@@ -45,31 +43,20 @@ fn main() {
 fn run(kind: BackendKind, records: u64) {
     let org = OrgId::from_public_key(&[1; 32]);
     let auth = StaticAuthorizer::new();
-    let keys = [
-        SigningKey::from_bytes(&[1; 32]),
-        SigningKey::from_bytes(&[2; 32]),
-    ];
-    let dirs = [
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    ];
+    let keys = [SigningKey::from_bytes(&[1; 32]), SigningKey::from_bytes(&[2; 32])];
+    let dirs = [tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir")];
     let stores: Vec<Store> = (0..2)
         .map(|i| {
             let key = AuthorKey(keys[i].verifying_key().to_bytes());
             auth.grant(key, Scope::full(org), None);
-            let (store, _) =
-                Store::open(dirs[i].path(), kind, InstanceId([i as u8 + 1; 16]), now())
-                    .expect("open");
+            let (store, _) = Store::open(dirs[i].path(), kind, InstanceId([i as u8 + 1; 16]), now()).expect("open");
             store.put_chain(&key, &key.0).expect("chain");
             store
         })
         .collect();
     let partition = Partition::resolve(org, workload::PARTITION).expect("partition");
     let record_type = RecordType::parse(RECORD_TYPE).expect("type");
-    let author = LocalAuthor {
-        key: keys[0].clone(),
-        authority: None,
-    };
+    let author = LocalAuthor { key: keys[0].clone(), authority: None };
 
     let started = Instant::now();
     let mut seq = 0;
@@ -82,15 +69,10 @@ fn run(kind: BackendKind, records: u64) {
                     record_type: record_type.clone(),
                     id: workload::record_id(SEED, s),
                 },
-                op: LocalOp::Put {
-                    set: workload::result_fields(SEED, s, 0),
-                    unset: Default::default(),
-                },
+                op: LocalOp::Put { set: workload::result_fields(SEED, s, 0), unset: Default::default() },
             })
             .collect();
-        stores[0]
-            .write(&author, &writes, now(), &auth, &SerialSigner)
-            .expect("write");
+        stores[0].write(&author, &writes, now(), &auth, &SerialSigner).expect("write");
         seq = end;
     }
     let write_rate = records as f64 / started.elapsed().as_secs_f64();
@@ -113,16 +95,11 @@ fn run(kind: BackendKind, records: u64) {
                     record_type: record_type.clone(),
                     id: workload::record_id(SEED, s),
                 },
-                op: LocalOp::Put {
-                    set: workload::result_fields(SEED, s, 1),
-                    unset: Default::default(),
-                },
+                op: LocalOp::Put { set: workload::result_fields(SEED, s, 1), unset: Default::default() },
             }
         })
         .collect();
-    stores[0]
-        .write(&author, &writes, now(), &auth, &SerialSigner)
-        .expect("edit");
+    stores[0].write(&author, &writes, now(), &auth, &SerialSigner).expect("edit");
     let started = Instant::now();
     let incremental = sync(&stores, &keys, &auth, org);
     let inc_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -150,16 +127,8 @@ fn sync(stores: &[Store], keys: &[SigningKey], auth: &StaticAuthorizer, org: Org
     let mut puller = Session::initiate(config, now());
     let config = SessionConfig::new([9; 16], key(1), key(0).0.to_vec(), Scope::full(org));
     let mut server = Session::accept(config, now());
-    let env_p = Env {
-        store: &stores[1],
-        auth,
-        verifier: &SerialVerifier,
-    };
-    let env_s = Env {
-        store: &stores[0],
-        auth,
-        verifier: &SerialVerifier,
-    };
+    let env_p = Env { store: &stores[1], auth, verifier: &SerialVerifier };
+    let env_s = Env { store: &stores[0], auth, verifier: &SerialVerifier };
     loop {
         while let Some(frame) = puller.poll_transmit() {
             server.handle_message(now(), &frame, &env_s);
@@ -179,7 +148,5 @@ fn sync(stores: &[Store], keys: &[SigningKey], auth: &StaticAuthorizer, org: Org
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -1,0 +1,292 @@
+//! Sync through a file (a USB stick): bundles and frontier files.
+//!
+//! A bundle is what a session would send, written down:
+//!
+//! ```text
+//! "FERRY-BUNDLE 1\n"
+//! frame: JSON header {"org", "exporter" (hex key), "credentials" (base64 chain),
+//!                     "filter" [partitions], "created_at_ms"}
+//! frame: Batch … (the engine's wire frames, unchanged)
+//! frame: End
+//! ```
+//!
+//! where a frame is a u32 big-endian length and its bytes. Importing checks
+//! everything a network sync checks (signatures, scopes, merge, ledger).
+//!
+//! A frontier file says what a node holds, so the next bundle for it can be
+//! a delta: `"FERRY-FRONTIER 1\n"`, a JSON header {"org", "holder" (hex key),
+//! "credentials", "filter"}, and a `Heads` frame.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use engine::wire::{self, HeadEntry, Heads, Message};
+use engine::{AuthorKey, LedgerEntry, Region};
+use partitions::{Filter, OrgId, Partition};
+use serde::{Deserialize, Serialize};
+
+use crate::node::{Node, now_ms};
+use crate::parallel::ParallelVerifier;
+
+const BUNDLE_MAGIC: &[u8] = b"FERRY-BUNDLE 1\n";
+const FRONTIER_MAGIC: &[u8] = b"FERRY-FRONTIER 1\n";
+/// Bytes of a bundle or frontier header.
+const HEADER_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    org: String,
+    #[serde(alias = "holder")]
+    exporter: String,
+    credentials: String,
+    filter: Vec<String>,
+    #[serde(default)]
+    created_at_ms: u64,
+}
+
+fn write_frame(out: &mut dyn Write, frame: &[u8]) -> std::io::Result<()> {
+    out.write_all(&(frame.len() as u32).to_be_bytes())?;
+    out.write_all(frame)
+}
+
+fn read_frame(input: &mut dyn Read, max: usize) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        bail!("the file holds a frame of {len} bytes, more than the {max} allowed: it is damaged or not a ferry file");
+    }
+    let mut frame = vec![0u8; len];
+    input.read_exact(&mut frame).context("the file ends in the middle of a frame: it is truncated")?;
+    Ok(Some(frame))
+}
+
+fn header(node: &Node, org: OrgId, filter: &Filter) -> anyhow::Result<Header> {
+    let (_, credentials, _) = node.local_scope(org)?;
+    Ok(Header {
+        org: org.to_string(),
+        exporter: partitions::hex::encode(&node.identity.author_key().0),
+        credentials: crate::pem::encode_base64(&credentials),
+        filter: filter.prefixes().iter().map(ToString::to_string).collect(),
+        created_at_ms: now_ms(),
+    })
+}
+
+fn read_header(input: &mut dyn Read, magic: &[u8]) -> anyhow::Result<(Header, OrgId, AuthorKey, Vec<u8>, Filter)> {
+    let mut found = vec![0u8; magic.len()];
+    input.read_exact(&mut found).map_err(|_| anyhow!("this is not a ferry file (too short)"))?;
+    if found != magic {
+        bail!("this is not a {} file", String::from_utf8_lossy(&magic[..magic.len() - 1]));
+    }
+    let bytes = read_frame(input, HEADER_BYTES_MAX)?.context("the file has no header")?;
+    let header: Header = serde_json::from_slice(&bytes).context("the file's header is damaged")?;
+    let org = OrgId::parse(&header.org).context("the file names no valid org")?;
+    let key = AuthorKey(partitions::hex::decode::<32>(&header.exporter).context("the file names no valid node key")?);
+    let credentials = crate::pem::decode_base64(&header.credentials).context("the file's credentials are damaged")?;
+    let prefixes = header
+        .filter
+        .iter()
+        .map(|p| Partition::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .context("the file's filter is damaged")?;
+    let filter = Filter::try_new(prefixes)?;
+    Ok((header, org, key, credentials, filter))
+}
+
+/// `ferry bundle frontier --out FILE`: what this node holds in `filter`.
+pub fn write_frontier(node: &Node, org: OrgId, filter: Filter, path: &Path) -> anyhow::Result<serde_json::Value> {
+    let (scope, _, _) = node.local_scope(org)?;
+    let region = Region::of(filter.intersection(&scope.read.union(&scope.write)));
+    let entries = node.store.heads(&region)?;
+    let mut out = Vec::new();
+    out.extend_from_slice(FRONTIER_MAGIC);
+    write_frame(&mut out, &serde_json::to_vec(&header(node, org, &filter)?)?)?;
+    write_frame(
+        &mut out,
+        &wire::encode_message(&Message::Heads(Heads { pull: true, push: true, entries: entries.clone() })),
+    )?;
+    crate::home::write_atomic(path, &out)?;
+    Ok(serde_json::json!({ "frontier": path.display().to_string(), "entries": entries.len() }))
+}
+
+/// Where the bundle's receiver stands, and what it may read.
+pub enum Since<'a> {
+    /// Everything in the filter.
+    Nothing,
+    /// A frontier file it wrote.
+    File(&'a Path),
+    /// What we held in common after our last sync with it.
+    Peer(AuthorKey),
+}
+
+/// `ferry bundle export`.
+pub fn export(
+    node: &Node,
+    org: OrgId,
+    filter: Filter,
+    since: Since<'_>,
+    path: &Path,
+) -> anyhow::Result<serde_json::Value> {
+    let now_s = now_ms() / 1000;
+    let (local, _, _) = node.local_scope(org)?;
+    let mut receiver_scope = None;
+    let heads: Vec<HeadEntry> = match since {
+        Since::Nothing => Vec::new(),
+        Since::File(file) => {
+            let mut input = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+            let (_, file_org, holder, credentials, _) = read_header(&mut input, FRONTIER_MAGIC)?;
+            if file_org != org {
+                bail!("the frontier file is for org {file_org}, not {org}");
+            }
+            receiver_scope = Some(node.auth.as_ref().authenticate_at(&holder, &credentials, now_s)?);
+            let frame = read_frame(&mut input, engine::limits::MESSAGE_BYTES_MAX)?
+                .context("the frontier file has no frontier")?;
+            match wire::decode_message(&frame).context("the frontier file is damaged")? {
+                Message::Heads(heads) => heads.entries,
+                _ => bail!("the frontier file is damaged"),
+            }
+        }
+        Since::Peer(peer) => {
+            let note = node.store.peer_note(&peer, &format!("frontier:{org}"))?.with_context(|| {
+                format!(
+                    "no sync with {} is on record: export everything, or use --since FRONTIER_FILE",
+                    crate::identity::peer_id_of(&peer.0)
+                )
+            })?;
+            for chain in node.store.chains_of(&peer)? {
+                if let Ok(known) = node.auth.know(&chain)
+                    && known.org == org
+                {
+                    receiver_scope = Some(known.scope.clone());
+                }
+            }
+            match wire::decode_message(&note).context("the stored frontier is damaged")? {
+                Message::Heads(heads) => heads.entries,
+                _ => bail!("the stored frontier is damaged"),
+            }
+        }
+    };
+    let region = match &receiver_scope {
+        Some(receiver) => Region::between(&filter, &local, receiver),
+        None => Region::of(filter.intersection(&local.read.union(&local.write))),
+    };
+    let mut out = Vec::new();
+    out.extend_from_slice(BUNDLE_MAGIC);
+    write_frame(&mut out, &serde_json::to_vec(&header(node, org, &filter)?)?)?;
+    let mut changes = 0;
+    let mut batches = 0;
+    engine::session::delta_frames(
+        &node.store,
+        region,
+        &heads,
+        node.config.batch_changes,
+        engine::limits::BATCH_BYTES_DEFAULT,
+        &mut |frame, n| {
+            changes += n;
+            batches += 1;
+            write_frame(&mut out, &frame).map_err(|e| e.to_string())
+        },
+    )
+    .map_err(|e| anyhow!("cannot export: {e}"))?;
+    crate::home::write_atomic(path, &out)?;
+    Ok(
+        serde_json::json!({ "changes": changes, "batches": batches - 1, "bytes": out.len(), "bundle": path.display().to_string() }),
+    )
+}
+
+/// `ferry bundle import FILE`: exactly like receiving a sync.
+pub fn import(node: &Node, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<serde_json::Value> {
+    let started = now_ms();
+    let mut input =
+        std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
+    let (header, org, exporter, credentials, filter) = read_header(&mut input, BUNDLE_MAGIC)?;
+    // The exporter's certificate must have been valid when it wrote the
+    // bundle (a USB stick can take days to arrive).
+    let at = (header.created_at_ms / 1000).min(now_ms() / 1000);
+    node.auth.refresh_revocations();
+    let exporter_scope = node.auth.as_ref().authenticate_at(&exporter, &credentials, at)?;
+    node.store.put_chain(&exporter, &credentials)?;
+    let (local, _, _) = node.local_scope(org)?;
+    let region = Region::between(&filter, &exporter_scope, &local);
+    let mut positions = BTreeMap::new();
+    let mut summary = engine::Applied::default();
+    let mut batches = 0u64;
+    let mut ended = false;
+    while let Some(frame) = read_frame(&mut input, engine::limits::MESSAGE_BYTES_MAX)? {
+        match wire::decode_message(&frame).map_err(|e| anyhow!("the bundle is damaged: {e}"))? {
+            Message::Batch(batch) => {
+                let applied = node
+                    .store
+                    .apply_batch(&batch, &region, &mut positions, node.auth.as_ref(), &ParallelVerifier, now_ms())
+                    .map_err(|e| match e {
+                        engine::store::ApplyError::Gap { .. } => anyhow!(
+                            "this bundle continues from a frontier this node does not hold ({e}): ask for a bundle made with this node's frontier file, or a full one"
+                        ),
+                        engine::store::ApplyError::Store(e) => anyhow!(e),
+                    })?;
+                summary.received += applied.received;
+                summary.skipped += applied.skipped;
+                summary.updated += applied.updated;
+                summary.merged += applied.merged;
+                summary.conflicts += applied.conflicts;
+                summary.rejected += applied.rejected;
+                summary.rejections.extend(applied.rejections);
+                batches += 1;
+                progress(summary.received, batch.plan.changes);
+            }
+            Message::End { batches: sent } => {
+                if sent != batches {
+                    bail!("the bundle is missing batches ({batches} of {sent})");
+                }
+                ended = true;
+                break;
+            }
+            _ => bail!("the bundle holds an unexpected message"),
+        }
+    }
+    if !ended {
+        bail!("the bundle is truncated (no end marker after {batches} batches)");
+    }
+    summary.rejections.truncate(engine::limits::SUMMARY_REJECTIONS_MAX);
+    let duration_ms = now_ms() - started;
+    let entry = LedgerEntry {
+        session: partitions::hex::encode(&crate::random::bytes::<16>()),
+        peer: path.display().to_string(),
+        via: "bundle".into(),
+        started_at_ms: started,
+        duration_ms,
+        outcome: "completed".into(),
+        filter: filter.to_string(),
+        pull: true,
+        push: false,
+        received: summary.received,
+        skipped: summary.skipped,
+        updated: summary.updated,
+        conflicts: summary.conflicts,
+        rejected: summary.rejected,
+        bytes_received: std::fs::metadata(path).map_or(0, |m| m.len()),
+        rejections: summary.rejections.clone(),
+        ..LedgerEntry::default()
+    };
+    node.store.record_session(&entry)?;
+    node.auth.refresh_revocations();
+    Ok(serde_json::json!({
+        "peer": crate::identity::peer_id_of(&exporter.0).to_string(),
+        "sent": 0,
+        "received": summary.received,
+        "skipped": summary.skipped,
+        "updated": summary.updated,
+        "conflicts": summary.conflicts,
+        "rejected": summary.rejected,
+        "bytes_sent": 0,
+        "bytes_received": entry.bytes_received,
+        "duration_ms": duration_ms,
+        "rejections": summary.rejections,
+    }))
+}

@@ -1,0 +1,157 @@
+//! `ferry.toml`: what a node listens on, which peers it knows and syncs with
+//! on its own (SENAITE's auto-sync, TAO's cron), batch size (TAO's chunk
+//! size), and the store backend.
+//!
+//! ```toml
+//! listen = ["/ip4/0.0.0.0/tcp/4040", "/ip4/0.0.0.0/udp/4040/quic-v1"]
+//! mdns = true
+//! store = "redb"              # or "sled"
+//! batch_changes = 2048
+//!
+//! [[peers]]
+//! name = "central"
+//! address = "/ip4/10.0.0.1/tcp/4040/p2p/12D3KooW…"
+//! filters = ["results:tc-1"]  # relative to the org, or absolute
+//! org = "…"                   # needed when this node is in several orgs
+//! sync_every = "15m"          # automatic sync while serving; absent = never
+//! pull = true
+//! push = true
+//! ```
+
+use std::time::Duration;
+
+use anyhow::Context;
+use engine::BackendKind;
+use serde::{Deserialize, Serialize};
+
+use crate::home::Home;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    #[serde(default = "yes")]
+    pub mdns: bool,
+    #[serde(default = "default_store")]
+    pub store: String,
+    #[serde(default = "default_batch")]
+    pub batch_changes: usize,
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub filters: Vec<String>,
+    #[serde(default)]
+    pub org: Option<String>,
+    #[serde(default)]
+    pub sync_every: Option<String>,
+    #[serde(default = "yes")]
+    pub pull: bool,
+    #[serde(default = "yes")]
+    pub push: bool,
+}
+
+/// Bytes of `ferry.toml` we read at most (it is a handful of lines).
+pub const CONFIG_BYTES_MAX: usize = 256 * 1024;
+
+fn default_listen() -> Vec<String> {
+    vec!["/ip4/0.0.0.0/tcp/0".into(), "/ip4/0.0.0.0/udp/0/quic-v1".into()]
+}
+fn yes() -> bool {
+    true
+}
+fn default_store() -> String {
+    BackendKind::DEFAULT.name().into()
+}
+fn default_batch() -> usize {
+    engine::limits::BATCH_CHANGES_DEFAULT
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: default_listen(),
+            mdns: true,
+            store: default_store(),
+            batch_changes: default_batch(),
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(home: &Home) -> anyhow::Result<Config> {
+        let path = home.config_file();
+        if !path.exists() {
+            return Ok(Config::default());
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        if text.len() > CONFIG_BYTES_MAX {
+            anyhow::bail!("the file is {} bytes, more than the {CONFIG_BYTES_MAX} allowed", text.len());
+        }
+        let config: Config = toml::from_str(text)?;
+        config.backend()?;
+        if config.batch_changes == 0 || config.batch_changes > engine::limits::BATCH_CHANGES_MAX {
+            anyhow::bail!("batch_changes must be between 1 and {}", engine::limits::BATCH_CHANGES_MAX);
+        }
+        for peer in &config.peers {
+            if let Some(every) = &peer.sync_every {
+                parse_duration(every).with_context(|| format!("peer {}: sync_every", peer.name))?;
+            }
+        }
+        Ok(config)
+    }
+
+    pub fn backend(&self) -> anyhow::Result<BackendKind> {
+        BackendKind::parse(&self.store).with_context(|| format!("store = {:?}: use \"redb\" or \"sled\"", self.store))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config always serialises")
+    }
+}
+
+/// Parses `90s`, `15m`, `2h`, `7d` (or plain seconds).
+pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().with_context(|| format!("{text:?} is not a duration like 30s, 15m, 2h or 7d"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => anyhow::bail!("{text:?} is not a duration like 30s, 15m, 2h or 7d"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_peers_and_rejects_unknown_keys() {
+        let config = Config::parse(
+            "listen = [\"/ip4/127.0.0.1/tcp/4040\"]\nstore = \"sled\"\n[[peers]]\nname = \"c\"\naddress = \"/ip4/127.0.0.1/tcp/1\"\nsync_every = \"15m\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.backend().unwrap(), BackendKind::Sled);
+        assert_eq!(config.peers[0].sync_every.as_deref(), Some("15m"));
+        assert!(Config::parse("colour = 3").is_err());
+        assert!(Config::parse("store = \"mysql\"").is_err());
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! The node's home directory (`--home DIR`, `FERRY_HOME`, or `~/.ferry`):
+//!
+//! ```text
+//! node.key        the node's Ed25519 secret (0600)
+//! ferry.toml      configuration
+//! store/          the engine's store (redb or sled)
+//! certs/          chains this node holds, one PEM file per certificate
+//! orgs/           root keys of organisations created here (0600)
+//! issued/         certificates this node issued (for `cert list` and `cert revoke`)
+//! tokens.json     enrolment tokens this node handed out
+//! control.sock    the local API, while `ferry serve` runs
+//! ```
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+#[derive(Clone, Debug)]
+pub struct Home {
+    pub dir: PathBuf,
+}
+
+impl Home {
+    /// `--home`, else `FERRY_HOME` (clap reads both), else `~/.ferry`.
+    pub fn resolve(dir: Option<PathBuf>) -> Home {
+        let dir = dir.unwrap_or_else(|| {
+            std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".ferry")
+        });
+        Home { dir }
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("node.key")
+    }
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("ferry.toml")
+    }
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.join("store")
+    }
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.join("certs")
+    }
+    pub fn orgs_dir(&self) -> PathBuf {
+        self.dir.join("orgs")
+    }
+    pub fn issued_dir(&self) -> PathBuf {
+        self.dir.join("issued")
+    }
+    pub fn tokens_file(&self) -> PathBuf {
+        self.dir.join("tokens.json")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.key_file().exists()
+    }
+
+    pub fn require_initialized(&self) -> anyhow::Result<()> {
+        if !self.is_initialized() {
+            anyhow::bail!("{} is not a ferry home: run `ferry init` (or pass --home)", self.dir.display());
+        }
+        Ok(())
+    }
+}
+
+/// Writes a file atomically (temporary file, fsync, rename, fsync of the
+/// directory), so a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_with_mode(path, bytes, 0o644)
+}
+
+/// Like `write_atomic`, readable by the owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_with_mode(path, bytes, 0o600)
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().context("a file path has a directory")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
+    Ok(())
+}

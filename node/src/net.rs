@@ -1,0 +1,311 @@
+//! The libp2p side: a swarm with TCP + Noise + Yamux and QUIC, identify,
+//! ping, mDNS (optional) and connection limits, driven by its own task;
+//! framed streams; and the sync and enrolment protocols on them.
+//!
+//! Everything that waits on a peer has a timeout; every channel is bounded;
+//! a peer's bad message ends that peer's stream and nothing else.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, connection_limits, identify, mdns, noise, ping, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::identity::Identity;
+
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/sync/1");
+pub const ENROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/enrol/1");
+
+/// Connections in total, and per peer (two: both sides may dial at once).
+const CONNECTIONS_MAX: u32 = 512;
+const CONNECTIONS_PER_PEER_MAX: u32 = 2;
+const PENDING_INCOMING_MAX: u32 = 64;
+/// Commands queued to the swarm task.
+const COMMANDS_MAX: usize = 64;
+/// How long a dial and a stream opening may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Connections without streams close after this.
+const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// Something the swarm task reports.
+#[derive(Clone, Debug)]
+pub enum NetEvent {
+    Listening(Multiaddr),
+    Discovered(PeerId, Multiaddr),
+    Connected(PeerId, Multiaddr),
+    Disconnected(PeerId),
+}
+
+enum Command {
+    /// Dial; answer with the peer's id once connected.
+    Dial(Multiaddr, Option<PeerId>, oneshot::Sender<Result<PeerId, String>>),
+}
+
+/// A running libp2p node.
+pub struct Net {
+    pub peer_id: PeerId,
+    control: libp2p_stream::Control,
+    commands: mpsc::Sender<Command>,
+    pub listening: Arc<Mutex<Vec<Multiaddr>>>,
+    pub discovered: Arc<Mutex<BTreeMap<PeerId, BTreeSet<Multiaddr>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Net {
+    /// Builds the swarm, starts listening and spawns its task. `events`
+    /// receives what happens (best effort: events are dropped when full).
+    pub async fn start(
+        identity: &Identity,
+        listen: &[Multiaddr],
+        enable_mdns: bool,
+        events: Option<mpsc::Sender<NetEvent>>,
+    ) -> anyhow::Result<Net> {
+        let keypair = identity.keypair();
+        let peer_id = keypair.public().to_peer_id();
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+            .with_quic()
+            .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let mdns = if enable_mdns {
+                    let config = mdns::Config { query_interval: Duration::from_secs(5), ..Default::default() };
+                    match mdns::tokio::Behaviour::new(config, key.public().to_peer_id()) {
+                        Ok(m) => Some(m),
+                        Err(e) => {
+                            tracing::warn!("mDNS is off: {e}");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_established(Some(CONNECTIONS_MAX))
+                            .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX))
+                            .with_max_pending_incoming(Some(PENDING_INCOMING_MAX)),
+                    ),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/ferry/1".into(), key.public())
+                            .with_agent_version(format!("ferry/{}", env!("CARGO_PKG_VERSION"))),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    mdns: Toggle::from(mdns),
+                    stream: libp2p_stream::Behaviour::new(),
+                })
+            })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION))
+            .build();
+        for address in listen {
+            swarm.listen_on(address.clone()).with_context(|| format!("cannot listen on {address}"))?;
+        }
+        let control = swarm.behaviour().stream.new_control();
+        let listening = Arc::new(Mutex::new(Vec::new()));
+        let discovered = Arc::new(Mutex::new(BTreeMap::new()));
+        let (commands, command_rx) = mpsc::channel(COMMANDS_MAX);
+        let task = tokio::spawn(drive(swarm, command_rx, events, listening.clone(), discovered.clone()));
+        let net = Net { peer_id, control, commands, listening, discovered, task };
+        // Wait until every listener has an address (or a short while).
+        if !listen.is_empty() {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while net.listening.lock().expect("lock").len() < listen.len() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Ok(net)
+    }
+
+    pub fn addresses(&self) -> Vec<Multiaddr> {
+        self.listening.lock().expect("lock").clone()
+    }
+
+    /// Addresses others can dial: listen addresses with our peer id.
+    pub fn dialable(&self) -> Vec<String> {
+        self.addresses().into_iter().map(|a| a.with(Protocol::P2p(self.peer_id)).to_string()).collect()
+    }
+
+    /// Connects to `address` (its `/p2p/` part, if any, must match the
+    /// peer), or to a peer id found by mDNS. Returns the peer's id.
+    pub async fn connect(&self, target: &str) -> anyhow::Result<PeerId> {
+        let (address, expected) = match target.parse::<Multiaddr>() {
+            Ok(address) => {
+                let expected = address.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
+                (Some(address), expected)
+            }
+            Err(_) => (None, Some(crate::identity::parse_peer_id(target)?)),
+        };
+        let address = match address {
+            Some(a) => a,
+            None => {
+                let peer = expected.expect("set above");
+                let found = self.discovered.lock().expect("lock").get(&peer).and_then(|s| s.iter().next().cloned());
+                found
+                    .with_context(|| format!("peer {peer} was not found on the LAN (mDNS): give its address instead"))?
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Dial(address.clone(), expected, reply))
+            .await
+            .map_err(|_| anyhow!("the network task stopped"))?;
+        let peer = tokio::time::timeout(CONNECT_TIMEOUT, answer)
+            .await
+            .map_err(|_| anyhow!("no answer from {address} within {} s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|_| anyhow!("the network task stopped"))?
+            .map_err(|e| anyhow!("cannot reach {address}: {e}"))?;
+        if let Some(expected) = expected
+            && expected != peer
+        {
+            bail!("{address} answered as {peer}, not {expected}");
+        }
+        Ok(peer)
+    }
+
+    pub async fn open(&self, peer: PeerId, protocol: StreamProtocol) -> anyhow::Result<libp2p::Stream> {
+        let mut control = self.control.clone();
+        tokio::time::timeout(CONNECT_TIMEOUT, control.open_stream(peer, protocol.clone()))
+            .await
+            .map_err(|_| anyhow!("peer {peer} did not open a {protocol} stream in time"))?
+            .map_err(|e| anyhow!("peer {peer} refused a {protocol} stream: {e}"))
+    }
+
+    pub fn accept(&self, protocol: StreamProtocol) -> anyhow::Result<libp2p_stream::IncomingStreams> {
+        let mut control = self.control.clone();
+        control.accept(protocol.clone()).map_err(|_| anyhow!("{protocol} is already being accepted"))
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(
+    mut swarm: libp2p::Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    events: Option<mpsc::Sender<NetEvent>>,
+    listening: Arc<Mutex<Vec<Multiaddr>>>,
+    discovered: Arc<Mutex<BTreeMap<PeerId, BTreeSet<Multiaddr>>>>,
+) {
+    let mut dials: BTreeMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, String>>> = BTreeMap::new();
+    let emit = |event: NetEvent| {
+        if let Some(events) = &events {
+            let _ = events.try_send(event);
+        }
+    };
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(Command::Dial(address, peer, reply)) = command else { return };
+                // One connection is enough: streams multiplex over it.
+                if let Some(peer) = peer
+                    && swarm.is_connected(&peer)
+                {
+                    let _ = reply.send(Ok(peer));
+                    continue;
+                }
+                let opts = match peer {
+                    Some(peer) => {
+                        let mut bare = address.clone();
+                        if matches!(bare.iter().last(), Some(Protocol::P2p(_))) {
+                            bare.pop();
+                        }
+                        DialOpts::peer_id(peer).addresses(vec![bare]).condition(libp2p::swarm::dial_opts::PeerCondition::Always).build()
+                    }
+                    None => DialOpts::unknown_peer_id().address(address).build(),
+                };
+                let id = opts.connection_id();
+                match swarm.dial(opts) {
+                    Ok(()) => { dials.insert(id, reply); }
+                    Err(e) => { let _ = reply.send(Err(e.to_string())); }
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    listening.lock().expect("lock").push(address.clone());
+                    emit(NetEvent::Listening(address));
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                    if let Some(reply) = dials.remove(&connection_id) {
+                        let _ = reply.send(Ok(peer_id));
+                    }
+                    emit(NetEvent::Connected(peer_id, endpoint.get_remote_address().clone()));
+                }
+                SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+                    if let Some(reply) = dials.remove(&connection_id) {
+                        let _ = reply.send(Err(error.to_string()));
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => emit(NetEvent::Disconnected(peer_id)),
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                    for (peer, address) in list {
+                        let new = discovered.lock().expect("lock").entry(peer).or_default().insert(address.clone());
+                        if new {
+                            emit(NetEvent::Discovered(peer, address));
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(list))) => {
+                    let mut known = discovered.lock().expect("lock");
+                    for (peer, address) in list {
+                        if let Some(set) = known.get_mut(&peer) {
+                            set.remove(&address);
+                            if set.is_empty() {
+                                known.remove(&peer);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Frames on a stream: a u32 big-endian length, then the bytes.
+
+pub async fn write_frame(stream: &mut libp2p::Stream, frame: &[u8]) -> std::io::Result<()> {
+    let len = u32::try_from(frame.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut buffer = Vec::with_capacity(frame.len() + 4);
+    buffer.extend_from_slice(&len.to_be_bytes());
+    buffer.extend_from_slice(frame);
+    stream.write_all(&buffer).await?;
+    stream.flush().await
+}
+
+/// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
+pub async fn read_frame(stream: &mut libp2p::Stream, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    match stream.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the peer sent a frame of {len} bytes, more than the {max} allowed"),
+        ));
+    }
+    let mut frame = vec![0u8; len];
+    stream.read_exact(&mut frame).await?;
+    Ok(Some(frame))
+}

@@ -1,0 +1,766 @@
+//! An opened node: its home, identity, configuration, store and authorizer,
+//! and every local operation of the `ferry` command. The control endpoint
+//! calls the same functions while `ferry serve` owns the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use certs::{CertId, Chain, IssueRequest, Issuer, Revocation, Token, TokenRecord, TokenRequest};
+use ed25519_dalek::SigningKey;
+use engine::policy::system_partition;
+use engine::{
+    AuthorKey, BackendKind, InstanceId, LocalAuthor, LocalOp, LocalWrite, Opened, RecordId, RecordKey, SessionConfig,
+    Store, Value, WriteRejection,
+};
+use partitions::{Filter, OrgId, Partition, RecordType, Scope};
+use serde_json::json;
+
+use crate::authority::{CertAuthorizer, REVOCATION_TYPE, member_scope};
+use crate::config::Config;
+use crate::home::{Home, write_atomic, write_private};
+use crate::identity::{Identity, key_of, peer_id_of};
+use crate::parallel::ParallelSigner;
+use crate::{json as j, pem};
+
+/// How long an org's root and the founding node's certificate last.
+const ORG_YEARS: u64 = 30;
+/// Certificates are valid from a minute ago, for clocks slightly behind.
+const CLOCK_SKEW_S: u64 = 60;
+/// Records written per store commit in a bulk import.
+const IMPORT_CHUNK: usize = 1000;
+
+pub struct Node {
+    pub home: Home,
+    pub identity: Identity,
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub auth: Arc<CertAuthorizer>,
+    pub opened: Opened,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+pub fn now_s() -> u64 {
+    now_ms() / 1000
+}
+
+/// `ferry init`: creates the key and the store.
+pub fn init(home: &Home, backend: Option<BackendKind>) -> anyhow::Result<serde_json::Value> {
+    if home.is_initialized() {
+        bail!(
+            "{} is already a ferry home (peer {}); use another --home",
+            home.dir.display(),
+            Identity::load(&home.key_file())?.peer_id()
+        );
+    }
+    std::fs::create_dir_all(&home.dir).with_context(|| format!("cannot create {}", home.dir.display()))?;
+    let identity = Identity::generate();
+    identity.save(&home.key_file())?;
+    let mut config = Config::default();
+    if let Some(kind) = backend {
+        config.store = kind.name().into();
+    }
+    write_atomic(&home.config_file(), config.to_toml().as_bytes())?;
+    let node = Node::open(home.clone())?;
+    let out =
+        json!({ "peer_id": node.identity.peer_id().to_string(), "instance_id": node.store.instance().to_string() });
+    node.close()?;
+    Ok(out)
+}
+
+impl Node {
+    pub fn open(home: Home) -> anyhow::Result<Node> {
+        home.require_initialized()?;
+        let identity = Identity::load(&home.key_file())?;
+        let config = Config::load(&home)?;
+        let backend = config.backend()?;
+        let (store, opened) = Store::open(&home.store_dir(), backend, InstanceId(crate::random::bytes()), now_ms())
+            .map_err(|e| {
+                let text = e.to_string();
+                if text.contains("lock") || text.contains("already open") || text.contains("AlreadyOpen") {
+                    anyhow!("the store of {} is in use by another ferry process", home.dir.display())
+                } else {
+                    anyhow!("cannot open the store: {text}")
+                }
+            })?;
+        if let Some(reason) = &opened.fresh_instance {
+            tracing::info!(instance = %opened.instance, "continuing under a fresh instance: {reason}");
+        }
+        let store = Arc::new(store);
+        let auth = Arc::new(CertAuthorizer::new(store.clone()));
+        let node = Node { home, identity, config, store, auth, opened };
+        for (_, bytes) in node.own_chains()? {
+            node.store.put_chain(&node.identity.author_key(), &bytes)?;
+            let _ = node.auth.know(&bytes);
+        }
+        Ok(node)
+    }
+
+    /// Closes the store cleanly (the instance continues next time).
+    pub fn close(self) -> anyhow::Result<()> {
+        drop(self.auth);
+        let store = Arc::try_unwrap(self.store).map_err(|_| anyhow!("the store is still in use"))?;
+        store.close()?;
+        Ok(())
+    }
+
+    // -- certificates --------------------------------------------------------
+
+    /// Chains this node holds (its key is their leaf's).
+    pub fn own_chains(&self) -> anyhow::Result<Vec<(Chain, Vec<u8>)>> {
+        read_chains(&self.home.certs_dir())
+    }
+
+    /// The orgs this node holds a certificate of.
+    pub fn orgs(&self) -> anyhow::Result<BTreeSet<OrgId>> {
+        Ok(self.own_chains()?.iter().map(|(c, _)| c.org()).collect())
+    }
+
+    /// The org named by `--org`, or the only org this node belongs to.
+    pub fn org(&self, given: Option<&str>) -> anyhow::Result<OrgId> {
+        if let Some(text) = given {
+            return OrgId::parse(text.trim()).with_context(|| format!("{text:?} is not an org id"));
+        }
+        let orgs = self.orgs()?;
+        match orgs.len() {
+            0 => bail!(
+                "this node holds no certificate: run `ferry org create NAME`, `ferry enroll TOKEN` or `ferry cert import FILE`"
+            ),
+            1 => Ok(*orgs.iter().next().expect("one org")),
+            _ => bail!(
+                "this node belongs to {} orgs: say which with --org ({})",
+                orgs.len(),
+                orgs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    /// The chain this node uses in `org`: the one valid longest from now.
+    pub fn chain_for(&self, org: OrgId) -> anyhow::Result<(Chain, Vec<u8>)> {
+        let now = now_s();
+        let revocations = self.auth.revocations(org);
+        let mut best: Option<(Chain, Vec<u8>)> = None;
+        let mut last_error = None;
+        for (chain, bytes) in self.own_chains()? {
+            if chain.org() != org {
+                continue;
+            }
+            match chain.verify(Some(&self.identity.author_key().0), now, &revocations) {
+                Ok(v) => {
+                    if best.as_ref().is_none_or(|(b, _)| b.leaf().not_after() < v.not_after) {
+                        best = Some((chain, bytes));
+                    }
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (best, last_error) {
+            (Some(b), _) => Ok(b),
+            (None, Some(e)) => bail!("this node's certificate for org {org} is not valid: {e}"),
+            (None, None) => bail!("no certificate for org {org}: run `ferry enroll` or `ferry cert import`"),
+        }
+    }
+
+    /// What this node may do in `org`, as peers see it.
+    pub fn local_scope(&self, org: OrgId) -> anyhow::Result<(Scope, Vec<u8>, Option<String>)> {
+        let (chain, bytes) = self.chain_for(org)?;
+        let info = chain.leaf().info();
+        Ok((member_scope(org, &info.scope), bytes, info.authority.clone()))
+    }
+
+    fn save_own_chain(&self, chain: &Chain) -> anyhow::Result<()> {
+        let bytes = chain.encode();
+        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
+        let path = self.home.certs_dir().join(format!("{}.pem", chain.leaf().id()));
+        write_atomic(&path, pem::encode_chain(&ders).as_bytes())?;
+        self.store.put_chain(&self.identity.author_key(), &bytes)?;
+        self.auth.know(&bytes).map_err(|d| anyhow!("{d}"))?;
+        Ok(())
+    }
+
+    /// `ferry org create NAME`.
+    pub fn org_create(&self, name: &str, authority: Option<String>) -> anyhow::Result<serde_json::Value> {
+        let root_key = SigningKey::from_bytes(&crate::random::bytes());
+        let now = now_s();
+        let (not_before, not_after) = (now - CLOCK_SKEW_S, now + ORG_YEARS * 365 * 86_400);
+        let root = certs::create_org(name, &root_key, not_before, not_after, crate::random::bytes())?;
+        let org = root.org();
+        write_private(&self.home.orgs_dir().join(format!("{org}.key")), &root_key.to_bytes())?;
+        let issuer = Issuer::new(root, root_key)?;
+        let own = issuer.issue(
+            &IssueRequest {
+                subject_key: self.identity.author_key().0,
+                name: format!("{name}: {}", self.identity.peer_id()),
+                scope: Scope::full(org),
+                not_before,
+                not_after,
+                can_issue: Some(6),
+                authority,
+            },
+            crate::random::bytes(),
+        )?;
+        self.save_own_chain(&own)?;
+        Ok(json!({ "org_id": org.to_string(), "certificate_id": own.leaf().id().to_string() }))
+    }
+
+    fn issuer(&self, org: OrgId) -> anyhow::Result<Issuer> {
+        let (chain, _) = self.chain_for(org)?;
+        if !chain.leaf().is_ca() {
+            bail!("this node's certificate for org {org} may not issue certificates");
+        }
+        Ok(Issuer::new(chain, self.identity.key.clone())?)
+    }
+
+    /// `ferry cert issue`: returns the chain issued and its JSON description.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cert_issue(
+        &self,
+        org: OrgId,
+        subject: &str,
+        read: &str,
+        write: &str,
+        types: &str,
+        days: u64,
+        can_issue: bool,
+        authority: Option<String>,
+        name: Option<String>,
+    ) -> anyhow::Result<(Chain, serde_json::Value)> {
+        let subject_peer = crate::identity::parse_peer_id(subject)?;
+        let subject_key = key_of(&subject_peer).expect("checked by parse_peer_id");
+        let issuer = self.issuer(org)?;
+        let scope = parse_scope(org, read, write, types)?;
+        let now = now_s();
+        let issuer_end = issuer.chain().leaf().not_after();
+        let not_after = (now + days * 86_400).min(issuer_end);
+        let issuer_path = issuer.chain().leaf().path_len();
+        let request = IssueRequest {
+            subject_key,
+            name: name.unwrap_or_else(|| subject_peer.to_string()),
+            scope,
+            not_before: now - CLOCK_SKEW_S,
+            not_after,
+            can_issue: can_issue.then(|| issuer_path.map_or(5, |p| p.saturating_sub(1)).min(5) as u8),
+            authority,
+        };
+        let chain = issuer.issue(&request, crate::random::bytes())?;
+        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
+        write_atomic(
+            &self.home.issued_dir().join(format!("{}.pem", chain.leaf().id())),
+            pem::encode_chain(&ders).as_bytes(),
+        )?;
+        let described = self.describe(&chain, false);
+        Ok((chain, described))
+    }
+
+    /// `ferry cert import FILE`: a chain for this node.
+    pub fn cert_import(&self, text: &str) -> anyhow::Result<serde_json::Value> {
+        let bytes = pem::decode_chain(text)?;
+        let chain = Chain::decode(&bytes)?;
+        let mine = self.identity.author_key().0;
+        if chain.leaf().subject_key() != &mine {
+            bail!(
+                "this certificate is for peer {}, not for this node ({})",
+                peer_id_of(chain.leaf().subject_key()),
+                self.identity.peer_id()
+            );
+        }
+        chain.verify(Some(&mine), now_s(), &self.auth.revocations(chain.org()))?;
+        self.save_own_chain(&chain)?;
+        Ok(self.describe(&chain, true))
+    }
+
+    /// Stores a chain received at enrolment.
+    pub fn store_enrolled(&self, chain_bytes: &[u8]) -> anyhow::Result<serde_json::Value> {
+        let chain = Chain::decode(chain_bytes)?;
+        chain.verify(Some(&self.identity.author_key().0), now_s(), &Default::default())?;
+        self.save_own_chain(&chain)?;
+        Ok(json!({ "certificate_id": chain.leaf().id().to_string(), "org_id": chain.org().to_string() }))
+    }
+
+    pub fn describe(&self, chain: &Chain, held: bool) -> serde_json::Value {
+        let leaf = chain.leaf();
+        let info = leaf.info();
+        let revoked = chain
+            .verify(None, now_s().clamp(leaf.not_before(), leaf.not_after()), &self.auth.revocations(chain.org()))
+            .is_err_and(|e| matches!(e, certs::VerifyError::Revoked { .. }));
+        json!({
+            "certificate_id": leaf.id().to_string(),
+            "org_id": chain.org().to_string(),
+            "subject": peer_id_of(leaf.subject_key()).to_string(),
+            "name": info.name,
+            "read": info.scope.read.prefixes().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "write": info.scope.write.prefixes().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "types": info.scope.types.iter().map(|(t, m)| (t.to_string(), m.to_string())).collect::<BTreeMap<_, _>>(),
+            "authority": info.authority,
+            "can_issue": leaf.is_ca(),
+            "not_before": leaf.not_before(),
+            "not_after": leaf.not_after(),
+            "revoked": revoked,
+            "held": held,
+        })
+    }
+
+    /// `ferry cert list`: held, then issued.
+    pub fn cert_list(&self) -> anyhow::Result<serde_json::Value> {
+        self.auth.refresh_revocations();
+        let mut out = Vec::new();
+        for (chain, _) in self.own_chains()? {
+            out.push(self.describe(&chain, true));
+        }
+        for (chain, _) in read_chains(&self.home.issued_dir())? {
+            out.push(self.describe(&chain, false));
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+
+    /// `ferry cert revoke CERT_ID`: writes a signed revocation record, which
+    /// syncs to every node of the org like data.
+    pub fn cert_revoke(&self, id: &str) -> anyhow::Result<serde_json::Value> {
+        let wanted =
+            CertId::parse(id.trim()).with_context(|| format!("{id:?} is not a certificate id (32 hex digits)"))?;
+        let mine = self.identity.author_key().0;
+        let mut candidates = read_chains(&self.home.issued_dir())?;
+        candidates.extend(self.own_chains()?);
+        for (chain, _) in candidates {
+            let Some(index) = chain.certs().iter().position(|c| c.id() == wanted) else { continue };
+            let Some(revoker) = chain.certs()[..index].iter().rev().find(|c| c.subject_key() == &mine) else {
+                continue;
+            };
+            let revocation = Revocation::sign(wanted, now_s(), revoker.id(), &self.identity.key);
+            let org = chain.org();
+            let key = RecordKey {
+                partition: system_partition(org),
+                record_type: RecordType::parse(REVOCATION_TYPE).expect("valid type"),
+                id: RecordId::parse(&wanted.to_string()).expect("hex is a valid id"),
+            };
+            let set = BTreeMap::from([
+                ("statement".to_owned(), Value::Bytes(revocation.to_bytes().to_vec())),
+                ("revoked".to_owned(), Value::Text(wanted.to_string())),
+                ("revoked_at".to_owned(), Value::Int(revocation.revoked_at as i64)),
+                ("by".to_owned(), Value::Text(revoker.id().to_string())),
+            ]);
+            self.write_one(org, LocalWrite { record: key, op: LocalOp::Put { set, unset: BTreeSet::new() } })?;
+            self.auth.refresh_revocations();
+            return Ok(json!({
+                "certificate_id": wanted.to_string(),
+                "org_id": org.to_string(),
+                "subject": peer_id_of(chain.certs()[index].subject_key()).to_string(),
+                "revoked": true,
+                "revoked_at": revocation.revoked_at,
+            }));
+        }
+        bail!("certificate {wanted} was not issued by this node (or one it certified): revoke it from its issuer")
+    }
+
+    // -- records -------------------------------------------------------------
+
+    fn author(&self, org: OrgId) -> anyhow::Result<LocalAuthor> {
+        let (_, _, authority) = self.local_scope(org)?;
+        Ok(LocalAuthor { key: self.identity.key.clone(), authority })
+    }
+
+    fn write_one(&self, org: OrgId, write: LocalWrite) -> anyhow::Result<serde_json::Value> {
+        let record = write.record.clone();
+        let mut results =
+            self.store.write(&self.author(org)?, &[write], now_ms(), self.auth.as_ref(), &ParallelSigner)?;
+        match results.remove(0) {
+            Ok(written) => Ok(j::record(&record, &written.view)),
+            Err(WriteRejection::Denied(d)) => bail!("outside this node's write scope: {d}"),
+            Err(other) => bail!("{} {}: {other}", record.record_type, record.id),
+        }
+    }
+
+    /// Resolves a record type, id and optional partition to one record.
+    pub fn locate(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: Option<&str>,
+    ) -> anyhow::Result<RecordKey> {
+        let record_type = RecordType::parse(record_type)?;
+        let id = RecordId::parse(id)?;
+        if let Some(p) = partition {
+            return Ok(RecordKey { partition: Partition::resolve(org, p)?, record_type, id });
+        }
+        let found = self.store.find(&record_type, &id)?;
+        match found.len() {
+            0 => bail!("no record {record_type} {id}"),
+            1 => Ok(found.into_iter().next().expect("one")),
+            _ => bail!(
+                "{record_type} {id} exists in several partitions ({}): say which with --partition",
+                found.iter().map(|k| k.partition.relative().to_owned()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    pub fn put(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: &str,
+        set: BTreeMap<String, Value>,
+        unset: BTreeSet<String>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let key = RecordKey {
+            partition: Partition::resolve(org, partition)?,
+            record_type: RecordType::parse(record_type)?,
+            id: RecordId::parse(id)?,
+        };
+        self.write_one(org, LocalWrite { record: key, op: LocalOp::Put { set, unset } })
+    }
+
+    pub fn get(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let key = self.locate(org, record_type, id, partition)?;
+        let view = self.store.view(&key)?.with_context(|| format!("no record {record_type} {id}"))?;
+        Ok(j::record(&key, &view))
+    }
+
+    pub fn delete(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let key = self.locate(org, record_type, id, partition)?;
+        self.write_one(org, LocalWrite { record: key, op: LocalOp::Delete })
+    }
+
+    pub fn list(
+        &self,
+        org: Option<OrgId>,
+        record_type: Option<&str>,
+        partition: Option<&str>,
+        include_deleted: bool,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let record_type = record_type.map(RecordType::parse).transpose()?;
+        let partition = match (partition, org) {
+            (Some(p), Some(org)) => Some(Partition::resolve(org, p)?),
+            (Some(p), None) => Some(Partition::parse(p)?),
+            (None, Some(org)) => Some(Partition::root(org)),
+            (None, None) => None,
+        };
+        let mut out = Vec::new();
+        self.store.list(partition.as_ref(), record_type.as_ref(), &mut |r| {
+            if r.view.exists || include_deleted {
+                out.push(j::record(&r.key, &r.view));
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// `ferry import`: one record a line, written in signed batches.
+    pub fn import(
+        &self,
+        org: OrgId,
+        input: &mut dyn BufRead,
+        progress: &mut dyn FnMut(u64),
+    ) -> anyhow::Result<serde_json::Value> {
+        let author = self.author(org)?;
+        let (mut written, mut rejected) = (0u64, 0u64);
+        let mut reasons: Vec<String> = Vec::new();
+        let mut batch: Vec<LocalWrite> = Vec::new();
+        let mut flush = |batch: &mut Vec<LocalWrite>,
+                         written: &mut u64,
+                         rejected: &mut u64,
+                         reasons: &mut Vec<String>|
+         -> anyhow::Result<()> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let results = self.store.write(&author, batch, now_ms(), self.auth.as_ref(), &ParallelSigner)?;
+            for (write, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(_) => *written += 1,
+                    Err(e) => {
+                        *rejected += 1;
+                        if reasons.len() < 10 {
+                            reasons.push(format!("{} {}: {e}", write.record.record_type, write.record.id));
+                        }
+                    }
+                }
+            }
+            batch.clear();
+            progress(*written + *rejected);
+            Ok(())
+        };
+        for (n, line) in input.lines().enumerate() {
+            let line = line.context("cannot read the input")?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_import_line(org, &line) {
+                Ok(write) => batch.push(write),
+                Err(e) => {
+                    rejected += 1;
+                    if reasons.len() < 10 {
+                        reasons.push(format!("line {}: {e}", n + 1));
+                    }
+                }
+            }
+            if batch.len() >= IMPORT_CHUNK {
+                flush(&mut batch, &mut written, &mut rejected, &mut reasons)?;
+            }
+        }
+        flush(&mut batch, &mut written, &mut rejected, &mut reasons)?;
+        for reason in &reasons {
+            eprintln!("rejected: {reason}");
+        }
+        Ok(json!({ "written": written, "rejected": rejected }))
+    }
+
+    /// `ferry export`: live records, one JSON object a line.
+    pub fn export(
+        &self,
+        org: OrgId,
+        record_type: Option<&str>,
+        partition: Option<&str>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<u64> {
+        let record_type = record_type.map(RecordType::parse).transpose()?;
+        let partition = Partition::resolve(org, partition.unwrap_or(""))?;
+        let mut count = 0;
+        let mut failure = None;
+        self.store.list(Some(&partition), record_type.as_ref(), &mut |r| {
+            if !r.view.exists {
+                return true;
+            }
+            let mut line = j::record(&r.key, &r.view);
+            if let Some(object) = line.as_object_mut() {
+                object.remove("conflicts");
+                object.remove("deleted");
+            }
+            if let Err(e) = writeln!(out, "{line}") {
+                failure = Some(e);
+                return false;
+            }
+            count += 1;
+            true
+        })?;
+        if let Some(e) = failure {
+            return Err(e).context("cannot write the export");
+        }
+        Ok(count)
+    }
+
+    pub fn conflicts(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        self.store.conflicts(&mut |r| {
+            out.push(j::record(&r.key, &r.view));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// `ferry resolve`: take conflict N, or set fields; either way the write
+    /// has seen every retained value, so it supersedes them.
+    pub fn resolve(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: Option<&str>,
+        take: Option<usize>,
+        set: BTreeMap<String, Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let key = self.locate(org, record_type, id, partition)?;
+        let view = self.store.view(&key)?.with_context(|| format!("no record {record_type} {id}"))?;
+        let op = match take {
+            Some(n) => {
+                let conflict = view.conflicts.get(n.wrapping_sub(1)).with_context(|| {
+                    format!("{record_type} {id} has {} conflicts; --take counts from 1", view.conflicts.len())
+                })?;
+                match (&conflict.field, &conflict.value) {
+                    (Some(field), Some(value)) => {
+                        LocalOp::Put { set: BTreeMap::from([(field.clone(), value.clone())]), unset: BTreeSet::new() }
+                    }
+                    (Some(field), None) => {
+                        LocalOp::Put { set: BTreeMap::new(), unset: BTreeSet::from([field.clone()]) }
+                    }
+                    (None, None) => LocalOp::Delete,
+                    (None, Some(_)) if !view.exists => LocalOp::Restore,
+                    (None, Some(_)) => LocalOp::Put { set: BTreeMap::new(), unset: BTreeSet::new() },
+                }
+            }
+            None if set.is_empty() => bail!("say how to resolve: --take N or --set FIELD=VALUE"),
+            None => LocalOp::Put { set, unset: BTreeSet::new() },
+        };
+        self.write_one(org, LocalWrite { record: key, op })
+    }
+
+    pub fn history(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(self
+            .store
+            .history()?
+            .into_iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(&e).expect("ledger entries serialise");
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("started_at".into(), json!(iso8601_ms(e.started_at_ms)));
+                    if let Some(key) = partitions::hex::decode::<32>(&e.peer) {
+                        o.insert("peer".into(), json!(peer_id_of(&key).to_string()));
+                    }
+                }
+                v
+            })
+            .collect())
+    }
+
+    // -- sessions ------------------------------------------------------------
+
+    /// A session configuration for syncing `org` with `peer`.
+    pub fn session_config(&self, org: OrgId, peer: AuthorKey, session: [u8; 16]) -> anyhow::Result<SessionConfig> {
+        let (scope, credentials, _) = self.local_scope(org)?;
+        let mut config = SessionConfig::new(session, peer, credentials.clone(), scope);
+        config.filter = Filter::org(org);
+        config.batch_changes = self.config.batch_changes;
+        config.fresh_instance = InstanceId(crate::random::bytes());
+        config.started_at_ms = now_ms();
+        let hash = *blake3::hash(&credentials).as_bytes();
+        config.peer_has_credentials =
+            self.store.peer_note(&peer, "has-credentials")?.is_some_and(|known| known == hash);
+        Ok(config)
+    }
+
+    /// Remembers that `peer` holds our credentials, so the next session
+    /// names them by hash.
+    pub fn note_peer_has_credentials(&self, org: OrgId, peer: &AuthorKey) -> anyhow::Result<()> {
+        let (_, credentials, _) = self.local_scope(org)?;
+        self.store.set_peer_note(peer, "has-credentials", blake3::hash(&credentials).as_bytes())?;
+        Ok(())
+    }
+
+    // -- enrolment tokens (issuer side) -------------------------------------
+
+    pub fn tokens(&self) -> anyhow::Result<Vec<TokenRecord>> {
+        let path = self.home.tokens_file();
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let text = std::fs::read_to_string(&path)?;
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+    }
+
+    fn save_tokens(&self, tokens: &[TokenRecord]) -> anyhow::Result<()> {
+        write_private(&self.home.tokens_file(), serde_json::to_string_pretty(tokens)?.as_bytes())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_token(
+        &self,
+        org: OrgId,
+        read: &str,
+        write: &str,
+        types: &str,
+        ttl_s: u64,
+        uses: u32,
+        days: u64,
+        can_issue: bool,
+        authority: Option<String>,
+        addresses: Vec<String>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let issuer = self.issuer(org)?;
+        let request = TokenRequest {
+            scope: parse_scope(org, read, write, types)?,
+            can_issue: can_issue.then_some(0),
+            authority,
+            certificate_validity: days * 86_400,
+            expires_at: now_s() + ttl_s,
+            uses,
+        };
+        let (token, record) =
+            certs::create_token(&issuer, &self.identity.key, addresses, &request, &mut crate::random::rng())?;
+        let mut tokens = self.tokens()?;
+        tokens.retain(|t| t.expires_at >= now_s() && t.uses_left > 0);
+        tokens.push(record);
+        self.save_tokens(&tokens)?;
+        Ok(json!({ "token": token.encode() }))
+    }
+
+    /// Redeems a presented secret for `subject`; the use is saved before the
+    /// chain is returned, so a token can never issue twice for one use.
+    pub fn redeem_token(&self, secret: &[u8; 32], subject: &[u8; 32], name: &str) -> Result<Vec<u8>, String> {
+        let mut tokens = self.tokens().map_err(|e| format!("{e:#}"))?;
+        let hash = certs::token::secret_hash(secret);
+        let Some(record) = tokens.iter_mut().find(|t| blake3::Hash::from(t.secret_hash) == blake3::Hash::from(hash))
+        else {
+            return Err("unknown enrolment token".into());
+        };
+        let issuer = self.issuer(record.org).map_err(|e| e.to_string())?;
+        let chain = certs::redeem(record, secret, subject, name, now_s(), &issuer, crate::random::bytes())
+            .map_err(|e| e.to_string())?;
+        self.save_tokens(&tokens).map_err(|e| e.to_string())?;
+        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
+        let _ = write_atomic(
+            &self.home.issued_dir().join(format!("{}.pem", chain.leaf().id())),
+            pem::encode_chain(&ders).as_bytes(),
+        );
+        Ok(chain.encode())
+    }
+}
+
+/// Decodes a token line with a friendly error.
+pub fn parse_token(text: &str) -> anyhow::Result<Token> {
+    Token::decode(text).map_err(|e| anyhow!("that is not a valid enrolment token: {e}"))
+}
+
+pub fn parse_scope(org: OrgId, read: &str, write: &str, types: &str) -> anyhow::Result<Scope> {
+    Ok(Scope {
+        read: Filter::parse(org, read).context("--read")?,
+        write: Filter::parse(org, write).context("--write")?,
+        types: Scope::parse_types(types).context("--types")?,
+    })
+}
+
+fn parse_import_line(org: OrgId, line: &str) -> anyhow::Result<LocalWrite> {
+    let value: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
+    let object = value.as_object().context("not a JSON object")?;
+    let text = |k: &str| object.get(k).and_then(|v| v.as_str()).with_context(|| format!("missing \"{k}\""));
+    let record = RecordKey {
+        partition: Partition::resolve(org, text("partition")?)?,
+        record_type: RecordType::parse(text("type")?)?,
+        id: RecordId::parse(text("id")?)?,
+    };
+    if object.get("deleted").and_then(|d| d.as_bool()) == Some(true) {
+        return Ok(LocalWrite { record, op: LocalOp::Delete });
+    }
+    let fields = object.get("fields").and_then(|f| f.as_object()).context("missing \"fields\" object")?;
+    Ok(LocalWrite { record, op: LocalOp::Put { set: j::fields_of(fields), unset: BTreeSet::new() } })
+}
+
+/// Chains stored as PEM files in a directory.
+fn read_chains(dir: &std::path::Path) -> anyhow::Result<Vec<(Chain, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(out) };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)?;
+        let bytes = pem::decode_chain(&text).with_context(|| format!("{} is damaged", path.display()))?;
+        let chain = Chain::decode(&bytes).with_context(|| format!("{} is damaged", path.display()))?;
+        out.push((chain, bytes));
+    }
+    Ok(out)
+}
+
+/// Milliseconds since 1970 as RFC 3339 UTC.
+pub fn iso8601_ms(ms: u64) -> String {
+    engine::hlc::rfc3339(ms)
+}

@@ -1,0 +1,368 @@
+//! The operations of the `ferry` command and of the local API, as one enum.
+//! The command line builds an `Op`; then either runs it here (no node is
+//! serving this home) or sends it over the control socket to the node that
+//! is (`control.rs`), which runs it here too. Either way the same code does
+//! the work and produces the same JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use engine::{Direction, Event};
+use partitions::{Filter, OrgId, Partition};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::net::Net;
+use crate::node::Node;
+
+/// One request of the local API (docs/api.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    Id,
+    OrgCreate {
+        name: String,
+        authority: Option<String>,
+    },
+    CertIssue {
+        org: Option<String>,
+        subject: String,
+        read: String,
+        write: String,
+        #[serde(default)]
+        types: String,
+        days: u64,
+        #[serde(default)]
+        can_issue: bool,
+        authority: Option<String>,
+        name: Option<String>,
+        out: PathBuf,
+    },
+    CertImport {
+        pem: String,
+    },
+    CertList,
+    CertRevoke {
+        id: String,
+    },
+    EnrollToken {
+        org: Option<String>,
+        read: String,
+        write: String,
+        #[serde(default)]
+        types: String,
+        ttl_s: u64,
+        uses: u32,
+        days: u64,
+        #[serde(default)]
+        can_issue: bool,
+        authority: Option<String>,
+    },
+    Enroll {
+        token: String,
+        name: Option<String>,
+    },
+    Put {
+        org: Option<String>,
+        #[serde(rename = "type")]
+        record_type: String,
+        id: String,
+        partition: String,
+        #[serde(default)]
+        set: BTreeMap<String, serde_json::Value>,
+        #[serde(default)]
+        unset: BTreeSet<String>,
+    },
+    Get {
+        org: Option<String>,
+        #[serde(rename = "type")]
+        record_type: String,
+        id: String,
+        partition: Option<String>,
+    },
+    Delete {
+        org: Option<String>,
+        #[serde(rename = "type")]
+        record_type: String,
+        id: String,
+        partition: Option<String>,
+    },
+    List {
+        org: Option<String>,
+        #[serde(rename = "type")]
+        record_type: Option<String>,
+        partition: Option<String>,
+        #[serde(default)]
+        deleted: bool,
+    },
+    Import {
+        org: Option<String>,
+        path: PathBuf,
+    },
+    Export {
+        org: Option<String>,
+        #[serde(rename = "type")]
+        record_type: Option<String>,
+        partition: Option<String>,
+    },
+    Conflicts,
+    Resolve {
+        org: Option<String>,
+        #[serde(rename = "type")]
+        record_type: String,
+        id: String,
+        partition: Option<String>,
+        take: Option<usize>,
+        #[serde(default)]
+        set: BTreeMap<String, serde_json::Value>,
+    },
+    History,
+    Sync {
+        peer: String,
+        org: Option<String>,
+        #[serde(default)]
+        filters: Vec<String>,
+        #[serde(default = "yes")]
+        pull: bool,
+        #[serde(default = "yes")]
+        push: bool,
+    },
+    Peers,
+    BundleExport {
+        org: Option<String>,
+        out: PathBuf,
+        for_peer: Option<String>,
+        since: Option<PathBuf>,
+        #[serde(default)]
+        filters: Vec<String>,
+    },
+    BundleImport {
+        path: PathBuf,
+    },
+    BundleFrontier {
+        org: Option<String>,
+        out: PathBuf,
+        #[serde(default)]
+        filters: Vec<String>,
+    },
+    /// Serving nodes only: a stream of events until the client hangs up.
+    Watch,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A line of output before the result: progress, or an exported record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Line {
+    Progress { what: String, done: u64, total: u64 },
+    Record(serde_json::Value),
+}
+
+/// What an operation may use.
+pub struct Ctx<'a> {
+    pub node: &'a Node,
+    /// The serving node's network, if serving.
+    pub net: Option<&'a Net>,
+    pub enrol_lock: &'a std::sync::Mutex<()>,
+}
+
+impl Op {
+    /// Whether this operation needs the network (a temporary one is started
+    /// when no node is serving).
+    pub fn needs_network(&self) -> bool {
+        matches!(self, Op::Sync { .. } | Op::Peers | Op::Enroll { .. } | Op::EnrollToken { .. })
+    }
+
+    /// Paths in the request, made absolute (the server's working directory
+    /// is not the client's).
+    pub fn absolutize(&mut self) {
+        let fix = |p: &mut PathBuf| {
+            if let Ok(abs) = std::path::absolute(&*p) {
+                *p = abs;
+            }
+        };
+        match self {
+            Op::CertIssue { out, .. } | Op::BundleExport { out, .. } | Op::BundleFrontier { out, .. } => fix(out),
+            Op::Import { path, .. } | Op::BundleImport { path } => fix(path),
+            _ => {}
+        }
+        if let Op::BundleExport { since: Some(since), .. } = self {
+            fix(since);
+        }
+    }
+}
+
+fn filter(node: &Node, org: OrgId, filters: &[String]) -> anyhow::Result<Filter> {
+    if filters.is_empty() {
+        return Ok(Filter::org(org));
+    }
+    let prefixes = filters
+        .iter()
+        .flat_map(|f| f.split(','))
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| Partition::resolve(org, f.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--filter")?;
+    let _ = node;
+    Ok(Filter::try_new(prefixes)?)
+}
+
+/// Runs an operation. `out` receives progress and streamed lines.
+pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) -> anyhow::Result<serde_json::Value> {
+    let node = ctx.node;
+    let org = |given: &Option<String>| node.org(given.as_deref());
+    Ok(match op {
+        Op::Id => {
+            let certificates: Vec<serde_json::Value> =
+                node.own_chains()?.iter().map(|(chain, _)| node.describe(chain, true)).collect();
+            let instances: Vec<serde_json::Value> = node
+                .store
+                .instances()?
+                .into_iter()
+                .map(|(id, at, reason)| json!({ "instance_id": id.to_string(), "since": crate::node::iso8601_ms(at), "reason": reason }))
+                .collect();
+            json!({
+                "peer_id": node.identity.peer_id().to_string(),
+                "instance_id": node.store.instance().to_string(),
+                "listening": ctx.net.map(|n| n.dialable()).unwrap_or_default(),
+                "certificates": certificates,
+                "instances": instances,
+                "store": node.store.kind().name(),
+            })
+        }
+        Op::OrgCreate { name, authority } => node.org_create(&name, authority)?,
+        Op::CertIssue { org: o, subject, read, write, types, days, can_issue, authority, name, out: path } => {
+            let (chain, described) =
+                node.cert_issue(org(&o)?, &subject, &read, &write, &types, days, can_issue, authority, name)?;
+            let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
+            crate::home::write_atomic(&path, crate::pem::encode_chain(&ders).as_bytes())?;
+            let mut described = described;
+            described["file"] = json!(path.display().to_string());
+            described
+        }
+        Op::CertImport { pem } => node.cert_import(&pem)?,
+        Op::CertList => node.cert_list()?,
+        Op::CertRevoke { id } => node.cert_revoke(&id)?,
+        Op::EnrollToken { org: o, read, write, types, ttl_s, uses, days, can_issue, authority } => {
+            let net =
+                ctx.net.context("the issuer must be serving to hand out tokens: start `ferry serve` on this home")?;
+            let addresses = net.dialable();
+            if addresses.is_empty() {
+                bail!("this node listens on no address; check `listen` in ferry.toml");
+            }
+            node.create_token(org(&o)?, &read, &write, &types, ttl_s, uses, days, can_issue, authority, addresses)?
+        }
+        Op::Enroll { token, name } => {
+            let net = ctx.net.context("enrolment needs the network")?;
+            let name = name.unwrap_or_else(|| format!("node {}", node.identity.peer_id()));
+            crate::protocols::enroll(node, net, &token, &name).await?
+        }
+        Op::Put { org: o, record_type, id, partition, set, unset } => {
+            let set = set.iter().map(|(k, v)| (k.clone(), crate::json::from_json(v))).collect();
+            node.put(org(&o)?, &record_type, &id, &partition, set, unset)?
+        }
+        Op::Get { org: o, record_type, id, partition } => {
+            node.get(org(&o)?, &record_type, &id, partition.as_deref())?
+        }
+        Op::Delete { org: o, record_type, id, partition } => {
+            node.delete(org(&o)?, &record_type, &id, partition.as_deref())?
+        }
+        Op::List { org: o, record_type, partition, deleted } => {
+            let org = match (&o, &partition) {
+                (None, Some(p)) if OrgId::parse(p.split(':').next().unwrap_or("")).is_ok() => None,
+                (None, None) if node.orgs()?.len() != 1 => None,
+                _ => Some(org(&o)?),
+            };
+            serde_json::Value::Array(node.list(org, record_type.as_deref(), partition.as_deref(), deleted)?)
+        }
+        Op::Import { org: o, path } => {
+            let org = org(&o)?;
+            let open = || std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()));
+            // One quick pass for the total, so progress has one.
+            let total = std::io::BufRead::lines(std::io::BufReader::new(open()?))
+                .filter(|l| l.as_ref().is_ok_and(|l| !l.trim().is_empty()))
+                .count() as u64;
+            let mut reader = std::io::BufReader::new(open()?);
+            tokio::task::block_in_place(|| {
+                node.import(org, &mut reader, &mut |records| {
+                    out(Line::Progress { what: "records".into(), done: records, total })
+                })
+            })?
+        }
+        Op::Export { org: o, record_type, partition } => {
+            let org = org(&o)?;
+            let mut lines = Vec::new();
+            let count = tokio::task::block_in_place(|| {
+                node.export(org, record_type.as_deref(), partition.as_deref(), &mut lines)
+            })?;
+            for line in String::from_utf8_lossy(&lines).lines() {
+                out(Line::Record(serde_json::from_str(line)?));
+            }
+            json!({ "exported": count })
+        }
+        Op::Conflicts => serde_json::Value::Array(node.conflicts()?),
+        Op::Resolve { org: o, record_type, id, partition, take, set } => {
+            let set = set.iter().map(|(k, v)| (k.clone(), crate::json::from_json(v))).collect();
+            node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?
+        }
+        Op::History => serde_json::Value::Array(node.history()?),
+        Op::Sync { peer, org: o, filters, pull, push } => {
+            let net = ctx.net.context("sync needs the network")?;
+            let org = org(&o)?;
+            let filter = filter(node, org, &filters)?;
+            let mut on_event = |event: &Event| {
+                if let Event::Progress { direction, changes_done, changes_total, .. } = event {
+                    let what = match direction {
+                        Direction::Outgoing => "sent",
+                        Direction::Incoming => "received",
+                    };
+                    out(Line::Progress { what: what.into(), done: *changes_done, total: *changes_total });
+                }
+            };
+            let outcome =
+                crate::protocols::sync(node, net, &peer, org, Some(filter), pull, push, &mut on_event).await?;
+            outcome.to_json()
+        }
+        Op::Peers => {
+            let net = ctx.net.context("listing peers needs the network")?;
+            let found = net.discovered.lock().expect("lock").clone();
+            serde_json::Value::Array(
+                found
+                    .into_iter()
+                    .map(|(peer, addresses)| {
+                        json!({ "peer_id": peer.to_string(), "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>() })
+                    })
+                    .collect(),
+            )
+        }
+        Op::BundleExport { org: o, out: path, for_peer, since, filters } => {
+            let org = org(&o)?;
+            let filter = filter(node, org, &filters)?;
+            let since = match (&for_peer, &since) {
+                (Some(_), Some(_)) => bail!("give --for or --since, not both"),
+                (Some(peer), None) => {
+                    let peer = crate::identity::parse_peer_id(peer)?;
+                    crate::bundle::Since::Peer(engine::AuthorKey(crate::identity::key_of(&peer).expect("checked")))
+                }
+                (None, Some(file)) => crate::bundle::Since::File(file),
+                (None, None) => crate::bundle::Since::Nothing,
+            };
+            tokio::task::block_in_place(|| crate::bundle::export(node, org, filter, since, &path))?
+        }
+        Op::BundleImport { path } => tokio::task::block_in_place(|| {
+            crate::bundle::import(node, &path, &mut |done, total| {
+                out(Line::Progress { what: "received".into(), done, total })
+            })
+        })?,
+        Op::BundleFrontier { org: o, out: path, filters } => {
+            let org = org(&o)?;
+            let filter = filter(node, org, &filters)?;
+            tokio::task::block_in_place(|| crate::bundle::write_frontier(node, org, filter, &path))?
+        }
+        Op::Watch => bail!("watch is only served over the control socket of a running node"),
+    })
+}

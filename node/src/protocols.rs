@@ -1,0 +1,304 @@
+//! The sync and enrolment protocols over libp2p streams: driving an engine
+//! session with real frames, answering sessions a peer starts, and the
+//! enrolment exchange on both sides.
+
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use engine::wire::{self, Message};
+use engine::{AuthorKey, Env, Event, Session, SessionError, Summary};
+use libp2p::PeerId;
+use partitions::{Filter, OrgId};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::{key_of, peer_id_of};
+use crate::net::{self, ENROL_PROTOCOL, Net, SYNC_PROTOCOL};
+use crate::node::{Node, now_ms};
+use crate::parallel::ParallelVerifier;
+
+/// How long to wait for a peer's first message.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of an enrolment request and answer.
+const ENROL_REQUEST_MAX: usize = 4096;
+const ENROL_ANSWER_MAX: usize = 2 * 1024 * 1024;
+
+/// What one sync did, with bytes counted at the stream (length prefixes included).
+#[derive(Clone, Debug)]
+pub struct SyncOutcome {
+    pub peer: PeerId,
+    pub summary: Summary,
+}
+
+impl SyncOutcome {
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = &self.summary;
+        serde_json::json!({
+            "peer": self.peer.to_string(),
+            "sent": s.sent,
+            "received": s.received,
+            "skipped": s.skipped,
+            "updated": s.updated,
+            "conflicts": s.conflicts,
+            "rejected": s.rejected,
+            "bytes_sent": s.bytes_sent,
+            "bytes_received": s.bytes_received,
+            "duration_ms": s.duration_ms,
+            "noop": s.noop,
+            "rejections": s.rejections,
+        })
+    }
+}
+
+/// Runs a session over a stream until it finishes. `on_event` sees progress.
+pub async fn drive(
+    stream: &mut libp2p::Stream,
+    session: &mut Session,
+    node: &Node,
+    on_event: &mut (dyn FnMut(&Event) + Send),
+) -> Result<Summary, String> {
+    let env = Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
+    loop {
+        // Send what the session has, then let it prepare the next batch
+        // while the peer works on this one.
+        flush(stream, session).await?;
+        tokio::task::block_in_place(|| session.handle_idle(now_ms(), &env));
+        flush(stream, session).await?;
+        while let Some(event) = session.poll_event() {
+            on_event(&event);
+            match event {
+                Event::Completed(mut summary) => {
+                    count_prefixes(&mut summary);
+                    return Ok(summary);
+                }
+                Event::Failed { error, .. } => {
+                    let _ = flush(stream, session).await;
+                    return Err(error.to_string());
+                }
+                _ => {}
+            }
+        }
+        let wait = session
+            .poll_timeout()
+            .map_or(Duration::from_secs(3600), |t| Duration::from_millis(t.saturating_sub(now_ms())));
+        match tokio::time::timeout(wait, net::read_frame(stream, engine::limits::MESSAGE_BYTES_MAX)).await {
+            Ok(Ok(Some(frame))) => tokio::task::block_in_place(|| session.handle_message(now_ms(), &frame, &env)),
+            Ok(Ok(None)) => {
+                if session.is_finished() {
+                    continue;
+                }
+                return Err("the peer closed the connection mid-session".into());
+            }
+            Ok(Err(e)) => return Err(format!("connection lost: {e}")),
+            Err(_) => tokio::task::block_in_place(|| session.handle_timeout(now_ms(), &env)),
+        }
+    }
+}
+
+fn count_prefixes(summary: &mut Summary) {
+    summary.bytes_sent += 4 * summary.messages_sent;
+    summary.bytes_received += 4 * summary.messages_received;
+}
+
+async fn flush(stream: &mut libp2p::Stream, session: &mut Session) -> Result<(), String> {
+    while let Some(frame) = session.poll_transmit() {
+        net::write_frame(stream, &frame).await.map_err(|e| format!("connection lost: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Starts a sync with `target` (a multiaddr, or a peer id found on the LAN).
+#[allow(clippy::too_many_arguments)]
+pub async fn sync(
+    node: &Node,
+    net: &Net,
+    target: &str,
+    org: OrgId,
+    filter: Option<Filter>,
+    pull: bool,
+    push: bool,
+    on_event: &mut (dyn FnMut(&Event) + Send),
+) -> anyhow::Result<SyncOutcome> {
+    let peer = net.connect(target).await?;
+    let mut stream = net.open(peer, SYNC_PROTOCOL).await?;
+    let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
+    let mut config = node.session_config(org, peer_key, crate::random::bytes())?;
+    if let Some(filter) = filter {
+        config.filter = filter;
+    }
+    config.pull = pull;
+    config.push = push;
+    node.auth.refresh_revocations();
+    let mut session = Session::initiate(config, now_ms());
+    let result = drive(&mut stream, &mut session, node, on_event).await;
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    let summary = result.map_err(|e| anyhow!("sync with {peer} failed: {e}"))?;
+    node.note_peer_has_credentials(org, &peer_key)?;
+    remember_frontier(node, org, &session, &peer_key);
+    Ok(SyncOutcome { peer, summary })
+}
+
+/// Answers a session a peer starts on `stream`.
+pub async fn answer_sync(
+    node: &Node,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+    on_event: &mut (dyn FnMut(&Event) + Send),
+) -> Result<SyncOutcome, String> {
+    let first = match tokio::time::timeout(
+        FIRST_MESSAGE_TIMEOUT,
+        net::read_frame(&mut stream, engine::limits::MESSAGE_BYTES_MAX),
+    )
+    .await
+    {
+        Ok(Ok(Some(frame))) => frame,
+        Ok(Ok(None)) => return Err("the peer closed the stream before saying hello".into()),
+        Ok(Err(e)) => return Err(format!("connection lost: {e}")),
+        Err(_) => return Err("the peer said nothing".into()),
+    };
+    let refusal = match wire::decode_message(&first) {
+        Ok(Message::Hello(hello)) => {
+            let orgs: std::collections::BTreeSet<OrgId> = hello.filter.prefixes().iter().map(|p| p.org()).collect();
+            match (orgs.len(), key_of(&peer)) {
+                (1, Some(peer_key)) => {
+                    let org = *orgs.iter().next().expect("one org");
+                    match node.session_config(org, AuthorKey(peer_key), hello.session) {
+                        Ok(config) => Ok(config),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                (1, None) => Err("peer id without an Ed25519 key".to_owned()),
+                _ => Err("a session syncs partitions of exactly one org".to_owned()),
+            }
+        }
+        Ok(_) => Err("the first message must be Hello".to_owned()),
+        Err(e) => Err(format!("bad message: {e}")),
+    };
+    let config = match refusal {
+        Ok(config) => config,
+        Err(reason) => {
+            let frame = wire::encode_message(&Message::Abort { reason: reason.clone() });
+            let _ = net::write_frame(&mut stream, &frame).await;
+            let _ = futures::AsyncWriteExt::close(&mut stream).await;
+            return Err(reason);
+        }
+    };
+    node.auth.refresh_revocations();
+    let mut session = Session::accept(config, now_ms());
+    let env = engine::Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
+    tokio::task::block_in_place(|| session.handle_message(now_ms(), &first, &env));
+    let result = drive(&mut stream, &mut session, node, on_event).await;
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    if result.is_ok()
+        && let Some(org) = session.filter().prefixes().first().map(|p| p.org())
+        && let Some(peer_key) = key_of(&peer)
+    {
+        remember_frontier(node, org, &session, &AuthorKey(peer_key));
+    }
+    result.map(|summary| SyncOutcome { peer, summary })
+}
+
+/// After a completed sync both sides hold the same changes in the region
+/// that may flow to the peer: keep our frontier there as the peer's, so a
+/// bundle `--for` it later carries only what it lacks.
+fn remember_frontier(node: &Node, org: OrgId, session: &Session, peer: &AuthorKey) {
+    let Some(peer_scope) = session.peer_scope() else { return };
+    let region = engine::Region::between(session.filter(), session.local_scope(), peer_scope);
+    if let Ok(entries) = node.store.heads(&region) {
+        let frame = wire::encode_message(&Message::Heads(wire::Heads { pull: true, push: true, entries }));
+        let _ = node.store.set_peer_note(peer, &format!("frontier:{org}"), &frame);
+    }
+}
+
+/// An error that happened inside a session, as a string for logs.
+pub fn describe_error(error: &SessionError) -> String {
+    error.to_string()
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnrolRequest {
+    secret: String,
+    name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnrolAnswer {
+    #[serde(default)]
+    chain: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// The device side of enrolment: contact the issuer the token names, check
+/// it is that issuer, present the secret, store the chain received.
+pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+    let token = crate::node::parse_token(token_text)?;
+    let issuer = peer_id_of(&token.issuer_key);
+    if token.expires_at < crate::node::now_s() {
+        bail!("this enrolment token expired at {}: ask for a new one", engine::hlc::rfc3339(token.expires_at * 1000));
+    }
+    let mut last_error = anyhow!("the token names no address of the issuer");
+    for address in &token.addresses {
+        let target = match address.parse::<libp2p::Multiaddr>() {
+            Ok(a) if a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) => a.to_string(),
+            Ok(a) => a.with(libp2p::multiaddr::Protocol::P2p(issuer)).to_string(),
+            Err(_) => continue,
+        };
+        match net.connect(&target).await {
+            Ok(peer) if peer == issuer => {
+                let mut stream = net.open(peer, ENROL_PROTOCOL).await?;
+                let request = EnrolRequest { secret: partitions::hex::encode(&token.secret), name: name.to_owned() };
+                net::write_frame(&mut stream, &serde_json::to_vec(&request)?).await?;
+                let answer =
+                    tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, net::read_frame(&mut stream, ENROL_ANSWER_MAX))
+                        .await
+                        .map_err(|_| anyhow!("the issuer did not answer"))??
+                        .context("the issuer closed the stream without answering")?;
+                let answer: EnrolAnswer =
+                    serde_json::from_slice(&answer).context("the issuer's answer is malformed")?;
+                if let Some(error) = answer.error {
+                    bail!("the issuer refused: {error}");
+                }
+                let chain = crate::pem::decode_base64(&answer.chain.context("the issuer sent no certificate")?)?;
+                let out = tokio::task::block_in_place(|| node.store_enrolled(&chain))?;
+                return Ok(out);
+            }
+            Ok(peer) => last_error = anyhow!("{target} is {peer}, not the issuer {issuer}"),
+            Err(e) => last_error = e,
+        }
+    }
+    Err(last_error)
+}
+
+/// The issuer side of enrolment. `redeem` runs under `lock` so two devices
+/// never spend the same use.
+pub async fn answer_enrol(
+    node: &Node,
+    lock: &std::sync::Mutex<()>,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+) -> Result<serde_json::Value, String> {
+    let request =
+        match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, net::read_frame(&mut stream, ENROL_REQUEST_MAX)).await {
+            Ok(Ok(Some(frame))) => frame,
+            _ => return Err("no enrolment request".into()),
+        };
+    let result = (|| -> Result<Vec<u8>, String> {
+        let request: EnrolRequest =
+            serde_json::from_slice(&request).map_err(|_| "malformed enrolment request".to_owned())?;
+        let secret = partitions::hex::decode::<32>(&request.secret).ok_or("malformed enrolment secret")?;
+        let subject = key_of(&peer).ok_or("peer id without an Ed25519 key")?;
+        let name: String = request.name.chars().take(100).collect();
+        tokio::task::block_in_place(|| {
+            let _guard = lock.lock().map_err(|_| "enrolment lock poisoned".to_owned())?;
+            node.redeem_token(&secret, &subject, &name)
+        })
+    })();
+    let answer = match &result {
+        Ok(chain) => EnrolAnswer { chain: Some(crate::pem::encode_base64(chain)), error: None },
+        Err(e) => EnrolAnswer { chain: None, error: Some(e.clone()) },
+    };
+    let bytes = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
+    net::write_frame(&mut stream, &bytes).await.map_err(|e| e.to_string())?;
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    result.map(|_| serde_json::json!({ "peer": peer.to_string() }))
+}

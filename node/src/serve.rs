@@ -1,0 +1,306 @@
+//! `ferry serve`: the node as a daemon. It listens for syncs and
+//! enrolments, serves the local API, syncs configured peers on their
+//! intervals, and stops cleanly on SIGINT or SIGTERM: it stops accepting,
+//! lets sessions in flight finish (or abandons them after a grace period, at
+//! which point nothing half-applied remains: batches are atomic), and closes
+//! the store durably.
+//!
+//! With `--json` it prints one JSON line per event, first
+//! `{"event":"listening","address":…}` for each address.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use libp2p::{Multiaddr, PeerId};
+use serde_json::json;
+use tokio::sync::{Semaphore, broadcast, mpsc};
+
+use crate::config::parse_duration;
+use crate::control::{self, Shared};
+use crate::home::Home;
+use crate::net::{ENROL_PROTOCOL, Net, NetEvent, SYNC_PROTOCOL};
+use crate::node::Node;
+
+/// Sessions a node answers at once, and per peer.
+const SESSIONS_MAX: usize = 64;
+const SESSIONS_PER_PEER_MAX: usize = 4;
+/// How long shutdown waits for sessions in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Where serve prints events.
+#[derive(Clone)]
+pub struct Printer {
+    json: bool,
+}
+
+impl Printer {
+    pub fn new(json: bool) -> Printer {
+        Printer { json }
+    }
+
+    pub fn event(&self, value: serde_json::Value) {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let _ = writeln!(out, "{value}");
+        } else {
+            let kind = value.get("event").and_then(|e| e.as_str()).unwrap_or("event");
+            let rest: Vec<String> = value
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(k, _)| *k != "event")
+                        .map(|(k, v)| format!("{k}={}", v.as_str().map_or(v.to_string(), str::to_owned)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let _ = writeln!(out, "{kind}: {}", rest.join(" "));
+        }
+        let _ = out.flush();
+    }
+}
+
+pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Printer) -> anyhow::Result<()> {
+    let node = Arc::new(tokio::task::block_in_place(|| Node::open(home.clone()))?);
+    let listen = if listen.is_empty() { node.config.listen.clone() } else { listen };
+    let addresses = listen
+        .iter()
+        .map(|a| a.parse::<Multiaddr>().with_context(|| format!("{a:?} is not a multiaddr")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (net_tx, mut net_rx) = mpsc::channel(256);
+    let net = Arc::new(Net::start(&node.identity, &addresses, node.config.mdns && !no_mdns, Some(net_tx)).await?);
+    for address in net.dialable() {
+        printer.event(json!({ "event": "listening", "address": address }));
+    }
+    let (events, _) = broadcast::channel(256);
+    let shared = Arc::new(Shared {
+        node: node.clone(),
+        net: net.clone(),
+        enrol_lock: std::sync::Mutex::new(()),
+        events: events.clone(),
+    });
+    let control_task = control::serve(&home.control_socket(), shared.clone()).await?;
+
+    // Network events: print them.
+    let p = printer.clone();
+    let events_for_net = events.clone();
+    let net_events = tokio::spawn(async move {
+        while let Some(event) = net_rx.recv().await {
+            let value = match event {
+                NetEvent::Listening(_) => continue,
+                NetEvent::Discovered(peer, address) => {
+                    json!({ "event": "discovered", "peer": peer.to_string(), "address": address.to_string() })
+                }
+                NetEvent::Connected(peer, address) => {
+                    json!({ "event": "connected", "peer": peer.to_string(), "address": address.to_string() })
+                }
+                NetEvent::Disconnected(peer) => json!({ "event": "disconnected", "peer": peer.to_string() }),
+            };
+            let _ = events_for_net.send(value.clone());
+            p.event(value);
+        }
+    });
+
+    let report_printer = printer.clone();
+    let report_events = events.clone();
+    let report: Report = Arc::new(move |event: serde_json::Value| {
+        let _ = report_events.send(event.clone());
+        report_printer.event(event);
+    });
+    let responders = Responders::start(node.clone(), &net, shared.clone(), report)?;
+    let mut tasks = tokio::task::JoinSet::new();
+
+    // Automatic syncs (SENAITE's auto-sync, TAO's cron).
+    for peer in node.config.peers.clone() {
+        let Some(every) = peer.sync_every.as_deref() else { continue };
+        let every = parse_duration(every)?;
+        let (node, net, printer, events) = (node.clone(), net.clone(), printer.clone(), events.clone());
+        tasks.spawn(async move {
+            let mut timer = tokio::time::interval(every.max(Duration::from_secs(1)));
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer.tick().await;
+            loop {
+                timer.tick().await;
+                let org = match node.org(peer.org.as_deref()) {
+                    Ok(org) => org,
+                    Err(e) => {
+                        printer
+                            .event(json!({ "event": "auto_sync_failed", "peer": peer.name, "reason": e.to_string() }));
+                        continue;
+                    }
+                };
+                let filter = match peer
+                    .filters
+                    .iter()
+                    .map(|f| partitions::Partition::resolve(org, f))
+                    .collect::<Result<Vec<_>, _>>()
+                {
+                    Ok(list) if !list.is_empty() => Some(partitions::Filter::new(list)),
+                    Ok(_) => None,
+                    Err(e) => {
+                        printer
+                            .event(json!({ "event": "auto_sync_failed", "peer": peer.name, "reason": e.to_string() }));
+                        continue;
+                    }
+                };
+                let event = match crate::protocols::sync(
+                    &node,
+                    &net,
+                    &peer.address,
+                    org,
+                    filter,
+                    peer.pull,
+                    peer.push,
+                    &mut |_| {},
+                )
+                .await
+                {
+                    Ok(outcome) => {
+                        let mut value = outcome.to_json();
+                        value["event"] = json!("auto_synced");
+                        value["name"] = json!(peer.name);
+                        value
+                    }
+                    Err(e) => json!({ "event": "auto_sync_failed", "peer": peer.name, "reason": format!("{e:#}") }),
+                };
+                let _ = events.send(event.clone());
+                printer.event(event);
+            }
+        });
+    }
+
+    wait_for_signal().await;
+    printer.event(json!({ "event": "stopping" }));
+    // Stop accepting, and wait until the stopped tasks have let go of the node.
+    for task in [control_task, net_events] {
+        task.abort();
+        let _ = task.await;
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(home.control_socket());
+    // Sessions in flight may finish, for a while.
+    if !responders.stop(SHUTDOWN_GRACE).await {
+        printer.event(json!({ "event": "abandoned", "reason": "a session did not finish in time" }));
+    }
+    drop(shared);
+    if let Ok(net) = Arc::try_unwrap(net) {
+        net.stop();
+    }
+    match Arc::try_unwrap(node) {
+        Ok(node) => {
+            tokio::task::block_in_place(|| node.close())?;
+            printer.event(json!({ "event": "stopped" }));
+        }
+        Err(_) => printer.event(
+            json!({ "event": "stopped", "note": "a session was abandoned; the store will start a fresh instance" }),
+        ),
+    }
+    Ok(())
+}
+
+/// Where responders report what happened (one JSON object per event).
+pub type Report = Arc<dyn Fn(serde_json::Value) + Send + Sync>;
+
+/// The tasks that answer peers: syncs they start and enrolments, with
+/// limits on sessions in total and per peer.
+pub struct Responders {
+    accepting: Vec<tokio::task::JoinHandle<()>>,
+    sessions: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Responders {
+    pub fn start(node: Arc<Node>, net: &Net, shared: Arc<Shared>, report: Report) -> anyhow::Result<Responders> {
+        let limit = Arc::new(Semaphore::new(SESSIONS_MAX));
+        let per_peer: Arc<std::sync::Mutex<BTreeMap<PeerId, usize>>> = Arc::default();
+        let sessions: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>> = Arc::default();
+        let mut incoming = net.accept(SYNC_PROTOCOL)?;
+        let (s_report, s_limit, s_sessions) = (report.clone(), limit.clone(), sessions.clone());
+        let syncs = tokio::spawn(async move {
+            while let Some((peer, stream)) = incoming.next().await {
+                let admitted = {
+                    let mut counts = per_peer.lock().expect("lock");
+                    let count = counts.entry(peer).or_default();
+                    (*count < SESSIONS_PER_PEER_MAX).then(|| *count += 1)
+                };
+                let permit = admitted.and_then(|()| s_limit.clone().try_acquire_owned().ok());
+                let Some(permit) = permit else {
+                    if admitted.is_some() {
+                        per_peer.lock().expect("lock").entry(peer).and_modify(|c| *c -= 1);
+                    }
+                    s_report(json!({ "event": "refused", "peer": peer.to_string(), "reason": "too many sessions" }));
+                    continue;
+                };
+                let (node, report, per_peer) = (node.clone(), s_report.clone(), per_peer.clone());
+                s_sessions.lock().await.spawn(async move {
+                    let event = match crate::protocols::answer_sync(&node, peer, stream, &mut |_| {}).await {
+                        Ok(outcome) => {
+                            let mut value = outcome.to_json();
+                            value["event"] = json!("synced");
+                            value
+                        }
+                        Err(reason) => json!({ "event": "sync_failed", "peer": peer.to_string(), "reason": reason }),
+                    };
+                    report(event);
+                    per_peer.lock().expect("lock").entry(peer).and_modify(|c| *c -= 1);
+                    drop(permit);
+                });
+            }
+        });
+        let mut enrolments = net.accept(ENROL_PROTOCOL)?;
+        let (e_report, e_limit, e_sessions) = (report, limit, sessions.clone());
+        let enrols = tokio::spawn(async move {
+            while let Some((peer, stream)) = enrolments.next().await {
+                let Ok(permit) = e_limit.clone().try_acquire_owned() else { continue };
+                let (shared, report) = (shared.clone(), e_report.clone());
+                e_sessions.lock().await.spawn(async move {
+                    let event =
+                        match crate::protocols::answer_enrol(&shared.node, &shared.enrol_lock, peer, stream).await {
+                            Ok(_) => json!({ "event": "enrolled", "peer": peer.to_string() }),
+                            Err(reason) => {
+                                json!({ "event": "enrolment_refused", "peer": peer.to_string(), "reason": reason })
+                            }
+                        };
+                    report(event);
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Responders { accepting: vec![syncs, enrols], sessions })
+    }
+
+    /// Stops accepting, lets sessions in flight finish within `grace`, and
+    /// abandons the rest. Returns whether all finished.
+    pub async fn stop(self, grace: Duration) -> bool {
+        for task in self.accepting {
+            task.abort();
+            let _ = task.await;
+        }
+        let mut sessions = self.sessions.lock().await;
+        let finished =
+            tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await.is_ok();
+        sessions.abort_all();
+        while sessions.join_next().await.is_some() {}
+        finished
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
