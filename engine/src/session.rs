@@ -123,6 +123,8 @@ pub struct Summary {
     pub merged: u64,
     pub conflicts: u64,
     pub rejected: u64,
+    /// Changes this node sent that the peer refused.
+    pub rejected_by_peer: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub messages_sent: u64,
@@ -391,7 +393,7 @@ impl Session {
             Message::NeedCredentials => self.on_need_credentials(),
             Message::Heads(heads) => self.on_heads(heads, duplicate, now_ms, env),
             Message::Batch(batch) => self.on_batch(batch, now_ms, env),
-            Message::Ack { seq } => self.on_ack(seq, now_ms, env),
+            Message::Ack { seq, rejected } => self.on_ack(seq, rejected, now_ms, env),
             Message::End { batches } => self.on_end(batches),
             Message::Done => self.on_done(),
             Message::Abort { reason } => Err(SessionError::PeerAborted(reason)),
@@ -691,12 +693,13 @@ impl Session {
         }
     }
 
-    fn on_ack(&mut self, seq: u64, _now_ms: u64, env: &Env<'_>) -> Result<(), SessionError> {
+    fn on_ack(&mut self, seq: u64, rejected: u64, _now_ms: u64, env: &Env<'_>) -> Result<(), SessionError> {
         let Some(out) = &mut self.out else {
             return Err(SessionError::Protocol("Ack for a direction that is not sending".into()));
         };
         match &out.inflight {
             Some((inflight, _, changes, bytes)) if *inflight == seq => {
+                self.summary.rejected_by_peer += rejected;
                 out.changes_done += changes;
                 out.bytes_done += bytes;
                 out.inflight = None;
@@ -729,7 +732,7 @@ impl Session {
         };
         if batch.seq < inc.expected_seq {
             // A resend of what we applied: acknowledge again.
-            let ack = wire::encode_message(&Message::Ack { seq: batch.seq });
+            let ack = wire::encode_message(&Message::Ack { seq: batch.seq, rejected: 0 });
             self.send(ack);
             return Ok(());
         }
@@ -770,7 +773,7 @@ impl Session {
             bytes_done: inc.bytes_done,
             bytes_total: inc.plan.bytes.max(inc.bytes_done),
         });
-        let ack = wire::encode_message(&Message::Ack { seq: batch.seq });
+        let ack = wire::encode_message(&Message::Ack { seq: batch.seq, rejected: applied.rejected });
         inc.last_ack = Some(ack.clone());
         self.send(ack);
         Ok(())

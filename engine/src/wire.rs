@@ -45,8 +45,10 @@ pub enum Message {
     NeedCredentials,
     Heads(Heads),
     Batch(Batch),
+    /// The batch was applied durably; `rejected` of its changes were refused.
     Ack {
         seq: u64,
+        rejected: u64,
     },
     /// The sender of a direction has nothing more: `batches` were sent.
     End {
@@ -234,7 +236,7 @@ enum MessageWire {
     NeedCredentials,
     Heads(Compressed),
     Batch { seq: u64, plan_changes: u64, plan_bytes: u64, body: Compressed },
-    Ack { seq: u64 },
+    Ack { seq: u64, rejected: u64 },
     End { batches: u64 },
     Done,
     Abort { reason: String },
@@ -366,7 +368,7 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             plan_bytes: b.plan.bytes,
             body: compress(&batch_body(b)),
         },
-        Message::Ack { seq } => MessageWire::Ack { seq: *seq },
+        Message::Ack { seq, rejected } => MessageWire::Ack { seq: *seq, rejected: *rejected },
         Message::End { batches } => MessageWire::End { batches: *batches },
         Message::Done => MessageWire::Done,
         Message::Abort { reason } => {
@@ -479,7 +481,7 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
         MessageWire::Batch { seq, plan_changes, plan_bytes, body } => {
             Message::Batch(decode_batch_body(seq, Plan { changes: plan_changes, bytes: plan_bytes }, &body)?)
         }
-        MessageWire::Ack { seq } => Message::Ack { seq },
+        MessageWire::Ack { seq, rejected } => Message::Ack { seq, rejected },
         MessageWire::End { batches } => Message::End { batches },
         MessageWire::Done => Message::Done,
         MessageWire::Abort { reason } => {

@@ -75,7 +75,7 @@ fn samples() -> Vec<Message> {
             }],
         }),
         Message::Batch(sample_batch()),
-        Message::Ack { seq: 3 },
+        Message::Ack { seq: 3, rejected: 1 },
         Message::End { batches: 9 },
         Message::Done,
         Message::Abort { reason: "bad things".into() },

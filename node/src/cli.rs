@@ -632,7 +632,7 @@ fn write_record(out: &mut dyn Write, record: &serde_json::Value) -> std::io::Res
     Ok(())
 }
 
-/// Progress bars when stdout is a terminal; nothing otherwise.
+/// Progress bars when stdout is a terminal; plain lines on stderr otherwise.
 pub struct Progress {
     enabled: bool,
     bars: BTreeMap<String, indicatif::ProgressBar>,
@@ -645,6 +645,7 @@ impl Progress {
 
     pub fn update(&mut self, what: &str, done: u64, total: u64) {
         if !self.enabled {
+            eprintln!("progress: {what} {done}/{}", total.max(done));
             return;
         }
         let bar = self.bars.entry(what.to_owned()).or_insert_with(|| {

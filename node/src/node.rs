@@ -40,8 +40,19 @@ pub struct Node {
     pub opened: Opened,
 }
 
+/// Wall-clock milliseconds since 1970. `FERRY_CLOCK_OFFSET_S` (signed
+/// seconds) shifts this node's clock: for testing certificate expiry, or a
+/// device whose clock is known to be wrong.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    static OFFSET_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET_MS.get_or_init(|| {
+        std::env::var("FERRY_CLOCK_OFFSET_S")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .map_or(0, |s| s.saturating_mul(1000))
+    });
+    real.saturating_add_signed(offset)
 }
 
 pub fn now_s() -> u64 {

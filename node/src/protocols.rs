@@ -40,6 +40,7 @@ impl SyncOutcome {
             "updated": s.updated,
             "conflicts": s.conflicts,
             "rejected": s.rejected,
+            "rejected_by_peer": s.rejected_by_peer,
             "bytes_sent": s.bytes_sent,
             "bytes_received": s.bytes_received,
             "duration_ms": s.duration_ms,

@@ -2,4 +2,5 @@
 //! (`sim`), used by `tests/simulator.rs` and by the long-campaign command
 //! `cargo run -p tests --release --bin sim`.
 
+pub mod cli;
 pub mod sim;

@@ -1,0 +1,160 @@
+//! Running real `ferry` processes from tests: homes, commands with their
+//! JSON output, and serving nodes on 127.0.0.1 stopped with SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The `ferry` binary Cargo built next to this test (built on demand when a
+/// test is run on its own).
+pub fn ferry_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let binary = profile_dir.join("ferry");
+    if !binary.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = profile_dir.ends_with("release");
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "node", "--bin", "ferry"]);
+        if release {
+            build.arg("--release");
+        }
+        assert!(build.status().expect("cargo build").success(), "could not build ferry");
+    }
+    binary
+}
+
+/// A node's home directory.
+pub struct Home {
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+impl Home {
+    /// Creates and initialises a home under `root`.
+    pub fn init(root: &Path, name: &str) -> Home {
+        let home = Home { dir: root.join(name), name: name.to_owned() };
+        home.ok(&["init"]);
+        home
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(ferry_binary());
+        command.arg("--home").arg(&self.dir).args(args).env("RUST_LOG", "warn");
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run ferry")
+    }
+
+    /// Runs with `--json`, expects success, returns the JSON printed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(out.status.success(), "{}: ferry {args:?} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("{}: ferry {args:?} printed no JSON ({e}): {}", self.name, String::from_utf8_lossy(&out.stdout))
+        })
+    }
+
+    /// Runs, expects success.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "{}: ferry {args:?} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs, expects failure, returns the one-line reason.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "{}: ferry {args:?} should have failed", self.name);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let last = stderr.lines().rfind(|l| l.starts_with("ferry:")).unwrap_or_default().to_owned();
+        assert!(!last.is_empty(), "{}: no one-line reason in {stderr:?}", self.name);
+        last
+    }
+
+    pub fn peer_id(&self) -> String {
+        self.json(&["id"])["peer_id"].as_str().expect("peer id").to_owned()
+    }
+
+    /// Starts `ferry serve` on a loopback port, without mDNS.
+    pub fn serve(&self) -> Server {
+        self.serve_with(&[], &[])
+    }
+
+    pub fn serve_with(&self, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args = vec!["--json", "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+        args.extend_from_slice(extra);
+        Server::start(self, self.command(&args), env)
+    }
+
+    /// Writes `ferry.toml`.
+    pub fn configure(&self, toml: &str) {
+        std::fs::write(self.dir.join("ferry.toml"), toml).expect("write ferry.toml");
+    }
+}
+
+/// A running `ferry serve`.
+pub struct Server {
+    child: Child,
+    pub address: String,
+    pub events: mpsc::Receiver<serde_json::Value>,
+    name: String,
+}
+
+impl Server {
+    pub fn start(home: &Home, mut command: Command, env: &[(&str, &str)]) -> Server {
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn ferry serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
+                    && tx.send(value).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let first = events.recv_timeout(Duration::from_secs(30)).expect("ferry serve said nothing within 30 s");
+        assert_eq!(first["event"], "listening", "{first}");
+        let address = first["address"].as_str().expect("address").to_owned();
+        Server { child, address, events, name: home.name.clone() }
+    }
+
+    /// Waits for an event of this kind (other events are skipped).
+    pub fn wait_for(&self, kind: &str) -> serde_json::Value {
+        loop {
+            let event = self
+                .events
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{}: no {kind} event", self.name));
+            if event["event"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("wait for ferry serve");
+        assert!(status.success(), "{}: ferry serve exited with {status}", self.name);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
