@@ -71,6 +71,11 @@ pub type Entry = (Vec<u8>, Vec<u8>);
 pub trait Backend: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
 
+    /// Several point reads at once (one read transaction where that helps).
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        keys.iter().map(|k| self.get(k)).collect()
+    }
+
     /// Visits the entries with `start <= key < end` in key order (to the end
     /// of the key space when `end` is `None`) until `visit` returns false.
     fn scan(

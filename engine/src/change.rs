@@ -150,9 +150,12 @@ impl Change {
         crate::wire::change_signing_bytes(self)
     }
 
-    pub fn sign(&mut self, key: &SigningKey) {
+    /// Signs the change; returns the length of its signing bytes.
+    pub fn sign(&mut self, key: &SigningKey) -> usize {
         debug_assert_eq!(key.verifying_key().to_bytes(), self.author_key.0);
-        self.signature = key.sign(&self.signing_bytes()).to_bytes();
+        let bytes = self.signing_bytes();
+        self.signature = key.sign(&bytes).to_bytes();
+        bytes.len()
     }
 
     /// Verifies the signature alone (strictly: no small-order keys, no

@@ -189,23 +189,57 @@ impl RecordState {
         count
     }
 
-    /// The record as it should be shown, under `policy`.
-    pub fn view(&self, policy: &TypePolicy) -> View {
-        let mut conflicts = Vec::new();
-        // Existence.
-        let current: Vec<&Change> = self.changes.iter().filter(|c| !self.known.exists.covers(c.dot())).collect();
-        let any_put = current.iter().any(|c| !c.is_delete());
-        let any_delete = current.iter().any(|c| c.is_delete());
-        let exists = match (any_put, any_delete) {
+    /// The changes current on the existence register.
+    fn existence_writers(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| !self.known.exists.covers(c.dot()))
+    }
+
+    /// Whether the record is shown (not deleted), under `policy`.
+    pub fn exists(&self, policy: &TypePolicy) -> bool {
+        let any_put = self.existence_writers().any(|c| !c.is_delete());
+        let any_delete = self.existence_writers().any(Change::is_delete);
+        match (any_put, any_delete) {
             (true, true) => policy.delete == DeletePolicy::UpdateWins,
             (true, false) => true,
             (false, true) => false,
             // Only possible with contradictory `seen` vectors: fall back on
             // whether any retained change is a put, the same on every node.
             (false, false) => self.changes.iter().any(|c| !c.is_delete()),
-        };
+        }
+    }
+
+    /// Whether any register holds two current values that differ (a
+    /// conflict, whatever the policy makes of it).
+    pub fn has_conflicts(&self) -> bool {
+        if self.existence_writers().any(|c| !c.is_delete()) && self.existence_writers().any(Change::is_delete) {
+            return true;
+        }
+        if self.changes.len() < 2 {
+            return false;
+        }
+        let mut names: Vec<&str> = self.changes.iter().flat_map(Change::field_names).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.into_iter().any(|name| {
+            let known = self.known.field(name);
+            let mut values = self
+                .changes
+                .iter()
+                .filter(|c| c.writes_field(name) && !known.covers(c.dot()))
+                .map(|c| c.field(name).flatten());
+            let first = values.next();
+            values.any(|v| Some(v) != first)
+        })
+    }
+
+    /// The record as it should be shown, under `policy`.
+    pub fn view(&self, policy: &TypePolicy) -> View {
+        let mut conflicts = Vec::new();
+        let exists = self.exists(policy);
+        let any_put = self.existence_writers().any(|c| !c.is_delete());
+        let any_delete = self.existence_writers().any(Change::is_delete);
         if any_put && any_delete {
-            for c in current.iter().filter(|c| c.is_delete() == exists) {
+            for c in self.existence_writers().filter(|c| c.is_delete() == exists) {
                 conflicts.push(Conflict { field: None, value: None, dot: c.dot(), hlc: c.hlc }.with_put(c));
             }
         }

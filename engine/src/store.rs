@@ -113,18 +113,18 @@ pub struct LocalAuthor {
 }
 
 /// Signs freshly made changes; drivers with threads sign in parallel.
+/// Returns the length of each change's signing bytes (the stored size the
+/// change index records).
 pub trait Signer: Sync {
-    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]);
+    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) -> Vec<usize>;
 }
 
 /// Signs on the calling thread.
 pub struct SerialSigner;
 
 impl Signer for SerialSigner {
-    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) {
-        for change in changes {
-            change.sign(key);
-        }
+    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) -> Vec<usize> {
+        changes.iter_mut().map(|change| change.sign(key)).collect()
     }
 }
 
@@ -303,6 +303,21 @@ impl Store {
         wire::decode_record(key, &bytes).map(Some).map_err(|e| corrupt(&format!("record {key:?}: {e}")))
     }
 
+    /// The stored states of several records, read together.
+    pub fn records(&self, keys: &[&RecordKey]) -> Result<Vec<Option<RecordState>>, StoreError> {
+        let raw: Vec<Vec<u8>> = keys.iter().map(|k| keys::record(&k.partition, &k.record_type, &k.id)).collect();
+        let values = self.backend.get_many(&raw)?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, value)| match value {
+                None => Ok(None),
+                Some(bytes) => {
+                    wire::decode_record(key, &bytes).map(Some).map_err(|e| corrupt(&format!("record {key:?}: {e}")))
+                }
+            })
+            .collect()
+    }
+
     /// The record as applications see it, under its org's policies.
     pub fn view(&self, key: &RecordKey) -> Result<Option<View>, StoreError> {
         let Some(state) = self.record(key)? else {
@@ -442,24 +457,47 @@ impl Store {
         auth: &dyn Authorizer,
         signer: &dyn Signer,
     ) -> Result<Vec<Result<Written, WriteRejection>>, StoreError> {
+        self.write_with(author, writes, now_ms, auth, signer, true)
+    }
+
+    /// Like `write`; without `views` the results carry empty views (bulk
+    /// imports do not need them).
+    pub fn write_with(
+        &self,
+        author: &LocalAuthor,
+        writes: &[LocalWrite],
+        now_ms: u64,
+        auth: &dyn Authorizer,
+        signer: &dyn Signer,
+        views: bool,
+    ) -> Result<Vec<Result<Written, WriteRejection>>, StoreError> {
         let author_key = AuthorKey(author.key.verifying_key().to_bytes());
         let mut local = self.lock();
         let mut results: Vec<Option<Result<Written, WriteRejection>>> = vec![None; writes.len()];
-        // Record states as this call changes them: (state, existed before).
+        // Record states as this call changes them: (state, existed before),
+        // and the dots each retained when loaded.
         let mut states: BTreeMap<RecordKey, (RecordState, bool)> = BTreeMap::new();
+        let mut loaded: BTreeMap<RecordKey, Vec<Dot>> = BTreeMap::new();
         let mut changes: Vec<Change> = Vec::new();
         let mut counter = local.counter;
         let mut clock = local.clock;
+        let mut unique: Vec<&RecordKey> = writes.iter().map(|w| &w.record).collect();
+        unique.sort();
+        unique.dedup();
+        let mut prefetched: BTreeMap<RecordKey, Option<RecordState>> =
+            unique.iter().map(|k| (*k).clone()).zip(self.records(&unique)?).collect();
         for (i, write) in writes.iter().enumerate() {
             let key = &write.record;
             if !states.contains_key(key) {
-                let state = self.record(key)?;
+                let state = prefetched.remove(key).flatten();
                 let existed = state.is_some();
-                states.insert(key.clone(), (state.unwrap_or_default(), existed));
+                let state = state.unwrap_or_default();
+                loaded.insert(key.clone(), state.changes.iter().map(Change::dot).collect());
+                states.insert(key.clone(), (state, existed));
             }
             let (state, _) = states.get_mut(key).expect("inserted above");
             let held = !state.changes.is_empty();
-            let exists_now = held && state.view(&TypePolicy::default()).exists;
+            let exists_now = held && state.exists(&TypePolicy::default());
             let op = match local_op(&write.op, held, exists_now) {
                 Ok(op) => op,
                 Err(rejection) => {
@@ -497,17 +535,19 @@ impl Store {
             results[i] = Some(Ok(Written { dot: change.dot(), view: View::default() }));
             changes.push(change);
         }
-        signer.sign_all(&author.key, &mut changes);
+        let lengths = signer.sign_all(&author.key, &mut changes);
 
         let mut pending = Pending::default();
         let mut retained: BTreeSet<Dot> = BTreeSet::new();
+        let signatures: BTreeMap<Dot, [u8; 64]> = changes.iter().map(|c| (c.dot(), c.signature)).collect();
+        let changed: BTreeSet<&RecordKey> = changes.iter().map(|c| &c.record).collect();
         for (key, (state, existed)) in states.iter_mut() {
-            if !changes.iter().any(|c| &c.record == key) {
+            if !changed.contains(key) {
                 continue;
             }
             for held in state.changes.iter_mut() {
-                if let Some(signed) = changes.iter().find(|c| c.dot() == held.dot()) {
-                    held.signature = signed.signature;
+                if let Some(signature) = signatures.get(&held.dot()) {
+                    held.signature = *signature;
                     retained.insert(held.dot());
                 }
             }
@@ -519,17 +559,18 @@ impl Store {
                 self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
             }
         }
-        for change in &changes {
-            let key = &change.record;
+        for (change, length) in changes.iter().zip(lengths) {
             // A change superseded by a later one of this same call is not
             // indexed; the ones it superseded before are dropped.
             if retained.contains(&change.dot()) {
-                pending.index_change(change, change.signing_bytes().len());
+                pending.index_change(change, length);
             }
-            let _ = key;
         }
-        for (key, dots) in self.dropped_since_load(&states, &changes)? {
-            pending.drop_changes(&key, &dots);
+        for (key, dots) in &loaded {
+            let (state, _) = &states[key];
+            let dropped: Vec<Dot> =
+                dots.iter().copied().filter(|d| state.changes.binary_search_by_key(d, Change::dot).is_err()).collect();
+            pending.drop_changes(key, &dropped);
         }
         pending.put(keys::meta("counter"), counter.to_be_bytes().to_vec());
         pending.put(keys::meta("hlc"), clock.last().0.to_be_bytes().to_vec());
@@ -539,40 +580,15 @@ impl Store {
         local.clock = clock;
         drop(local);
         for (slot, write) in results.iter_mut().zip(writes) {
+            if !views {
+                break;
+            }
             if let Some(Ok(written)) = slot {
                 let (state, _) = &states[&write.record];
                 written.view = state.view(&self.policy(&write.record.partition, &write.record.record_type)?);
             }
         }
         Ok(results.into_iter().map(|r| r.expect("every write has a result")).collect())
-    }
-
-    /// The dots stored in the index before this call that the new states no
-    /// longer retain.
-    fn dropped_since_load(
-        &self,
-        states: &BTreeMap<RecordKey, (RecordState, bool)>,
-        changes: &[Change],
-    ) -> Result<Vec<(RecordKey, Vec<Dot>)>, StoreError> {
-        let mut out = Vec::new();
-        for (key, (state, existed)) in states {
-            if !*existed || !changes.iter().any(|c| &c.record == key) {
-                continue;
-            }
-            let Some(before) = self.record(key)? else {
-                continue;
-            };
-            let dots: Vec<Dot> = before
-                .changes
-                .iter()
-                .map(Change::dot)
-                .filter(|d| state.changes.binary_search_by_key(d, Change::dot).is_err())
-                .collect();
-            if !dots.is_empty() {
-                out.push((key.clone(), dots));
-            }
-        }
-        Ok(out)
     }
 
     // -----------------------------------------------------------------------
@@ -718,14 +734,22 @@ impl Store {
             return Err(e);
         }
         let last = if complete { upto } else { found.last().map_or(after, |f| f.0) };
-        for (counter, id, _) in found {
-            let key = RecordKey { partition: partition.clone(), record_type: record_type.clone(), id };
+        let keys: Vec<RecordKey> = found
+            .iter()
+            .map(|(_, id, _)| RecordKey {
+                partition: partition.clone(),
+                record_type: record_type.clone(),
+                id: id.clone(),
+            })
+            .collect();
+        let states = self.records(&keys.iter().collect::<Vec<_>>())?;
+        for ((counter, _, _), state) in found.into_iter().zip(states) {
             // A change may have been superseded since the index was read;
             // then it is obsolete and is simply not sent.
-            if let Some(state) = self.record(&key)?
-                && let Some(change) = state.changes.iter().find(|c| c.author == *instance && c.counter == counter)
+            if let Some(mut state) = state
+                && let Some(at) = state.changes.iter().position(|c| c.author == *instance && c.counter == counter)
             {
-                out.push(change.clone());
+                out.push(state.changes.swap_remove(at));
             }
         }
         Ok(ScanEnd { last, complete, bytes })
@@ -860,6 +884,12 @@ impl Store {
         let valid = verifier.verify_all(&items);
         drop(items);
 
+        let mut unique: Vec<&RecordKey> =
+            candidates.iter().zip(&valid).filter(|(_, ok)| **ok).map(|(c, _)| &c.change.record).collect();
+        unique.sort();
+        unique.dedup();
+        let mut prefetched: BTreeMap<RecordKey, Option<RecordState>> =
+            unique.iter().map(|k| (*k).clone()).zip(self.records(&unique)?).collect();
         let mut states: BTreeMap<RecordKey, (RecordState, bool, bool)> = BTreeMap::new();
         for (candidate, ok) in candidates.into_iter().zip(valid) {
             let change = candidate.change;
@@ -875,7 +905,7 @@ impl Store {
             }
             let key = change.record.clone();
             if !states.contains_key(&key) {
-                let state = self.record(&key)?;
+                let state = prefetched.remove(&key).flatten();
                 let existed = state.is_some();
                 states.insert(key.clone(), (state.unwrap_or_default(), existed, false));
             }
@@ -884,7 +914,8 @@ impl Store {
             clock.observe(change.hlc, now_ms);
             local.clock = clock;
             let encoded_len = candidate.message.len();
-            match state.apply(change.clone()) {
+            let index = IndexEntry::of(&change, encoded_len);
+            match state.apply(change) {
                 Ok((outcome, dropped)) => {
                     match outcome {
                         Outcome::Skipped => applied.skipped += 1,
@@ -895,7 +926,7 @@ impl Store {
                         }
                     }
                     if outcome != Outcome::Skipped {
-                        pending.index_change(&change, encoded_len);
+                        pending.index(index);
                     }
                     pending.drop_changes(&key, &dropped);
                     *touched = true;
@@ -1089,20 +1120,21 @@ impl Pending {
             k.extend_from_slice(&record_key[1..]);
             k
         };
-        if state.view(&TypePolicy::default()).conflicts.is_empty() {
-            self.delete(conflict_key);
-        } else {
+        if state.has_conflicts() {
             self.put(conflict_key, Vec::new());
+        } else {
+            self.delete(conflict_key);
         }
         self.put(record_key, wire::encode_record(state));
     }
 
     fn index_change(&mut self, change: &Change, encoded_len: usize) {
-        self.touched.insert((change.record.partition.clone(), change.record.record_type.clone(), change.author));
-        let key = keys::change(&change.record.partition, &change.record.record_type, &change.author, change.counter);
-        let mut value = (encoded_len as u32).to_be_bytes().to_vec();
-        value.extend_from_slice(change.record.id.as_str().as_bytes());
-        self.put(key, value);
+        self.index(IndexEntry::of(change, encoded_len));
+    }
+
+    fn index(&mut self, entry: IndexEntry) {
+        self.touched.insert(entry.triple);
+        self.put(entry.key, entry.value);
     }
 
     fn drop_changes(&mut self, key: &RecordKey, dropped: &[Dot]) {
@@ -1126,6 +1158,26 @@ impl Pending {
 
     fn into_writes(self) -> Vec<WriteOp> {
         self.writes.into_iter().collect()
+    }
+}
+
+/// A change-index entry, prepared before the change is handed to merge.
+struct IndexEntry {
+    triple: Triple,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl IndexEntry {
+    fn of(change: &Change, encoded_len: usize) -> IndexEntry {
+        let key = keys::change(&change.record.partition, &change.record.record_type, &change.author, change.counter);
+        let mut value = (encoded_len as u32).to_be_bytes().to_vec();
+        value.extend_from_slice(change.record.id.as_str().as_bytes());
+        IndexEntry {
+            triple: (change.record.partition.clone(), change.record.record_type.clone(), change.author),
+            key,
+            value,
+        }
     }
 }
 

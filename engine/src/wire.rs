@@ -278,6 +278,33 @@ struct GroupWire {
     changes: Vec<GroupChangeWire>,
 }
 
+#[derive(Serialize)]
+struct BatchBodySer<'a> {
+    groups: Vec<GroupWireSer<'a>>,
+    chains: Vec<ByteBufRef<'a>>,
+}
+
+#[derive(Serialize)]
+struct GroupWireSer<'a> {
+    partition: &'a Partition,
+    record_type: &'a RecordType,
+    author: Bytes16,
+    author_key: Bytes32,
+    after: u64,
+    changes: Vec<GroupChangeSer<'a>>,
+}
+
+#[derive(Serialize)]
+struct GroupChangeSer<'a> {
+    id: &'a RecordId,
+    counter: u64,
+    hlc: u64,
+    authority: &'a Option<String>,
+    seen: &'a VersionVector,
+    op: OpSer<'a>,
+    signature: Bytes64,
+}
+
 #[derive(Serialize, Deserialize)]
 struct GroupChangeWire {
     id: RecordId,
@@ -301,7 +328,51 @@ enum FieldWire {
     Set(Value),
 }
 
+/// Serialises an `Op` exactly as `OpWire` does, without copying its values
+/// (encoding is on the hot path of every write and every sync).
+struct OpSer<'a>(&'a Op);
+
+struct FieldsSer<'a>(&'a BTreeMap<String, Option<Value>>);
+
+struct FieldSer<'a>(&'a Option<Value>);
+
+impl Serialize for OpSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStructVariant;
+        match self.0 {
+            Op::Put { replace, fields } => {
+                let mut v = s.serialize_struct_variant("OpWire", 0, "Put", 2)?;
+                v.serialize_field("replace", replace)?;
+                v.serialize_field("fields", &FieldsSer(fields))?;
+                v.end()
+            }
+            Op::Delete => s.serialize_unit_variant("OpWire", 1, "Delete"),
+        }
+    }
+}
+
+impl Serialize for FieldsSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, &FieldSer(v))?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for FieldSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            None => s.serialize_unit_variant("FieldWire", 0, "Unset"),
+            Some(v) => s.serialize_newtype_variant("FieldWire", 1, "Set", v),
+        }
+    }
+}
+
 impl OpWire {
+    #[cfg(test)]
     fn from_op(op: &Op) -> OpWire {
         match op {
             Op::Put { replace, fields } => OpWire::Put {
@@ -406,33 +477,33 @@ pub fn batch_frame_from_body(seq: u64, body: &[u8]) -> Vec<u8> {
     batch_frame_from_parts(seq, body.len() as u64, &data)
 }
 
-fn batch_body(b: &Batch) -> BatchBody {
-    BatchBody {
+fn batch_body(b: &Batch) -> BatchBodySer<'_> {
+    BatchBodySer {
         groups: b
             .groups
             .iter()
-            .map(|g| GroupWire {
-                partition: g.partition.clone(),
-                record_type: g.record_type.clone(),
+            .map(|g| GroupWireSer {
+                partition: &g.partition,
+                record_type: &g.record_type,
                 author: Bytes16(g.author.0),
                 author_key: Bytes32(g.author_key.0),
                 after: g.after,
                 changes: g
                     .changes
                     .iter()
-                    .map(|c| GroupChangeWire {
-                        id: c.id.clone(),
+                    .map(|c| GroupChangeSer {
+                        id: &c.id,
                         counter: c.counter,
                         hlc: c.hlc.0,
-                        authority: c.authority.clone(),
-                        seen: c.seen.clone(),
-                        op: OpWire::from_op(&c.op),
+                        authority: &c.authority,
+                        seen: &c.seen,
+                        op: OpSer(&c.op),
                         signature: Bytes64(c.signature),
                     })
                     .collect(),
             })
             .collect(),
-        chains: b.chains.iter().map(|c| ByteBuf(c.clone())).collect(),
+        chains: b.chains.iter().map(|c| ByteBufRef(c)).collect(),
     }
 }
 
@@ -591,6 +662,33 @@ fn cbor_decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeEr
     serde_cbor::from_slice(bytes).map_err(|e| DecodeError::Cbor(e.to_string()))
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_op_encoding_is_the_derived_encoding() {
+        let ops = [
+            Op::Delete,
+            Op::Put { replace: true, fields: BTreeMap::new() },
+            Op::Put {
+                replace: false,
+                fields: BTreeMap::from([
+                    ("a".to_owned(), None),
+                    ("b".to_owned(), Some(Value::Int(-3))),
+                    ("c".to_owned(), Some(Value::Map(BTreeMap::from([("x".to_owned(), Value::Float(0.5))])))),
+                ]),
+            },
+        ];
+        for op in ops {
+            let borrowed = serde_cbor::ser::to_vec_packed(&OpSer(&op)).unwrap();
+            let derived = serde_cbor::ser::to_vec_packed(&OpWire::from_op(&op)).unwrap();
+            assert_eq!(borrowed, derived);
+            assert_eq!(cbor_decode::<OpWire>(&borrowed).unwrap().into_op(), op);
+        }
+    }
+}
+
 fn truncate_utf8(text: &mut String, max: usize) {
     if text.len() > max {
         let mut end = max;
@@ -616,7 +714,7 @@ struct SignedChange<'a> {
     hlc: u64,
     authority: &'a Option<String>,
     seen: &'a VersionVector,
-    op: OpWire,
+    op: OpSer<'a>,
 }
 
 /// The canonical bytes of a change without its signature.
@@ -632,7 +730,7 @@ pub fn change_signing_bytes(c: &Change) -> Vec<u8> {
         hlc: c.hlc.0,
         authority: &c.authority,
         seen: &c.seen,
-        op: OpWire::from_op(&c.op),
+        op: OpSer(&c.op),
     };
     serde_cbor::ser::to_vec_packed(&signed).expect("writing CBOR to a Vec cannot fail")
 }
@@ -649,6 +747,27 @@ struct StoredRecord {
     changes: Vec<StoredChange>,
 }
 
+#[derive(Serialize)]
+struct StoredRecordSer<'a> {
+    vv: &'a VersionVector,
+    known_exists: &'a VersionVector,
+    known_all: &'a VersionVector,
+    known_fields: &'a BTreeMap<String, VersionVector>,
+    changes: Vec<StoredChangeSer<'a>>,
+}
+
+#[derive(Serialize)]
+struct StoredChangeSer<'a> {
+    author: Bytes16,
+    author_key: Bytes32,
+    counter: u64,
+    hlc: u64,
+    authority: &'a Option<String>,
+    seen: &'a VersionVector,
+    op: OpSer<'a>,
+    signature: Bytes64,
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredChange {
     author: Bytes16,
@@ -663,22 +782,22 @@ struct StoredChange {
 
 /// Encodes a record's state for the store (the key holds partition, type, id).
 pub fn encode_record(state: &RecordState) -> Vec<u8> {
-    let stored = StoredRecord {
-        vv: state.vv.clone(),
-        known_exists: state.known.exists.clone(),
-        known_all: state.known.all_fields.clone(),
-        known_fields: state.known.fields.clone(),
+    let stored = StoredRecordSer {
+        vv: &state.vv,
+        known_exists: &state.known.exists,
+        known_all: &state.known.all_fields,
+        known_fields: &state.known.fields,
         changes: state
             .changes
             .iter()
-            .map(|c| StoredChange {
+            .map(|c| StoredChangeSer {
                 author: Bytes16(c.author.0),
                 author_key: Bytes32(c.author_key.0),
                 counter: c.counter,
                 hlc: c.hlc.0,
-                authority: c.authority.clone(),
-                seen: c.seen.clone(),
-                op: OpWire::from_op(&c.op),
+                authority: &c.authority,
+                seen: &c.seen,
+                op: OpSer(&c.op),
                 signature: Bytes64(c.signature),
             })
             .collect(),
@@ -755,6 +874,15 @@ macro_rules! fixed_bytes {
 fixed_bytes!(Bytes16, 16);
 fixed_bytes!(Bytes32, 32);
 fixed_bytes!(Bytes64, 64);
+
+/// Serialises borrowed bytes as a CBOR byte string.
+struct ByteBufRef<'a>(&'a [u8]);
+
+impl Serialize for ByteBufRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct ByteBuf(pub Vec<u8>);

@@ -492,7 +492,8 @@ impl Node {
             if batch.is_empty() {
                 return Ok(());
             }
-            let results = self.store.write(&author, batch, now_ms(), self.auth.as_ref(), &ParallelSigner)?;
+            let results =
+                self.store.write_with(&author, batch, now_ms(), self.auth.as_ref(), &ParallelSigner, false)?;
             for (write, result) in batch.iter().zip(results) {
                 match result {
                     Ok(_) => *written += 1,

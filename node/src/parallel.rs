@@ -32,17 +32,18 @@ impl Verifier for ParallelVerifier {
 pub struct ParallelSigner;
 
 impl Signer for ParallelSigner {
-    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) {
+    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) -> Vec<usize> {
         let threads = threads();
         if changes.len() < PARALLEL_MIN || threads == 1 {
-            changes.iter_mut().for_each(|c| c.sign(key));
-            return;
+            return changes.iter_mut().map(|c| c.sign(key)).collect();
         }
         let chunk = changes.len().div_ceil(threads);
         std::thread::scope(|scope| {
-            for part in changes.chunks_mut(chunk) {
-                scope.spawn(move || part.iter_mut().for_each(|c| c.sign(key)));
-            }
-        });
+            let handles: Vec<_> = changes
+                .chunks_mut(chunk)
+                .map(|part| scope.spawn(move || part.iter_mut().map(|c| c.sign(key)).collect::<Vec<_>>()))
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().expect("signing does not panic")).collect()
+        })
     }
 }

@@ -194,7 +194,13 @@ pub(crate) fn is_segment_char(c: char) -> bool {
 
 impl Ord for Partition {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.org.cmp(&other.org).then_with(|| self.segments().cmp(other.segments()))
+        // Segment by segment is byte order with the separator ranked below
+        // every segment character (as the key form's 0x00 terminator is).
+        let rank = |b: u8| if b == b':' { 0 } else { b };
+        self.org.cmp(&other.org).then_with(|| {
+            let (a, b) = (&self.text.as_bytes()[ORG_ID_TEXT_LEN..], &other.text.as_bytes()[ORG_ID_TEXT_LEN..]);
+            a.iter().map(|&x| rank(x)).cmp(b.iter().map(|&x| rank(x)))
+        })
     }
 }
 

@@ -43,6 +43,12 @@ impl Backend for RedbBackend {
         Ok(table.get(key).map_err(err)?.map(|v| v.value().to_vec()))
     }
 
+    fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let table = tx.open_table(TABLE).map_err(err)?;
+        keys.iter().map(|k| Ok(table.get(k.as_slice()).map_err(err)?.map(|v| v.value().to_vec()))).collect()
+    }
+
     fn scan(
         &self,
         start: &[u8],

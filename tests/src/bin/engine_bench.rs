@@ -1,6 +1,7 @@
 //! In-process benchmark of the engine alone: two stores on disk, one session,
 //! no network, durable writes and signature checks on, the Morango-shaped
-//! workload of SPEC §5.
+//! workload of SPEC §5. Signing and verification use both cores, as `ferry`
+//! does.
 //!
 //! `cargo run -p tests --release --bin engine_bench -- [--records N] [--backend redb|sled]`
 
@@ -10,9 +11,10 @@ use ed25519_dalek::SigningKey;
 use engine::backend::BackendKind;
 use engine::workload::{self, RECORD_TYPE};
 use engine::{
-    AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordKey, SerialSigner, SerialVerifier,
-    Session, SessionConfig, StaticAuthorizer, Store, Summary,
+    AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordKey, Session, SessionConfig,
+    StaticAuthorizer, Store, Summary,
 };
+use node::parallel::{ParallelSigner, ParallelVerifier};
 use partitions::{Filter, OrgId, Partition, RecordType, Scope};
 
 const SEED: u64 = 7;
@@ -72,7 +74,7 @@ fn run(kind: BackendKind, records: u64) {
                 op: LocalOp::Put { set: workload::result_fields(SEED, s, 0), unset: Default::default() },
             })
             .collect();
-        stores[0].write(&author, &writes, now(), &auth, &SerialSigner).expect("write");
+        stores[0].write_with(&author, &writes, now(), &auth, &ParallelSigner, false).expect("write");
         seq = end;
     }
     let write_rate = records as f64 / started.elapsed().as_secs_f64();
@@ -99,7 +101,7 @@ fn run(kind: BackendKind, records: u64) {
             }
         })
         .collect();
-    stores[0].write(&author, &writes, now(), &auth, &SerialSigner).expect("edit");
+    stores[0].write_with(&author, &writes, now(), &auth, &ParallelSigner, false).expect("edit");
     let started = Instant::now();
     let incremental = sync(&stores, &keys, &auth, org);
     let inc_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -127,8 +129,8 @@ fn sync(stores: &[Store], keys: &[SigningKey], auth: &StaticAuthorizer, org: Org
     let mut puller = Session::initiate(config, now());
     let config = SessionConfig::new([9; 16], key(1), key(0).0.to_vec(), Scope::full(org));
     let mut server = Session::accept(config, now());
-    let env_p = Env { store: &stores[1], auth, verifier: &SerialVerifier };
-    let env_s = Env { store: &stores[0], auth, verifier: &SerialVerifier };
+    let env_p = Env { store: &stores[1], auth, verifier: &ParallelVerifier };
+    let env_s = Env { store: &stores[0], auth, verifier: &ParallelVerifier };
     loop {
         while let Some(frame) = puller.poll_transmit() {
             server.handle_message(now(), &frame, &env_s);
