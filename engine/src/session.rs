@@ -755,7 +755,8 @@ impl Session {
         inc.changes_done += count;
         // Sizes are announced uncompressed; count this side the same way.
         let _ = frame_len;
-        inc.bytes_done = (inc.plan.bytes * inc.changes_done.min(inc.plan.changes)).checked_div(inc.plan.changes).unwrap_or(0);
+        inc.bytes_done =
+            (inc.plan.bytes * inc.changes_done.min(inc.plan.changes)).checked_div(inc.plan.changes).unwrap_or(0);
         let s = &mut self.summary;
         s.received += applied.received;
         s.skipped += applied.skipped;

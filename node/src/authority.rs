@@ -42,6 +42,8 @@ pub struct Known {
 
 #[derive(Default)]
 struct Inner {
+    /// Orgs of every chain seen: where to look for revocations.
+    orgs: std::collections::BTreeSet<OrgId>,
     chains: BTreeMap<[u8; 32], Arc<Known>>,
     by_author: BTreeMap<AuthorKey, Vec<[u8; 32]>>,
     loaded: std::collections::BTreeSet<AuthorKey>,
@@ -101,28 +103,37 @@ impl CertAuthorizer {
             certs: chain.certs().iter().map(|c| (c.id(), *c.subject_key())).collect(),
         });
         let mut inner = self.lock();
+        let new_org = inner.orgs.insert(known.org);
         inner.chains.insert(hash, known.clone());
         let list = inner.by_author.entry(known.leaf).or_default();
         if !list.contains(&hash) {
             list.push(hash);
         }
+        drop(inner);
+        if new_org {
+            self.refresh_revocations();
+        }
         Ok(known)
     }
 
-    /// Reloads the revocation statements held in the store (they are
-    /// records of type `ferry.revocation` in each org's system partition).
+    /// Reloads the revocation statements held in the store: records of type
+    /// `ferry.revocation` in the system partition of each org seen (a prefix
+    /// scan of those partitions, whatever the store's size).
     pub fn refresh_revocations(&self) {
         let mut by_org: BTreeMap<OrgId, Revocations> = BTreeMap::new();
         let record_type = RecordType::parse(REVOCATION_TYPE).expect("valid type");
-        let _ = self.store.list(None, Some(&record_type), &mut |r| {
-            if r.view.exists
-                && let Some(engine::Value::Bytes(bytes)) = r.view.fields.get("statement")
-                && let Ok(revocation) = Revocation::from_bytes(bytes)
-            {
-                by_org.entry(r.key.partition.org()).or_default().insert(revocation);
-            }
-            true
-        });
+        let orgs = self.lock().orgs.clone();
+        for org in orgs {
+            let _ = self.store.list(Some(&system_partition(org)), Some(&record_type), &mut |r| {
+                if r.view.exists
+                    && let Some(engine::Value::Bytes(bytes)) = r.view.fields.get("statement")
+                    && let Ok(revocation) = Revocation::from_bytes(bytes)
+                {
+                    by_org.entry(r.key.partition.org()).or_default().insert(revocation);
+                }
+                true
+            });
+        }
         let mut inner = self.lock();
         inner.revocations = by_org;
         inner.revoked_from.clear();

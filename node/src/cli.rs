@@ -162,6 +162,8 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// The benchmark of SPEC §5: real nodes over loopback libp2p.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -290,7 +292,7 @@ fn parse_assignments(items: &[String]) -> anyhow::Result<BTreeMap<String, serde_
 /// run on their own: init, serve, demo, bench).
 fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
     Ok(Some(match command {
-        Command::Init { .. } | Command::Serve { .. } | Command::Demo { .. } => return Ok(None),
+        Command::Init { .. } | Command::Serve { .. } | Command::Demo { .. } | Command::Bench(_) => return Ok(None),
         Command::Id => Op::Id,
         Command::Org(OrgCommand::Create { name, authority }) => {
             Op::OrgCreate { name: name.clone(), authority: authority.clone() }
@@ -418,6 +420,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             return crate::serve::serve(home, listen.clone(), *no_mdns, crate::serve::Printer::new(cli.json)).await;
         }
         Command::Demo { keep } => return crate::demo::run(*keep).await,
+        Command::Bench(args) => return crate::bench::run(args, cli.json).await,
         _ => {}
     }
     home.require_initialized()?;

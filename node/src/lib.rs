@@ -6,6 +6,7 @@
 //! moves batches through files (`bundle.rs`).
 
 pub mod authority;
+pub mod bench;
 pub mod bundle;
 pub mod cli;
 pub mod config;

@@ -29,7 +29,7 @@ const ORG_YEARS: u64 = 30;
 /// Certificates are valid from a minute ago, for clocks slightly behind.
 const CLOCK_SKEW_S: u64 = 60;
 /// Records written per store commit in a bulk import.
-const IMPORT_CHUNK: usize = 1000;
+const IMPORT_CHUNK: usize = 2000;
 
 pub struct Node {
     pub home: Home,

@@ -16,6 +16,8 @@ use crate::net::{self, ENROL_PROTOCOL, Net, SYNC_PROTOCOL};
 use crate::node::{Node, now_ms};
 use crate::parallel::ParallelVerifier;
 
+/// Streams opened for one sync before giving up on an unanswered peer.
+const STREAM_ATTEMPTS: u64 = 4;
 /// How long to wait for a peer's first message.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes of an enrolment request and answer.
@@ -44,6 +46,7 @@ impl SyncOutcome {
             "bytes_sent": s.bytes_sent,
             "bytes_received": s.bytes_received,
             "duration_ms": s.duration_ms,
+            "round_trips": s.messages_received,
             "noop": s.noop,
             "rejections": s.rejections,
         })
@@ -120,18 +123,32 @@ pub async fn sync(
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> anyhow::Result<SyncOutcome> {
     let peer = net.connect(target).await?;
-    let mut stream = net.open(peer, SYNC_PROTOCOL).await?;
     let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
-    let mut config = node.session_config(org, peer_key, crate::random::bytes())?;
-    if let Some(filter) = filter {
-        config.filter = filter;
-    }
-    config.pull = pull;
-    config.push = push;
     node.auth.refresh_revocations();
-    let mut session = Session::initiate(config, now_ms());
-    let result = drive(&mut stream, &mut session, node, on_event).await;
-    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    // A busy peer may drop a new stream before its accept loop takes it
+    // (libp2p-stream hands over one stream at a time). Nothing was said on
+    // such a stream, so opening another is safe; after the first answer,
+    // failures are final.
+    let mut attempt = 0;
+    let (session, result) = loop {
+        attempt += 1;
+        let mut stream = net.open(peer, SYNC_PROTOCOL).await?;
+        let mut config = node.session_config(org, peer_key, crate::random::bytes())?;
+        if let Some(filter) = &filter {
+            config.filter = filter.clone();
+        }
+        config.pull = pull;
+        config.push = push;
+        let mut session = Session::initiate(config, now_ms());
+        let result = drive(&mut stream, &mut session, node, on_event).await;
+        let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        let unanswered = result.is_err() && session.summary().messages_received == 0;
+        if unanswered && attempt < STREAM_ATTEMPTS {
+            tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+            continue;
+        }
+        break (session, result);
+    };
     let summary = result.map_err(|e| anyhow!("sync with {peer} failed: {e}"))?;
     node.note_peer_has_credentials(org, &peer_key)?;
     remember_frontier(node, org, &session, &peer_key);

@@ -72,9 +72,6 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (net_tx, mut net_rx) = mpsc::channel(256);
     let net = Arc::new(Net::start(&node.identity, &addresses, node.config.mdns && !no_mdns, Some(net_tx)).await?);
-    for address in net.dialable() {
-        printer.event(json!({ "event": "listening", "address": address }));
-    }
     let (events, _) = broadcast::channel(256);
     let shared = Arc::new(Shared {
         node: node.clone(),
@@ -83,6 +80,11 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
         events: events.clone(),
     });
     let control_task = control::serve(&home.control_socket(), shared.clone()).await?;
+    // Announced once the local API answers, so whoever waits for this line
+    // can use both.
+    for address in net.dialable() {
+        printer.event(json!({ "event": "listening", "address": address }));
+    }
 
     // Network events: print them.
     let p = printer.clone();

@@ -1,0 +1,497 @@
+//! `ferry bench`: the numbers of SPEC §5, measured with real nodes.
+//!
+//! Every node is a separate `ferry serve` process with its own home and
+//! store on disk, talking libp2p over 127.0.0.1, with durable writes and
+//! signature checks on. The benchmark drives them through their control
+//! sockets (so each side's peak memory can be read from /proc), on the
+//! Morango-shaped workload (`engine::workload`, seeded). Stores are loaded
+//! in-process before the nodes start (signed writes, as a node makes them);
+//! the `import` scenario measures `ferry import` itself.
+//!
+//! Bytes are counted at the stream (frames and their length prefixes); round
+//! trips are the messages the initiator waited for.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use engine::{BackendKind, LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey, workload};
+use partitions::{OrgId, Partition, RecordType};
+use serde_json::{Value as Json, json};
+
+use crate::home::Home;
+use crate::node::Node;
+use crate::ops::Op;
+use crate::parallel::ParallelSigner;
+
+const SEED: u64 = 42;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Store sizes for the sync scenarios (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub records: Vec<u64>,
+    /// Records changed in the incremental and bidirectional scenarios.
+    #[arg(long, default_value_t = 100)]
+    pub changed: u64,
+    /// Records written by the import scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub import: u64,
+    /// Devices syncing at once with one central (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    pub devices: Vec<u64>,
+    /// Records the central holds in the many-devices scenario.
+    #[arg(long, default_value_t = 2000)]
+    pub device_records: u64,
+    /// redb, sled, or both.
+    #[arg(long, default_value = "both")]
+    pub backend: String,
+    /// Tiny sizes, for a smoke run (what CI runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Keep the benchmark's directory.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// One measured scenario.
+#[derive(Clone, Debug, Default)]
+pub struct Figure {
+    pub scenario: String,
+    pub backend: String,
+    pub records: u64,
+    pub changes: u64,
+    pub duration_ms: f64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub round_trips: u64,
+    pub rss_a_kb: u64,
+    pub rss_b_kb: u64,
+    pub note: String,
+}
+
+impl Figure {
+    fn rate(&self) -> f64 {
+        if self.duration_ms <= 0.0 { 0.0 } else { self.changes as f64 / (self.duration_ms / 1000.0) }
+    }
+
+    fn per_record(&self) -> f64 {
+        if self.changes == 0 { 0.0 } else { (self.bytes_sent + self.bytes_received) as f64 / self.changes as f64 }
+    }
+
+    pub fn to_json(&self) -> Json {
+        json!({
+            "scenario": self.scenario,
+            "backend": self.backend,
+            "store_records": self.records,
+            "changes": self.changes,
+            "duration_ms": (self.duration_ms * 100.0).round() / 100.0,
+            "records_per_s": self.rate().round(),
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "bytes_per_record": (self.per_record() * 10.0).round() / 10.0,
+            "round_trips": self.round_trips,
+            "peak_rss_kb": { "central": self.rss_a_kb, "device": self.rss_b_kb },
+            "note": self.note,
+        })
+    }
+}
+
+/// A `ferry serve` process.
+struct Proc {
+    child: Child,
+    home: Home,
+    address: String,
+}
+
+impl Proc {
+    fn start(home: &Home) -> anyhow::Result<Proc> {
+        let exe = std::env::current_exe().context("cannot find the ferry binary")?;
+        let mut child = Command::new(exe)
+            .arg("--home")
+            .arg(&home.dir)
+            .args(["--json", "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .env("RUST_LOG", std::env::var("FERRY_BENCH_LOG").unwrap_or_else(|_| "error".into()))
+            .stdout(Stdio::piped())
+            .stderr(match std::env::var_os("FERRY_BENCH_LOG") {
+                Some(_) => std::fs::File::create(home.dir.join("serve.log")).map_or(Stdio::null(), Stdio::from),
+                None => Stdio::null(),
+            })
+            .spawn()
+            .context("cannot start ferry serve")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first)?;
+        let event: Json = serde_json::from_str(&first).context("ferry serve did not start")?;
+        let address = event["address"].as_str().context("ferry serve printed no address")?.to_owned();
+        Ok(Proc { child, home: home.clone(), address })
+    }
+
+    async fn op(&self, op: &Op) -> anyhow::Result<Json> {
+        crate::control::request(&self.home.control_socket(), op, &mut |_| {}).await?.context("the node stopped serving")
+    }
+
+    /// Peak resident memory so far, in KiB.
+    fn peak_rss_kb(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn init(root: &Path, name: &str, backend: BackendKind) -> anyhow::Result<Home> {
+    let home = Home::resolve(Some(root.join(name)));
+    crate::node::init(&home, Some(backend))?;
+    Ok(home)
+}
+
+/// A central with an org, and devices holding certificates for `results`.
+fn district(root: &Path, backend: BackendKind, devices: u64) -> anyhow::Result<(Home, OrgId, Vec<Home>)> {
+    let central = init(root, "central", backend)?;
+    let node = Node::open(central.clone())?;
+    let org =
+        OrgId::parse(node.org_create("Bench district", Some("central".into()))?["org_id"].as_str().unwrap_or(""))?;
+    let mut homes = Vec::new();
+    for d in 0..devices {
+        let home = init(root, &format!("device-{d}"), backend)?;
+        let device = Node::open(home.clone())?;
+        let (chain, _) = node.cert_issue(
+            org,
+            &device.identity.peer_id().to_string(),
+            "results",
+            "results",
+            "",
+            30,
+            false,
+            None,
+            None,
+        )?;
+        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
+        device.cert_import(&crate::pem::encode_chain(&ders))?;
+        device.close()?;
+        homes.push(home);
+    }
+    node.close()?;
+    Ok((central, org, homes))
+}
+
+/// Writes `count` workload records (from `first`) into a home that is not
+/// serving, as signed local writes in batches.
+fn preload(home: &Home, org: OrgId, first: u64, count: u64, version: u64) -> anyhow::Result<Duration> {
+    let node = Node::open(home.clone())?;
+    let (_, _, authority) = node.local_scope(org)?;
+    let author = LocalAuthor { key: node.identity.key.clone(), authority };
+    let partition = Partition::resolve(org, workload::PARTITION)?;
+    let record_type = RecordType::parse(workload::RECORD_TYPE)?;
+    let started = Instant::now();
+    let mut seq = first;
+    while seq < first + count {
+        let end = (seq + 2000).min(first + count);
+        let writes: Vec<LocalWrite> = (seq..end)
+            .map(|s| LocalWrite {
+                record: RecordKey {
+                    partition: partition.clone(),
+                    record_type: record_type.clone(),
+                    id: workload::record_id(SEED, s),
+                },
+                op: LocalOp::Put { set: workload::result_fields(SEED, s, version), unset: Default::default() },
+            })
+            .collect();
+        for result in node.store.write_with(
+            &author,
+            &writes,
+            crate::node::now_ms(),
+            node.auth.as_ref(),
+            &ParallelSigner,
+            false,
+        )? {
+            result.map_err(|e| anyhow::anyhow!("preload: {e}"))?;
+        }
+        seq = end;
+    }
+    let elapsed = started.elapsed();
+    node.close()?;
+    Ok(elapsed)
+}
+
+fn sync_op(peer: &str, pull: bool, push: bool) -> Op {
+    Op::Sync { peer: peer.to_owned(), org: None, filters: vec![], pull, push }
+}
+
+fn figure(scenario: &str, backend: BackendKind, records: u64, result: &Json, central: &Proc, device: &Proc) -> Figure {
+    let u = |k: &str| result[k].as_u64().unwrap_or(0);
+    Figure {
+        scenario: scenario.to_owned(),
+        backend: backend.name().to_owned(),
+        records,
+        changes: u("sent") + u("received"),
+        duration_ms: result["duration_ms"].as_f64().unwrap_or(0.0),
+        bytes_sent: u("bytes_sent"),
+        bytes_received: u("bytes_received"),
+        round_trips: u("round_trips"),
+        rss_a_kb: central.peak_rss_kb(),
+        rss_b_kb: device.peak_rss_kb(),
+        note: String::new(),
+    }
+}
+
+/// Initial, no-op, incremental and bidirectional syncs at one store size.
+async fn sync_scenarios(
+    root: &Path,
+    backend: BackendKind,
+    records: u64,
+    changed: u64,
+    out: &mut dyn FnMut(Figure),
+) -> anyhow::Result<()> {
+    let dir = root.join(format!("{}-{records}", backend.name()));
+    let (central_home, org, devices) = district(&dir, backend, 1)?;
+    preload(&central_home, org, 0, records, 0)?;
+    let central = Proc::start(&central_home)?;
+    let device = Proc::start(&devices[0])?;
+
+    let initial = device.op(&sync_op(&central.address, true, false)).await?;
+    if initial["received"].as_u64() != Some(records) {
+        bail!("initial sync moved {} of {records} records", initial["received"]);
+    }
+    out(figure("initial", backend, records, &initial, &central, &device));
+
+    let noop = device.op(&sync_op(&central.address, true, true)).await?;
+    if noop["noop"] != true {
+        bail!("the second sync was not a no-op: {noop}");
+    }
+    out(figure("no-op", backend, records, &noop, &central, &device));
+
+    // The central changes `changed` records spread over the store.
+    let step = (records / changed.max(1)).max(1);
+    let edits: Vec<u64> = (0..changed.min(records)).map(|i| i * step).collect();
+    edit(&central, org, &edits, 1).await?;
+    let incremental = device.op(&sync_op(&central.address, true, false)).await?;
+    out(figure("incremental", backend, records, &incremental, &central, &device));
+
+    // Both sides edit: half of the device's edits touch the central's records.
+    edit(&central, org, &edits, 2).await?;
+    let device_edits: Vec<u64> = edits.iter().enumerate().map(|(i, &s)| if i % 2 == 0 { s } else { s + 1 }).collect();
+    edit(&device, org, &device_edits, 3).await?;
+    let both = device.op(&sync_op(&central.address, true, true)).await?;
+    let mut f = figure("bidirectional", backend, records, &both, &central, &device);
+    f.note = format!("{} conflicts kept", both["conflicts"]);
+    out(f);
+
+    central.stop();
+    device.stop();
+    Ok(())
+}
+
+/// Edits records through a serving node's control socket (one import).
+async fn edit(node: &Proc, org: OrgId, seqs: &[u64], version: u64) -> anyhow::Result<()> {
+    let path = node.home.dir.join(format!("edits-{version}.ndjson"));
+    let mut file = std::fs::File::create(&path)?;
+    for &s in seqs {
+        let fields: serde_json::Map<String, Json> = workload::result_fields(SEED, s, version)
+            .iter()
+            .map(|(k, v)| (k.clone(), crate::json::to_json(v)))
+            .collect();
+        writeln!(
+            file,
+            "{}",
+            json!({ "type": workload::RECORD_TYPE, "id": workload::record_id(SEED, s).as_str(), "partition": workload::PARTITION, "fields": fields })
+        )?;
+    }
+    drop(file);
+    let result = node.op(&Op::Import { org: Some(org.to_string()), path }).await?;
+    if result["rejected"].as_u64() != Some(0) {
+        bail!("edits were rejected: {result}");
+    }
+    Ok(())
+}
+
+/// `ferry import` of `count` NDJSON records, as a user runs it.
+fn import_scenario(root: &Path, backend: BackendKind, count: u64) -> anyhow::Result<Figure> {
+    let dir = root.join(format!("{}-import", backend.name()));
+    let (home, _, _) = district(&dir, backend, 0)?;
+    let path = dir.join("records.ndjson");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    for s in 0..count {
+        let fields: serde_json::Map<String, Json> =
+            workload::result_fields(SEED, s, 0).iter().map(|(k, v)| (k.clone(), crate::json::to_json(v))).collect();
+        let id: RecordId = workload::record_id(SEED, s);
+        writeln!(
+            file,
+            "{}",
+            json!({ "type": workload::RECORD_TYPE, "id": id.as_str(), "partition": workload::PARTITION, "fields": fields })
+        )?;
+    }
+    file.flush()?;
+    drop(file);
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let child = Command::new(exe)
+        .arg("--home")
+        .arg(&home.dir)
+        .args(["--json", "import"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watch = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            // Sample the importer's peak memory until it exits.
+            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(kb) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                {
+                    peak.store(kb, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let output = child.wait_with_output()?;
+    let elapsed = started.elapsed();
+    let _ = watch.join();
+    let result: Json = serde_json::from_slice(&output.stdout).context("ferry import printed no result")?;
+    if result["written"].as_u64() != Some(count) {
+        bail!("import wrote {} of {count}", result["written"]);
+    }
+    Ok(Figure {
+        scenario: "import".into(),
+        backend: backend.name().into(),
+        records: count,
+        changes: count,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        rss_b_kb: peak.load(std::sync::atomic::Ordering::Relaxed),
+        note: "whole command: start, parse, sign, write, exit".into(),
+        ..Figure::default()
+    })
+}
+
+/// A central serving `devices` devices that all sync at once.
+async fn fanout(root: &Path, backend: BackendKind, devices: u64, records: u64) -> anyhow::Result<Figure> {
+    let dir = root.join(format!("{}-fanout-{devices}", backend.name()));
+    let (central_home, org, homes) = district(&dir, backend, devices)?;
+    preload(&central_home, org, 0, records, 0)?;
+    let central = Proc::start(&central_home)?;
+    let procs: Vec<Proc> = homes.iter().map(Proc::start).collect::<anyhow::Result<_>>()?;
+    let started = Instant::now();
+    let op = sync_op(&central.address, true, false);
+    let syncs = procs.iter().map(|p| p.op(&op));
+    let results = futures::future::join_all(syncs).await;
+    let elapsed = started.elapsed();
+    let mut figure = Figure {
+        scenario: format!("{devices} devices at once"),
+        backend: backend.name().into(),
+        records,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        rss_a_kb: central.peak_rss_kb(),
+        rss_b_kb: procs.iter().map(Proc::peak_rss_kb).max().unwrap_or(0),
+        ..Figure::default()
+    };
+    let mut slowest: f64 = 0.0;
+    for result in results {
+        let result = result?;
+        if result["received"].as_u64() != Some(records) {
+            bail!("a device received {} of {records}", result["received"]);
+        }
+        figure.changes += records;
+        figure.bytes_sent += result["bytes_sent"].as_u64().unwrap_or(0);
+        figure.bytes_received += result["bytes_received"].as_u64().unwrap_or(0);
+        figure.round_trips += result["round_trips"].as_u64().unwrap_or(0);
+        slowest = slowest.max(result["duration_ms"].as_f64().unwrap_or(0.0));
+    }
+    figure.note = format!("{records} records to each; slowest device {slowest:.0} ms; rates count all devices");
+    central.stop();
+    for p in procs {
+        p.stop();
+    }
+    Ok(figure)
+}
+
+pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
+    let mut args = args.clone();
+    if args.quick {
+        args.records = vec![200];
+        args.changed = 20;
+        args.import = 300;
+        args.devices = vec![3];
+        args.device_records = 100;
+    }
+    let backends = match args.backend.as_str() {
+        "both" => vec![BackendKind::Redb, BackendKind::Sled],
+        other => {
+            vec![BackendKind::parse(other).with_context(|| format!("--backend {other:?}: use redb, sled or both"))?]
+        }
+    };
+    let root = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
+    let mut all = Vec::new();
+    let mut print = |figure: Figure| {
+        if json_output {
+            println!("{}", figure.to_json());
+        } else {
+            if all.is_empty() {
+                println!(
+                    "| scenario | backend | store | changes | ms | records/s | bytes sent | bytes received | bytes/record | round trips | peak RSS central / device (MiB) | note |"
+                );
+                println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+            }
+            println!(
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {} | {:.0} / {:.0} | {} |",
+                figure.scenario,
+                figure.backend,
+                figure.records,
+                figure.changes,
+                figure.duration_ms,
+                figure.rate(),
+                figure.bytes_sent,
+                figure.bytes_received,
+                figure.per_record(),
+                figure.round_trips,
+                figure.rss_a_kb as f64 / 1024.0,
+                figure.rss_b_kb as f64 / 1024.0,
+                figure.note
+            );
+        }
+        let _ = std::io::stdout().flush();
+        all.push(figure);
+    };
+    let result: anyhow::Result<()> = async {
+        for &backend in &backends {
+            for &records in &args.records {
+                sync_scenarios(root.path(), backend, records, args.changed, &mut print).await?;
+            }
+            print(tokio::task::block_in_place(|| import_scenario(root.path(), backend, args.import))?);
+            for &devices in &args.devices {
+                print(fanout(root.path(), backend, devices, args.device_records).await?);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if args.keep {
+        let kept: PathBuf = root.keep();
+        eprintln!("kept {}", kept.display());
+    }
+    result
+}
