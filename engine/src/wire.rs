@@ -479,6 +479,12 @@ pub fn batch_frame_from_body(seq: u64, body: &[u8]) -> Vec<u8> {
     batch_frame_from_parts(seq, body.len() as u64, &data)
 }
 
+/// The uncompressed CBOR body of a batch: seeds for the fuzz targets of the
+/// body decoder and of decompression.
+pub fn encode_batch_body(b: &Batch) -> Vec<u8> {
+    serde_cbor::ser::to_vec_packed(&batch_body(b)).expect("writing CBOR to a Vec cannot fail")
+}
+
 fn batch_body(b: &Batch) -> BatchBodySer<'_> {
     BatchBodySer {
         groups: b

@@ -63,3 +63,72 @@ pub fn enrol_token(data: &[u8]) {
         assert_eq!(Token::decode(&token.encode()), Ok(token));
     }
 }
+
+/// Wire messages: decode, and what decodes re-encodes to the same message.
+pub fn wire_message(data: &[u8]) {
+    if let Ok(message) = engine::wire::decode_message(data) {
+        let again = engine::wire::decode_message(&engine::wire::encode_message(&message));
+        assert_eq!(again, Ok(message));
+    }
+}
+
+/// The CBOR body of a batch, behind a valid compressed envelope.
+pub fn batch_body(data: &[u8]) {
+    let frame = engine::wire::batch_frame_from_body(0, data);
+    if let Ok(engine::wire::Message::Batch(batch)) = engine::wire::decode_message(&frame) {
+        let count: usize = batch.groups.iter().map(|g| g.changes.len()).sum();
+        assert!(count <= engine::limits::BATCH_CHANGES_MAX);
+    }
+}
+
+/// Arbitrary "compressed" bytes with an arbitrary announced size: the
+/// decompression bound and the checks before it.
+pub fn zstd_frame(data: &[u8]) {
+    if data.len() < 4 {
+        return;
+    }
+    let raw_len = u64::from(u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+    let frame = engine::wire::batch_frame_from_parts(0, raw_len, &data[4..]);
+    let _ = engine::wire::decode_message(&frame);
+}
+
+/// A stored record blob (the store trusts its own bytes, but a damaged
+/// disk must give an error, not a panic).
+pub fn stored_record(data: &[u8]) {
+    let key = engine::RecordKey {
+        partition: Partition::resolve(fuzz_org(), "results").expect("valid"),
+        record_type: partitions::RecordType::parse("result").expect("valid"),
+        id: engine::RecordId::parse("r").expect("valid"),
+    };
+    if let Ok(state) = engine::wire::decode_record(&key, data) {
+        let _ = state.view(&engine::policy::TypePolicy::default());
+        let again =
+            engine::wire::decode_record(&key, &engine::wire::encode_record(&state)).expect("re-encoded records decode");
+        assert_eq!(again, state);
+    }
+}
+
+/// Bundle and frontier files.
+pub fn bundle_file(data: &[u8]) {
+    let _ = node::bundle::decode_file(&mut std::io::Cursor::new(data));
+}
+
+/// Requests to the local API.
+pub fn local_api(data: &[u8]) {
+    if let Ok(op) = serde_json::from_slice::<node::ops::Op>(data) {
+        let text = serde_json::to_string(&op).expect("requests serialise");
+        serde_json::from_str::<node::ops::Op>(&text).expect("a serialised request parses");
+    }
+}
+
+/// `ferry.toml`.
+pub fn config_file(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(config) = node::config::Config::parse(text)
+    {
+        node::config::Config::parse(&config.to_toml()).expect("a written config parses");
+    }
+}
+
+pub mod session;
+pub use session::session;

@@ -122,3 +122,166 @@ fn enrol_token_holds_on_fixed_inputs() {
         fuzz::enrol_token(&input);
     }
 }
+
+/// The frames of a real session, each decoded and re-encoded.
+fn transcript_messages() -> Vec<Vec<u8>> {
+    fuzz::session::transcript()
+}
+
+fn batches_of(frames: &[Vec<u8>]) -> Vec<engine::wire::Batch> {
+    frames
+        .iter()
+        .filter_map(|f| match engine::wire::decode_message(f) {
+            Ok(engine::wire::Message::Batch(b)) => Some(b),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn wire_message_holds_on_a_real_session() {
+    let frames = transcript_messages();
+    assert!(frames.len() >= 4, "hello, heads, at least one batch, end: got {}", frames.len());
+    write_seeds("wire_message", &frames);
+    for frame in &frames {
+        assert!(engine::wire::decode_message(frame).is_ok());
+        for input in variations(frame) {
+            fuzz::wire_message(&input);
+        }
+    }
+}
+
+#[test]
+fn batch_body_and_zstd_frame_hold_on_real_batches() {
+    let batches = batches_of(&transcript_messages());
+    assert!(!batches.is_empty());
+    let bodies: Vec<Vec<u8>> = batches.iter().map(engine::wire::encode_batch_body).collect();
+    write_seeds("batch_body", &bodies);
+    let mut compressed = Vec::new();
+    for (body, batch) in bodies.iter().zip(&batches) {
+        // The body decodes back to the batch it came from.
+        let frame = engine::wire::batch_frame_from_body(batch.seq, body);
+        match engine::wire::decode_message(&frame) {
+            Ok(engine::wire::Message::Batch(again)) => assert_eq!(again.groups, batch.groups),
+            other => panic!("a real batch body did not decode: {other:?}"),
+        }
+        for input in variations(body) {
+            fuzz::batch_body(&input);
+        }
+        let data = zstd::bulk::compress(body, 1).expect("compress");
+        let mut sample = (body.len() as u32).to_le_bytes().to_vec();
+        sample.extend_from_slice(&data);
+        compressed.push(sample);
+    }
+    write_seeds("zstd_frame", &compressed);
+    for sample in &compressed {
+        for input in variations(sample) {
+            fuzz::zstd_frame(&input);
+        }
+    }
+    // A bomb: a small input announcing and holding far more than a frame.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).expect("compress");
+    let mut sample = (64u32 << 20).to_le_bytes().to_vec();
+    sample.extend_from_slice(&bomb);
+    fuzz::zstd_frame(&sample);
+}
+
+#[test]
+fn stored_record_holds_on_real_records() {
+    let (_dir, store) = fuzz::session::peer_store();
+    let mut samples = Vec::new();
+    store
+        .list(None, None, &mut |r| {
+            let state = store.record(&r.key).expect("read").expect("listed");
+            samples.push(engine::wire::encode_record(&state));
+            true
+        })
+        .expect("list");
+    assert!(samples.len() >= 5);
+    write_seeds("stored_record", &samples);
+    for sample in &samples {
+        for input in variations(sample) {
+            fuzz::stored_record(&input);
+        }
+    }
+}
+
+#[test]
+fn bundle_file_holds_on_a_real_bundle() {
+    let sample = fuzz::session::bundle_sample();
+    let contents = node::bundle::decode_file(&mut std::io::Cursor::new(&sample)).expect("a real bundle decodes");
+    assert!(contents.bundle);
+    assert!(contents.messages.len() >= 3, "batches and End");
+    write_seeds("bundle_file", std::slice::from_ref(&sample));
+    for input in variations(&sample) {
+        fuzz::bundle_file(&input);
+    }
+}
+
+#[test]
+fn local_api_holds_on_requests() {
+    let samples: Vec<Vec<u8>> = [
+        r#"{"op":"id"}"#,
+        r#"{"op":"put","org":null,"partition":"results:tc-1","type":"result","id":"r1","set":{"score":3}}"#,
+        r#"{"op":"cert_issue","subject":"ab","read":"results","write":"results:tc-1","days":30,"out":"/tmp/x"}"#,
+        r#"{"op":"sync","peer":"/ip4/127.0.0.1/tcp/1"}"#,
+        r#"{"op":"enroll_token","read":"results","write":"results:tc-1","ttl_s":600,"days":30,"uses":2}"#,
+        r#"{"op":"list"}"#,
+    ]
+    .into_iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    write_seeds("local_api", &samples);
+    for sample in &samples {
+        serde_json::from_slice::<node::ops::Op>(sample).expect("the sample is a valid request");
+        for input in variations(sample) {
+            fuzz::local_api(&input);
+        }
+    }
+}
+
+#[test]
+fn config_file_holds_on_configs() {
+    let written = node::config::Config::default().to_toml();
+    let samples: Vec<Vec<u8>> = vec![
+        written.into_bytes(),
+        b"listen = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\n[[peers]]\nname = \"central\"\naddress = \"/ip4/127.0.0.1/tcp/1\"\nsync_every = \"5m\"\n"
+            .to_vec(),
+    ];
+    write_seeds("config_file", &samples);
+    for sample in &samples {
+        node::config::Config::parse(std::str::from_utf8(sample).expect("utf-8")).expect("the sample is a valid config");
+        for input in variations(sample) {
+            fuzz::config_file(&input);
+        }
+    }
+}
+
+#[test]
+fn session_replay_of_a_real_session_stores_what_is_in_scope() {
+    let frames = transcript_messages();
+    let sample = fuzz::session::join(&frames);
+    assert_eq!(fuzz::session(&sample), fuzz::session::IN_SCOPE_RECORDS);
+    // A peer that repeats, drops and reorders frames changes nothing the
+    // invariants forbid.
+    let mut shuffled = frames.clone();
+    shuffled.reverse();
+    let mut doubled = Vec::new();
+    for f in &frames {
+        doubled.push(f.clone());
+        doubled.push(f.clone());
+    }
+    // A peer that sends what the responder may not hold: the session goes
+    // on, and the invariants in `fuzz::session` show none of it is stored.
+    let overreaching = fuzz::session::join(&fuzz::session::overreaching_transcript());
+    let stored = fuzz::session(&overreaching);
+    assert!((1..=fuzz::session::IN_SCOPE_RECORDS).contains(&stored), "stored {stored}");
+    let samples = vec![sample.clone(), fuzz::session::join(&shuffled), fuzz::session::join(&doubled), overreaching];
+    write_seeds("session", &samples);
+    for s in &samples[1..] {
+        fuzz::session(s);
+    }
+    for input in variations(&sample).into_iter().step_by(9) {
+        fuzz::session(&input);
+    }
+}

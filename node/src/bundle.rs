@@ -99,6 +99,38 @@ fn read_header(input: &mut dyn Read, magic: &[u8]) -> anyhow::Result<(Header, Or
     Ok((header, org, key, credentials, filter))
 }
 
+/// What a bundle or frontier file says, decoded without a store: for
+/// inspection and for the fuzz target of this decoder.
+#[derive(Debug)]
+pub struct FileContents {
+    pub bundle: bool,
+    pub org: OrgId,
+    pub holder: AuthorKey,
+    pub credentials: Vec<u8>,
+    pub filter: Filter,
+    pub messages: Vec<Message>,
+}
+
+/// Decodes a whole bundle or frontier file, checking every bound.
+pub fn decode_file(input: &mut dyn Read) -> anyhow::Result<FileContents> {
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic).map_err(|_| anyhow!("this is not a ferry file (too short)"))?;
+    let (bundle, full) = if BUNDLE_MAGIC.starts_with(&magic) {
+        (true, BUNDLE_MAGIC)
+    } else if FRONTIER_MAGIC.starts_with(&magic) {
+        (false, FRONTIER_MAGIC)
+    } else {
+        bail!("this is not a ferry file");
+    };
+    let mut rest = std::io::Cursor::new(magic).chain(input);
+    let (_, org, holder, credentials, filter) = read_header(&mut rest, full)?;
+    let mut messages = Vec::new();
+    while let Some(frame) = read_frame(&mut rest, engine::limits::MESSAGE_BYTES_MAX)? {
+        messages.push(wire::decode_message(&frame).map_err(|e| anyhow!("the file is damaged: {e}"))?);
+    }
+    Ok(FileContents { bundle, org, holder, credentials, filter, messages })
+}
+
 /// `ferry bundle frontier --out FILE`: what this node holds in `filter`.
 pub fn write_frontier(node: &Node, org: OrgId, filter: Filter, path: &Path) -> anyhow::Result<serde_json::Value> {
     let (scope, _, _) = node.local_scope(org)?;
