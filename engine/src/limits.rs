@@ -78,3 +78,6 @@ const _: () = assert!(BATCH_BYTES_DEFAULT <= DECOMPRESSED_BYTES_MAX);
 const _: () = assert!(RECORD_BYTES_MAX * 8 <= DECOMPRESSED_BYTES_MAX);
 const _: () = assert!(CREDENTIALS_BYTES_MAX * 4 <= DECOMPRESSED_BYTES_MAX);
 const _: () = assert!(RETRANSMIT_MS < SESSION_IDLE_TIMEOUT_MS);
+
+/// Ledger entries a store keeps; older ones are dropped.
+pub const LEDGER_ENTRIES_MAX: usize = 10_000;

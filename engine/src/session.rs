@@ -175,6 +175,10 @@ pub enum SessionError {
     Timeout(u64),
     #[error("store failure: {0}")]
     Store(String),
+    #[error("{0}")]
+    Transport(String),
+    #[error("{0}; this node now writes under a fresh instance, sync again")]
+    Rewound(String),
 }
 
 struct Outgoing {
@@ -353,6 +357,12 @@ impl Session {
         }
     }
 
+    /// The driver lost the connection (or gave up on it): the session fails
+    /// with `reason`, recorded in the ledger; nothing is sent.
+    pub fn abandon(&mut self, now_ms: u64, reason: String, env: &Env<'_>) {
+        self.fail(SessionError::Transport(reason), now_ms, env, false);
+    }
+
     /// Does work that can wait: prepares the next batch while one is in
     /// flight. Drivers call it after sending what `poll_transmit` gave.
     pub fn handle_idle(&mut self, _now_ms: u64, env: &Env<'_>) {
@@ -467,6 +477,9 @@ impl Session {
         self.filter = hello.filter;
         self.pull = hello.pull;
         self.push = hello.push;
+        // What the initiator asked for, for the ledger.
+        self.config.pull = hello.pull;
+        self.config.push = hello.push;
         let local = self.config.local_scope.clone();
         // The responder sends on "pull" and receives on "push".
         let out_region = Region::between(&self.filter, &local, &peer_scope);
@@ -633,7 +646,12 @@ impl Session {
             return Ok(());
         }
         match env.store.check_peer_heads(&heads.entries, self.config.fresh_instance, now_ms) {
-            Ok(Some(reason)) => self.events.push_back(Event::InstanceChanged { reason }),
+            Ok(Some(reason)) => {
+                // Either this store went back in time or the peer lies;
+                // both ways this session's frontiers cannot be trusted.
+                self.events.push_back(Event::InstanceChanged { reason: reason.clone() });
+                return Err(SessionError::Rewound(reason));
+            }
             Ok(None) => {}
             Err(e) => return Err(SessionError::Store(e.to_string())),
         }
@@ -727,6 +745,9 @@ impl Session {
     }
 
     fn on_batch(&mut self, batch: Batch, frame_len: u64, now_ms: u64, env: &Env<'_>) -> Result<(), SessionError> {
+        if !self.heads_exchanged {
+            return Err(SessionError::Protocol("Batch before the frontiers were exchanged".into()));
+        }
         let Some(inc) = &mut self.inc else {
             return Err(SessionError::Protocol("Batch for a direction that is not receiving".into()));
         };

@@ -27,7 +27,7 @@ use crate::hlc::Clock;
 use crate::ids::{AuthorKey, Counter, Dot, Hlc, InstanceId, RecordId};
 use crate::keys;
 use crate::ledger::LedgerEntry;
-use crate::limits::{FIELDS_MAX, SUMMARY_REJECTIONS_MAX};
+use crate::limits::{FIELDS_MAX, LEDGER_ENTRIES_MAX, SUMMARY_REJECTIONS_MAX};
 use crate::merge::{MergeError, Outcome, RecordState, View};
 use crate::policy::{PROFILE_ID, PROFILE_TYPE, Profile, TypePolicy, system_partition};
 use crate::region::Region;
@@ -178,6 +178,8 @@ pub struct Store {
     dir: PathBuf,
     local: Mutex<Local>,
     profiles: Mutex<BTreeMap<OrgId, Profile>>,
+    /// Ledger entries held, counted on first use.
+    ledger_len: Mutex<Option<usize>>,
 }
 
 const EPOCH_FILE: &str = "epoch";
@@ -238,6 +240,7 @@ impl Store {
             dir: dir.to_path_buf(),
             local: Mutex::new(Local { instance, counter, clock: Clock::starting_at(Hlc(hlc)) }),
             profiles: Mutex::new(BTreeMap::new()),
+            ledger_len: Mutex::new(None),
         };
         Ok((store, Opened { instance, fresh_instance: reason }))
     }
@@ -811,6 +814,9 @@ impl Store {
         struct Candidate {
             change: Change,
             message: Vec<u8>,
+            /// At or below the head this node held: not applied again, only
+            /// compared with what is held (equivocation).
+            held: bool,
         }
         let mut candidates: Vec<Candidate> = Vec::new();
         // Where this session stands in each triple: the head when the
@@ -844,17 +850,13 @@ impl Store {
             }
             let mut last = position;
             for gc in &group.changes {
-                if gc.counter <= last {
-                    // Already processed in this session (a resend), or out of
-                    // order within the group.
-                    if gc.counter <= position {
-                        applied.skipped += 1;
-                    } else {
-                        applied.reject(format!("counter {} out of order in its group", gc.counter));
-                    }
+                let held = gc.counter <= position;
+                if gc.counter <= last && !held {
+                    // Out of order within the group, or repeated.
+                    applied.reject(format!("counter {} out of order in its group", gc.counter));
                     continue;
                 }
-                last = gc.counter;
+                last = last.max(gc.counter);
                 let change = group.change(gc);
                 let message = change.signing_bytes();
                 let what = format!("{}/{}/{}", change.record.partition, change.record.record_type, change.record.id);
@@ -873,7 +875,7 @@ impl Store {
                     applied.reject(format!("{what}: author may not write this: {denied}"));
                     continue;
                 }
-                candidates.push(Candidate { change, message });
+                candidates.push(Candidate { change, message, held });
             }
             moved.insert(triple, last);
         }
@@ -910,6 +912,35 @@ impl Store {
                 states.insert(key.clone(), (state.unwrap_or_default(), existed, false));
             }
             let (state, _, touched) = states.get_mut(&key).expect("inserted above");
+            if candidate.held {
+                // Held already: the same change is a repeat; another change
+                // with the same dot is an equivocation by its author.
+                let dot = change.dot();
+                let same = match state.changes.binary_search_by_key(&dot, Change::dot) {
+                    Ok(i) => state.changes[i] == change,
+                    Err(_) => {
+                        let index = keys::change(&key.partition, &key.record_type, &dot.instance, dot.counter);
+                        match self.backend.get(&index).map_err(StoreError::from)?.as_deref().and_then(parse_index_value)
+                        {
+                            Some((_, id)) => id == key.id,
+                            // Superseded and dropped: nothing to compare.
+                            None => true,
+                        }
+                    }
+                };
+                if same {
+                    applied.skipped += 1;
+                } else {
+                    applied.reject(format!(
+                        "{}/{}/{}: {}",
+                        key.partition,
+                        key.record_type,
+                        key.id,
+                        MergeError::Equivocation(dot.instance, dot.counter)
+                    ));
+                }
+                continue;
+            }
             let mut clock = local.clock;
             clock.observe(change.hlc, now_ms);
             local.clock = clock;
@@ -1036,11 +1067,35 @@ impl Store {
     // -----------------------------------------------------------------------
     // Ledger and peer cache
 
+    /// Adds a ledger entry, dropping the oldest beyond `LEDGER_ENTRIES_MAX`
+    /// (peers that fail on purpose must not fill the disk).
     pub fn record_session(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
+        let mut len = self.ledger_len.lock().expect("ledger lock");
+        let held = match *len {
+            Some(n) => n,
+            None => {
+                let mut n = 0;
+                self.scan_prefix(&[keys::LEDGER], &mut |_, _| {
+                    n += 1;
+                    true
+                })?;
+                n
+            }
+        };
         let mut key = vec![keys::LEDGER];
         key.extend_from_slice(&entry.started_at_ms.to_be_bytes());
         key.extend_from_slice(entry.session.as_bytes());
-        self.backend.commit(&[(key, Some(wire::encode_value(entry)))])?;
+        let mut writes = vec![(key, Some(wire::encode_value(entry)))];
+        let excess = (held + 1).saturating_sub(LEDGER_ENTRIES_MAX);
+        if excess > 0 {
+            self.scan_prefix(&[keys::LEDGER], &mut |k, _| {
+                writes.push((k.to_vec(), None));
+                writes.len() <= excess
+            })?;
+        }
+        let dropped = writes.len() - 1;
+        self.backend.commit(&writes)?;
+        *len = Some(held + 1 - dropped);
         Ok(())
     }
 

@@ -214,6 +214,63 @@ fn forged_and_out_of_scope_changes_are_rejected_and_the_rest_applies() {
     }
 }
 
+/// A change signed twice with the same (instance, counter) but different
+/// content: the second is refused as an equivocation whether it arrives in
+/// a later batch (below the receiver's head) or for another record, and a
+/// plain repeat of the first is a skip.
+#[test]
+fn an_equivocating_author_is_refused_below_the_head() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let writer = Node::new(kind, 1, scope("results", "results:tc-1", ""), &auth);
+        let receiver = full(kind, 2, &auth);
+        let key_a = record("results:tc-1", "result", "a");
+        writer.put(&auth, &key_a, &[("score", Value::Int(1))], T0);
+        let first = writer.store.record(&key_a).expect("read").expect("held").changes[0].clone();
+        let group = |changes: Vec<GroupChange>| Batch {
+            seq: 0,
+            plan: Plan::default(),
+            groups: vec![Group {
+                partition: first.record.partition.clone(),
+                record_type: first.record.record_type.clone(),
+                author: first.author,
+                author_key: first.author_key,
+                after: 0,
+                changes,
+            }],
+            chains: vec![],
+        };
+        let region = Region::of(Filter::org(org()));
+        let apply = |batch: &Batch| {
+            receiver
+                .store
+                .apply_batch(batch, &region, &mut BTreeMap::new(), &auth, &SerialVerifier, T0)
+                .expect("applies")
+        };
+        let applied = apply(&group(vec![GroupChange::from_change(&first)]));
+        assert_eq!((applied.updated, applied.rejected), (1, 0), "{kind:?}");
+        let before = receiver.snapshot();
+        // Same dot, other content, validly signed.
+        let mut other = first.clone();
+        other.op = engine::Op::Put { replace: true, fields: [("score".to_owned(), Some(Value::Int(7)))].into() };
+        other.sign(&key(1));
+        let applied = apply(&group(vec![GroupChange::from_change(&other)]));
+        assert_eq!((applied.skipped, applied.rejected), (0, 1), "{kind:?}: {applied:?}");
+        assert!(applied.rejections[0].contains("signed two different changes with counter 1"), "{applied:?}");
+        // Same dot, another record.
+        let mut elsewhere = first.clone();
+        elsewhere.record = record("results:tc-1", "result", "b");
+        elsewhere.sign(&key(1));
+        let applied = apply(&group(vec![GroupChange::from_change(&elsewhere)]));
+        assert_eq!(applied.rejected, 1, "{kind:?}: {applied:?}");
+        assert!(applied.rejections[0].contains("signed two different changes"), "{applied:?}");
+        // The same change again is a repeat, not an offence.
+        let applied = apply(&group(vec![GroupChange::from_change(&first)]));
+        assert_eq!((applied.skipped, applied.rejected), (1, 0), "{kind:?}: {applied:?}");
+        assert_eq!(receiver.snapshot(), before, "{kind:?}: nothing changed");
+    }
+}
+
 #[test]
 fn a_session_with_a_peer_whose_credentials_are_refused_fails_on_both_sides() {
     let auth = StaticAuthorizer::new();

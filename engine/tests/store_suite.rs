@@ -370,3 +370,31 @@ fn crash_at_random_points_loses_no_acknowledged_write() {
         }
     }
 }
+
+/// The ledger keeps the newest `LEDGER_ENTRIES_MAX` entries: peers that
+/// fail sessions on purpose cannot fill the disk.
+#[test]
+fn the_ledger_keeps_only_the_newest_entries() {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.expect("dir");
+    let (store, _) = Store::open(dir.path(), BackendKind::Redb, InstanceId([1; 16]), T0).expect("open");
+    let max = engine::limits::LEDGER_ENTRIES_MAX;
+    let entry = |i: usize| engine::LedgerEntry {
+        session: format!("{i:08}"),
+        started_at_ms: T0 + i as u64,
+        outcome: "refused: test".into(),
+        ..Default::default()
+    };
+    for i in 0..max + 25 {
+        store.record_session(&entry(i)).expect("record");
+    }
+    let history = store.history().expect("history");
+    assert_eq!(history.len(), max);
+    assert_eq!(history[0].session, format!("{:08}", 25), "the oldest went first");
+    assert_eq!(history.last().expect("newest").session, format!("{:08}", max + 24));
+    // Counting starts again from the disk after a reopen.
+    store.close().expect("close");
+    let (store, _) = Store::open(dir.path(), BackendKind::Redb, InstanceId([2; 16]), T0).expect("reopen");
+    store.record_session(&entry(max + 25)).expect("record");
+    assert_eq!(store.history().expect("history").len(), max);
+}

@@ -37,6 +37,10 @@ pub struct Config {
     pub store: String,
     #[serde(default = "default_batch")]
     pub batch_changes: usize,
+    /// A session fails when its peer says nothing (or takes nothing) for
+    /// this long; also the time a new stream has to say Hello.
+    #[serde(default = "default_session_timeout")]
+    pub session_timeout: String,
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
 }
@@ -70,6 +74,9 @@ fn yes() -> bool {
 fn default_store() -> String {
     BackendKind::DEFAULT.name().into()
 }
+fn default_session_timeout() -> String {
+    "30s".into()
+}
 fn default_batch() -> usize {
     engine::limits::BATCH_CHANGES_DEFAULT
 }
@@ -81,6 +88,7 @@ impl Default for Config {
             mdns: true,
             store: default_store(),
             batch_changes: default_batch(),
+            session_timeout: default_session_timeout(),
             peers: Vec::new(),
         }
     }
@@ -105,6 +113,10 @@ impl Config {
         if config.batch_changes == 0 || config.batch_changes > engine::limits::BATCH_CHANGES_MAX {
             anyhow::bail!("batch_changes must be between 1 and {}", engine::limits::BATCH_CHANGES_MAX);
         }
+        let timeout = parse_duration(&config.session_timeout).context("session_timeout")?;
+        if timeout.is_zero() {
+            anyhow::bail!("session_timeout must be at least 1s");
+        }
         for peer in &config.peers {
             if let Some(every) = &peer.sync_every {
                 parse_duration(every).with_context(|| format!("peer {}: sync_every", peer.name))?;
@@ -115,6 +127,10 @@ impl Config {
 
     pub fn backend(&self) -> anyhow::Result<BackendKind> {
         BackendKind::parse(&self.store).with_context(|| format!("store = {:?}: use \"redb\" or \"sled\"", self.store))
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        parse_duration(&self.session_timeout).unwrap_or(Duration::from_millis(engine::limits::SESSION_IDLE_TIMEOUT_MS))
     }
 
     pub fn to_toml(&self) -> String {

@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::identity::Identity;
 
+/// A libp2p stream (for callers that do not depend on libp2p themselves).
+pub type Stream = libp2p::Stream;
+
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/sync/1");
 pub const ENROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/enrol/1");
 
@@ -281,7 +284,7 @@ async fn drive(
 // ---------------------------------------------------------------------------
 // Frames on a stream: a u32 big-endian length, then the bytes.
 
-pub async fn write_frame(stream: &mut libp2p::Stream, frame: &[u8]) -> std::io::Result<()> {
+pub async fn write_frame<W: futures::AsyncWrite + Unpin>(stream: &mut W, frame: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(frame.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     let mut buffer = Vec::with_capacity(frame.len() + 4);
     buffer.extend_from_slice(&len.to_be_bytes());
@@ -291,7 +294,7 @@ pub async fn write_frame(stream: &mut libp2p::Stream, frame: &[u8]) -> std::io::
 }
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
-pub async fn read_frame(stream: &mut libp2p::Stream, max: usize) -> std::io::Result<Option<Vec<u8>>> {
+pub async fn read_frame<R: futures::AsyncRead + Unpin>(stream: &mut R, max: usize) -> std::io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match stream.read_exact(&mut len).await {
         Ok(()) => {}

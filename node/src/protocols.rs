@@ -54,6 +54,11 @@ impl SyncOutcome {
 }
 
 /// Runs a session over a stream until it finishes. `on_event` sees progress.
+///
+/// Reading is never cancelled half-way through a frame (the read future
+/// lives across timeouts), and every write has the session's timeout, so a
+/// peer that stops reading cannot hold the session forever. On an error the
+/// session is left unfinished: the caller records it (`Session::abandon`).
 pub async fn drive(
     stream: &mut libp2p::Stream,
     session: &mut Session,
@@ -61,12 +66,15 @@ pub async fn drive(
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<Summary, String> {
     let env = Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
+    let write_timeout = node.config.session_timeout();
+    let (reader, mut writer) = futures::AsyncReadExt::split(&mut *stream);
+    let mut reading = read_next(reader);
     loop {
         // Send what the session has, then let it prepare the next batch
         // while the peer works on this one.
-        flush(stream, session).await?;
+        flush(&mut writer, session, write_timeout).await?;
         tokio::task::block_in_place(|| session.handle_idle(now_ms(), &env));
-        flush(stream, session).await?;
+        flush(&mut writer, session, write_timeout).await?;
         while let Some(event) = session.poll_event() {
             on_event(&event);
             match event {
@@ -75,7 +83,7 @@ pub async fn drive(
                     return Ok(summary);
                 }
                 Event::Failed { error, .. } => {
-                    let _ = flush(stream, session).await;
+                    let _ = flush(&mut writer, session, write_timeout).await;
                     return Err(error.to_string());
                 }
                 _ => {}
@@ -84,18 +92,39 @@ pub async fn drive(
         let wait = session
             .poll_timeout()
             .map_or(Duration::from_secs(3600), |t| Duration::from_millis(t.saturating_sub(now_ms())));
-        match tokio::time::timeout(wait, net::read_frame(stream, engine::limits::MESSAGE_BYTES_MAX)).await {
-            Ok(Ok(Some(frame))) => tokio::task::block_in_place(|| session.handle_message(now_ms(), &frame, &env)),
-            Ok(Ok(None)) => {
-                if session.is_finished() {
-                    continue;
+        tokio::select! {
+            (reader, result) = &mut reading => {
+                reading = read_next(reader);
+                match result {
+                    Ok(Some(frame)) => {
+                        tokio::task::block_in_place(|| session.handle_message(now_ms(), &frame, &env));
+                    }
+                    Ok(None) => {
+                        if session.is_finished() {
+                            continue;
+                        }
+                        return Err("the peer closed the connection mid-session".into());
+                    }
+                    Err(e) => return Err(format!("connection lost: {e}")),
                 }
-                return Err("the peer closed the connection mid-session".into());
             }
-            Ok(Err(e)) => return Err(format!("connection lost: {e}")),
-            Err(_) => tokio::task::block_in_place(|| session.handle_timeout(now_ms(), &env)),
+            () = tokio::time::sleep(wait) => {
+                tokio::task::block_in_place(|| session.handle_timeout(now_ms(), &env));
+            }
         }
     }
+}
+
+type Reader<'a> = futures::io::ReadHalf<&'a mut libp2p::Stream>;
+type Reading<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Reader<'a>, std::io::Result<Option<Vec<u8>>>)> + Send + 'a>>;
+
+/// Reads the next frame; the future owns the reader and hands it back.
+fn read_next(mut reader: Reader<'_>) -> Reading<'_> {
+    Box::pin(async move {
+        let result = net::read_frame(&mut reader, engine::limits::MESSAGE_BYTES_MAX).await;
+        (reader, result)
+    })
 }
 
 fn count_prefixes(summary: &mut Summary) {
@@ -103,11 +132,36 @@ fn count_prefixes(summary: &mut Summary) {
     summary.bytes_received += 4 * summary.messages_received;
 }
 
-async fn flush(stream: &mut libp2p::Stream, session: &mut Session) -> Result<(), String> {
+async fn flush<W: futures::AsyncWrite + Unpin>(
+    writer: &mut W,
+    session: &mut Session,
+    timeout: Duration,
+) -> Result<(), String> {
     while let Some(frame) = session.poll_transmit() {
-        net::write_frame(stream, &frame).await.map_err(|e| format!("connection lost: {e}"))?;
+        match tokio::time::timeout(timeout, net::write_frame(writer, &frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("connection lost: {e}")),
+            Err(_) => return Err(format!("the peer took nothing for {} s", timeout.as_secs())),
+        }
     }
     Ok(())
+}
+
+/// Records in the ledger a session refused before it started (no Hello, a
+/// bad first message, too many sessions).
+pub fn record_refusal(node: &Node, peer: &PeerId, session: Option<[u8; 16]>, reason: &str) {
+    let entry = engine::LedgerEntry {
+        session: partitions::hex::encode(&session.unwrap_or_else(crate::random::bytes)),
+        peer: key_of(peer).map_or_else(|| peer.to_string(), |k| partitions::hex::encode(&k)),
+        via: "network".into(),
+        started_at_ms: now_ms(),
+        outcome: format!("refused: {reason}"),
+        rejections: vec![reason.to_owned()],
+        ..Default::default()
+    };
+    if let Err(e) = node.store.record_session(&entry) {
+        tracing::warn!("cannot record a refused session in the ledger: {e}");
+    }
 }
 
 /// Starts a sync with `target` (a multiaddr, or a peer id found on the LAN).
@@ -149,6 +203,13 @@ pub async fn sync(
         }
         break (session, result);
     };
+    let mut session = session;
+    if let Err(reason) = &result
+        && !session.is_finished()
+    {
+        let env = Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
+        tokio::task::block_in_place(|| session.abandon(now_ms(), reason.clone(), &env));
+    }
     let summary = result.map_err(|e| anyhow!("sync with {peer} failed: {e}"))?;
     node.note_peer_has_credentials(org, &peer_key)?;
     remember_frontier(node, org, &session, &peer_key);
@@ -163,18 +224,21 @@ pub async fn answer_sync(
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> Result<SyncOutcome, String> {
     let first = match tokio::time::timeout(
-        FIRST_MESSAGE_TIMEOUT,
+        node.config.session_timeout(),
         net::read_frame(&mut stream, engine::limits::MESSAGE_BYTES_MAX),
     )
     .await
     {
-        Ok(Ok(Some(frame))) => frame,
-        Ok(Ok(None)) => return Err("the peer closed the stream before saying hello".into()),
-        Ok(Err(e)) => return Err(format!("connection lost: {e}")),
-        Err(_) => return Err("the peer said nothing".into()),
-    };
+        Ok(Ok(Some(frame))) => Ok(frame),
+        Ok(Ok(None)) => Err("the peer closed the stream before saying hello".to_owned()),
+        Ok(Err(e)) => Err(format!("connection lost: {e}")),
+        Err(_) => Err("the peer said nothing".to_owned()),
+    }
+    .inspect_err(|reason| tokio::task::block_in_place(|| record_refusal(node, &peer, None, reason)))?;
+    let mut session_id = None;
     let refusal = match wire::decode_message(&first) {
         Ok(Message::Hello(hello)) => {
+            session_id = Some(hello.session);
             let orgs: std::collections::BTreeSet<OrgId> = hello.filter.prefixes().iter().map(|p| p.org()).collect();
             match (orgs.len(), key_of(&peer)) {
                 (1, Some(peer_key)) => {
@@ -194,6 +258,7 @@ pub async fn answer_sync(
     let config = match refusal {
         Ok(config) => config,
         Err(reason) => {
+            tokio::task::block_in_place(|| record_refusal(node, &peer, session_id, &reason));
             let frame = wire::encode_message(&Message::Abort { reason: reason.clone() });
             let _ = net::write_frame(&mut stream, &frame).await;
             let _ = futures::AsyncWriteExt::close(&mut stream).await;
@@ -206,6 +271,11 @@ pub async fn answer_sync(
     tokio::task::block_in_place(|| session.handle_message(now_ms(), &first, &env));
     let result = drive(&mut stream, &mut session, node, on_event).await;
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    if let Err(reason) = &result
+        && !session.is_finished()
+    {
+        tokio::task::block_in_place(|| session.abandon(now_ms(), reason.clone(), &env));
+    }
     if result.is_ok()
         && let Some(org) = session.filter().prefixes().first().map(|p| p.org())
         && let Some(peer_key) = key_of(&peer)

@@ -27,6 +27,9 @@ use crate::node::Node;
 /// Sessions a node answers at once, and per peer.
 const SESSIONS_MAX: usize = 64;
 const SESSIONS_PER_PEER_MAX: usize = 4;
+/// Refused streams told why at once, and how long telling one may take.
+const REFUSALS_MAX: usize = 8;
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for sessions in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -217,6 +220,7 @@ pub struct Responders {
 impl Responders {
     pub fn start(node: Arc<Node>, net: &Net, shared: Arc<Shared>, report: Report) -> anyhow::Result<Responders> {
         let limit = Arc::new(Semaphore::new(SESSIONS_MAX));
+        let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
         let per_peer: Arc<std::sync::Mutex<BTreeMap<PeerId, usize>>> = Arc::default();
         let sessions: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>> = Arc::default();
         let mut incoming = net.accept(SYNC_PROTOCOL)?;
@@ -233,7 +237,29 @@ impl Responders {
                     if admitted.is_some() {
                         per_peer.lock().expect("lock").entry(peer).and_modify(|c| *c -= 1);
                     }
-                    s_report(json!({ "event": "refused", "peer": peer.to_string(), "reason": "too many sessions" }));
+                    let reason =
+                        if admitted.is_some() { "too many sessions" } else { "too many sessions from this peer" };
+                    s_report(json!({ "event": "refused", "peer": peer.to_string(), "reason": reason }));
+                    // Say why and record it, a few refusals at a time; beyond
+                    // that a flood's streams are just dropped.
+                    if let Ok(refusing) = refusals.clone().try_acquire_owned() {
+                        let node = node.clone();
+                        s_sessions.lock().await.spawn(async move {
+                            let mut stream = stream;
+                            let frame = engine::wire::encode_message(&engine::wire::Message::Abort {
+                                reason: reason.to_owned(),
+                            });
+                            let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+                                let _ = crate::net::write_frame(&mut stream, &frame).await;
+                                let _ = futures::AsyncWriteExt::close(&mut stream).await;
+                            })
+                            .await;
+                            tokio::task::block_in_place(|| {
+                                crate::protocols::record_refusal(&node, &peer, None, reason);
+                            });
+                            drop(refusing);
+                        });
+                    }
                     continue;
                 };
                 let (node, report, per_peer) = (node.clone(), s_report.clone(), per_peer.clone());

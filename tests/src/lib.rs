@@ -3,4 +3,5 @@
 //! `cargo run -p tests --release --bin sim`.
 
 pub mod cli;
+pub mod hostile;
 pub mod sim;
