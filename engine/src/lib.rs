@@ -4,8 +4,8 @@
 //! The engine enforces scopes it is handed through the `Authorizer` trait and
 //! never parses a certificate. It has no network, no clock and no threads:
 //! time comes in as milliseconds, randomness as ids, and the session is a
-//! state machine driven by the caller. It does file IO only through its
-//! store backends.
+//! state machine driven by the caller. It does file IO only in its store:
+//! through the backends, and the epoch file `Store::open` keeps next to them.
 
 pub mod authorize;
 pub mod backend;

@@ -102,8 +102,12 @@ pub enum WriteRejection {
 /// The outcome of one local write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
+    /// The new change; for an unchanged record, its latest change.
     pub dot: Dot,
     pub view: View,
+    /// The write set what the record already showed: no change was made
+    /// (re-running an import writes, signs and syncs nothing new).
+    pub unchanged: bool,
 }
 
 /// Who writes locally.
@@ -501,6 +505,19 @@ impl Store {
             let (state, _) = states.get_mut(key).expect("inserted above");
             let held = !state.changes.is_empty();
             let exists_now = held && state.exists(&TypePolicy::default());
+            if exists_now
+                && let LocalOp::Put { set, unset } = &write.op
+                && let Some(latest) = state.changes.iter().max_by_key(|c| c.hlc)
+            {
+                let view = state.view(&self.policy(&key.partition, &key.record_type)?);
+                let same = view.conflicts.is_empty()
+                    && set.iter().all(|(k, v)| view.fields.get(k) == Some(v))
+                    && unset.iter().all(|k| !view.fields.contains_key(k));
+                if same {
+                    results[i] = Some(Ok(Written { dot: latest.dot(), view, unchanged: true }));
+                    continue;
+                }
+            }
             let op = match local_op(&write.op, held, exists_now) {
                 Ok(op) => op,
                 Err(rejection) => {
@@ -535,7 +552,7 @@ impl Store {
             // Merge before signing (the signature plays no part in merging);
             // the signatures are filled in below.
             state.apply(change.clone()).map_err(|e| corrupt(&format!("own change does not merge: {e}")))?;
-            results[i] = Some(Ok(Written { dot: change.dot(), view: View::default() }));
+            results[i] = Some(Ok(Written { dot: change.dot(), view: View::default(), unchanged: false }));
             changes.push(change);
         }
         let lengths = signer.sign_all(&author.key, &mut changes);
@@ -586,7 +603,9 @@ impl Store {
             if !views {
                 break;
             }
-            if let Some(Ok(written)) = slot {
+            if let Some(Ok(written)) = slot
+                && !written.unchanged
+            {
                 let (state, _) = &states[&write.record];
                 written.view = state.view(&self.policy(&write.record.partition, &write.record.record_type)?);
             }

@@ -54,6 +54,18 @@ fn writes_create_update_unset_delete_and_recreate() {
         let missing = LocalWrite { record: record("results", "result", "nope"), op: LocalOp::Delete };
         let result = node.store.write(&node.author(), &[missing], T0 + 6, &auth, &SerialSigner).expect("write");
         assert_eq!(result[0], Err(WriteRejection::NotFound));
+        // Writing what the record already shows makes no change.
+        let counter = node.store.counter();
+        let same = LocalWrite { record: r.clone(), op: put_op(&[("score", Value::Int(9))], &["absent"]) };
+        let result = node.store.write(&node.author(), &[same], T0 + 7, &auth, &SerialSigner).expect("write");
+        let written = result[0].clone().expect("accepted");
+        assert!(written.unchanged, "{kind:?}");
+        assert_eq!(written.view.fields.get("score"), Some(&Value::Int(9)));
+        assert_eq!(node.store.counter(), counter, "{kind:?}: no counter used");
+        let other = LocalWrite { record: r.clone(), op: put_op(&[("score", Value::Int(10))], &[]) };
+        let result = node.store.write(&node.author(), &[other], T0 + 8, &auth, &SerialSigner).expect("write");
+        assert!(!result[0].clone().expect("accepted").unchanged);
+        assert_eq!(node.store.counter(), counter + 1);
     }
 }
 
@@ -397,4 +409,97 @@ fn the_ledger_keeps_only_the_newest_entries() {
     let (store, _) = Store::open(dir.path(), BackendKind::Redb, InstanceId([2; 16]), T0).expect("reopen");
     store.record_session(&entry(max + 25)).expect("record");
     assert_eq!(store.history().expect("history").len(), max);
+}
+
+/// Power loss, simulated: the store's files go back to how they were at a
+/// durable point, losing changes made after it that a peer already holds.
+/// The instance rule must keep every later write off the lost counters.
+#[test]
+fn after_a_power_loss_no_counter_is_used_twice() {
+    for kind in KINDS {
+        for clean_image in [false, true] {
+            let at = format!("{kind:?}, image of a {} store", if clean_image { "closed" } else { "running" });
+            let auth = StaticAuthorizer::new();
+            let scope = Scope::full(org());
+            let device = Node::new(kind, 1, scope.clone(), &auth);
+            let peer = full_node(kind, 2, &auth);
+            let lost_instance = device.store.instance();
+            for i in 0..3 {
+                device.put(&auth, &record("results", "result", &format!("early{i}")), &[("v", Value::Int(i))], T0);
+            }
+            let Node { store, dir, .. } = device;
+            let store = if clean_image {
+                // The last durable point is a clean close; what follows (the
+                // reopening included) is lost, as on a disk whose cache lied.
+                store.close().expect("close");
+                let image = tempfile::tempdir().expect("image");
+                copy_dir(dir.path(), image.path());
+                let (store, _) = Store::open(dir.path(), kind, InstanceId([3; 16]), T0).expect("reopen");
+                (store, image)
+            } else {
+                // The durable point is between two commits of a running store.
+                let image = tempfile::tempdir().expect("image");
+                copy_dir(dir.path(), image.path());
+                (store, image)
+            };
+            let (store, image) = store;
+            let device = Node { store, seed: 1, scope: scope.clone(), dir };
+            for i in 0..3 {
+                device.put(&auth, &record("results", "result", &format!("late{i}")), &[("v", Value::Int(i))], T0 + 1);
+            }
+            sync(&device, &peer, &auth, device.config(&peer, 1), T0 + 2);
+            assert_eq!(peer.snapshot().len(), 6, "{at}");
+            // Power loss: the process dies and the files are as at the image.
+            let Node { store, dir, .. } = device;
+            drop(store);
+            restore_in_place(image.path(), dir.path());
+            let (store, opened) = Store::open(dir.path(), kind, InstanceId([9; 16]), T0 + 3).expect("open");
+            let device = Node { store, seed: 1, scope: scope.clone(), dir };
+            assert_eq!(device.snapshot().len(), 3, "{at}: the late writes are gone locally");
+            if clean_image {
+                // Nothing on disk tells: the first peer that holds the lost
+                // counters does, before any new write, and the session stops.
+                assert_eq!(opened.fresh_instance, None, "{at}");
+                assert_eq!(device.store.instance(), lost_instance);
+                let failed = try_sync(&device, &peer, &auth, device.config(&peer, 2), T0 + 4)
+                    .expect_err("the peer's frontier shows the store went back");
+                assert!(failed.contains("holds counter"), "{at}: {failed}");
+            } else {
+                let reason = opened.fresh_instance.expect("fresh");
+                assert!(reason.contains("did not close the store cleanly"), "{at}: {reason}");
+            }
+            assert_ne!(device.store.instance(), lost_instance, "{at}");
+            assert_eq!(device.store.counter(), 0, "{at}");
+            // New writes use the fresh instance; the peer accepts all of them
+            // and hands back what was lost; nothing is refused anywhere.
+            device.put(&auth, &record("results", "result", "after"), &[("v", Value::Int(7))], T0 + 5);
+            let (mine, theirs) = sync(&device, &peer, &auth, device.config(&peer, 3), T0 + 6);
+            assert_eq!((mine.rejected, theirs.rejected, mine.rejected_by_peer), (0, 0, 0), "{at}");
+            assert_eq!(mine.received, 3, "{at}: the lost writes come back from the peer");
+            assert_eq!(device.snapshot(), peer.snapshot(), "{at}");
+            assert_eq!(device.snapshot().len(), 7, "{at}");
+        }
+    }
+}
+
+/// Makes `to` hold exactly the files of `from`, rewriting files that exist
+/// in both in place (same inodes, as after a power loss) and removing the rest.
+fn restore_in_place(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(to).expect("read dir") {
+        let entry = entry.expect("entry");
+        if !from.join(entry.file_name()).exists() {
+            let path = entry.path();
+            if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.expect("remove");
+        }
+    }
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            restore_in_place(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
 }

@@ -285,3 +285,22 @@ fn session_replay_of_a_real_session_stores_what_is_in_scope() {
         fuzz::session(&input);
     }
 }
+
+#[test]
+fn enrol_exchange_holds_on_requests_and_answers() {
+    let samples: Vec<Vec<u8>> = vec![
+        format!(r#"{{"secret":"{}","name":"tablet 7"}}"#, "ab".repeat(32)).into_bytes(),
+        br#"{"chain":"MIIBkzCCAUWgAwIBAgIQ","error":null}"#.to_vec(),
+        br#"{"chain":null,"error":"this token is used up"}"#.to_vec(),
+    ];
+    assert!(node::protocols::decode_enrol_request(&samples[0]).is_ok());
+    assert!(node::protocols::decode_enrol_answer(&samples[1]).is_ok());
+    let refused = node::protocols::decode_enrol_answer(&samples[2]).expect_err("a refusal");
+    assert!(refused.to_string().contains("used up"), "{refused}");
+    write_seeds("enrol_exchange", &samples);
+    for sample in &samples {
+        for input in variations(sample) {
+            fuzz::enrol_exchange(&input);
+        }
+    }
+}

@@ -49,6 +49,16 @@ pub struct BenchArgs {
     /// redb, sled, or both.
     #[arg(long, default_value = "both")]
     pub backend: String,
+    /// Seconds of the load scenario: every device syncs over and over while
+    /// the central takes a steady stream of writes (0: skip it).
+    #[arg(long, default_value_t = 0)]
+    pub load_seconds: u64,
+    /// Devices in the load scenario.
+    #[arg(long, default_value_t = 50)]
+    pub load_devices: u64,
+    /// Only the load scenario.
+    #[arg(long)]
+    pub load_only: bool,
     /// Tiny sizes, for a smoke run (what CI runs).
     #[arg(long)]
     pub quick: bool,
@@ -136,12 +146,7 @@ impl Proc {
 
     /// Peak resident memory so far, in KiB.
     fn peak_rss_kb(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kb(self.child.id(), "VmHWM:")
     }
 
     fn stop(mut self) {
@@ -429,6 +434,140 @@ async fn fanout(root: &Path, backend: BackendKind, devices: u64, records: u64) -
     Ok(figure)
 }
 
+/// Records each device writes per round of the load scenario, and records
+/// the central writes every `LOAD_WRITE_EVERY`.
+const LOAD_DEVICE_WRITES: u64 = 5;
+const LOAD_CENTRAL_WRITES: u64 = 20;
+const LOAD_WRITE_EVERY: Duration = Duration::from_millis(100);
+
+/// A central under many devices that sync over and over, with a steady
+/// stream of local writes, for `seconds`; then every device syncs until all
+/// agree, checked by a final round in which every sync must be a no-op.
+async fn load(root: &Path, backend: BackendKind, devices: u64, seconds: u64, records: u64) -> anyhow::Result<Figure> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let dir = root.join(format!("{}-load-{devices}", backend.name()));
+    let (central_home, org, homes) = district(&dir, backend, devices)?;
+    preload(&central_home, org, 0, records, 0)?;
+    let central = Proc::start(&central_home)?;
+    let procs: Vec<Proc> = homes.iter().map(Proc::start).collect::<anyhow::Result<_>>()?;
+    let both = sync_op(&central.address, true, true);
+    for result in futures::future::join_all(procs.iter().map(|p| p.op(&both))).await {
+        result?;
+    }
+    let stop = AtomicBool::new(false);
+    let (syncs, moved, written) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (bytes_sent, bytes_received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let started = Instant::now();
+    // The central's own writes: a steady stream through its local API.
+    let writer = async {
+        let mut version = 1;
+        let mut next = 0;
+        while !stop.load(Relaxed) {
+            let seqs: Vec<u64> = (0..LOAD_CENTRAL_WRITES).map(|i| (next + i) % records.max(1)).collect();
+            next += LOAD_CENTRAL_WRITES;
+            version += 1;
+            edit(&central, org, &seqs, version).await?;
+            written.fetch_add(LOAD_CENTRAL_WRITES, Relaxed);
+            tokio::time::sleep(LOAD_WRITE_EVERY).await;
+        }
+        anyhow::Ok(())
+    };
+    // Each device: write a few of its own records, sync, pause, again.
+    let device_loops = procs.iter().enumerate().map(|(d, p)| {
+        let (stop, syncs, moved, both) = (&stop, &syncs, &moved, &both);
+        let (bytes_sent, bytes_received) = (&bytes_sent, &bytes_received);
+        async move {
+            let first = 10_000_000 + d as u64 * 1_000_000;
+            let mut round = 0;
+            while !stop.load(Relaxed) {
+                let seqs: Vec<u64> = (0..LOAD_DEVICE_WRITES).map(|i| first + round * LOAD_DEVICE_WRITES + i).collect();
+                edit(p, org, &seqs, 1).await?;
+                let result = p.op(both).await.with_context(|| format!("device {d}, round {round}"))?;
+                syncs.fetch_add(1, Relaxed);
+                bytes_sent.fetch_add(result["bytes_sent"].as_u64().unwrap_or(0), Relaxed);
+                bytes_received.fetch_add(result["bytes_received"].as_u64().unwrap_or(0), Relaxed);
+                moved.fetch_add(
+                    result["sent"].as_u64().unwrap_or(0) + result["received"].as_u64().unwrap_or(0),
+                    Relaxed,
+                );
+                round += 1;
+                tokio::time::sleep(Duration::from_millis(crate::random::bytes::<1>()[0] as u64 * 2)).await;
+            }
+            anyhow::Ok(())
+        }
+    });
+    // Memory of the central over time, to show it stays bounded.
+    let samples = std::sync::Mutex::new(Vec::new());
+    let sampler = async {
+        while !stop.load(Relaxed) {
+            samples.lock().expect("samples").push(rss_kb(central.child.id(), "VmRSS:"));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let timer = async {
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        stop.store(true, Relaxed);
+    };
+    let (w, devices_done, (), ()) = futures::join!(writer, futures::future::join_all(device_loops), sampler, timer);
+    w?;
+    for result in devices_done {
+        result?;
+    }
+    let elapsed = started.elapsed();
+    // Settle: everyone syncs twice (the second round carries what others
+    // pushed in the first), then a round that must change nothing.
+    for _ in 0..2 {
+        for result in futures::future::join_all(procs.iter().map(|p| p.op(&both))).await {
+            result?;
+        }
+    }
+    for (d, result) in futures::future::join_all(procs.iter().map(|p| p.op(&both))).await.into_iter().enumerate() {
+        let result = result?;
+        if result["noop"] != true {
+            bail!("device {d} had not converged after the load: {result}");
+        }
+    }
+    let samples = samples.into_inner().expect("samples");
+    let half = samples.len() / 2;
+    let first_half = samples[..half].iter().max().copied().unwrap_or(0);
+    let second_half = samples[half..].iter().max().copied().unwrap_or(0);
+    let figure = Figure {
+        scenario: format!("load: {devices} devices, {seconds} s"),
+        backend: backend.name().into(),
+        records,
+        changes: moved.load(Relaxed),
+        bytes_sent: bytes_sent.load(Relaxed),
+        bytes_received: bytes_received.load(Relaxed),
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        rss_a_kb: central.peak_rss_kb(),
+        rss_b_kb: procs.iter().map(Proc::peak_rss_kb).max().unwrap_or(0),
+        note: format!(
+            "{} syncs, none failed; central wrote {} records ({:.0}/s); central RSS max {} MiB in the first half, {} MiB in the second; all converged",
+            syncs.load(Relaxed),
+            written.load(Relaxed),
+            written.load(Relaxed) as f64 / elapsed.as_secs_f64(),
+            first_half / 1024,
+            second_half / 1024
+        ),
+        ..Figure::default()
+    };
+    central.stop();
+    for p in procs {
+        p.stop();
+    }
+    Ok(figure)
+}
+
+/// A field of /proc/PID/status in KiB (`VmRSS:`, `VmHWM:`).
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
     let mut args = args.clone();
     if args.quick {
@@ -437,6 +576,8 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
         args.import = 300;
         args.devices = vec![3];
         args.device_records = 100;
+        args.load_seconds = 3;
+        args.load_devices = args.load_devices.min(3);
     }
     let backends = match args.backend.as_str() {
         "both" => vec![BackendKind::Redb, BackendKind::Sled],
@@ -478,6 +619,12 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
     };
     let result: anyhow::Result<()> = async {
         for &backend in &backends {
+            if args.load_seconds > 0 {
+                print(load(root.path(), backend, args.load_devices, args.load_seconds, args.device_records).await?);
+            }
+            if args.load_only {
+                continue;
+            }
             for &records in &args.records {
                 sync_scenarios(root.path(), backend, records, args.changed, &mut print).await?;
             }

@@ -235,6 +235,32 @@ pub fn export(
 /// `ferry bundle import FILE`: exactly like receiving a sync.
 pub fn import(node: &Node, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<serde_json::Value> {
     let started = now_ms();
+    import_file(node, path, started, progress).inspect_err(|e| {
+        // A refused or damaged bundle is in the ledger too (batches applied
+        // before the failure stay applied: each is atomic and verified).
+        let entry = LedgerEntry {
+            session: partitions::hex::encode(&crate::random::bytes::<16>()),
+            peer: path.display().to_string(),
+            via: "bundle".into(),
+            started_at_ms: started,
+            duration_ms: now_ms().saturating_sub(started),
+            outcome: format!("failed: {e:#}"),
+            pull: true,
+            rejections: vec![format!("{e:#}")],
+            ..LedgerEntry::default()
+        };
+        if let Err(e) = node.store.record_session(&entry) {
+            tracing::warn!("cannot record a failed bundle import in the ledger: {e}");
+        }
+    })
+}
+
+fn import_file(
+    node: &Node,
+    path: &Path,
+    started: u64,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<serde_json::Value> {
     let mut input =
         std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
     let (header, org, exporter, credentials, filter) = read_header(&mut input, BUNDLE_MAGIC)?;

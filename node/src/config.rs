@@ -35,6 +35,7 @@ pub struct Config {
     pub mdns: bool,
     #[serde(default = "default_store")]
     pub store: String,
+    /// Changes per sync batch, and records per durable commit of an import.
     #[serde(default = "default_batch")]
     pub batch_changes: usize,
     /// A session fails when its peer says nothing (or takes nothing) for

@@ -28,8 +28,6 @@ use crate::{json as j, pem};
 const ORG_YEARS: u64 = 30;
 /// Certificates are valid from a minute ago, for clocks slightly behind.
 const CLOCK_SKEW_S: u64 = 60;
-/// Records written per store commit in a bulk import.
-const IMPORT_CHUNK: usize = 2000;
 
 pub struct Node {
     pub home: Home,
@@ -379,7 +377,13 @@ impl Node {
         let mut results =
             self.store.write(&self.author(org)?, &[write], now_ms(), self.auth.as_ref(), &ParallelSigner)?;
         match results.remove(0) {
-            Ok(written) => Ok(j::record(&record, &written.view)),
+            Ok(written) => {
+                let mut value = j::record(&record, &written.view);
+                if written.unchanged {
+                    value["unchanged"] = json!(true);
+                }
+                Ok(value)
+            }
             Err(WriteRejection::Denied(d)) => bail!("outside this node's write scope: {d}"),
             Err(other) => bail!("{} {}: {other}", record.record_type, record.id),
         }
@@ -481,11 +485,12 @@ impl Node {
         progress: &mut dyn FnMut(u64),
     ) -> anyhow::Result<serde_json::Value> {
         let author = self.author(org)?;
-        let (mut written, mut rejected) = (0u64, 0u64);
+        let (mut written, mut unchanged, mut rejected) = (0u64, 0u64, 0u64);
         let mut reasons: Vec<String> = Vec::new();
         let mut batch: Vec<LocalWrite> = Vec::new();
         let mut flush = |batch: &mut Vec<LocalWrite>,
                          written: &mut u64,
+                         unchanged: &mut u64,
                          rejected: &mut u64,
                          reasons: &mut Vec<String>|
          -> anyhow::Result<()> {
@@ -496,6 +501,7 @@ impl Node {
                 self.store.write_with(&author, batch, now_ms(), self.auth.as_ref(), &ParallelSigner, false)?;
             for (write, result) in batch.iter().zip(results) {
                 match result {
+                    Ok(w) if w.unchanged => *unchanged += 1,
                     Ok(_) => *written += 1,
                     Err(e) => {
                         *rejected += 1;
@@ -506,7 +512,7 @@ impl Node {
                 }
             }
             batch.clear();
-            progress(*written + *rejected);
+            progress(*written + *unchanged + *rejected);
             Ok(())
         };
         for (n, line) in input.lines().enumerate() {
@@ -523,15 +529,15 @@ impl Node {
                     }
                 }
             }
-            if batch.len() >= IMPORT_CHUNK {
-                flush(&mut batch, &mut written, &mut rejected, &mut reasons)?;
+            if batch.len() >= self.config.batch_changes {
+                flush(&mut batch, &mut written, &mut unchanged, &mut rejected, &mut reasons)?;
             }
         }
-        flush(&mut batch, &mut written, &mut rejected, &mut reasons)?;
+        flush(&mut batch, &mut written, &mut unchanged, &mut rejected, &mut reasons)?;
         for reason in &reasons {
             eprintln!("rejected: {reason}");
         }
-        Ok(json!({ "written": written, "rejected": rejected }))
+        Ok(json!({ "written": written, "unchanged": unchanged, "rejected": rejected }))
     }
 
     /// `ferry export`: live records, one JSON object a line.

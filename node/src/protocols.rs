@@ -20,6 +20,8 @@ use crate::parallel::ParallelVerifier;
 const STREAM_ATTEMPTS: u64 = 4;
 /// How long to wait for a peer's first message.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a finished initiator waits for the peer to close.
+const LINGER: Duration = Duration::from_secs(2);
 /// Bytes of an enrolment request and answer.
 const ENROL_REQUEST_MAX: usize = 4096;
 const ENROL_ANSWER_MAX: usize = 2 * 1024 * 1024;
@@ -196,6 +198,9 @@ pub async fn sync(
         let mut session = Session::initiate(config, now_ms());
         let result = drive(&mut stream, &mut session, node, on_event).await;
         let _ = futures::AsyncWriteExt::close(&mut stream).await;
+        if result.is_ok() {
+            linger(&mut stream).await;
+        }
         let unanswered = result.is_err() && session.summary().messages_received == 0;
         if unanswered && attempt < STREAM_ATTEMPTS {
             tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
@@ -214,6 +219,22 @@ pub async fn sync(
     node.note_peer_has_credentials(org, &peer_key)?;
     remember_frontier(node, org, &session, &peer_key);
     Ok(SyncOutcome { peer, summary })
+}
+
+/// After a session completes, waits (briefly) for the peer to close its
+/// side: our last messages (a final Ack, End or Done) are then known to have
+/// arrived. Without this a short-lived process could exit, and its swarm
+/// stop, with them still queued, and the peer would record a failure.
+async fn linger(stream: &mut libp2p::Stream) {
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = futures::AsyncReadExt::read(stream, &mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Answers a session a peer starts on `stream`.
@@ -316,6 +337,37 @@ struct EnrolAnswer {
     error: Option<String>,
 }
 
+/// Characters of a device name kept from an enrolment request.
+const ENROL_NAME_CHARS_MAX: usize = 100;
+
+/// An enrolment request as the issuer reads it: the token's secret and the
+/// device's name (cut to `ENROL_NAME_CHARS_MAX` characters).
+pub fn decode_enrol_request(bytes: &[u8]) -> Result<([u8; 32], String), String> {
+    if bytes.len() > ENROL_REQUEST_MAX {
+        return Err(format!(
+            "the enrolment request is {} bytes, more than the {ENROL_REQUEST_MAX} allowed",
+            bytes.len()
+        ));
+    }
+    let request: EnrolRequest = serde_json::from_slice(bytes).map_err(|_| "malformed enrolment request".to_owned())?;
+    let secret = partitions::hex::decode::<32>(&request.secret).ok_or("malformed enrolment secret")?;
+    Ok((secret, request.name.chars().take(ENROL_NAME_CHARS_MAX).collect()))
+}
+
+/// An issuer's answer as the device reads it: the chain issued (checked
+/// afterwards like any chain), or the issuer's reason for refusing.
+pub fn decode_enrol_answer(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    if bytes.len() > ENROL_ANSWER_MAX {
+        bail!("the issuer's answer is {} bytes, more than the {ENROL_ANSWER_MAX} allowed", bytes.len());
+    }
+    let answer: EnrolAnswer = serde_json::from_slice(bytes).context("the issuer's answer is malformed")?;
+    if let Some(error) = answer.error {
+        let error: String = error.chars().take(engine::limits::REASON_BYTES_MAX).collect();
+        bail!("the issuer refused: {error}");
+    }
+    crate::pem::decode_base64(&answer.chain.context("the issuer sent no certificate")?)
+}
+
 /// The device side of enrolment: contact the issuer the token names, check
 /// it is that issuer, present the secret, store the chain received.
 pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> anyhow::Result<serde_json::Value> {
@@ -341,12 +393,7 @@ pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> any
                         .await
                         .map_err(|_| anyhow!("the issuer did not answer"))??
                         .context("the issuer closed the stream without answering")?;
-                let answer: EnrolAnswer =
-                    serde_json::from_slice(&answer).context("the issuer's answer is malformed")?;
-                if let Some(error) = answer.error {
-                    bail!("the issuer refused: {error}");
-                }
-                let chain = crate::pem::decode_base64(&answer.chain.context("the issuer sent no certificate")?)?;
+                let chain = decode_enrol_answer(&answer)?;
                 let out = tokio::task::block_in_place(|| node.store_enrolled(&chain))?;
                 return Ok(out);
             }
@@ -371,11 +418,8 @@ pub async fn answer_enrol(
             _ => return Err("no enrolment request".into()),
         };
     let result = (|| -> Result<Vec<u8>, String> {
-        let request: EnrolRequest =
-            serde_json::from_slice(&request).map_err(|_| "malformed enrolment request".to_owned())?;
-        let secret = partitions::hex::decode::<32>(&request.secret).ok_or("malformed enrolment secret")?;
+        let (secret, name) = decode_enrol_request(&request)?;
         let subject = key_of(&peer).ok_or("peer id without an Ed25519 key")?;
-        let name: String = request.name.chars().take(100).collect();
         tokio::task::block_in_place(|| {
             let _guard = lock.lock().map_err(|_| "enrolment lock poisoned".to_owned())?;
             node.redeem_token(&secret, &subject, &name)

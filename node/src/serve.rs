@@ -244,7 +244,7 @@ impl Responders {
                     // that a flood's streams are just dropped.
                     if let Ok(refusing) = refusals.clone().try_acquire_owned() {
                         let node = node.clone();
-                        s_sessions.lock().await.spawn(async move {
+                        reaped(&s_sessions).await.spawn(async move {
                             let mut stream = stream;
                             let frame = engine::wire::encode_message(&engine::wire::Message::Abort {
                                 reason: reason.to_owned(),
@@ -263,7 +263,7 @@ impl Responders {
                     continue;
                 };
                 let (node, report, per_peer) = (node.clone(), s_report.clone(), per_peer.clone());
-                s_sessions.lock().await.spawn(async move {
+                reaped(&s_sessions).await.spawn(async move {
                     let event = match crate::protocols::answer_sync(&node, peer, stream, &mut |_| {}).await {
                         Ok(outcome) => {
                             let mut value = outcome.to_json();
@@ -282,9 +282,12 @@ impl Responders {
         let (e_report, e_limit, e_sessions) = (report, limit, sessions.clone());
         let enrols = tokio::spawn(async move {
             while let Some((peer, stream)) = enrolments.next().await {
-                let Ok(permit) = e_limit.clone().try_acquire_owned() else { continue };
+                let Ok(permit) = e_limit.clone().try_acquire_owned() else {
+                    e_report(json!({ "event": "refused", "peer": peer.to_string(), "reason": "too many sessions" }));
+                    continue;
+                };
                 let (shared, report) = (shared.clone(), e_report.clone());
-                e_sessions.lock().await.spawn(async move {
+                reaped(&e_sessions).await.spawn(async move {
                     let event =
                         match crate::protocols::answer_enrol(&shared.node, &shared.enrol_lock, peer, stream).await {
                             Ok(_) => json!({ "event": "enrolled", "peer": peer.to_string() }),
@@ -314,6 +317,16 @@ impl Responders {
         while sessions.join_next().await.is_some() {}
         finished
     }
+}
+
+/// The set of session tasks, with the finished ones taken out (a daemon
+/// that runs for months must not keep every session it ever answered).
+async fn reaped(
+    sessions: &tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+) -> tokio::sync::MutexGuard<'_, tokio::task::JoinSet<()>> {
+    let mut set = sessions.lock().await;
+    while set.try_join_next().is_some() {}
+    set
 }
 
 async fn wait_for_signal() {

@@ -143,6 +143,12 @@ impl Server {
         }
     }
 
+    /// SIGKILL: the process dies where it stands, as in a crash.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();

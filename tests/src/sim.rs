@@ -17,7 +17,8 @@
 //! records, conflicts and frontiers in the region both may read. Every
 //! retained change's signature must verify.
 //!
-//! A failure reports the seed and the last steps; `SIM_SEED=<seed>` replays it.
+//! A failure reports the seed and the last steps; `SIM_SEED=<seed>` replays it
+//! (read by `tests/simulator.rs`).
 //! Debugging aids: `SIM_TRACE=1` prints every step as it happens,
 //! `SIM_TRACE_NET=1` adds every delivered message, and `SIM_CALM=1` turns
 //! off cuts, isolation and crashes (drops, duplicates and reordering stay).

@@ -16,7 +16,9 @@ fn every_benchmark_scenario_runs_at_a_tiny_size() {
         .map(|l| serde_json::from_str(l).expect("one JSON object a line"))
         .collect();
     for backend in ["redb", "sled"] {
-        for scenario in ["initial", "no-op", "incremental", "bidirectional", "import", "3 devices at once"] {
+        for scenario in
+            ["initial", "no-op", "incremental", "bidirectional", "import", "3 devices at once", "load: 3 devices, 3 s"]
+        {
             let f = figures
                 .iter()
                 .find(|f| f["backend"] == backend && f["scenario"] == scenario)

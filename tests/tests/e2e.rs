@@ -370,6 +370,16 @@ fn a_bundle_carries_changes_from_one_node_to_another() {
     let imported = central.json(&["bundle", "import", back.to_str().expect("path")]);
     assert_eq!((imported["updated"].as_u64(), imported["skipped"].as_u64()), (Some(1), Some(1)), "{imported}");
     assert_eq!(central.json(&["get", "result", "from-device"])["fields"]["score"], 2);
+    // A truncated bundle is refused, and the refusal is in the ledger.
+    let bytes = std::fs::read(&back).expect("bundle");
+    let cut = root.path().join("cut.bundle");
+    std::fs::write(&cut, &bytes[..bytes.len() - 3]).expect("write");
+    let refused = central.fails(&["bundle", "import", cut.to_str().expect("path")]);
+    assert!(refused.contains("truncated"), "{refused}");
+    let history = central.json(&["history"]);
+    let last = history.as_array().expect("ledger").last().expect("entry").clone();
+    assert!(last["outcome"].as_str().expect("outcome").starts_with("failed: "), "{last}");
+    assert_eq!(last["via"], "bundle");
 }
 
 #[test]

@@ -118,6 +118,17 @@ impl Node {
 /// Drives an initiator and a responder until both finish, delivering every
 /// message in order. Returns both summaries.
 pub fn sync(a: &Node, b: &Node, auth: &StaticAuthorizer, config: SessionConfig, now_ms: u64) -> (Summary, Summary) {
+    try_sync(a, b, auth, config, now_ms).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like `sync`; a failed session is an `Err` with the side and the reason.
+pub fn try_sync(
+    a: &Node,
+    b: &Node,
+    auth: &StaticAuthorizer,
+    config: SessionConfig,
+    now_ms: u64,
+) -> Result<(Summary, Summary), String> {
     let mut initiator = Session::initiate(config, now_ms);
     let mut responder = Session::accept(b.config(a, 0), now_ms);
     let env_a = Env { store: &a.store, auth, verifier: &SerialVerifier };
@@ -139,19 +150,19 @@ pub fn sync(a: &Node, b: &Node, auth: &StaticAuthorizer, config: SessionConfig, 
         while let Some(event) = initiator.poll_event() {
             match event {
                 Event::Completed(s) => done_a = Some(s),
-                Event::Failed { error, .. } => panic!("initiator failed: {error}"),
+                Event::Failed { error, .. } => return Err(format!("initiator failed: {error}")),
                 _ => {}
             }
         }
         while let Some(event) = responder.poll_event() {
             match event {
                 Event::Completed(s) => done_b = Some(s),
-                Event::Failed { error, .. } => panic!("responder failed: {error}"),
+                Event::Failed { error, .. } => return Err(format!("responder failed: {error}")),
                 _ => {}
             }
         }
         if let (Some(a), Some(b)) = (&done_a, &done_b) {
-            return (a.clone(), b.clone());
+            return Ok((a.clone(), b.clone()));
         }
         if !moved {
             panic!(
