@@ -574,7 +574,7 @@ impl Store {
             if !*existed {
                 pending.put(keys::by_id(&key.partition, &key.record_type, &key.id), Vec::new());
             }
-            pending.record(key, state);
+            pending.record(key, state, *existed);
             if key.record_type.as_str() == PROFILE_TYPE {
                 self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
             }
@@ -997,7 +997,7 @@ impl Store {
             if !existed {
                 pending.put(keys::by_id(&key.partition, &key.record_type, &key.id), Vec::new());
             }
-            pending.record(key, state);
+            pending.record(key, state, *existed);
             if key.record_type.as_str() == PROFILE_TYPE {
                 self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
             }
@@ -1187,7 +1187,10 @@ impl Pending {
         self.writes.insert(key, None);
     }
 
-    fn record(&mut self, key: &RecordKey, state: &RecordState) {
+    /// Stores a record's state and its conflict marker. `existed`: the
+    /// record was stored before, so a marker may need removing (a new
+    /// record has none, and a removal still costs the backend a lookup).
+    fn record(&mut self, key: &RecordKey, state: &RecordState, existed: bool) {
         let record_key = keys::record(&key.partition, &key.record_type, &key.id);
         let conflict_key = {
             let mut k = vec![keys::CONFLICTS];
@@ -1196,7 +1199,7 @@ impl Pending {
         };
         if state.has_conflicts() {
             self.put(conflict_key, Vec::new());
-        } else {
+        } else if existed {
             self.delete(conflict_key);
         }
         self.put(record_key, wire::encode_record(state));

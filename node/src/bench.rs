@@ -80,6 +80,11 @@ pub struct Figure {
     pub round_trips: u64,
     pub rss_a_kb: u64,
     pub rss_b_kb: u64,
+    /// CPU time (user + system) the central and the device(s) spent during
+    /// the scenario: with the wall time it shows whether a scenario waited
+    /// on the CPU or on something else.
+    pub cpu_a_ms: u64,
+    pub cpu_b_ms: u64,
     pub note: String,
 }
 
@@ -105,6 +110,7 @@ impl Figure {
             "bytes_per_record": (self.per_record() * 10.0).round() / 10.0,
             "round_trips": self.round_trips,
             "peak_rss_kb": { "central": self.rss_a_kb, "device": self.rss_b_kb },
+            "cpu_ms": { "central": self.cpu_a_ms, "device": self.cpu_b_ms },
             "note": self.note,
         })
     }
@@ -147,6 +153,11 @@ impl Proc {
     /// Peak resident memory so far, in KiB.
     fn peak_rss_kb(&self) -> u64 {
         rss_kb(self.child.id(), "VmHWM:")
+    }
+
+    /// CPU time used so far, in milliseconds.
+    fn cpu_ms(&self) -> u64 {
+        cpu_ms(self.child.id())
     }
 
     fn stop(mut self) {
@@ -241,6 +252,24 @@ fn sync_op(peer: &str, pull: bool, push: bool) -> Op {
     Op::Sync { peer: peer.to_owned(), org: None, filters: vec![], pull, push }
 }
 
+/// Runs one sync on `device` and measures it, CPU time of both sides
+/// included.
+async fn measured(
+    scenario: &str,
+    backend: BackendKind,
+    records: u64,
+    op: &Op,
+    central: &Proc,
+    device: &Proc,
+) -> anyhow::Result<(Json, Figure)> {
+    let cpu = (central.cpu_ms(), device.cpu_ms());
+    let result = device.op(op).await?;
+    let mut f = figure(scenario, backend, records, &result, central, device);
+    f.cpu_a_ms = central.cpu_ms().saturating_sub(cpu.0);
+    f.cpu_b_ms = device.cpu_ms().saturating_sub(cpu.1);
+    Ok((result, f))
+}
+
 fn figure(scenario: &str, backend: BackendKind, records: u64, result: &Json, central: &Proc, device: &Proc) -> Figure {
     let u = |k: &str| result[k].as_u64().unwrap_or(0);
     Figure {
@@ -254,7 +283,7 @@ fn figure(scenario: &str, backend: BackendKind, records: u64, result: &Json, cen
         round_trips: u("round_trips"),
         rss_a_kb: central.peak_rss_kb(),
         rss_b_kb: device.peak_rss_kb(),
-        note: String::new(),
+        ..Figure::default()
     }
 }
 
@@ -272,31 +301,34 @@ async fn sync_scenarios(
     let central = Proc::start(&central_home)?;
     let device = Proc::start(&devices[0])?;
 
-    let initial = device.op(&sync_op(&central.address, true, false)).await?;
+    let (initial, f) =
+        measured("initial", backend, records, &sync_op(&central.address, true, false), &central, &device).await?;
     if initial["received"].as_u64() != Some(records) {
         bail!("initial sync moved {} of {records} records", initial["received"]);
     }
-    out(figure("initial", backend, records, &initial, &central, &device));
+    out(f);
 
-    let noop = device.op(&sync_op(&central.address, true, true)).await?;
+    let (noop, f) =
+        measured("no-op", backend, records, &sync_op(&central.address, true, true), &central, &device).await?;
     if noop["noop"] != true {
         bail!("the second sync was not a no-op: {noop}");
     }
-    out(figure("no-op", backend, records, &noop, &central, &device));
+    out(f);
 
     // The central changes `changed` records spread over the store.
     let step = (records / changed.max(1)).max(1);
     let edits: Vec<u64> = (0..changed.min(records)).map(|i| i * step).collect();
     edit(&central, org, &edits, 1).await?;
-    let incremental = device.op(&sync_op(&central.address, true, false)).await?;
-    out(figure("incremental", backend, records, &incremental, &central, &device));
+    let (_, f) =
+        measured("incremental", backend, records, &sync_op(&central.address, true, false), &central, &device).await?;
+    out(f);
 
     // Both sides edit: half of the device's edits touch the central's records.
     edit(&central, org, &edits, 2).await?;
     let device_edits: Vec<u64> = edits.iter().enumerate().map(|(i, &s)| if i % 2 == 0 { s } else { s + 1 }).collect();
     edit(&device, org, &device_edits, 3).await?;
-    let both = device.op(&sync_op(&central.address, true, true)).await?;
-    let mut f = figure("bidirectional", backend, records, &both, &central, &device);
+    let (both, mut f) =
+        measured("bidirectional", backend, records, &sync_op(&central.address, true, true), &central, &device).await?;
     f.note = format!("{} conflicts kept", both["conflicts"]);
     out(f);
 
@@ -358,10 +390,11 @@ fn import_scenario(root: &Path, backend: BackendKind, count: u64) -> anyhow::Res
         .spawn()?;
     let pid = child.id();
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cpu = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let watch = {
-        let peak = peak.clone();
+        let (peak, cpu) = (peak.clone(), cpu.clone());
         std::thread::spawn(move || {
-            // Sample the importer's peak memory until it exits.
+            // Sample the importer's peak memory and CPU time until it exits.
             while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
                 if let Some(kb) = status
                     .lines()
@@ -370,6 +403,7 @@ fn import_scenario(root: &Path, backend: BackendKind, count: u64) -> anyhow::Res
                 {
                     peak.store(kb, std::sync::atomic::Ordering::Relaxed);
                 }
+                cpu.fetch_max(cpu_ms(pid), std::sync::atomic::Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -388,6 +422,7 @@ fn import_scenario(root: &Path, backend: BackendKind, count: u64) -> anyhow::Res
         changes: count,
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         rss_b_kb: peak.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_b_ms: cpu.load(std::sync::atomic::Ordering::Relaxed),
         note: "whole command: start, parse, sign, write, exit".into(),
         ..Figure::default()
     })
@@ -400,6 +435,7 @@ async fn fanout(root: &Path, backend: BackendKind, devices: u64, records: u64) -
     preload(&central_home, org, 0, records, 0)?;
     let central = Proc::start(&central_home)?;
     let procs: Vec<Proc> = homes.iter().map(Proc::start).collect::<anyhow::Result<_>>()?;
+    let cpu_before = (central.cpu_ms(), procs.iter().map(Proc::cpu_ms).sum::<u64>());
     let started = Instant::now();
     let op = sync_op(&central.address, true, false);
     let syncs = procs.iter().map(|p| p.op(&op));
@@ -412,6 +448,8 @@ async fn fanout(root: &Path, backend: BackendKind, devices: u64, records: u64) -
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         rss_a_kb: central.peak_rss_kb(),
         rss_b_kb: procs.iter().map(Proc::peak_rss_kb).max().unwrap_or(0),
+        cpu_a_ms: central.cpu_ms().saturating_sub(cpu_before.0),
+        cpu_b_ms: procs.iter().map(Proc::cpu_ms).sum::<u64>().saturating_sub(cpu_before.1),
         ..Figure::default()
     };
     let mut slowest: f64 = 0.0;
@@ -457,6 +495,7 @@ async fn load(root: &Path, backend: BackendKind, devices: u64, seconds: u64, rec
     let stop = AtomicBool::new(false);
     let (syncs, moved, written) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let (bytes_sent, bytes_received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let cpu_before = (central.cpu_ms(), procs.iter().map(Proc::cpu_ms).sum::<u64>());
     let started = Instant::now();
     // The central's own writes: a steady stream through its local API.
     let writer = async {
@@ -541,6 +580,8 @@ async fn load(root: &Path, backend: BackendKind, devices: u64, seconds: u64, rec
         duration_ms: elapsed.as_secs_f64() * 1000.0,
         rss_a_kb: central.peak_rss_kb(),
         rss_b_kb: procs.iter().map(Proc::peak_rss_kb).max().unwrap_or(0),
+        cpu_a_ms: central.cpu_ms().saturating_sub(cpu_before.0),
+        cpu_b_ms: procs.iter().map(Proc::cpu_ms).sum::<u64>().saturating_sub(cpu_before.1),
         note: format!(
             "{} syncs, none failed; central wrote {} records ({:.0}/s); central RSS max {} MiB in the first half, {} MiB in the second; all converged",
             syncs.load(Relaxed),
@@ -556,6 +597,18 @@ async fn load(root: &Path, backend: BackendKind, devices: u64, seconds: u64, rec
         p.stop();
     }
     Ok(figure)
+}
+
+/// User plus system CPU time of a process, from /proc/PID/stat (fields 14
+/// and 15, in USER_HZ ticks, which Linux fixes at 100 per second).
+fn cpu_ms(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; count from after it.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // `rest` starts at field 3, so fields 14 and 15 are at 11 and 12.
+    (tick(11) + tick(12)) * 10
 }
 
 /// A field of /proc/PID/status in KiB (`VmRSS:`, `VmHWM:`).
@@ -593,12 +646,12 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
         } else {
             if all.is_empty() {
                 println!(
-                    "| scenario | backend | store | changes | ms | records/s | bytes sent | bytes received | bytes/record | round trips | peak RSS central / device (MiB) | note |"
+                    "| scenario | backend | store | changes | ms | records/s | bytes sent | bytes received | bytes/record | round trips | peak RSS central / device (MiB) | CPU s central / device | note |"
                 );
-                println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+                println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             }
             println!(
-                "| {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {} | {:.0} / {:.0} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {} | {:.0} / {:.0} | {:.2} / {:.2} | {} |",
                 figure.scenario,
                 figure.backend,
                 figure.records,
@@ -611,6 +664,8 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
                 figure.round_trips,
                 figure.rss_a_kb as f64 / 1024.0,
                 figure.rss_b_kb as f64 / 1024.0,
+                figure.cpu_a_ms as f64 / 1000.0,
+                figure.cpu_b_ms as f64 / 1000.0,
                 figure.note
             );
         }
