@@ -15,11 +15,12 @@
 //! 3. **Frontiers.** Otherwise the initiator sends its frontier in the
 //!    region it receives (`Heads`); the responder answers with its own
 //!    frontier in the region it receives, when the initiator pushes.
-//! 4. **Transfer.** Each sender sends `Batch`es of what the other lacks, one
-//!    at a time, each acknowledged (`Ack`) after it is durably applied, then
-//!    `End`. While a batch is in flight the sender prepares the next, so
-//!    encoding overlaps the receiver's work, and an interrupted transfer
-//!    resends at most the batch in flight.
+//! 4. **Transfer.** Each sender sends `Batch`es of what the other lacks,
+//!    each acknowledged (`Ack`) after it is durably applied, then `End`.
+//!    Up to [`WINDOW`] batches are unacknowledged at once and the sender
+//!    prepares the next meanwhile, so the receiver applies one batch while
+//!    the next is on the wire and a third is being encoded; an interrupted
+//!    transfer resends at most the batches in flight.
 //!
 //! Every message may be lost, duplicated or reordered (the simulator does
 //! all three): duplicates are answered idempotently, a retransmission timer
@@ -38,6 +39,11 @@ use crate::store::{ApplyError, Store, Triple};
 use crate::wire::{
     self, Batch, Credentials, DecodeError, Group, GroupChange, HeadEntry, Heads, Hello, Message, Plan, Welcome,
 };
+
+/// Batches a sender keeps unacknowledged at once. Two keep the receiver
+/// busy: it applies one while the next arrives. More would only hold more
+/// memory on both sides, as the receiver applies batches one after another.
+pub const WINDOW: usize = 2;
 
 /// What a session needs to start.
 #[derive(Clone, Debug)]
@@ -187,8 +193,9 @@ struct Outgoing {
     cursor: usize,
     position: Counter,
     next_seq: u64,
-    /// The batch awaiting its ack: (seq, frame, changes, bytes).
-    inflight: Option<(u64, Vec<u8>, u64, u64)>,
+    /// The batches awaiting their acks, oldest first: (seq, frame,
+    /// changes, bytes). At most [`WINDOW`].
+    inflight: VecDeque<(u64, Vec<u8>, u64, u64)>,
     prepared: Option<(Vec<u8>, u64, u64)>,
     exhausted: bool,
     chains_sent: BTreeSet<AuthorKey>,
@@ -370,12 +377,19 @@ impl Session {
             return;
         }
         if let Some(out) = &mut self.out
+            && out.planned
             && out.prepared.is_none()
             && !out.exhausted
             && let Err(e) = prepare_batch(out, &self.config, env)
         {
             let now = self.last_heard_ms;
             self.fail(SessionError::Store(e), now, env, true);
+            return;
+        }
+        // What was just prepared goes out if the window has room.
+        if let Err(e) = self.fill_window(env) {
+            let now = self.last_heard_ms;
+            self.fail(e, now, env, true);
         }
     }
 
@@ -597,7 +611,7 @@ impl Session {
             cursor: 0,
             position: 0,
             next_seq: 0,
-            inflight: None,
+            inflight: VecDeque::new(),
             prepared: None,
             exhausted: false,
             chains_sent: BTreeSet::new(),
@@ -678,7 +692,6 @@ impl Session {
         }
         if let Some(out) = &mut self.out {
             plan_outgoing(out, &heads.entries, env).map_err(SessionError::Store)?;
-            prepare_batch(out, &self.config, env).map_err(SessionError::Store)?;
             self.events.push_back(Event::Progress {
                 direction: Direction::Outgoing,
                 changes_done: 0,
@@ -686,41 +699,59 @@ impl Session {
                 bytes_done: 0,
                 bytes_total: out.plan.bytes,
             });
-            self.send_next_batch();
+            self.fill_window(env)?;
         }
         Ok(())
     }
 
     // -- transfer -----------------------------------------------------------
 
-    fn send_next_batch(&mut self) {
-        let Some(out) = &mut self.out else { return };
-        if out.inflight.is_some() {
-            return;
+    /// Sends batches until [`WINDOW`] are in flight, preparing each that is
+    /// not prepared yet; sends `End` once everything is acknowledged.
+    fn fill_window(&mut self, env: &Env<'_>) -> Result<(), SessionError> {
+        let mut frames = Vec::new();
+        {
+            let Some(out) = &mut self.out else { return Ok(()) };
+            if !out.planned {
+                // The peer's frontier has not arrived: nothing to send yet.
+                return Ok(());
+            }
+            while out.inflight.len() < WINDOW {
+                if out.prepared.is_none() && !out.exhausted {
+                    prepare_batch(out, &self.config, env).map_err(SessionError::Store)?;
+                }
+                let Some((frame, changes, bytes)) = out.prepared.take() else { break };
+                let seq = out.next_seq;
+                out.next_seq += 1;
+                out.inflight.push_back((seq, frame.clone(), changes, bytes));
+                self.summary.sent += changes;
+                frames.push(frame);
+            }
+            if out.inflight.is_empty() && out.prepared.is_none() && out.exhausted && out.end_frame.is_none() {
+                let frame = wire::encode_message(&Message::End { batches: out.next_seq });
+                out.end_frame = Some(frame.clone());
+                frames.push(frame);
+            }
         }
-        if let Some((frame, changes, bytes)) = out.prepared.take() {
-            let seq = out.next_seq;
-            out.next_seq += 1;
-            out.inflight = Some((seq, frame.clone(), changes, bytes));
-            self.summary.sent += changes;
-            self.send(frame);
-        } else if out.exhausted && out.end_frame.is_none() {
-            let frame = wire::encode_message(&Message::End { batches: out.next_seq });
-            out.end_frame = Some(frame.clone());
+        for frame in frames {
             self.send(frame);
         }
+        Ok(())
     }
 
     fn on_ack(&mut self, seq: u64, rejected: u64, _now_ms: u64, env: &Env<'_>) -> Result<(), SessionError> {
         let Some(out) = &mut self.out else {
             return Err(SessionError::Protocol("Ack for a direction that is not sending".into()));
         };
-        match &out.inflight {
-            Some((inflight, _, changes, bytes)) if *inflight == seq => {
+        // The receiver applies batches in order, so an ack covers every
+        // batch up to its own (an earlier ack may have been lost).
+        match out.inflight.iter().position(|(s, ..)| *s == seq) {
+            Some(last) => {
                 self.summary.rejected_by_peer += rejected;
-                out.changes_done += changes;
-                out.bytes_done += bytes;
-                out.inflight = None;
+                for (_, _, changes, bytes) in out.inflight.drain(..=last) {
+                    out.changes_done += changes;
+                    out.bytes_done += bytes;
+                }
                 self.events.push_back(Event::Progress {
                     direction: Direction::Outgoing,
                     changes_done: out.changes_done,
@@ -728,12 +759,9 @@ impl Session {
                     bytes_done: out.bytes_done,
                     bytes_total: out.plan.bytes.max(out.bytes_done),
                 });
-                if out.prepared.is_none() && !out.exhausted {
-                    prepare_batch(out, &self.config, env).map_err(SessionError::Store)?;
-                }
-                self.send_next_batch();
+                self.fill_window(env)?;
             }
-            _ => {
+            None => {
                 // An old ack: our End (or the batch after it) may have been
                 // lost; say it again.
                 if let Some(end) = out.end_frame.clone() {
@@ -755,6 +783,11 @@ impl Session {
             // A resend of what we applied: acknowledge again.
             let ack = wire::encode_message(&Message::Ack { seq: batch.seq, rejected: 0 });
             self.send(ack);
+            return Ok(());
+        }
+        if batch.seq > inc.expected_seq && batch.seq < inc.expected_seq + WINDOW as u64 {
+            // Within the window, but an earlier batch is missing (lost or
+            // overtaken): drop this one; the sender resends both.
             return Ok(());
         }
         if batch.seq > inc.expected_seq {
@@ -904,11 +937,10 @@ impl Session {
     fn retransmit(&mut self) {
         self.resend_handshake();
         if let Some(out) = &self.out {
-            if let Some((_, frame, _, _)) = &out.inflight {
-                let frame = frame.clone();
+            let frames: Vec<Vec<u8>> = out.inflight.iter().map(|(_, frame, ..)| frame.clone()).collect();
+            let end = if frames.is_empty() { out.end_frame.clone() } else { None };
+            for frame in frames.into_iter().chain(end) {
                 self.send(frame);
-            } else if let Some(end) = out.end_frame.clone() {
-                self.send(end);
             }
         }
         if let Some(ack) = self.inc.as_ref().and_then(|i| i.last_ack.clone()) {
@@ -934,7 +966,7 @@ pub fn delta_frames(
         cursor: 0,
         position: 0,
         next_seq: 0,
-        inflight: None,
+        inflight: VecDeque::new(),
         prepared: None,
         exhausted: false,
         chains_sent: BTreeSet::new(),

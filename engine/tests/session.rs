@@ -117,7 +117,7 @@ fn interrupted_pull(device: &Node, central: &Node, auth: &StaticAuthorizer, stop
 }
 
 #[test]
-fn an_interrupted_transfer_resumes_without_resending_more_than_one_batch() {
+fn an_interrupted_transfer_resumes_from_what_was_applied() {
     for kind in KINDS {
         let auth = StaticAuthorizer::new();
         let central = full(kind, 1, &auth);
