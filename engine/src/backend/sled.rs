@@ -20,6 +20,11 @@ const BLOB_THRESHOLD: usize = 100 * 1024;
 /// sled's page cache (same reasoning as redb's).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How long `open` waits for a lock that a closing store is releasing:
+/// `LOCK_ATTEMPTS` × `LOCK_WAIT` (2 s).
+const LOCK_ATTEMPTS: u32 = 100;
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub struct SledBackend {
     db: sled::Db,
     dir: PathBuf,
@@ -31,7 +36,24 @@ fn err(e: impl std::fmt::Display) -> BackendError {
 
 impl SledBackend {
     pub fn open(dir: &Path) -> Result<SledBackend, BackendError> {
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open().map_err(err)?;
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None);
+        // sled releases its file lock when its last internal reference goes,
+        // which can be a moment after the `Db` a closing store dropped; a
+        // store closed and reopened in one process (or a process that just
+        // exited) can still hold it. Waiting a bounded moment tells that
+        // apart from a store another process really holds.
+        let mut attempts = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && attempts < LOCK_ATTEMPTS =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(LOCK_WAIT);
+                }
+                result => break result.map_err(err)?,
+            }
+        };
         let backend = SledBackend { db, dir: dir.to_path_buf() };
         backend.sync_files(true)?;
         Ok(backend)
