@@ -144,15 +144,22 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = number.parse().with_context(|| format!("{text:?} is not a duration like 30s, 15m, 2h or 7d"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let unit_seconds: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => anyhow::bail!("{text:?} is not a duration like 30s, 15m, 2h or 7d"),
     };
-    Ok(Duration::from_secs(seconds))
+    // Timers add durations to the clock: keep them far from overflowing it.
+    match n.checked_mul(unit_seconds) {
+        Some(seconds) if seconds <= DURATION_SECONDS_MAX => Ok(Duration::from_secs(seconds)),
+        _ => anyhow::bail!("{text:?} is longer than a year, the longest duration ferry.toml takes"),
+    }
 }
+
+/// The longest duration `parse_duration` accepts (a year).
+pub const DURATION_SECONDS_MAX: u64 = 366 * 86_400;
 
 #[cfg(test)]
 mod tests {
@@ -170,5 +177,21 @@ mod tests {
         assert!(Config::parse("store = \"mysql\"").is_err());
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_duration("366d").unwrap(), Duration::from_secs(DURATION_SECONDS_MAX));
+        assert!(parse_duration("367d").is_err());
+    }
+
+    /// Found by the config_file fuzz target: a duration whose seconds do not
+    /// fit in a u64 overflowed (a panic with overflow checks on); one that
+    /// fits but lies centuries ahead would overflow a timer's deadline.
+    #[test]
+    fn absurd_durations_are_refused_not_a_panic() {
+        let text = format!("{}18446744073709551610m", "0".repeat(80));
+        let error = parse_duration(&text).unwrap_err().to_string();
+        assert!(error.contains("longer than a year"), "{error}");
+        assert!(parse_duration("999999999999d").is_err());
+        let config = format!("[[peers]]\nname = \"c\"\naddress = \"/ip4/127.0.0.1/tcp/1\"\nsync_every = \"{text}\"\n");
+        assert!(Config::parse(&config).is_err());
+        assert!(Config::parse("session_timeout = \"999999999999d\"\n").is_err());
     }
 }
