@@ -244,7 +244,7 @@ impl Node {
         let scope = parse_scope(org, read, write, types)?;
         let now = now_s();
         let issuer_end = issuer.chain().leaf().not_after();
-        let not_after = (now + days * 86_400).min(issuer_end);
+        let not_after = now.saturating_add(days.saturating_mul(86_400)).min(issuer_end);
         let issuer_path = issuer.chain().leaf().path_len();
         let request = IssueRequest {
             subject_key,
@@ -696,8 +696,8 @@ impl Node {
             scope: parse_scope(org, read, write, types)?,
             can_issue: can_issue.then_some(0),
             authority,
-            certificate_validity: days * 86_400,
-            expires_at: now_s() + ttl_s,
+            certificate_validity: days.saturating_mul(86_400),
+            expires_at: now_s().saturating_add(ttl_s),
             uses,
         };
         let (token, record) =

@@ -29,3 +29,24 @@ fn a_node_without_a_certificate_is_told_how_to_get_one() {
     let out = ferry(dir.path(), &["init"]);
     assert!(!out.status.success(), "init twice must fail");
 }
+
+/// An absurd validity is capped by the issuer's own validity, never a
+/// panic: `--days u64::MAX` once overflowed the seconds it turns into.
+#[test]
+fn an_absurd_certificate_lifetime_is_capped_not_a_crash() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (central, device) = (dir.path().join("central"), dir.path().join("device"));
+    for home in [&central, &device] {
+        assert!(ferry(home, &["init"]).status.success());
+    }
+    assert!(ferry(&central, &["org", "create", "District"]).status.success());
+    let id = ferry(&device, &["--json", "id"]);
+    let id: serde_json::Value = serde_json::from_slice(&id.stdout).expect("id json");
+    let subject = id["peer_id"].as_str().expect("peer id");
+    let max = u64::MAX.to_string();
+    let pem = dir.path().join("device.pem");
+    let pem = pem.to_str().expect("utf-8 path");
+    let out =
+        ferry(&central, &["cert", "issue", "--subject", subject, "--read", "results", "--days", &max, "--out", pem]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
