@@ -73,7 +73,16 @@ pub const BATCH_CHANGES_DEFAULT: usize = 2048;
 /// Default uncompressed bytes per batch.
 pub const BATCH_BYTES_DEFAULT: usize = 4 * 1024 * 1024;
 
+/// Batches a sender keeps unacknowledged at once (`SessionConfig::window`)
+/// by default, and at most. With one, an interrupted transfer resends at most
+/// one batch; with two, the receiver applies one batch while the next is on
+/// the wire (one round trip saved per batch on a slow link), and up to two
+/// are resent. A receiver tolerates a batch at most `WINDOW_MAX - 1` ahead.
+pub const WINDOW_DEFAULT: usize = 1;
+pub const WINDOW_MAX: usize = 2;
+
 const _: () = assert!(BATCH_CHANGES_DEFAULT <= BATCH_CHANGES_MAX);
+const _: () = assert!(WINDOW_DEFAULT >= 1 && WINDOW_DEFAULT <= WINDOW_MAX);
 const _: () = assert!(BATCH_BYTES_DEFAULT <= DECOMPRESSED_BYTES_MAX);
 const _: () = assert!(RECORD_BYTES_MAX * 8 <= DECOMPRESSED_BYTES_MAX);
 const _: () = assert!(CREDENTIALS_BYTES_MAX * 4 <= DECOMPRESSED_BYTES_MAX);

@@ -17,9 +17,9 @@
 //!    frontier in the region it receives, when the initiator pushes.
 //! 4. **Transfer.** Each sender sends `Batch`es of what the other lacks,
 //!    each acknowledged (`Ack`) after it is durably applied, then `End`.
-//!    Up to [`WINDOW`] batches are unacknowledged at once and the sender
-//!    prepares the next meanwhile, so the receiver applies one batch while
-//!    the next is on the wire and a third is being encoded; an interrupted
+//!    Up to `window` batches (1 by default, at most 2) are unacknowledged at
+//!    once and the sender prepares the next meanwhile, so encoding overlaps
+//!    the receiver's work (with 2, so does the transfer); an interrupted
 //!    transfer resends at most the batches in flight.
 //!
 //! Every message may be lost, duplicated or reordered (the simulator does
@@ -40,11 +40,6 @@ use crate::wire::{
     self, Batch, Credentials, DecodeError, Group, GroupChange, HeadEntry, Heads, Hello, Message, Plan, Welcome,
 };
 
-/// Batches a sender keeps unacknowledged at once. Two keep the receiver
-/// busy: it applies one while the next arrives. More would only hold more
-/// memory on both sides, as the receiver applies batches one after another.
-pub const WINDOW: usize = 2;
-
 /// What a session needs to start.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
@@ -63,6 +58,9 @@ pub struct SessionConfig {
     pub push: bool,
     pub batch_changes: usize,
     pub batch_bytes: usize,
+    /// Batches this side keeps unacknowledged when sending, 1 to
+    /// `limits::WINDOW_MAX` (clamped).
+    pub window: usize,
     /// Resend unacknowledged messages after this long without hearing from
     /// the peer. `None` on reliable transports (libp2p streams).
     pub retransmit_ms: Option<u64>,
@@ -90,6 +88,7 @@ impl SessionConfig {
             push: true,
             batch_changes: crate::limits::BATCH_CHANGES_DEFAULT,
             batch_bytes: crate::limits::BATCH_BYTES_DEFAULT,
+            window: crate::limits::WINDOW_DEFAULT,
             retransmit_ms: None,
             idle_timeout_ms: SESSION_IDLE_TIMEOUT_MS,
             fresh_instance: InstanceId::default(),
@@ -194,7 +193,7 @@ struct Outgoing {
     position: Counter,
     next_seq: u64,
     /// The batches awaiting their acks, oldest first: (seq, frame,
-    /// changes, bytes). At most [`WINDOW`].
+    /// changes, bytes). At most the configured window.
     inflight: VecDeque<(u64, Vec<u8>, u64, u64)>,
     prepared: Option<(Vec<u8>, u64, u64)>,
     exhausted: bool,
@@ -706,7 +705,7 @@ impl Session {
 
     // -- transfer -----------------------------------------------------------
 
-    /// Sends batches until [`WINDOW`] are in flight, preparing each that is
+    /// Sends batches until the window is full, preparing each that is
     /// not prepared yet; sends `End` once everything is acknowledged.
     fn fill_window(&mut self, env: &Env<'_>) -> Result<(), SessionError> {
         let mut frames = Vec::new();
@@ -716,7 +715,8 @@ impl Session {
                 // The peer's frontier has not arrived: nothing to send yet.
                 return Ok(());
             }
-            while out.inflight.len() < WINDOW {
+            let window = self.config.window.clamp(1, crate::limits::WINDOW_MAX);
+            while out.inflight.len() < window {
                 if out.prepared.is_none() && !out.exhausted {
                     prepare_batch(out, &self.config, env).map_err(SessionError::Store)?;
                 }
@@ -785,7 +785,7 @@ impl Session {
             self.send(ack);
             return Ok(());
         }
-        if batch.seq > inc.expected_seq && batch.seq < inc.expected_seq + WINDOW as u64 {
+        if batch.seq > inc.expected_seq && batch.seq < inc.expected_seq + crate::limits::WINDOW_MAX as u64 {
             // Within the window, but an earlier batch is missing (lost or
             // overtaken): drop this one; the sender resends both.
             return Ok(());

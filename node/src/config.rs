@@ -7,6 +7,7 @@
 //! mdns = true
 //! store = "redb"              # or "sled"
 //! batch_changes = 2048
+//! window = 1                  # batches in flight when sending: 1 or 2
 //!
 //! [[peers]]
 //! name = "central"
@@ -38,6 +39,11 @@ pub struct Config {
     /// Changes per sync batch, and records per durable commit of an import.
     #[serde(default = "default_batch")]
     pub batch_changes: usize,
+    /// Batches kept unacknowledged when sending: 1 (an interrupted transfer
+    /// resends at most one batch) or 2 (one round trip less per batch on a
+    /// slow link, up to two batches resent).
+    #[serde(default = "default_window")]
+    pub window: usize,
     /// A session fails when its peer says nothing (or takes nothing) for
     /// this long; also the time a new stream has to say Hello.
     #[serde(default = "default_session_timeout")]
@@ -81,6 +87,9 @@ fn default_session_timeout() -> String {
 fn default_batch() -> usize {
     engine::limits::BATCH_CHANGES_DEFAULT
 }
+fn default_window() -> usize {
+    engine::limits::WINDOW_DEFAULT
+}
 
 impl Default for Config {
     fn default() -> Config {
@@ -89,6 +98,7 @@ impl Default for Config {
             mdns: true,
             store: default_store(),
             batch_changes: default_batch(),
+            window: default_window(),
             session_timeout: default_session_timeout(),
             peers: Vec::new(),
         }
@@ -113,6 +123,9 @@ impl Config {
         config.backend()?;
         if config.batch_changes == 0 || config.batch_changes > engine::limits::BATCH_CHANGES_MAX {
             anyhow::bail!("batch_changes must be between 1 and {}", engine::limits::BATCH_CHANGES_MAX);
+        }
+        if config.window == 0 || config.window > engine::limits::WINDOW_MAX {
+            anyhow::bail!("window must be between 1 and {}", engine::limits::WINDOW_MAX);
         }
         let timeout = parse_duration(&config.session_timeout).context("session_timeout")?;
         if timeout.is_zero() {
@@ -177,6 +190,10 @@ mod tests {
         assert!(Config::parse("store = \"mysql\"").is_err());
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_duration("soon").is_err());
+        assert_eq!(config.window, 1);
+        assert_eq!(Config::parse("window = 2").unwrap().window, 2);
+        assert!(Config::parse("window = 3").is_err());
+        assert!(Config::parse("window = 0").is_err());
         assert_eq!(parse_duration("366d").unwrap(), Duration::from_secs(DURATION_SECONDS_MAX));
         assert!(parse_duration("367d").is_err());
     }

@@ -645,6 +645,7 @@ impl Node {
         let mut config = SessionConfig::new(session, peer, credentials.clone(), scope);
         config.filter = Filter::org(org);
         config.batch_changes = self.config.batch_changes;
+        config.window = self.config.window;
         config.idle_timeout_ms = self.config.session_timeout().as_millis() as u64;
         config.fresh_instance = InstanceId(crate::random::bytes());
         config.started_at_ms = now_ms();

@@ -465,6 +465,8 @@ impl World {
         config.started_at_ms = self.now;
         config.idle_timeout_ms = IDLE_MS;
         config.fresh_instance = self.fresh_instance();
+        // Both windows, so batches overtaking a lost one are exercised too.
+        config.window = self.rng.random_range(1..=engine::limits::WINDOW_MAX);
         config
     }
 
