@@ -5,7 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use partitions::{Partition, RecordType};
+
+use crate::change::RecordKey;
 use crate::ids::RecordId;
+use crate::store::{LocalOp, LocalWrite};
 use crate::value::Value;
 
 pub const RECORD_TYPE: &str = "result";
@@ -63,6 +67,22 @@ pub fn result_fields(seed: u64, seq: u64, version: u64) -> BTreeMap<String, Valu
 /// Seconds and milliseconds since 1970 as RFC 3339 UTC.
 fn iso8601(secs: u64, millis: u64) -> String {
     crate::hlc::rfc3339(secs * 1000 + millis)
+}
+
+/// Local writes that put records `seqs` (at `version`) into `partition`
+/// under `record_type`: what a benchmark's preload writes.
+pub fn writes(
+    partition: &Partition,
+    record_type: &RecordType,
+    seed: u64,
+    seqs: std::ops::Range<u64>,
+    version: u64,
+) -> Vec<LocalWrite> {
+    seqs.map(|s| LocalWrite {
+        record: RecordKey { partition: partition.clone(), record_type: record_type.clone(), id: record_id(seed, s) },
+        op: LocalOp::Put { set: result_fields(seed, s, version), unset: Default::default() },
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use engine::{BackendKind, LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey, workload};
+use engine::{BackendKind, LocalAuthor, RecordId, workload};
 use partitions::{OrgId, Partition, RecordType};
 use serde_json::{Value as Json, json};
 
@@ -221,16 +221,7 @@ fn preload(home: &Home, org: OrgId, first: u64, count: u64, version: u64) -> any
     let mut seq = first;
     while seq < first + count {
         let end = (seq + 2000).min(first + count);
-        let writes: Vec<LocalWrite> = (seq..end)
-            .map(|s| LocalWrite {
-                record: RecordKey {
-                    partition: partition.clone(),
-                    record_type: record_type.clone(),
-                    id: workload::record_id(SEED, s),
-                },
-                op: LocalOp::Put { set: workload::result_fields(SEED, s, version), unset: Default::default() },
-            })
-            .collect();
+        let writes = workload::writes(&partition, &record_type, SEED, seq..end, version);
         for result in node.store.write_with(
             &author,
             &writes,

@@ -531,39 +531,36 @@ fn print_op_result(cli: &Cli, op: &Op, value: &serde_json::Value) {
                     value["bytes_sent"].as_u64().unwrap_or(0) + value["bytes_received"].as_u64().unwrap_or(0),
                     value["duration_ms"]
                 )
-            } else if matches!(op, Op::BundleImport { .. }) {
-                let _ = writeln!(
-                    out,
-                    "imported a bundle from {}: received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes, {} ms",
-                    value["peer"].as_str().unwrap_or("?"),
-                    value["received"],
-                    value["updated"],
-                    value["skipped"],
-                    value["conflicts"],
-                    value["rejected"],
-                    value["bytes_received"],
-                    value["duration_ms"]
-                );
-                value["rejections"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .try_for_each(|r| writeln!(out, "  rejected: {}", r.as_str().unwrap_or("?")))
             } else {
-                let _ = writeln!(
-                    out,
-                    "synced with {}: sent {}, received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes out, {} in, {} ms",
-                    value["peer"].as_str().unwrap_or("?"),
-                    value["sent"],
-                    value["received"],
-                    value["updated"],
-                    value["skipped"],
-                    value["conflicts"],
-                    value["rejected"],
-                    value["bytes_sent"],
-                    value["bytes_received"],
-                    value["duration_ms"]
-                );
+                let _ = if matches!(op, Op::BundleImport { .. }) {
+                    writeln!(
+                        out,
+                        "imported a bundle from {}: received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes, {} ms",
+                        value["peer"].as_str().unwrap_or("?"),
+                        value["received"],
+                        value["updated"],
+                        value["skipped"],
+                        value["conflicts"],
+                        value["rejected"],
+                        value["bytes_received"],
+                        value["duration_ms"]
+                    )
+                } else {
+                    writeln!(
+                        out,
+                        "synced with {}: sent {}, received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes out, {} in, {} ms",
+                        value["peer"].as_str().unwrap_or("?"),
+                        value["sent"],
+                        value["received"],
+                        value["updated"],
+                        value["skipped"],
+                        value["conflicts"],
+                        value["rejected"],
+                        value["bytes_sent"],
+                        value["bytes_received"],
+                        value["duration_ms"]
+                    )
+                };
                 value["rejections"]
                     .as_array()
                     .into_iter()

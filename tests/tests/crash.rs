@@ -176,27 +176,40 @@ fn kill_9_during_an_import() {
     assert_eq!(interrupted, points(), "too few kills landed inside the import");
 }
 
+/// A central holding `base` results (`c0000`…) and a fresh device home, both
+/// committing every 10 changes.
+fn central_and_device(root: &Path, base: u64) -> (Home, Home) {
+    let central = Home::init(root, "central");
+    central.configure("batch_changes = 10\n");
+    org(&central);
+    let file = root.join("base.ndjson");
+    write_ndjson(&file, (0..base).map(|i| result_line(&format!("c{i:04}"), "results", 0, i)));
+    central.json(&["import", file.to_str().expect("path")]);
+    let device = Home::init(root, "device");
+    device.configure("batch_changes = 10\n");
+    (central, device)
+}
+
+/// Enrols `device` with the serving `central` (read `results`, write
+/// `results:dev`) and pulls everything once.
+fn enrol_and_pull(central: &Home, device: &Home, address: &str) {
+    let token = central.json(&["enroll", "token", "--read", "results", "--write", "results:dev"])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    device.json(&["enroll", &token]);
+    device.json(&["sync", address]);
+}
+
 #[test]
 fn kill_9_during_a_sync() {
     const BASE: u64 = 600;
     const UPDATES: u64 = 120;
     const PUSHED: u64 = 30;
     let root = scratch();
-    let central = Home::init(root.path(), "central");
-    central.configure("batch_changes = 10\n");
-    org(&central);
-    let base = root.path().join("base.ndjson");
-    write_ndjson(&base, (0..BASE).map(|i| result_line(&format!("c{i:04}"), "results", 0, i)));
-    central.json(&["import", base.to_str().expect("path")]);
+    let (central, device) = central_and_device(root.path(), BASE);
     let mut server = central.serve();
-    let device = Home::init(root.path(), "device");
-    device.configure("batch_changes = 10\n");
-    let token = central.json(&["enroll", "token", "--read", "results", "--write", "results:dev"])["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
-    device.json(&["enroll", &token]);
-    device.json(&["sync", &server.address]);
+    enrol_and_pull(&central, &device, &server.address);
     let mut rng = rng(2);
     let mut interrupted = 0;
     for point in 1..=points() as u64 * 3 {
@@ -295,22 +308,10 @@ fn kill_9_during_a_bundle_import() {
     const BASE: u64 = 400;
     const UPDATES: u64 = 100;
     let root = scratch();
-    let central = Home::init(root.path(), "central");
-    central.configure("batch_changes = 10\n");
-    org(&central);
-    let base = root.path().join("base.ndjson");
-    write_ndjson(&base, (0..BASE).map(|i| result_line(&format!("c{i:04}"), "results", 0, i)));
-    central.json(&["import", base.to_str().expect("path")]);
-    let device = Home::init(root.path(), "device");
-    device.configure("batch_changes = 10\n");
+    let (central, device) = central_and_device(root.path(), BASE);
     {
         let server = central.serve();
-        let token = central.json(&["enroll", "token", "--read", "results", "--write", "results:dev"])["token"]
-            .as_str()
-            .expect("token")
-            .to_owned();
-        device.json(&["enroll", &token]);
-        device.json(&["sync", &server.address]);
+        enrol_and_pull(&central, &device, &server.address);
         server.stop();
     }
     let frontier = root.path().join("device.frontier");

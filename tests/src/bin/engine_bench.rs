@@ -64,16 +64,7 @@ fn run(kind: BackendKind, records: u64) {
     let mut seq = 0;
     while seq < records {
         let end = (seq + 1000).min(records);
-        let writes: Vec<LocalWrite> = (seq..end)
-            .map(|s| LocalWrite {
-                record: RecordKey {
-                    partition: partition.clone(),
-                    record_type: record_type.clone(),
-                    id: workload::record_id(SEED, s),
-                },
-                op: LocalOp::Put { set: workload::result_fields(SEED, s, 0), unset: Default::default() },
-            })
-            .collect();
+        let writes = workload::writes(&partition, &record_type, SEED, seq..end, 0);
         stores[0].write_with(&author, &writes, now(), &auth, &ParallelSigner, false).expect("write");
         seq = end;
     }
