@@ -17,7 +17,7 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use partitions::{Partition, RecordType, WriteKind};
 
 use crate::ids::{AuthorKey, Counter, Dot, Hlc, InstanceId, RecordId};
-use crate::limits::{AUTHORITY_BYTES_MAX, FIELD_NAME_BYTES_MAX, FIELDS_MAX, RECORD_BYTES_MAX};
+use crate::limits::{AUTHORITY_BYTES_MAX, FIELD_NAME_BYTES_MAX, FIELDS_MAX, RECORD_BYTES_MAX, VALUE_DEPTH_MAX};
 use crate::value::Value;
 use crate::vector::VersionVector;
 
@@ -83,9 +83,13 @@ pub enum ChangeError {
     SeenItself { seen: Counter, counter: Counter },
     #[error("the change writes {count} fields, more than the {max} allowed")]
     TooManyFields { count: usize, max: usize },
-    #[error("field name {name:?} is empty, too long or has control characters")]
+    #[error(
+        "field name {name:?} is empty, longer than the {FIELD_NAME_BYTES_MAX} bytes allowed, or has control characters"
+    )]
     FieldName { name: String },
-    #[error("the change's fields are {len} bytes, more than the {max} allowed")]
+    #[error("field {field:?} nests {depth} deep, more than the {max} levels a value may have")]
+    TooDeep { field: String, depth: usize, max: usize },
+    #[error("the change is {len} bytes, more than the {max} a record may hold")]
     TooLarge { len: usize, max: usize },
     #[error("authority tag is {len} bytes, more than the {max} allowed")]
     Authority { len: usize, max: usize },
@@ -166,6 +170,8 @@ impl Change {
 
     /// Checks the form of the change: everything that can be wrong with it
     /// whoever wrote it. `encoded_len` is the length of its signing bytes.
+    /// Runs where a change is created (local writes), where it is sent and
+    /// where it is received, so a node never makes what its peers refuse.
     pub fn check_form(&self, encoded_len: usize) -> Result<(), ChangeError> {
         if self.counter == 0 {
             return Err(ChangeError::ZeroCounter);
@@ -180,6 +186,12 @@ impl Change {
             }
             if let Some(name) = fields.keys().find(|n| !is_field_name(n)) {
                 return Err(ChangeError::FieldName { name: name.clone() });
+            }
+            for (field, value) in fields {
+                let depth = value.as_ref().map_or(0, Value::depth);
+                if depth > VALUE_DEPTH_MAX {
+                    return Err(ChangeError::TooDeep { field: field.clone(), depth, max: VALUE_DEPTH_MAX });
+                }
             }
         }
         if encoded_len > RECORD_BYTES_MAX {

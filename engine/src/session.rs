@@ -1037,7 +1037,10 @@ fn prepare(out: &mut Outgoing, batch_changes: usize, batch_bytes: usize, store: 
     let mut groups = Vec::new();
     let mut count = 0usize;
     let mut bytes = 0u64;
-    while out.cursor < out.work.len() && count < max_changes && bytes < max_bytes {
+    // A scan can yield nothing (its changes were superseded or cannot be
+    // sent); the batch is empty only when no work is left, never because the
+    // bytes it skipped used up the budget.
+    while out.cursor < out.work.len() && (groups.is_empty() || (count < max_changes && bytes < max_bytes)) {
         let work = out.work[out.cursor].clone();
         let mut changes = Vec::new();
         let end = store
@@ -1047,8 +1050,8 @@ fn prepare(out: &mut Outgoing, batch_changes: usize, batch_bytes: usize, store: 
                 &work.instance,
                 out.position,
                 work.upto,
-                max_changes - count,
-                max_bytes - bytes,
+                max_changes.saturating_sub(count),
+                max_bytes.saturating_sub(bytes),
                 &mut changes,
             )
             .map_err(|e| e.to_string())?;

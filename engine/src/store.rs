@@ -27,7 +27,7 @@ use crate::hlc::Clock;
 use crate::ids::{AuthorKey, Counter, Dot, Hlc, InstanceId, RecordId};
 use crate::keys;
 use crate::ledger::LedgerEntry;
-use crate::limits::{FIELDS_MAX, LEDGER_ENTRIES_MAX, SUMMARY_REJECTIONS_MAX};
+use crate::limits::{FIELDS_MAX, LEDGER_ENTRIES_MAX, RECORD_BYTES_MAX, SUMMARY_REJECTIONS_MAX};
 use crate::merge::{MergeError, Outcome, RecordState, View};
 use crate::policy::{PROFILE_ID, PROFILE_TYPE, Profile, TypePolicy, system_partition};
 use crate::region::Region;
@@ -97,6 +97,10 @@ pub enum WriteRejection {
     Denied(Denied),
     #[error("bad field: {0}")]
     Field(String),
+    /// The change this write would make is one peers must refuse (too
+    /// large, too deep): refused before it is made.
+    #[error("{0}")]
+    Form(ChangeError),
 }
 
 /// The outcome of one local write.
@@ -168,6 +172,9 @@ pub struct ScanEnd {
     /// Whether the range was exhausted.
     pub complete: bool,
     pub bytes: u64,
+    /// Changes in the range that fail `Change::check_form` (made by an older
+    /// version): skipped, so they block nothing after them.
+    pub unsendable: u64,
 }
 
 struct Local {
@@ -547,8 +554,16 @@ impl Store {
                 results[i] = Some(Err(WriteRejection::Denied(denied)));
                 continue;
             }
+            // The same form check every receiver runs, on the change as it
+            // will be signed: a node never makes a change its peers refuse.
+            let mut trial = clock;
+            change.hlc = trial.tick(now_ms);
+            if let Err(e) = change.check_form(change.signing_bytes().len()) {
+                results[i] = Some(Err(WriteRejection::Form(e)));
+                continue;
+            }
             counter += 1;
-            change.hlc = clock.tick(now_ms);
+            clock = trial;
             // Merge before signing (the signature plays no part in merging);
             // the signatures are filled in below.
             state.apply(change.clone()).map_err(|e| corrupt(&format!("own change does not merge: {e}")))?;
@@ -734,12 +749,20 @@ impl Store {
         let mut bytes = 0u64;
         let mut complete = true;
         let mut failure = None;
+        let mut unsendable = 0u64;
         let mut visit = |k: &[u8], v: &[u8]| {
             let counter = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
             let Some((size, id)) = parse_index_value(v) else {
                 failure = Some(corrupt("change index entry"));
                 return false;
             };
+            if size > RECORD_BYTES_MAX as u64 {
+                // Made by an older version that did not check local writes:
+                // every peer refuses it, so it is never sent (and never
+                // blocks what follows it). `ferry check` lists it.
+                unsendable += 1;
+                return true;
+            }
             if !found.is_empty() && (found.len() >= max_changes || bytes + size > max_bytes) {
                 complete = false;
                 return false;
@@ -765,16 +788,21 @@ impl Store {
             })
             .collect();
         let states = self.records(&keys.iter().collect::<Vec<_>>())?;
-        for ((counter, _, _), state) in found.into_iter().zip(states) {
+        for ((counter, _, size), state) in found.into_iter().zip(states) {
             // A change may have been superseded since the index was read;
             // then it is obsolete and is simply not sent.
             if let Some(mut state) = state
                 && let Some(at) = state.changes.iter().position(|c| c.author == *instance && c.counter == counter)
             {
-                out.push(state.changes.swap_remove(at));
+                let change = state.changes.swap_remove(at);
+                if change.check_form(size as usize).is_err() {
+                    unsendable += 1;
+                    continue;
+                }
+                out.push(change);
             }
         }
-        Ok(ScanEnd { last, complete, bytes })
+        Ok(ScanEnd { last, complete, bytes, unsendable })
     }
 
     /// Counts the retained changes and their bytes in `(after, upto]`.

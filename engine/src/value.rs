@@ -2,12 +2,12 @@
 //!
 //! Maps have text keys (records are JSON-shaped), integers fit in i64, and
 //! floats compare by their bits so that values have a total equality (a NaN
-//! written is the NaN read back). Nesting is bounded by `VALUE_DEPTH_MAX`.
+//! written is the NaN read back). Nesting is bounded by `VALUE_DEPTH_MAX`
+//! in `Change::check_form`, on every path where a change is made, sent or
+//! received.
 
 use std::collections::BTreeMap;
 use std::fmt;
-
-use crate::limits::VALUE_DEPTH_MAX;
 
 #[derive(Clone, Debug)]
 pub enum Value {
@@ -111,14 +111,11 @@ impl serde::Serialize for Value {
 
 impl<'de> serde::Deserialize<'de> for Value {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = d.deserialize_any(ValueVisitor)?;
-        if value.depth() > VALUE_DEPTH_MAX {
-            return Err(serde::de::Error::custom(format!(
-                "value nests {} deep, more than the {VALUE_DEPTH_MAX} allowed",
-                value.depth()
-            )));
-        }
-        Ok(value)
+        // No depth check here: stored records must stay readable whatever
+        // an older version let through, and a received change too deep is
+        // refused on its own by `Change::check_form`, not by failing its
+        // whole batch. serde_cbor's recursion limit (128) bounds the stack.
+        d.deserialize_any(ValueVisitor)
     }
 }
 

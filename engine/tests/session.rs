@@ -304,3 +304,76 @@ fn a_session_with_a_peer_whose_credentials_are_refused_fails_on_both_sides() {
     let history = b.store.history().expect("ledger");
     assert!(history.last().expect("an entry").outcome.starts_with("failed"));
 }
+
+/// Stores written by older versions hold changes every peer refuses (a
+/// field of several megabytes, a value nested 40 deep): they made them
+/// without the receivers' form check. Such a change must never be sent,
+/// never make a frame over the limit, and never hold back what follows it.
+#[test]
+fn changes_peers_would_refuse_are_never_sent_and_block_nothing() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let central = full(kind, 1, &auth);
+        let device = full(kind, 2, &auth);
+        central.put(&auth, &record("results", "result", "before"), &[("n", Value::Int(1))], T0);
+        let huge = Value::Text("x".repeat(30 * 1024 * 1024));
+        let mut deep = Value::Int(1);
+        for _ in 0..40 {
+            deep = Value::Array(vec![deep]);
+        }
+        // Counters well above the ones `put` uses next (the store's counter
+        // in memory is not moved by the raw writes).
+        legacy_put(&central, &record("results", "result", "huge"), huge, 1000);
+        legacy_put(&central, &record("results", "result", "deep"), deep, 1001);
+        for i in 0..10u64 {
+            central.put(
+                &auth,
+                &record("results", "result", &format!("after{i}")),
+                &[("n", Value::Int(1))],
+                T0 + 10 + i,
+            );
+        }
+        let (pulled, sent) = sync(&device, &central, &auth, device.config(&central, 1), T0 + 1000);
+        assert_eq!((pulled.received, pulled.rejected), (11, 0), "{kind:?}: {pulled:?}");
+        assert_eq!(sent.sent, 11, "{kind:?}");
+        assert!(pulled.bytes_received < 64 * 1024, "{kind:?}: the 30 MiB change stayed home: {pulled:?}");
+        assert!(device.fields(&record("results", "result", "after9")).is_some());
+        assert!(device.fields(&record("results", "result", "huge")).is_none());
+        // The central still shows what it holds: the record is readable.
+        assert!(central.fields(&record("results", "result", "deep")).is_some(), "{kind:?}");
+    }
+}
+
+/// Writes a signed change to `key` straight into the store's tables, as an
+/// older version's unchecked local write did (counter `counter` of the
+/// node's instance).
+fn legacy_put(node: &Node, key: &engine::RecordKey, value: Value, counter: u64) {
+    use engine::{Change, Hlc, Op, RecordState, VersionVector};
+    let store = &node.store;
+    let mut change = Change {
+        record: key.clone(),
+        author: store.instance(),
+        author_key: author_key(node.seed),
+        counter,
+        hlc: Hlc(T0 << 16),
+        authority: None,
+        seen: VersionVector::default(),
+        op: Op::Put { replace: true, fields: [("payload".to_owned(), Some(value))].into_iter().collect() },
+        signature: [0; 64],
+    };
+    let len = change.sign(&common::key(node.seed));
+    let mut state = RecordState::default();
+    state.apply(change.clone()).expect("merges");
+    let mut index = (len as u32).to_be_bytes().to_vec();
+    index.extend_from_slice(key.id.as_str().as_bytes());
+    let writes = vec![
+        (engine::keys::record(&key.partition, &key.record_type, &key.id), Some(engine::wire::encode_record(&state))),
+        (engine::keys::by_id(&key.partition, &key.record_type, &key.id), Some(Vec::new())),
+        (engine::keys::change(&key.partition, &key.record_type, &change.author, counter), Some(index)),
+        (
+            engine::keys::head(&key.partition, &key.record_type, &change.author),
+            Some(counter.max(store.counter()).to_be_bytes().to_vec()),
+        ),
+    ];
+    store.backend().commit(&writes).expect("commit");
+}

@@ -283,7 +283,8 @@ fn parse_assignments(items: &[String]) -> anyhow::Result<BTreeMap<String, serde_
         .iter()
         .map(|item| {
             let (k, v) = item.split_once('=').with_context(|| format!("--set {item:?}: expected FIELD=VALUE"))?;
-            Ok((k.to_owned(), crate::json::to_json(&crate::json::parse_cli_value(v))))
+            let value = crate::json::parse_cli_value(v).map_err(|e| anyhow::anyhow!("--set {k}: {e}"))?;
+            Ok((k.to_owned(), crate::json::to_json(&value)))
         })
         .collect()
 }

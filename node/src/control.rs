@@ -69,7 +69,10 @@ async fn handle(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
     let mut reader = BufReader::new(read.take(REQUEST_BYTES_MAX as u64));
     let mut line = String::new();
     reader.read_line(&mut line).await?;
-    let op: Op = match serde_json::from_str(&line) {
+    let parsed = crate::json::check_integers(&line)
+        .map_err(|e| anyhow::anyhow!(e))
+        .and_then(|()| Ok(serde_json::from_str(&line)?));
+    let op: Op = match parsed {
         Ok(op) => op,
         Err(e) => {
             let answer = json!({ "error": format!("not a valid request: {e}") });

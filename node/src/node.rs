@@ -746,6 +746,7 @@ pub fn parse_scope(org: OrgId, read: &str, write: &str, types: &str) -> anyhow::
 }
 
 fn parse_import_line(org: OrgId, line: &str) -> anyhow::Result<LocalWrite> {
+    j::check_integers(line).map_err(|e| anyhow!(e))?;
     let value: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
     let object = value.as_object().context("not a JSON object")?;
     let text = |k: &str| object.get(k).and_then(|v| v.as_str()).with_context(|| format!("missing \"{k}\""));
@@ -758,7 +759,10 @@ fn parse_import_line(org: OrgId, line: &str) -> anyhow::Result<LocalWrite> {
         return Ok(LocalWrite { record, op: LocalOp::Delete });
     }
     let fields = object.get("fields").and_then(|f| f.as_object()).context("missing \"fields\" object")?;
-    Ok(LocalWrite { record, op: LocalOp::Put { set: j::fields_of(fields), unset: BTreeSet::new() } })
+    Ok(LocalWrite {
+        record,
+        op: LocalOp::Put { set: j::fields_of(fields).map_err(|e| anyhow!(e))?, unset: BTreeSet::new() },
+    })
 }
 
 /// Chains stored as PEM files in a directory.

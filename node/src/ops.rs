@@ -262,7 +262,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             crate::protocols::enroll(node, net, &token, &name).await?
         }
         Op::Put { org: o, record_type, id, partition, set, unset } => {
-            let set = set.iter().map(|(k, v)| (k.clone(), crate::json::from_json(v))).collect();
+            let set = json_fields(&set)?;
             node.put(org(&o)?, &record_type, &id, &partition, set, unset)?
         }
         Op::Get { org: o, record_type, id, partition } => {
@@ -306,7 +306,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
         }
         Op::Conflicts => serde_json::Value::Array(node.conflicts()?),
         Op::Resolve { org: o, record_type, id, partition, take, set } => {
-            let set = set.iter().map(|(k, v)| (k.clone(), crate::json::from_json(v))).collect();
+            let set = json_fields(&set)?;
             node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?
         }
         Op::History => serde_json::Value::Array(node.history()?),
@@ -365,4 +365,11 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
         }
         Op::Watch => bail!("watch is only served over the control socket of a running node"),
     })
+}
+
+/// `--set` fields as values, refusing what a value cannot hold exactly.
+fn json_fields(set: &BTreeMap<String, serde_json::Value>) -> anyhow::Result<BTreeMap<String, engine::Value>> {
+    set.iter()
+        .map(|(k, v)| Ok((k.clone(), crate::json::from_json(v).map_err(|e| anyhow::anyhow!("field {k:?}: {e}"))?)))
+        .collect()
 }
