@@ -11,9 +11,11 @@
 //! calls `sync_file_range` on Linux, so the sled backend also fsyncs its files
 //! after every flush (see docs/storage.md).
 
+pub mod checked;
 pub mod redb;
 pub mod sled;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Which backend a store uses.
@@ -43,13 +45,22 @@ impl BackendKind {
         }
     }
 
-    /// Opens (creating if needed) a backend in directory `dir`.
+    /// Opens (creating if needed) a backend in directory `dir`, with every
+    /// value checksummed (`checked.rs`).
     pub fn open(self, dir: &Path) -> Result<Box<dyn Backend>, BackendError> {
         std::fs::create_dir_all(dir).map_err(BackendError::io)?;
-        Ok(match self {
-            BackendKind::Redb => Box::new(redb::RedbBackend::open(dir)?),
-            BackendKind::Sled => Box::new(sled::SledBackend::open(dir)?),
-        })
+        let raw: Box<dyn Backend> = checked::guard(self.name(), || {
+            Ok(match self {
+                BackendKind::Redb => Box::new(redb::RedbBackend::open(dir)?) as Box<dyn Backend>,
+                BackendKind::Sled => Box::new(sled::SledBackend::open(dir)?),
+            })
+        })?;
+        Ok(Box::new(checked::Checked::new(raw, self.name())?))
+    }
+
+    /// The backend whose files are in `dir`, if any.
+    pub fn found_in(dir: &Path) -> Option<BackendKind> {
+        [BackendKind::Redb, BackendKind::Sled].into_iter().find(|kind| kind.main_file(dir).exists())
     }
 
     /// The file whose identity (inode) the instance rule watches.
@@ -93,6 +104,21 @@ pub trait Backend: Send + Sync {
 
     /// Makes everything durable and releases the files.
     fn close(&self) -> Result<(), BackendError>;
+
+    /// Removes every entry whose key `doomed` names, by walking the entries
+    /// in place rather than looking keys up: a key damaged in the file may
+    /// sit out of order, where no lookup finds it (`ferry check --repair`).
+    fn purge(&self, doomed: &BTreeSet<Vec<u8>>) -> Result<(), BackendError> {
+        let writes: Vec<WriteOp> = doomed.iter().map(|k| (k.clone(), None)).collect();
+        self.commit(&writes)
+    }
+
+    /// Visits every entry with its value or, where the value is damaged,
+    /// the damage, without stopping at it (`ferry check`). Backends without
+    /// checksums report no damage of their own.
+    fn audit(&self, visit: &mut dyn FnMut(&[u8], Result<&[u8], BackendError>) -> bool) -> Result<(), BackendError> {
+        self.scan(&[], None, &mut |k, v| visit(k, Ok(v)))
+    }
 }
 
 /// A storage failure: the environment, not the input.
@@ -101,11 +127,55 @@ pub trait Backend: Send + Sync {
 pub struct BackendError {
     pub backend: &'static str,
     pub message: String,
+    pub kind: FailureKind,
+}
+
+/// What a storage failure means for what to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Anything else: reported as it is.
+    Other,
+    /// What was read is not what was written (a checksum mismatch, a
+    /// damaged page): the store must be checked and repaired. `key` is the
+    /// entry, when known.
+    Damaged { key: Option<Vec<u8>> },
+    /// The disk is full. Nothing was written; the same call may succeed once
+    /// space is freed.
+    NoSpace,
+    /// Another process holds the store.
+    InUse,
 }
 
 impl BackendError {
     pub(crate) fn io(e: std::io::Error) -> BackendError {
-        BackendError { backend: "file", message: e.to_string() }
+        BackendError { backend: "file", kind: io_kind(&e), message: io_message(&e) }
+    }
+
+    pub fn damaged(backend: &'static str, key: Option<Vec<u8>>, message: String) -> BackendError {
+        BackendError { backend, message, kind: FailureKind::Damaged { key } }
+    }
+
+    pub fn is_no_space(&self) -> bool {
+        self.kind == FailureKind::NoSpace
+    }
+}
+
+/// The failure kind of an IO error.
+pub(crate) fn io_kind(e: &std::io::Error) -> FailureKind {
+    // ENOSPC (28) and EDQUOT (122) on Linux: both mean "free some space".
+    if e.kind() == std::io::ErrorKind::StorageFull || matches!(e.raw_os_error(), Some(28 | 122)) {
+        FailureKind::NoSpace
+    } else {
+        FailureKind::Other
+    }
+}
+
+/// An IO error's text, with the hint a full disk needs.
+pub(crate) fn io_message(e: &std::io::Error) -> String {
+    if io_kind(e) == FailureKind::NoSpace {
+        "no space left on device: free some space and try again".to_owned()
+    } else {
+        e.to_string()
     }
 }
 

@@ -89,3 +89,45 @@ pub fn split_typed(key: &[u8]) -> Option<(Partition, RecordType, &[u8])> {
     let record_type = RecordType::parse(std::str::from_utf8(&rest[..type_end]).ok()?).ok()?;
     Some((partition, record_type, &rest[type_end + 1..]))
 }
+
+/// `META ‖ "floor/" ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ instance`: a head
+/// lowered by a repair, with the head it had (docs/storage.md, "Repair").
+pub fn floor(partition: &Partition, record_type: &RecordType, instance: &InstanceId) -> Vec<u8> {
+    let mut key = meta(FLOOR_PREFIX);
+    key.extend_from_slice(&type_prefix(partition, record_type));
+    key.extend_from_slice(&instance.0);
+    key
+}
+
+pub const FLOOR_PREFIX: &str = "floor/";
+
+/// What a stored key is, in words, for error messages and `ferry check`.
+pub fn describe(key: &[u8]) -> String {
+    let Some((&table, rest)) = key.split_first() else { return "an empty key".to_owned() };
+    let typed = || split_typed(rest);
+    match table {
+        RECORDS | CONFLICTS => match typed() {
+            Some((partition, record_type, id)) => {
+                format!("record {record_type}/{} in {partition}", String::from_utf8_lossy(id))
+            }
+            None => "a record whose key is damaged".to_owned(),
+        },
+        CHANGES => match typed() {
+            Some((partition, record_type, rest)) if rest.len() == 24 => {
+                let counter = u64::from_be_bytes(rest[16..].try_into().expect("8 bytes"));
+                format!("the change index of {record_type} in {partition} (counter {counter})")
+            }
+            _ => "a change index entry whose key is damaged".to_owned(),
+        },
+        HEADS => match typed() {
+            Some((partition, record_type, _)) => format!("the frontier of {record_type} in {partition}"),
+            None => "a frontier entry whose key is damaged".to_owned(),
+        },
+        META => format!("the store's {:?} setting", String::from_utf8_lossy(rest)),
+        BY_ID => "the index of records by id".to_owned(),
+        CHAINS | AUTHOR_CHAINS => "a stored certificate chain".to_owned(),
+        LEDGER => "a sync ledger entry".to_owned(),
+        PEERS => "a note kept about a peer".to_owned(),
+        other => format!("an entry of unknown table {other:#04x}"),
+    }
+}

@@ -21,7 +21,7 @@ use ed25519_dalek::SigningKey;
 use partitions::{OrgId, Partition, RecordType, WriteKind};
 
 use crate::authorize::{Authorizer, Denied, Signed, Verifier};
-use crate::backend::{Backend, BackendError, BackendKind, WriteOp, prefix_end};
+use crate::backend::{Backend, BackendError, BackendKind, FailureKind, WriteOp, prefix_end};
 use crate::change::{Change, ChangeError, Op, RecordKey, is_field_name};
 use crate::hlc::Clock;
 use crate::ids::{AuthorKey, Counter, Dot, Hlc, InstanceId, RecordId};
@@ -34,15 +34,48 @@ use crate::region::Region;
 use crate::value::Value;
 use crate::wire::{self, Batch, HeadEntry};
 
+mod check;
+pub use check::{CheckReport, Damage};
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error(transparent)]
+    #[error("{}", describe_backend_error(.0))]
     Backend(#[from] BackendError),
-    #[error("the store is damaged: {0}")]
+    #[error("the store is damaged: {0}; run `ferry check --repair` (peers send what it drops again)")]
     Corrupt(String),
-    #[error("could not write the epoch file: {0}")]
+    #[error("could not write the epoch file: {}", crate::backend::io_message(.0))]
     Epoch(std::io::Error),
+    #[error(
+        "this home's store was created with {found}, but the configuration says {configured}: set store = \"{found}\" in ferry.toml (a store's backend is fixed when it is created)"
+    )]
+    WrongBackend { found: &'static str, configured: &'static str },
+}
+
+impl StoreError {
+    /// Whether the failure is a full disk (the same call may succeed once
+    /// space is freed).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StoreError::Backend(e) => e.is_no_space(),
+            StoreError::Epoch(e) => crate::backend::io_kind(e) == FailureKind::NoSpace,
+            _ => false,
+        }
+    }
+
+    pub fn is_in_use(&self) -> bool {
+        matches!(self, StoreError::Backend(e) if e.kind == FailureKind::InUse)
+    }
+}
+
+fn describe_backend_error(e: &BackendError) -> String {
+    match &e.kind {
+        FailureKind::Damaged { key } => {
+            let what = key.as_deref().map_or_else(|| "a page of the store file".to_owned(), keys::describe);
+            format!("the store is damaged at {what} ({e}); run `ferry check --repair` (peers send what it drops again)")
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// Why a received batch cannot be applied at all.
@@ -191,6 +224,13 @@ pub struct Store {
     profiles: Mutex<BTreeMap<OrgId, Profile>>,
     /// Ledger entries held, counted on first use.
     ledger_len: Mutex<Option<usize>>,
+    /// Set while the store could not be marked open (the disk was full when
+    /// it opened): reads work, and the next commit first marks it open.
+    /// Holds the epoch to write then.
+    pending_open: Mutex<Option<u64>>,
+    /// Triples whose head `ferry check --repair` lowered, with the head they
+    /// had (docs/storage.md, "Repair"); loaded at open.
+    floors: Mutex<BTreeMap<Triple, Counter>>,
 }
 
 const EPOCH_FILE: &str = "epoch";
@@ -200,15 +240,50 @@ impl Store {
     /// used if the store must start a new instance (engine has no random
     /// generator of its own).
     pub fn open(dir: &Path, kind: BackendKind, fresh: InstanceId, now_ms: u64) -> Result<(Store, Opened), StoreError> {
+        if let Some(found) = BackendKind::found_in(dir)
+            && found != kind
+            && !kind.main_file(dir).exists()
+        {
+            return Err(StoreError::WrongBackend { found: found.name(), configured: kind.name() });
+        }
         let backend = kind.open(dir)?;
-        let get = |name: &str| backend.get(&keys::meta(name));
-        let stored_instance = get("instance")?;
+        // A damaged setting (a flipped bit in the instance or its counter)
+        // is read as missing, and the store continues under a fresh
+        // instance: no counter can be trusted, so none is reused.
+        let damaged_meta = std::cell::Cell::new(false);
+        let get = |name: &str| match backend.get(&keys::meta(name)) {
+            Ok(v) => Ok(v),
+            Err(e) if e.kind.is_damage() => {
+                damaged_meta.set(true);
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::from(e)),
+        };
+        let number = |name: &str| -> Result<Option<u64>, StoreError> {
+            Ok(get(name)?.and_then(|b| match be_u64(&b) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    damaged_meta.set(true);
+                    None
+                }
+            }))
+        };
+        let stored_instance = get("instance")?.filter(|b| {
+            let ok = b.len() == 16;
+            if !ok {
+                damaged_meta.set(true);
+            }
+            ok
+        });
         let state = get("state")?;
         let stored_fingerprint = get("fingerprint")?;
-        let store_epoch = get("epoch")?.map(|b| be_u64(&b)).transpose()?.unwrap_or(0);
+        let store_epoch = number("epoch")?.unwrap_or(0);
+        let stored_counter = number("counter")?.unwrap_or(0);
+        let hlc = number("hlc")?.unwrap_or(0);
         let file_epoch = read_epoch_file(dir);
         let fingerprint = fingerprint(dir, kind);
         let reason = match (&stored_instance, state.as_deref()) {
+            _ if damaged_meta.get() => Some("the store's settings were damaged".to_owned()),
             (None, _) => Some("a new store".to_owned()),
             (Some(_), Some(b"open")) => Some("the last run did not close the store cleanly".to_owned()),
             _ if stored_fingerprint.as_deref() != Some(fingerprint.as_slice()) => {
@@ -222,12 +297,10 @@ impl Store {
         let (instance, counter) = match (&reason, stored_instance) {
             (None, Some(bytes)) => {
                 let instance = InstanceId(bytes.as_slice().try_into().map_err(|_| corrupt("instance id"))?);
-                let counter = get("counter")?.map(|b| be_u64(&b)).transpose()?.unwrap_or(0);
-                (instance, counter)
+                (instance, stored_counter)
             }
             _ => (fresh, 0),
         };
-        let hlc = get("hlc")?.map(|b| be_u64(&b)).transpose()?.unwrap_or(0);
         let epoch = store_epoch.max(file_epoch.unwrap_or(0)) + 1;
         let mut writes: Vec<WriteOp> = vec![
             (keys::meta("instance"), Some(instance.0.to_vec())),
@@ -243,8 +316,31 @@ impl Store {
             value.extend_from_slice(reason.as_bytes());
             writes.push((key, Some(value)));
         }
-        backend.commit(&writes)?;
-        write_epoch_file(dir, epoch).map_err(StoreError::Epoch)?;
+        // On a full disk a store that was closed cleanly still opens for
+        // reading (a user must be able to list and export to rescue data);
+        // it is marked open by its first commit, once space returns.
+        let mut pending_open = None;
+        match backend.commit(&writes) {
+            Ok(()) => {
+                if let Err(e) = write_epoch_file(dir, epoch) {
+                    // Undo the mark so the next open does not take the
+                    // missing epoch for a restore.
+                    let undo = [
+                        (keys::meta("state"), Some(b"closed".to_vec())),
+                        (keys::meta("epoch"), Some(store_epoch.to_be_bytes().to_vec())),
+                    ];
+                    if crate::backend::io_kind(&e) != FailureKind::NoSpace || backend.commit(&undo).is_err() {
+                        return Err(StoreError::Epoch(e));
+                    }
+                    pending_open = Some(epoch);
+                }
+            }
+            Err(e) if e.is_no_space() && reason.is_none() => pending_open = Some(epoch),
+            Err(e) => return Err(e.into()),
+        }
+        // A damaged floor is reported by `ferry check`; until it is
+        // repaired the others still apply.
+        let floors = load_floors(backend.as_ref()).unwrap_or_default();
         let store = Store {
             backend,
             kind,
@@ -252,13 +348,49 @@ impl Store {
             local: Mutex::new(Local { instance, counter, clock: Clock::starting_at(Hlc(hlc)) }),
             profiles: Mutex::new(BTreeMap::new()),
             ledger_len: Mutex::new(None),
+            pending_open: Mutex::new(pending_open),
+            floors: Mutex::new(floors),
         };
         Ok((store, Opened { instance, fresh_instance: reason }))
     }
 
+    /// Commits gathered writes, then forgets the floors they removed.
+    fn commit_pending(&self, mut pending: Pending) -> Result<(), StoreError> {
+        let cleared = std::mem::take(&mut pending.floors_cleared);
+        self.commit(&pending.into_writes())?;
+        let mut floors = self.floors.lock().expect("floors lock");
+        for triple in cleared {
+            floors.remove(&triple);
+        }
+        Ok(())
+    }
+
+    /// Every commit but the opening one: first marks the store open if a
+    /// full disk kept `open` from doing so.
+    fn commit(&self, writes: &[WriteOp]) -> Result<(), StoreError> {
+        let mut pending_open = self.pending_open.lock().expect("open-mark lock");
+        if let Some(epoch) = *pending_open {
+            self.backend.commit(&[
+                (keys::meta("state"), Some(b"open".to_vec())),
+                (keys::meta("epoch"), Some(epoch.to_be_bytes().to_vec())),
+            ])?;
+            if let Err(e) = write_epoch_file(&self.dir, epoch) {
+                let _ = self.backend.commit(&[(keys::meta("state"), Some(b"closed".to_vec()))]);
+                return Err(StoreError::Epoch(e));
+            }
+            *pending_open = None;
+        }
+        drop(pending_open);
+        self.backend.commit(writes)?;
+        Ok(())
+    }
+
     /// Marks the store cleanly closed and makes everything durable.
     pub fn close(self) -> Result<(), StoreError> {
-        self.backend.commit(&[(keys::meta("state"), Some(b"closed".to_vec()))])?;
+        // A store never marked open (full disk) is still marked closed.
+        if self.pending_open.lock().expect("open-mark lock").is_none() {
+            self.backend.commit(&[(keys::meta("state"), Some(b"closed".to_vec()))])?;
+        }
         self.backend.close()?;
         Ok(())
     }
@@ -609,8 +741,8 @@ impl Store {
         }
         pending.put(keys::meta("counter"), counter.to_be_bytes().to_vec());
         pending.put(keys::meta("hlc"), clock.last().0.to_be_bytes().to_vec());
-        self.finish_heads(&mut pending)?;
-        self.backend.commit(&pending.into_writes())?;
+        self.finish_heads(&mut pending, &BTreeMap::new())?;
+        self.commit_pending(pending)?;
         local.counter = counter;
         local.clock = clock;
         drop(local);
@@ -714,7 +846,7 @@ impl Store {
                 key.extend_from_slice(&fresh.0);
                 let mut value = now_ms.to_be_bytes().to_vec();
                 value.extend_from_slice(reason.as_bytes());
-                self.backend.commit(&[
+                self.commit(&[
                     (keys::meta("instance"), Some(fresh.0.to_vec())),
                     (keys::meta("counter"), Some(0u64.to_be_bytes().to_vec())),
                     (key, Some(value)),
@@ -1031,15 +1163,26 @@ impl Store {
             }
         }
         pending.put(keys::meta("hlc"), local.clock.last().0.to_be_bytes().to_vec());
-        self.finish_heads(&mut pending)?;
-        self.backend.commit(&pending.into_writes()).map_err(StoreError::from)?;
+        {
+            // Lowered heads move only with what this session delivered.
+            let floors = self.floors.lock().expect("floors lock");
+            pending.touched.extend(moved.keys().filter(|t| floors.contains_key(*t)).cloned());
+        }
+        self.finish_heads(&mut pending, &moved)?;
+        self.commit_pending(pending)?;
         positions.extend(moved);
         Ok(applied)
     }
 
     /// Sets the frontier entry of every triple this commit touches to the
     /// highest counter it will retain there (removing the entry when none).
-    fn finish_heads(&self, pending: &mut Pending) -> Result<(), StoreError> {
+    ///
+    /// A triple whose head a repair lowered (a floor) keeps its head until a
+    /// session delivers changes past it: its head becomes what `reached`
+    /// says this commit delivered in order, and the floor goes once that
+    /// passes the head the triple had before the repair.
+    fn finish_heads(&self, pending: &mut Pending, reached: &BTreeMap<Triple, Counter>) -> Result<(), StoreError> {
+        let floors = self.floors.lock().expect("floors lock").clone();
         for (partition, record_type, instance) in std::mem::take(&mut pending.touched) {
             let start = keys::change(&partition, &record_type, &instance, 0);
             let end = keys::change(&partition, &record_type, &instance, u64::MAX);
@@ -1064,6 +1207,17 @@ impl Store {
                 }
                 below = key;
             }
+            let triple = (partition.clone(), record_type.clone(), instance);
+            if let Some(&before) = floors.get(&triple) {
+                let delivered = reached.get(&triple).copied().unwrap_or(0);
+                if delivered >= before {
+                    pending.delete(keys::floor(&partition, &record_type, &instance));
+                    pending.floors_cleared.push(triple);
+                } else {
+                    let stored = self.head(&partition, &record_type, &instance)?;
+                    head = head.min(stored.max(delivered));
+                }
+            }
             let key = keys::head(&partition, &record_type, &instance);
             if head == 0 {
                 pending.delete(key);
@@ -1079,9 +1233,22 @@ impl Store {
 
     /// Stores a certificate chain of `author` (opaque bytes); returns its hash.
     pub fn put_chain(&self, author: &AuthorKey, chain: &[u8]) -> Result<[u8; 32], StoreError> {
+        let hash = *blake3::hash(chain).as_bytes();
+        let mut author_key = vec![keys::AUTHOR_CHAINS];
+        author_key.extend_from_slice(&author.0);
+        author_key.extend_from_slice(&hash);
+        // A damaged copy reads as an error: write over it.
+        let held = |key: &[u8]| self.backend.get(key).is_ok_and(|v| v.is_some());
+        let mut chain_key = vec![keys::CHAINS];
+        chain_key.extend_from_slice(&hash);
+        if held(&author_key) && held(&chain_key) {
+            // Held already: no write (a node reopened on a full disk still
+            // opens).
+            return Ok(hash);
+        }
         let mut pending = Pending::default();
-        let hash = pending.chain(author, chain);
-        self.backend.commit(&pending.into_writes())?;
+        pending.chain(author, chain);
+        self.commit(&pending.into_writes())?;
         Ok(hash)
     }
 
@@ -1141,7 +1308,7 @@ impl Store {
             })?;
         }
         let dropped = writes.len() - 1;
-        self.backend.commit(&writes)?;
+        self.commit(&writes)?;
         *len = Some(held + 1 - dropped);
         Ok(())
     }
@@ -1169,7 +1336,7 @@ impl Store {
     }
 
     pub fn set_peer_note(&self, peer: &AuthorKey, name: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.backend.commit(&[(peer_key(peer, name), Some(value.to_vec()))])?;
+        self.commit(&[(peer_key(peer, name), Some(value.to_vec()))])?;
         Ok(())
     }
 
@@ -1204,6 +1371,8 @@ struct Pending {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Triples whose indexed changes this commit adds or drops.
     touched: BTreeSet<Triple>,
+    /// Repair floors this commit removes (forgotten once it is durable).
+    floors_cleared: Vec<Triple>,
 }
 
 impl Pending {
@@ -1378,4 +1547,33 @@ pub fn local_write_kind(op: &LocalOp, record_exists: bool) -> WriteKind {
         LocalOp::Put { .. } if record_exists => WriteKind::Update,
         LocalOp::Put { .. } => WriteKind::Create,
     }
+}
+
+/// The repair floors a store holds (`keys::floor`).
+fn load_floors(backend: &dyn Backend) -> Result<BTreeMap<Triple, Counter>, StoreError> {
+    let prefix = keys::meta(keys::FLOOR_PREFIX);
+    let end = prefix_end(&prefix);
+    let mut floors = BTreeMap::new();
+    let mut bad = false;
+    backend.scan(&prefix, end.as_deref(), &mut |k, v| {
+        let parsed = keys::split_typed(&k[prefix.len()..]).and_then(|(partition, record_type, rest)| {
+            let instance: [u8; 16] = rest.try_into().ok()?;
+            let before = u64::from_be_bytes(v.try_into().ok()?);
+            Some(((partition, record_type, InstanceId(instance)), before))
+        });
+        match parsed {
+            Some((triple, before)) => {
+                floors.insert(triple, before);
+                true
+            }
+            None => {
+                bad = true;
+                false
+            }
+        }
+    })?;
+    if bad {
+        return Err(corrupt("a repair floor"));
+    }
+    Ok(floors)
 }

@@ -138,6 +138,14 @@ pub enum Command {
     History,
     /// Records holding conflicts.
     Conflicts,
+    /// Verify every stored value's checksum, every record and every retained
+    /// signature; `--repair` drops what is damaged so peers send it again.
+    Check {
+        /// Drop damaged entries and lower the frontiers that covered them,
+        /// so the next sync fetches them again from any peer.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Resolve a record's conflicts.
     Resolve {
         #[arg(value_name = "TYPE")]
@@ -382,6 +390,7 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         Command::Peers => Op::Peers,
         Command::History => Op::History,
         Command::Conflicts => Op::Conflicts,
+        Command::Check { repair } => Op::Check { repair: *repair },
         Command::Resolve { record_type, id, take, set, partition, org } => Op::Resolve {
             org: org.clone(),
             record_type: record_type.clone(),
@@ -467,12 +476,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(net) = net {
                 net.stop();
             }
-            tokio::task::block_in_place(|| node.close())?;
-            result?
+            // The operation's own failure (a full disk, say) is the one to
+            // show, not a failure to close after it.
+            let closed = tokio::task::block_in_place(|| node.close());
+            let result = result?;
+            closed?;
+            result
         }
     };
     progress.finish();
     print_op_result(&cli, &op, &result);
+    if let Op::Check { repair: false } = op
+        && let Some(damaged) = result["damaged"].as_array().filter(|d| !d.is_empty())
+    {
+        bail!(
+            "the store is damaged ({} entries); run `ferry check --repair`: peers send what it drops again",
+            damaged.len()
+        );
+    }
     Ok(())
 }
 
@@ -596,6 +617,41 @@ fn print_op_result(cli: &Cli, op: &Op, value: &serde_json::Value) {
                 crate::node::iso8601_ms(c["not_after"].as_u64().unwrap_or(0) * 1000)
             )
         }),
+        Op::Check { repair } => {
+            let damaged = value["damaged"].as_array().cloned().unwrap_or_default();
+            let unsendable = value["unsendable"].as_array().cloned().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "checked {} entries: {} records, {} changes; {} damaged, {} that peers would refuse",
+                value["entries"],
+                value["records"],
+                value["changes"],
+                damaged.len(),
+                unsendable.len()
+            );
+            for d in &damaged {
+                let _ = writeln!(
+                    out,
+                    "  damaged: {}: {}",
+                    d["what"].as_str().unwrap_or("?"),
+                    d["reason"].as_str().unwrap_or("?")
+                );
+            }
+            for u in &unsendable {
+                let _ = writeln!(out, "  never sent: {}", u.as_str().unwrap_or("?"));
+            }
+            if *repair {
+                writeln!(
+                    out,
+                    "repaired: removed {} entries; the next sync fetches up to {} changes again from any peer",
+                    value["removed"], value["refetch"]
+                )
+            } else if !damaged.is_empty() {
+                writeln!(out, "run `ferry check --repair` to drop what is damaged; peers send it again")
+            } else {
+                Ok(())
+            }
+        }
         Op::Peers => {
             let list = value.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
@@ -699,6 +755,16 @@ pub fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+    // A storage backend that panics on a damaged file is caught at the
+    // store's seam and reported as damage in one line; its panic text would
+    // only repeat that, in a backtrace-shaped form.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_backend = info.location().is_some_and(|l| l.file().contains("/redb-") || l.file().contains("/sled-"));
+        if !in_backend {
+            default_hook(info);
+        }
+    }));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -90,7 +90,11 @@ impl Node {
         let (store, opened) = Store::open(&home.store_dir(), backend, InstanceId(crate::random::bytes()), now_ms())
             .map_err(|e| {
                 let text = e.to_string();
-                if text.contains("lock") || text.contains("already open") || text.contains("AlreadyOpen") {
+                if e.is_in_use()
+                    || text.contains("lock")
+                    || text.contains("already open")
+                    || text.contains("AlreadyOpen")
+                {
                     anyhow!("the store of {} is in use by another ferry process", home.dir.display())
                 } else {
                     anyhow!("cannot open the store: {text}")
@@ -475,6 +479,26 @@ impl Node {
             true
         })?;
         Ok(out)
+    }
+
+    /// `ferry check [--repair]`: every entry's checksum, every record, every
+    /// retained signature; with `repair`, drops what is damaged and lowers
+    /// the frontiers that covered it so peers send it again.
+    pub fn check(&self, repair: bool) -> anyhow::Result<serde_json::Value> {
+        let verifier = crate::parallel::ParallelVerifier;
+        let report = if repair { self.store.repair(&verifier)? } else { self.store.check(&verifier)? };
+        let damaged: Vec<serde_json::Value> =
+            report.damaged.iter().map(|d| json!({ "what": d.what, "reason": d.reason })).collect();
+        Ok(json!({
+            "entries": report.entries,
+            "records": report.records,
+            "changes": report.changes,
+            "damaged": damaged,
+            "unsendable": report.unsendable,
+            "repaired": repair,
+            "removed": report.removed,
+            "refetch": report.refetched,
+        }))
     }
 
     /// `ferry import`: one record a line, written in signed batches.

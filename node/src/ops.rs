@@ -107,6 +107,11 @@ pub enum Op {
         partition: Option<String>,
     },
     Conflicts,
+    /// `ferry check [--repair]`.
+    Check {
+        #[serde(default)]
+        repair: bool,
+    },
     Resolve {
         org: Option<String>,
         #[serde(rename = "type")]
@@ -305,6 +310,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             json!({ "exported": count })
         }
         Op::Conflicts => serde_json::Value::Array(node.conflicts()?),
+        Op::Check { repair } => tokio::task::block_in_place(|| node.check(repair))?,
         Op::Resolve { org: o, record_type, id, partition, take, set } => {
             let set = json_fields(&set)?;
             node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?

@@ -2,11 +2,12 @@
 //! batch, committed with `Durability::Immediate` (the default), which ends
 //! in an fdatasync of the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, TableDefinition};
 
-use super::{Backend, BackendError, Entry, WriteOp};
+use super::{Backend, BackendError, Entry, FailureKind, WriteOp};
 
 pub const FILE_NAME: &str = "store.redb";
 
@@ -17,36 +18,94 @@ const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ferry");
 /// far under the 256 MiB memory target.
 const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
+/// After one IO error (a full disk, say) redb refuses every later call with
+/// `PreviousIo` until the database is closed and opened again; so the
+/// backend reopens it by itself on the next call, and a node recovers as
+/// soon as space returns, without a restart.
 pub struct RedbBackend {
-    db: Database,
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
 }
 
-fn err(e: impl std::fmt::Display) -> BackendError {
-    BackendError { backend: "redb", message: e.to_string() }
+fn err(e: impl Into<redb::Error>) -> BackendError {
+    let e: redb::Error = e.into();
+    let (kind, message) = match &e {
+        redb::Error::Io(io) => (super::io_kind(io), super::io_message(io)),
+        redb::Error::PreviousIo => (FailureKind::Other, "an earlier write failed; the store is reopened".to_owned()),
+        redb::Error::Corrupted(_) => (FailureKind::Damaged { key: None }, e.to_string()),
+        redb::Error::DatabaseAlreadyOpen => (FailureKind::InUse, e.to_string()),
+        _ => (FailureKind::Other, e.to_string()),
+    };
+    BackendError { backend: "redb", message, kind }
+}
+
+fn is_previous_io(e: &BackendError) -> bool {
+    e.message.starts_with("an earlier write failed")
+}
+
+fn open_database(path: &Path) -> Result<Database, BackendError> {
+    let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(err)?;
+    // Create the table so read transactions always find it.
+    let tx = db.begin_write().map_err(err)?;
+    tx.open_table(TABLE).map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(db)
 }
 
 impl RedbBackend {
     pub fn open(dir: &Path) -> Result<RedbBackend, BackendError> {
-        let db = Database::builder().set_cache_size(CACHE_BYTES).create(dir.join(FILE_NAME)).map_err(err)?;
-        // Create the table so read transactions always find it.
-        let tx = db.begin_write().map_err(err)?;
-        tx.open_table(TABLE).map_err(err)?;
-        tx.commit().map_err(err)?;
-        Ok(RedbBackend { db })
+        let path = dir.join(FILE_NAME);
+        let db = open_database(&path)?;
+        Ok(RedbBackend { db: RwLock::new(Some(db)), path })
+    }
+
+    /// The open database, reopened first if an IO error closed it.
+    fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, BackendError> {
+        {
+            let guard = self.db.read().expect("the redb lock is never poisoned");
+            if guard.is_some() {
+                return Ok(guard);
+            }
+        }
+        let mut slot = self.db.write().expect("the redb lock is never poisoned");
+        if slot.is_none() {
+            *slot = Some(open_database(&self.path)?);
+        }
+        drop(slot);
+        Ok(self.db.read().expect("the redb lock is never poisoned"))
+    }
+
+    /// Runs `call` on the database; after an IO error, closes it so that the
+    /// next call reopens it.
+    fn with<T>(&self, call: impl FnOnce(&Database) -> Result<T, BackendError>) -> Result<T, BackendError> {
+        let guard = self.db()?;
+        let db = guard.as_ref().expect("db() returns an open database");
+        let result = call(db);
+        drop(guard);
+        if let Err(e) = &result
+            && (e.kind == FailureKind::NoSpace || is_previous_io(e) || e.backend == "file")
+        {
+            *self.db.write().expect("the redb lock is never poisoned") = None;
+        }
+        result
     }
 }
 
 impl Backend for RedbBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(TABLE).map_err(err)?;
-        Ok(table.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+        self.with(|db| {
+            let tx = db.begin_read().map_err(err)?;
+            let table = tx.open_table(TABLE).map_err(err)?;
+            Ok(table.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+        })
     }
 
     fn get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(TABLE).map_err(err)?;
-        keys.iter().map(|k| Ok(table.get(k.as_slice()).map_err(err)?.map(|v| v.value().to_vec()))).collect()
+        self.with(|db| {
+            let tx = db.begin_read().map_err(err)?;
+            let table = tx.open_table(TABLE).map_err(err)?;
+            keys.iter().map(|k| Ok(table.get(k.as_slice()).map_err(err)?.map(|v| v.value().to_vec()))).collect()
+        })
     }
 
     fn scan(
@@ -55,51 +114,68 @@ impl Backend for RedbBackend {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), BackendError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(TABLE).map_err(err)?;
-        let range = match end {
-            Some(end) => table.range(start..end),
-            None => table.range(start..),
-        }
-        .map_err(err)?;
-        for entry in range {
-            let (k, v) = entry.map_err(err)?;
-            if !visit(k.value(), v.value()) {
-                break;
+        self.with(|db| {
+            let tx = db.begin_read().map_err(err)?;
+            let table = tx.open_table(TABLE).map_err(err)?;
+            let range = match end {
+                Some(end) => table.range(start..end),
+                None => table.range(start..),
             }
-        }
-        Ok(())
+            .map_err(err)?;
+            for entry in range {
+                let (k, v) = entry.map_err(err)?;
+                if !visit(k.value(), v.value()) {
+                    break;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn last_before(&self, start: &[u8], end: &[u8]) -> Result<Option<Entry>, BackendError> {
-        let tx = self.db.begin_read().map_err(err)?;
-        let table = tx.open_table(TABLE).map_err(err)?;
-        let mut range = table.range(start..end).map_err(err)?;
-        match range.next_back() {
-            Some(entry) => {
-                let (k, v) = entry.map_err(err)?;
-                Ok(Some((k.value().to_vec(), v.value().to_vec())))
+        self.with(|db| {
+            let tx = db.begin_read().map_err(err)?;
+            let table = tx.open_table(TABLE).map_err(err)?;
+            let mut range = table.range(start..end).map_err(err)?;
+            match range.next_back() {
+                Some(entry) => {
+                    let (k, v) = entry.map_err(err)?;
+                    Ok(Some((k.value().to_vec(), v.value().to_vec())))
+                }
+                None => Ok(None),
             }
-            None => Ok(None),
-        }
+        })
     }
 
     fn commit(&self, writes: &[WriteOp]) -> Result<(), BackendError> {
-        let tx = self.db.begin_write().map_err(err)?;
-        {
-            let mut table = tx.open_table(TABLE).map_err(err)?;
-            for (key, value) in writes {
-                match value {
-                    Some(value) => {
-                        table.insert(key.as_slice(), value.as_slice()).map_err(err)?;
-                    }
-                    None => {
-                        table.remove(key.as_slice()).map_err(err)?;
+        self.with(|db| {
+            let tx = db.begin_write().map_err(err)?;
+            {
+                let mut table = tx.open_table(TABLE).map_err(err)?;
+                for (key, value) in writes {
+                    match value {
+                        Some(value) => {
+                            table.insert(key.as_slice(), value.as_slice()).map_err(err)?;
+                        }
+                        None => {
+                            table.remove(key.as_slice()).map_err(err)?;
+                        }
                     }
                 }
             }
-        }
-        tx.commit().map_err(err)
+            tx.commit().map_err(err)
+        })
+    }
+
+    fn purge(&self, doomed: &std::collections::BTreeSet<Vec<u8>>) -> Result<(), BackendError> {
+        self.with(|db| {
+            let tx = db.begin_write().map_err(err)?;
+            {
+                let mut table = tx.open_table(TABLE).map_err(err)?;
+                table.retain(|k, _| !doomed.contains(k)).map_err(err)?;
+            }
+            tx.commit().map_err(err)
+        })
     }
 
     fn close(&self) -> Result<(), BackendError> {

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, BackendError, Entry, WriteOp};
+use super::{Backend, BackendError, Entry, FailureKind, WriteOp};
 
 /// sled writes values above about a quarter of its 512 KiB segments to
 /// separate blob files.
@@ -30,8 +30,32 @@ pub struct SledBackend {
     dir: PathBuf,
 }
 
-fn err(e: impl std::fmt::Display) -> BackendError {
-    BackendError { backend: "sled", message: e.to_string() }
+fn err(e: impl Into<SledFailure>) -> BackendError {
+    let (kind, message) = match e.into() {
+        SledFailure::Io(io) => (super::io_kind(&io), super::io_message(&io)),
+        SledFailure::Sled(sled::Error::Io(io)) => (super::io_kind(&io), super::io_message(&io)),
+        SledFailure::Sled(e @ sled::Error::Corruption { .. }) => (FailureKind::Damaged { key: None }, e.to_string()),
+        SledFailure::Sled(e) => (FailureKind::Other, e.to_string()),
+    };
+    BackendError { backend: "sled", message, kind }
+}
+
+/// The two error types the sled backend meets.
+enum SledFailure {
+    Io(std::io::Error),
+    Sled(sled::Error),
+}
+
+impl From<std::io::Error> for SledFailure {
+    fn from(e: std::io::Error) -> SledFailure {
+        SledFailure::Io(e)
+    }
+}
+
+impl From<sled::Error> for SledFailure {
+    fn from(e: sled::Error) -> SledFailure {
+        SledFailure::Sled(e)
+    }
 }
 
 impl SledBackend {

@@ -1,0 +1,262 @@
+//! `ferry check` and `ferry check --repair`: find what in a store is not
+//! what was written, and drop it so that peers send it again.
+//!
+//! Check reads every entry through the checksum layer, decodes every
+//! record, verifies every retained change's signature and runs the form
+//! check peers run. Repair removes each damaged entry. Where that loses
+//! changes (a damaged record, a damaged change-index entry), it lowers the
+//! frontier of each affected (partition, type, instance) to just below the
+//! lowest change lost and leaves a floor holding the head it had: the next
+//! sync then asks every peer for those changes again, and the head rises
+//! only with what sessions deliver, until it passes the floor
+//! (`Store::finish_heads`). Every change is signed, so what comes back is
+//! exactly what was lost. Damaged settings (the instance, its counter) make
+//! the next open continue under a fresh instance.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Pending, Store, StoreError, Triple, parse_index_value};
+use crate::authorize::{Signed, Verifier};
+use crate::backend::BackendError;
+use crate::change::{Change, RecordKey};
+use crate::ids::{Counter, InstanceId, RecordId};
+use crate::keys;
+use crate::wire;
+
+/// Changes verified in one call to the verifier.
+const VERIFY_CHUNK: usize = 4096;
+
+/// What `Store::check` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub entries: u64,
+    pub records: u64,
+    pub changes: u64,
+    /// Entries that are not what was written.
+    pub damaged: Vec<Damage>,
+    /// Retained changes every peer would refuse (made by an older version
+    /// without the form check): never sent, listed so a user can rewrite
+    /// or delete the record.
+    pub unsendable: Vec<String>,
+    /// What `repair` did: entries removed, and changes peers are asked for
+    /// again.
+    pub removed: u64,
+    pub refetched: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub key: Vec<u8>,
+    /// The entry in words (`record result/r1 in …`).
+    pub what: String,
+    pub reason: String,
+}
+
+impl Store {
+    /// Reads and checks everything; changes nothing.
+    pub fn check(&self, verifier: &dyn Verifier) -> Result<CheckReport, StoreError> {
+        let mut report = CheckReport::default();
+        let mut pending: Vec<(Vec<u8>, Change, Vec<u8>)> = Vec::new();
+        let flush = |pending: &mut Vec<(Vec<u8>, Change, Vec<u8>)>, report: &mut CheckReport| {
+            let items: Vec<Signed<'_>> = pending
+                .iter()
+                .map(|(_, c, m)| Signed { message: m, signature: &c.signature, key: &c.author_key })
+                .collect();
+            let valid = verifier.verify_all(&items);
+            drop(items);
+            let mut seen = BTreeSet::new();
+            for ((key, change, _), ok) in pending.drain(..).zip(valid) {
+                if !ok && seen.insert(key.clone()) {
+                    report.damaged.push(Damage {
+                        what: keys::describe(&key),
+                        reason: format!("change {} of instance {} does not verify", change.counter, change.author),
+                        key,
+                    });
+                }
+            }
+        };
+        let audit = self.backend.audit(&mut |key, value| {
+            report.entries += 1;
+            let value = match value {
+                Ok(value) => value,
+                Err(e) => {
+                    report.damaged.push(Damage { key: key.to_vec(), what: keys::describe(key), reason: e.message });
+                    return true;
+                }
+            };
+            if key.first() != Some(&keys::RECORDS) {
+                return true;
+            }
+            report.records += 1;
+            let Some(record) = record_key(key) else {
+                report.damaged.push(Damage {
+                    key: key.to_vec(),
+                    what: keys::describe(key),
+                    reason: "the key is not a record key".into(),
+                });
+                return true;
+            };
+            let state = match wire::decode_record(&record, value) {
+                Ok(state) => state,
+                Err(e) => {
+                    report.damaged.push(Damage { key: key.to_vec(), what: keys::describe(key), reason: e.to_string() });
+                    return true;
+                }
+            };
+            for change in state.changes {
+                report.changes += 1;
+                let message = change.signing_bytes();
+                if let Err(e) = change.check_form(message.len()) {
+                    report.unsendable.push(format!("{}: change {}: {e}", keys::describe(key), change.counter));
+                }
+                pending.push((key.to_vec(), change, message));
+            }
+            if pending.len() >= VERIFY_CHUNK {
+                flush(&mut pending, &mut report);
+            }
+            true
+        });
+        flush(&mut pending, &mut report);
+        if let Err(e) = audit {
+            // The file itself (not one entry) is damaged: nothing past this
+            // point could be read.
+            report.damaged.push(Damage { key: Vec::new(), what: "the store file".into(), reason: e.to_string() });
+        }
+        Ok(report)
+    }
+
+    /// Checks, then removes every damaged entry and lowers the frontiers
+    /// that covered what was lost, in one durable commit. Returns what the
+    /// check found and what was done.
+    pub fn repair(&self, verifier: &dyn Verifier) -> Result<CheckReport, StoreError> {
+        let mut report = self.check(verifier)?;
+        if report.damaged.iter().any(|d| d.key.is_empty()) {
+            return Err(StoreError::Corrupt(
+                "the store file is damaged beyond its entries, so not everything can be read; move the home's store directory aside, run `ferry init` on a new home with the same certificates and sync from a peer".into(),
+            ));
+        }
+        let mut pending = Pending::default();
+        // Lost changes per triple: the lowest counter lost.
+        let mut lost: BTreeMap<Triple, Counter> = BTreeMap::new();
+        let mut lose = |triple: Triple, counter: Counter| {
+            let low = lost.entry(triple).or_insert(counter);
+            *low = (*low).min(counter);
+        };
+        let mut fresh_instance = false;
+        for damage in &report.damaged {
+            let key = &damage.key;
+            pending.delete(key.clone());
+            report.removed += 1;
+            match key.first().copied() {
+                Some(keys::RECORDS) => {
+                    let Some(record) = record_key(key) else { continue };
+                    let mut conflict = vec![keys::CONFLICTS];
+                    conflict.extend_from_slice(&key[1..]);
+                    pending.delete(conflict);
+                    pending.delete(keys::by_id(&record.partition, &record.record_type, &record.id));
+                    for (triple, counter, index_key) in self.index_entries_of(&record)? {
+                        pending.delete(index_key);
+                        lose(triple, counter);
+                    }
+                }
+                Some(keys::CHANGES) => {
+                    if let Some((partition, record_type, rest)) = keys::split_typed(&key[1..])
+                        && rest.len() == 24
+                    {
+                        let instance = InstanceId(rest[..16].try_into().expect("16 bytes"));
+                        let counter = u64::from_be_bytes(rest[16..].try_into().expect("8 bytes"));
+                        lose((partition, record_type, instance), counter);
+                    }
+                }
+                Some(keys::HEADS) => {
+                    // The index still says what is held: recompute it.
+                    if let Some((partition, record_type, rest)) = keys::split_typed(&key[1..])
+                        && let Ok(instance) = <[u8; 16]>::try_from(rest)
+                    {
+                        pending.touched.insert((partition, record_type, InstanceId(instance)));
+                    }
+                }
+                Some(keys::META) => fresh_instance = true,
+                _ => {}
+            }
+        }
+        if fresh_instance {
+            // The instance or its counter cannot be trusted: the next open
+            // continues under a fresh one (the instance rule).
+            pending.put(keys::meta("state"), b"open".to_vec());
+        }
+        let mut floors = BTreeMap::new();
+        for (triple, low) in &lost {
+            let (partition, record_type, instance) = triple;
+            let before = self.head(partition, record_type, instance).unwrap_or(u64::MAX);
+            let lowered = low.saturating_sub(1);
+            if before == u64::MAX || lowered < before {
+                let floor = self.floors.lock().expect("floors lock").get(triple).copied().unwrap_or(0);
+                let before = if before == u64::MAX { *low } else { before }.max(floor);
+                pending.put(keys::floor(partition, record_type, instance), before.to_be_bytes().to_vec());
+                let head_key = keys::head(partition, record_type, instance);
+                if lowered == 0 {
+                    pending.delete(head_key);
+                } else {
+                    pending.put(head_key, lowered.to_be_bytes().to_vec());
+                }
+                floors.insert(triple.clone(), before);
+                report.refetched += before.saturating_sub(lowered);
+            }
+        }
+        // Heads of damaged frontier entries are recomputed from the index.
+        let recompute: BTreeSet<Triple> = std::mem::take(&mut pending.touched);
+        let mut recomputed = Pending { touched: recompute, ..Pending::default() };
+        self.finish_heads(&mut recomputed, &BTreeMap::new())?;
+        for (key, value) in recomputed.writes {
+            pending.writes.entry(key).or_insert(value);
+        }
+        // Lowered heads first, then the damaged entries: a crash between
+        // the two leaves damage the next repair finds again, never a lost
+        // change that no frontier asks for.
+        let doomed: BTreeSet<Vec<u8>> = report.damaged.iter().map(|d| d.key.clone()).collect();
+        self.commit_pending(pending)?;
+        self.floors.lock().expect("floors lock").extend(floors);
+        self.backend.purge(&doomed)?;
+        self.profiles.lock().expect("profile cache lock").clear();
+        Ok(report)
+    }
+
+    /// The change-index entries pointing at `record`: (triple, counter,
+    /// index key).
+    fn index_entries_of(&self, record: &RecordKey) -> Result<Vec<(Triple, Counter, Vec<u8>)>, StoreError> {
+        let prefix = keys::under(keys::CHANGES, &record.partition);
+        let mut out = Vec::new();
+        let mut scan_error: Option<BackendError> = None;
+        self.backend
+            .audit(&mut |k, v| {
+                if !k.starts_with(&prefix) {
+                    return k < prefix.as_slice();
+                }
+                let Ok(v) = v else { return true };
+                if let Some((partition, record_type, rest)) = keys::split_typed(&k[1..])
+                    && partition == record.partition
+                    && record_type == record.record_type
+                    && rest.len() == 24
+                    && parse_index_value(v).is_some_and(|(_, id)| id == record.id)
+                {
+                    let instance = InstanceId(rest[..16].try_into().expect("16 bytes"));
+                    let counter = u64::from_be_bytes(rest[16..].try_into().expect("8 bytes"));
+                    out.push(((partition, record_type, instance), counter, k.to_vec()));
+                }
+                true
+            })
+            .unwrap_or_else(|e| scan_error = Some(e));
+        if let Some(e) = scan_error {
+            return Err(e.into());
+        }
+        Ok(out)
+    }
+}
+
+/// The record a `RECORDS` key names.
+fn record_key(key: &[u8]) -> Option<RecordKey> {
+    let (partition, record_type, id) = keys::split_typed(key.get(1..)?)?;
+    let id = RecordId::parse(std::str::from_utf8(id).ok()?).ok()?;
+    Some(RecordKey { partition, record_type, id })
+}
