@@ -40,8 +40,9 @@ pub use check::{CheckReport, Damage};
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Not a `#[source]`: the text already says all of it, once.
     #[error("{}", describe_backend_error(.0))]
-    Backend(#[from] BackendError),
+    Backend(BackendError),
     #[error("the store is damaged: {0}; run `ferry check --repair` (peers send what it drops again)")]
     Corrupt(String),
     #[error("could not write the epoch file: {}", crate::backend::io_message(.0))]
@@ -50,6 +51,12 @@ pub enum StoreError {
         "this home's store was created with {found}, but the configuration says {configured}: set store = \"{found}\" in ferry.toml (a store's backend is fixed when it is created)"
     )]
     WrongBackend { found: &'static str, configured: &'static str },
+}
+
+impl From<BackendError> for StoreError {
+    fn from(e: BackendError) -> StoreError {
+        StoreError::Backend(e)
+    }
 }
 
 impl StoreError {
@@ -1501,6 +1508,17 @@ fn read_epoch_file(dir: &Path) -> Option<u64> {
 
 fn write_epoch_file(dir: &Path, epoch: u64) -> std::io::Result<()> {
     use std::io::Write as _;
+    // In place when the number keeps its length: a rewrite of a few bytes
+    // inside one block needs no new space, so a store on a full disk still
+    // opens (and one sector is written whole).
+    let text = format!("{epoch}\n");
+    if let Ok(old) = std::fs::read(dir.join(EPOCH_FILE))
+        && old.len() == text.len()
+        && let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(dir.join(EPOCH_FILE))
+        && file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).is_ok()
+    {
+        return Ok(());
+    }
     let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(format!("{epoch}\n").as_bytes())?;

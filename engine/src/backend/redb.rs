@@ -45,7 +45,14 @@ fn is_previous_io(e: &BackendError) -> bool {
 
 fn open_database(path: &Path) -> Result<Database, BackendError> {
     let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(err)?;
-    // Create the table so read transactions always find it.
+    // Create the table so read transactions always find it; a store that
+    // has it already opens without writing (a full disk still reads).
+    let read = db.begin_read().map_err(err)?;
+    let exists = read.open_table(TABLE).is_ok();
+    drop(read);
+    if exists {
+        return Ok(db);
+    }
     let tx = db.begin_write().map_err(err)?;
     tx.open_table(TABLE).map_err(err)?;
     tx.commit().map_err(err)?;

@@ -1,0 +1,172 @@
+//! The store under a hostile environment, with real `ferry` processes:
+//! flipped bits, a changed backend setting, a full disk. Nothing a user
+//! wrote is lost or silently changed, and a damaged replica heals from its
+//! peers.
+
+use std::path::{Path, PathBuf};
+
+use tests::cli::Home;
+
+fn records(home: &Home) -> usize {
+    home.json(&["list"]).as_array().expect("list").len()
+}
+
+#[test]
+fn a_home_keeps_the_backend_it_was_created_with() {
+    let root = tempfile::tempdir().expect("dir");
+    let home = Home::init(root.path(), "lab");
+    home.json(&["org", "create", "Lab"]);
+    home.ok(&["put", "sample", "s1", "--partition", "samples", "--set", "a=1"]);
+    let config = home.dir.join("ferry.toml");
+    let text = std::fs::read_to_string(&config).expect("ferry.toml");
+    let sled = if text.contains("store = \"redb\"") {
+        text.replace("store = \"redb\"", "store = \"sled\"")
+    } else {
+        format!("store = \"sled\"\n{text}")
+    };
+    std::fs::write(&config, sled).expect("write");
+    for args in [&["list"][..], &["put", "sample", "s2", "--partition", "samples", "--set", "a=2"]] {
+        let reason = home.fails(args);
+        assert!(
+            reason.contains("redb") && reason.contains("store = \\\"redb\\\"") || reason.contains("store = \"redb\""),
+            "{reason}"
+        );
+    }
+    std::fs::write(&config, text).expect("write back");
+    assert_eq!(records(&home), 1, "nothing was written to a second store, nothing hidden");
+}
+
+/// Flips one bit in every copy of `needle` in the home's store file.
+fn flip_every_copy(store_file: &Path, needle: &[u8]) -> usize {
+    let mut bytes = std::fs::read(store_file).expect("read store");
+    let at: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
+    for i in &at {
+        bytes[i + needle.len() / 2] ^= 0x04;
+    }
+    std::fs::write(store_file, bytes).expect("write store");
+    at.len()
+}
+
+#[test]
+fn a_damaged_replica_is_detected_repaired_and_healed_from_its_peer() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    central.json(&["org", "create", "Riverside", "--authority", "central"]);
+    for i in 0..20 {
+        central.ok(&[
+            "put",
+            "result",
+            &format!("r{i:02}"),
+            "--partition",
+            "results:tc-1",
+            "--set",
+            &format!("answer=\"answer-{i:04}-kept\""),
+        ]);
+    }
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    let token = central.json(&["enroll", "token", "--read", "results:tc-1", "--write", "results:tc-1"])["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    device.json(&["enroll", &token]);
+    assert_eq!(device.json(&["sync", &server.address])["received"], 20);
+    let original = device.json(&["get", "result", "r07"]);
+    let flipped = flip_every_copy(&device.dir.join("store").join("store.redb"), b"answer-0007-kept");
+    assert!(flipped > 0, "the value is in the store file");
+    // Never wrong data: a read names the damage and says what to do.
+    let reason = device.fails(&["get", "result", "r07"]);
+    assert!(reason.contains("damaged") && reason.contains("ferry check --repair"), "{reason}");
+    let reason = device.fails(&["check"]);
+    assert!(reason.contains("damaged"), "{reason}");
+    let report = device.run(&["--json", "check"]);
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).expect("check json");
+    assert!(report["damaged"].to_string().contains("r07"), "{report}");
+    let repaired = device.json(&["check", "--repair"]);
+    assert!(repaired["removed"].as_u64().expect("removed") >= 1, "{repaired}");
+    assert!(device.json(&["check"])["damaged"].as_array().expect("list").is_empty());
+    // The next sync fetches what was dropped, exactly as the author signed it.
+    let healed = device.json(&["sync", &server.address]);
+    assert_eq!(healed["rejected"], 0, "{healed}");
+    assert_eq!(device.json(&["get", "result", "r07"]), original);
+    assert_eq!(records(&device), 20);
+    assert!(device.json(&["check"])["damaged"].as_array().expect("list").is_empty());
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` (with the reason printed) when this test cannot mount: not root.
+    fn mount(megabytes: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().expect("dir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status();
+        if status.is_ok_and(|s| s.success()) {
+            return Some(SmallDisk { dir });
+        }
+        let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        assert!(!root, "running as root, a tmpfs must mount");
+        eprintln!("skipped: mounting a small disk needs root");
+        None
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Fills the disk with one file; returns its path.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        for _ in 0..100_000 {
+            if file.write_all(&block).and_then(|()| file.sync_all()).is_err() {
+                break;
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_one_line_reads_still_work_and_the_node_recovers_without_a_restart() {
+    let Some(disk) = SmallDisk::mount(24) else { return };
+    let home = Home::init(&disk.path(), "device");
+    home.json(&["org", "create", "Lab"]);
+    for i in 0..5 {
+        home.ok(&["put", "sample", &format!("s{i}"), "--partition", "samples", "--set", "a=1"]);
+    }
+    // With nobody serving: the command opens the store itself.
+    let filler = disk.fill();
+    let big = "x".repeat(100_000);
+    let reason = home.fails(&["put", "sample", "new", "--partition", "samples", "--set", &format!("a={big}")]);
+    assert!(reason.contains("no space left on device"), "{reason}");
+    assert_eq!(records(&home), 5, "list works on a full disk");
+    let exported = home.ok(&["export"]);
+    assert_eq!(exported.lines().count(), 5, "export works on a full disk: {exported}");
+    std::fs::remove_file(&filler).expect("free space");
+    let instance = home.json(&["id"])["instance_id"].clone();
+    // While serving: one failure, then it works again once space returns.
+    let server = home.serve();
+    let filler = disk.fill();
+    let reason = home.fails(&["put", "sample", "new", "--partition", "samples", "--set", &format!("a={big}")]);
+    assert!(reason.contains("no space left on device"), "{reason}");
+    std::fs::remove_file(&filler).expect("free space");
+    home.ok(&["put", "sample", "new", "--partition", "samples", "--set", "a=2"]);
+    assert_eq!(records(&home), 6);
+    server.stop();
+    assert_eq!(home.json(&["id"])["instance_id"], instance, "no fresh instance: the store stayed clean");
+}
