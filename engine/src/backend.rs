@@ -105,6 +105,16 @@ pub trait Backend: Send + Sync {
     /// Makes everything durable and releases the files.
     fn close(&self) -> Result<(), BackendError>;
 
+    /// Copies every entry that can still be read into a fresh file that
+    /// replaces the damaged one; returns how many entries were kept.
+    fn rebuild(&self) -> Result<u64, BackendError> {
+        Err(BackendError {
+            backend: "store",
+            message: "this backend cannot rebuild its file".into(),
+            kind: FailureKind::Other,
+        })
+    }
+
     /// Removes every entry whose key `doomed` names, by walking the entries
     /// in place rather than looking keys up: a key damaged in the file may
     /// sit out of order, where no lookup finds it (`ferry check --repair`).

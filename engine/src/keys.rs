@@ -131,3 +131,12 @@ pub fn describe(key: &[u8]) -> String {
         other => format!("an entry of unknown table {other:#04x}"),
     }
 }
+
+/// `META ‖ "count/" ‖ org id`: how many records the store holds in an org.
+pub fn count(org: partitions::OrgId) -> Vec<u8> {
+    let mut key = meta(COUNT_PREFIX);
+    key.extend_from_slice(org.as_bytes());
+    key
+}
+
+pub const COUNT_PREFIX: &str = "count/";

@@ -70,6 +70,10 @@ impl StoreError {
         }
     }
 
+    pub fn is_damage(&self) -> bool {
+        matches!(self, StoreError::Backend(e) if e.kind.is_damage()) || matches!(self, StoreError::Corrupt(_))
+    }
+
     pub fn is_in_use(&self) -> bool {
         matches!(self, StoreError::Backend(e) if e.kind == FailureKind::InUse)
     }
@@ -238,6 +242,10 @@ pub struct Store {
     /// Triples whose head `ferry check --repair` lowered, with the head they
     /// had (docs/storage.md, "Repair"); loaded at open.
     floors: Mutex<BTreeMap<Triple, Counter>>,
+    /// Whether the store keeps record counts per org (`keys::count`): a
+    /// damaged page can end a scan early without an error, and the counts
+    /// tell a listing that came up short.
+    counted: bool,
 }
 
 const EPOCH_FILE: &str = "epoch";
@@ -316,6 +324,16 @@ impl Store {
             (keys::meta("fingerprint"), Some(fingerprint)),
             (keys::meta("epoch"), Some(epoch.to_be_bytes().to_vec())),
         ];
+        // Stores written before record counts existed count once here.
+        let counted = get("counted")?.is_some();
+        let mut counted_now = counted;
+        if !counted && let Ok(counts) = count_records(backend.as_ref()) {
+            for (org, n) in counts {
+                writes.push((keys::count(org), Some(n.to_be_bytes().to_vec())));
+            }
+            writes.push((keys::meta("counted"), Some(Vec::new())));
+            counted_now = true;
+        }
         if let Some(reason) = &reason {
             let mut key = keys::meta("instances/");
             key.extend_from_slice(&instance.0);
@@ -355,6 +373,7 @@ impl Store {
             local: Mutex::new(Local { instance, counter, clock: Clock::starting_at(Hlc(hlc)) }),
             profiles: Mutex::new(BTreeMap::new()),
             ledger_len: Mutex::new(None),
+            counted: counted_now && pending_open.is_none(),
             pending_open: Mutex::new(pending_open),
             floors: Mutex::new(floors),
         };
@@ -364,6 +383,11 @@ impl Store {
     /// Commits gathered writes, then forgets the floors they removed.
     fn commit_pending(&self, mut pending: Pending) -> Result<(), StoreError> {
         let cleared = std::mem::take(&mut pending.floors_cleared);
+        for (org, delta) in std::mem::take(&mut pending.new_records) {
+            let key = keys::count(org);
+            let held = self.backend.get(&key)?.map(|b| be_u64(&b)).transpose()?.unwrap_or(0);
+            pending.put(key, held.saturating_add_signed(delta).to_be_bytes().to_vec());
+        }
         self.commit(&pending.into_writes())?;
         let mut floors = self.floors.lock().expect("floors lock");
         for triple in cleared {
@@ -511,7 +535,9 @@ impl Store {
         };
         let mut failure = None;
         let mut policies: BTreeMap<(OrgId, RecordType), TypePolicy> = BTreeMap::new();
+        let (mut seen, mut stopped) = (0u64, false);
         self.scan_prefix(&prefix, &mut |k, v| {
+            seen += 1;
             let Some((partition, t, id)) = keys::split_typed(&k[1..]) else {
                 failure = Some(corrupt("record key"));
                 return false;
@@ -546,9 +572,41 @@ impl Store {
                 },
             };
             let view = state.view(&policy);
-            visit(RecordView { key, view })
+            let go = visit(RecordView { key, view });
+            stopped = !go;
+            go
         })?;
-        failure.map_or(Ok(()), Err)
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        // A whole org or the whole store was listed: it must show every
+        // record it holds.
+        if self.counted && !stopped && partition.is_none_or(|p| p.depth() == 0) {
+            let expected = match partition {
+                Some(p) => self.record_count(Some(p.org()))?,
+                None => self.record_count(None)?,
+            };
+            if seen != expected {
+                return Err(corrupt(&format!(
+                    "only {seen} of the {expected} records it holds could be read (a page of the store file is damaged)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records held in an org (or in all of them).
+    pub fn record_count(&self, org: Option<OrgId>) -> Result<u64, StoreError> {
+        if let Some(org) = org {
+            return Ok(self.backend.get(&keys::count(org))?.map(|b| be_u64(&b)).transpose()?.unwrap_or(0));
+        }
+        let prefix = keys::meta(keys::COUNT_PREFIX);
+        let mut total = 0u64;
+        self.scan_prefix(&prefix, &mut |_, v| {
+            total += v.try_into().map(u64::from_be_bytes).unwrap_or(0);
+            true
+        })?;
+        Ok(total)
     }
 
     /// Visits every record that holds a conflict.
@@ -1378,6 +1436,8 @@ struct Pending {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     /// Triples whose indexed changes this commit adds or drops.
     touched: BTreeSet<Triple>,
+    /// Records this commit adds (or removes) per org.
+    new_records: BTreeMap<OrgId, i64>,
     /// Repair floors this commit removes (forgotten once it is durable).
     floors_cleared: Vec<Triple>,
 }
@@ -1395,6 +1455,9 @@ impl Pending {
     /// record was stored before, so a marker may need removing (a new
     /// record has none, and a removal still costs the backend a lookup).
     fn record(&mut self, key: &RecordKey, state: &RecordState, existed: bool) {
+        if !existed {
+            *self.new_records.entry(key.partition.org()).or_default() += 1;
+        }
         let record_key = keys::record(&key.partition, &key.record_type, &key.id);
         let conflict_key = {
             let mut k = vec![keys::CONFLICTS];
@@ -1594,4 +1657,19 @@ fn load_floors(backend: &dyn Backend) -> Result<BTreeMap<Triple, Counter>, Store
         return Err(corrupt("a repair floor"));
     }
     Ok(floors)
+}
+
+/// Records per org, counted from the record keys.
+fn count_records(backend: &dyn Backend) -> Result<BTreeMap<OrgId, u64>, StoreError> {
+    let mut counts: BTreeMap<OrgId, u64> = BTreeMap::new();
+    // Damaged values count too: the count says what the keys are.
+    backend.audit(&mut |k, _| {
+        if k.first() == Some(&keys::RECORDS)
+            && let Some((partition, _, _)) = keys::split_typed(&k[1..])
+        {
+            *counts.entry(partition.org()).or_default() += 1;
+        }
+        k.first().is_none_or(|&t| t <= keys::RECORDS)
+    })?;
+    Ok(counts)
 }

@@ -96,6 +96,11 @@ impl Node {
                     || text.contains("AlreadyOpen")
                 {
                     anyhow!("the store of {} is in use by another ferry process", home.dir.display())
+                } else if e.is_damage() && !matches!(e, engine::StoreError::Corrupt(_)) {
+                    anyhow!(
+                        "cannot open the store: {text}; if `ferry check --repair` cannot open it either, move {} aside: the node keeps its key and certificates, starts an empty store and gets its data back from any peer in the next sync",
+                        home.store_dir().display()
+                    )
                 } else {
                     anyhow!("cannot open the store: {text}")
                 }

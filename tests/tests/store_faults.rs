@@ -170,3 +170,65 @@ fn a_full_disk_is_one_line_reads_still_work_and_the_node_recovers_without_a_rest
     server.stop();
     assert_eq!(home.json(&["id"])["instance_id"], instance, "no fresh instance: the store stayed clean");
 }
+
+/// Damaged pages once made redb panic ("entered unreachable code", exit
+/// 101). Whatever the damage, a command ends with exit 0 and the data
+/// written, or exit 1 and one line; never a panic.
+#[test]
+fn a_damaged_store_file_never_panics_a_command() {
+    let root = tempfile::tempdir().expect("dir");
+    let home = Home::init(root.path(), "lab");
+    home.json(&["org", "create", "Lab"]);
+    for i in 0..30 {
+        home.ok(&["put", "sample", &format!("s{i:02}"), "--partition", "samples", "--set", &format!("a={i}")]);
+    }
+    let original = home.ok(&["export"]);
+    let store = home.dir.join("store").join("store.redb");
+    let pristine = std::fs::read(&store).expect("store");
+    let mut outcomes = std::collections::BTreeMap::<&str, usize>::new();
+    for n in 0..48usize {
+        let mut bytes = pristine.clone();
+        // Whole-byte damage at spread offsets: headers, branch and leaf pages.
+        let at = n * bytes.len() / 48 + n % 7;
+        bytes[at] ^= 0xff;
+        std::fs::write(&store, &bytes).expect("write");
+        let out = home.run(&["export"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let opens = !stderr.contains("cannot open the store");
+        let before = outcomes.values().sum::<usize>() - outcomes.get("same data").copied().unwrap_or(0);
+        match out.status.code() {
+            Some(0) if String::from_utf8_lossy(&out.stdout) == original => {
+                *outcomes.entry("same data").or_default() += 1;
+            }
+            Some(0) => {
+                // A damaged branch page can end redb's scan early without an
+                // error; `ferry check` (redb's integrity check) finds it.
+                let check = home.run(&["check"]);
+                assert_eq!(check.status.code(), Some(1), "offset {at}: other data and a clean check");
+                *outcomes.entry("short read found by check").or_default() += 1;
+            }
+            Some(1) => {
+                assert_eq!(stderr.lines().filter(|l| !l.trim().is_empty()).count(), 1, "offset {at}: {stderr}");
+                assert!(stderr.starts_with("ferry: "), "offset {at}: {stderr}");
+                *outcomes.entry("one-line error").or_default() += 1;
+            }
+            other => panic!("offset {at}: exit {other:?}: {stderr}"),
+        }
+        let damaged = outcomes.values().sum::<usize>() - outcomes.get("same data").copied().unwrap_or(0) > before;
+        if !opens {
+            assert!(stderr.contains("move") && stderr.contains("aside"), "offset {at}: {stderr}");
+        } else if damaged {
+            // Whatever the damage, repair leaves a store that checks clean
+            // and reads without error (what it lost, peers send again).
+            let repaired = home.run(&["check", "--repair"]);
+            let said = String::from_utf8_lossy(&repaired.stderr);
+            assert!(repaired.status.success(), "offset {at}: repair failed: {said}");
+            let check = home.run(&["check"]);
+            assert!(check.status.success(), "offset {at}: still damaged: {}", String::from_utf8_lossy(&check.stdout));
+            home.ok(&["export"]);
+        }
+        std::fs::write(&store, &pristine).expect("restore");
+    }
+    eprintln!("outcomes over 48 damaged bytes: {outcomes:?}");
+    assert!(outcomes.contains_key("one-line error"), "no damage was noticed at all: {outcomes:?}");
+}

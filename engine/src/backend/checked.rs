@@ -176,6 +176,10 @@ impl Backend for Checked {
         guard(self.name, || self.inner.close())
     }
 
+    fn rebuild(&self) -> Result<u64, BackendError> {
+        guard(self.name, || self.inner.rebuild())
+    }
+
     fn purge(&self, doomed: &std::collections::BTreeSet<Vec<u8>>) -> Result<(), BackendError> {
         guard(self.name, || self.inner.purge(doomed))
     }

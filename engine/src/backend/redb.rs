@@ -44,7 +44,15 @@ fn is_previous_io(e: &BackendError) -> bool {
 }
 
 fn open_database(path: &Path) -> Result<Database, BackendError> {
-    let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(err)?;
+    // An existing file redb cannot open for any reason but IO or a lock is
+    // a damaged file.
+    let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
+        let mut e = err(e);
+        if e.kind == FailureKind::Other && !e.message.contains("earlier write") {
+            e.kind = FailureKind::Damaged { key: None };
+        }
+        e
+    })?;
     // Create the table so read transactions always find it; a store that
     // has it already opens without writing (a full disk still reads).
     let read = db.begin_read().map_err(err)?;
@@ -172,6 +180,69 @@ impl Backend for RedbBackend {
             }
             tx.commit().map_err(err)
         })
+    }
+
+    fn rebuild(&self) -> Result<u64, BackendError> {
+        let mut slot = self.db.write().expect("the redb lock is never poisoned");
+        let mut kept: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = std::collections::BTreeMap::new();
+        if let Some(db) = slot.as_ref() {
+            // Forwards until the damage, then backwards until it: whatever
+            // either way can reach is kept. A panic only ends that walk.
+            for backwards in [false, true] {
+                let walk = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), BackendError> {
+                    let tx = db.begin_read().map_err(err)?;
+                    let table = tx.open_table(TABLE).map_err(err)?;
+                    let range = table.range::<&[u8]>(..).map_err(err)?;
+                    let mut visit = |entry: Result<
+                        (redb::AccessGuard<'_, &[u8]>, redb::AccessGuard<'_, &[u8]>),
+                        redb::StorageError,
+                    >| {
+                        match entry {
+                            Ok((k, v)) => {
+                                kept.insert(k.value().to_vec(), v.value().to_vec());
+                                true
+                            }
+                            Err(_) => false,
+                        }
+                    };
+                    if backwards {
+                        for entry in range.rev() {
+                            if !visit(entry) {
+                                break;
+                            }
+                        }
+                    } else {
+                        for entry in range {
+                            if !visit(entry) {
+                                break;
+                            }
+                        }
+                    }
+                    Ok(())
+                }));
+                let _ = walk;
+            }
+        }
+        *slot = None;
+        let fresh = self.path.with_extension("rebuild");
+        let _ = std::fs::remove_file(&fresh);
+        {
+            let db = open_database(&fresh)?;
+            let tx = db.begin_write().map_err(err)?;
+            {
+                let mut table = tx.open_table(TABLE).map_err(err)?;
+                for (k, v) in &kept {
+                    table.insert(k.as_slice(), v.as_slice()).map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)?;
+        }
+        std::fs::rename(&fresh, &self.path).map_err(BackendError::io)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(BackendError::io)?;
+        }
+        *slot = Some(open_database(&self.path)?);
+        Ok(kept.len() as u64)
     }
 
     fn purge(&self, doomed: &std::collections::BTreeSet<Vec<u8>>) -> Result<(), BackendError> {

@@ -77,6 +77,9 @@ impl Store {
         };
         let audit = self.backend.audit(&mut |key, value| {
             report.entries += 1;
+            if key.first() == Some(&keys::RECORDS) {
+                report.records += 1;
+            }
             let value = match value {
                 Ok(value) => value,
                 Err(e) => {
@@ -87,7 +90,6 @@ impl Store {
             if key.first() != Some(&keys::RECORDS) {
                 return true;
             }
-            report.records += 1;
             let Some(record) = record_key(key) else {
                 report.damaged.push(Damage {
                     key: key.to_vec(),
@@ -117,6 +119,16 @@ impl Store {
             true
         });
         flush(&mut pending, &mut report);
+        if self.counted && audit.is_ok() {
+            let expected = self.record_count(None)?;
+            if expected != report.records {
+                report.damaged.push(Damage {
+                    key: Vec::new(),
+                    what: "the store file".into(),
+                    reason: format!("{} of the {expected} records it holds can be read", report.records),
+                });
+            }
+        }
         if let Err(e) = audit {
             // The file itself (not one entry) is damaged: nothing past this
             // point could be read.
@@ -131,9 +143,15 @@ impl Store {
     pub fn repair(&self, verifier: &dyn Verifier) -> Result<CheckReport, StoreError> {
         let mut report = self.check(verifier)?;
         if report.damaged.iter().any(|d| d.key.is_empty()) {
-            return Err(StoreError::Corrupt(
-                "the store file is damaged beyond its entries, so not everything can be read; move the home's store directory aside, run `ferry init` on a new home with the same certificates and sync from a peer".into(),
-            ));
+            let found = report.clone();
+            let (kept, refetch) = self.rebuild()?;
+            // The rebuilt file may still hold damaged entries: repair those.
+            let mut after = self.repair(verifier)?;
+            after.damaged = found.damaged;
+            after.unsendable = found.unsendable;
+            after.removed += found.entries.saturating_sub(kept);
+            after.refetched += refetch;
+            return Ok(after);
         }
         let mut pending = Pending::default();
         // Lost changes per triple: the lowest counter lost.
@@ -218,8 +236,110 @@ impl Store {
         self.commit_pending(pending)?;
         self.floors.lock().expect("floors lock").extend(floors);
         self.backend.purge(&doomed)?;
+        self.recount()?;
         self.profiles.lock().expect("profile cache lock").clear();
         Ok(report)
+    }
+
+    /// Replaces a file whose structure is damaged by what can still be read
+    /// of it, then makes it consistent and asks peers for everything again:
+    /// what was lost with the damaged pages is unknown, so every frontier
+    /// head drops to 0 with a floor at the head it had. Returns the entries
+    /// kept and the changes asked for again.
+    fn rebuild(&self) -> Result<(u64, u64), StoreError> {
+        let _local = self.lock();
+        let kept = self.backend.rebuild()?;
+        // What the index and the records say, to make them agree.
+        let mut indexed: BTreeMap<(Triple, Counter), (Vec<u8>, RecordId)> = BTreeMap::new();
+        let mut retained: BTreeMap<(Triple, Counter), (RecordKey, usize)> = BTreeMap::new();
+        let mut heads: BTreeMap<Triple, Counter> = BTreeMap::new();
+        self.backend.audit(&mut |k, v| {
+            let Ok(v) = v else { return true };
+            match k.first().copied() {
+                Some(keys::CHANGES) => {
+                    if let Some((partition, record_type, rest)) = keys::split_typed(&k[1..])
+                        && rest.len() == 24
+                        && let Some((_, id)) = parse_index_value(v)
+                    {
+                        let instance = InstanceId(rest[..16].try_into().expect("16 bytes"));
+                        let counter = u64::from_be_bytes(rest[16..].try_into().expect("8 bytes"));
+                        indexed.insert(((partition, record_type, instance), counter), (k.to_vec(), id));
+                    }
+                }
+                Some(keys::HEADS) => {
+                    if let Some((partition, record_type, rest)) = keys::split_typed(&k[1..])
+                        && let Ok(instance) = <[u8; 16]>::try_from(rest)
+                        && let Ok(counter) = <[u8; 8]>::try_from(v)
+                    {
+                        heads.insert((partition, record_type, InstanceId(instance)), u64::from_be_bytes(counter));
+                    }
+                }
+                Some(keys::RECORDS) => {
+                    if let Some(record) = record_key(k)
+                        && let Ok(state) = wire::decode_record(&record, v)
+                    {
+                        for change in &state.changes {
+                            let triple = (record.partition.clone(), record.record_type.clone(), change.author);
+                            retained.insert((triple, change.counter), (record.clone(), change.signing_bytes().len()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            true
+        })?;
+        let mut pending = Pending::default();
+        for (dot, (key, id)) in &indexed {
+            if retained.get(dot).is_none_or(|(record, _)| record.id != *id) {
+                pending.delete(key.clone());
+            }
+        }
+        let mut floors: BTreeMap<Triple, Counter> = BTreeMap::new();
+        for ((triple, counter), (record, size)) in &retained {
+            if !indexed.contains_key(&(triple.clone(), *counter)) {
+                let (partition, record_type, instance) = triple;
+                let mut value = (*size as u32).to_be_bytes().to_vec();
+                value.extend_from_slice(record.id.as_str().as_bytes());
+                pending.put(keys::change(partition, record_type, instance, *counter), value);
+            }
+            let floor = floors.entry(triple.clone()).or_default();
+            *floor = (*floor).max(*counter);
+        }
+        for (triple, head) in heads {
+            let floor = floors.entry(triple).or_default();
+            *floor = (*floor).max(head);
+        }
+        let mut refetch = 0;
+        for (triple, before) in &floors {
+            let (partition, record_type, instance) = triple;
+            pending.delete(keys::head(partition, record_type, instance));
+            pending.put(keys::floor(partition, record_type, instance), before.to_be_bytes().to_vec());
+            refetch += before;
+        }
+        // Nothing says how far the instance had counted: continue under a
+        // fresh one at the next open.
+        pending.put(keys::meta("state"), b"open".to_vec());
+        self.commit(&pending.into_writes())?;
+        self.floors.lock().expect("floors lock").extend(floors);
+        *self.ledger_len.lock().expect("ledger lock") = None;
+        self.recount()?;
+        Ok((kept, refetch))
+    }
+
+    /// Sets every org's record count to what the record keys say.
+    fn recount(&self) -> Result<(), StoreError> {
+        let counts = super::count_records(self.backend.as_ref())?;
+        let prefix = keys::meta(keys::COUNT_PREFIX);
+        let mut writes = Vec::new();
+        self.scan_prefix(&prefix, &mut |k, _| {
+            writes.push((k.to_vec(), Some(0u64.to_be_bytes().to_vec())));
+            true
+        })?;
+        for (org, n) in counts {
+            writes.push((keys::count(org), Some(n.to_be_bytes().to_vec())));
+        }
+        writes.push((keys::meta("counted"), Some(Vec::new())));
+        self.commit(&writes)
     }
 
     /// The change-index entries pointing at `record`: (triple, counter,
