@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod output;
+
 use crate::home::Home;
 use crate::net::Net;
 use crate::node::Node;
@@ -28,6 +30,9 @@ pub struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show progress on stderr even when it is not a terminal.
+    #[arg(long, global = true)]
+    pub progress: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -406,6 +411,7 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::resolve(cli.home.clone());
+    let mut stdout = output::Stdout::new();
     match &cli.command {
         Command::Init { store } => {
             let backend = store
@@ -413,33 +419,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|s| engine::BackendKind::parse(s).with_context(|| format!("--store {s:?}: use redb or sled")))
                 .transpose()?;
             let out = tokio::task::block_in_place(|| crate::node::init(&home, backend))?;
-            print_result(&cli, &out);
+            output::print_result(&mut stdout, cli.json, &out).and_then(|()| stdout.flush()).context(WRITE_FAILED)?;
             return Ok(());
         }
         Command::Serve { listen, no_mdns } => {
             return crate::serve::serve(home, listen.clone(), *no_mdns, crate::serve::Printer::new(cli.json)).await;
         }
+        Command::Demo { .. } if cli.json => bail!("demo has no JSON output; run it without --json"),
         Command::Demo { keep } => return crate::demo::run(*keep).await,
         Command::Bench(args) => return crate::bench::run(args, cli.json).await,
         _ => {}
     }
     home.require_initialized()?;
     let mut op = to_op(&cli.command)?.expect("handled above");
-    op.absolutize();
-    // stdin imports go through a temporary file the server can read.
-    let _stdin_file;
-    if let Op::Import { path, .. } = &mut op
-        && path.as_os_str() == "-"
-    {
-        let file = tempfile::NamedTempFile::new_in(&home.dir).context("cannot buffer stdin")?;
-        std::io::copy(&mut std::io::stdin().lock(), &mut file.as_file()).context("cannot read stdin")?;
-        *path = file.path().to_path_buf();
-        _stdin_file = file;
+    // What an import reads goes through a temporary file the server can
+    // read, unless it is a regular file (stdin, a pipe, /dev/stdin).
+    let _buffered;
+    if let Op::Import { path, .. } = &mut op {
+        let (file, buffer) = import_source(&home, path)?;
+        *path = file;
+        _buffered = buffer;
     }
-    let mut progress = Progress::new(!cli.json && std::io::stdout().is_terminal());
+    op.absolutize();
+    let mut progress = output::Progress::new(cli.json, cli.progress);
+    // A write that fails (other than a closed pipe) is kept, the operation
+    // finishes and the store closes, then the failure is the command's.
+    let mut write_failure: Option<std::io::Error> = None;
     let mut on_line = |line: serde_json::Value| match serde_json::from_value::<Line>(line) {
         Ok(Line::Progress { what, done, total }) => progress.update(&what, done, total),
-        Ok(Line::Record(record)) => println!("{record}"),
+        Ok(Line::Record(record)) => {
+            if write_failure.is_none()
+                && let Err(e) = writeln!(stdout, "{record}")
+            {
+                write_failure = Some(e);
+            }
+        }
         Err(_) => {}
     };
     let served = crate::control::request(&home.control_socket(), &op, &mut on_line).await?;
@@ -447,32 +461,96 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(result) => result,
         None => {
             let node = tokio::task::block_in_place(|| Node::open(home.clone()))?;
-            let net = if op.needs_network() {
-                let mdns = matches!(&op, Op::Peers) || matches!(&op, Op::Sync { peer, .. } if !peer.starts_with('/'));
-                Some(Net::start(&node.identity, &[], mdns, None).await?)
-            } else {
-                None
-            };
-            if let Some(net) = &net
-                && mdns_wait(&op)
-            {
-                // Give mDNS a moment to hear the LAN.
-                wait_for_discovery(net, &op).await;
-            }
-            let lock = std::sync::Mutex::new(());
-            let ctx = Ctx { node: &node, net: net.as_ref(), enrol_lock: &lock };
-            let mut sink = |line: Line| on_line(serde_json::to_value(line).unwrap_or_default());
-            let result = ops::execute(&ctx, op.clone(), &mut sink).await;
-            if let Some(net) = net {
-                net.stop();
-            }
+            let result = run_here(&node, &op, &mut on_line).await;
             tokio::task::block_in_place(|| node.close())?;
             result?
         }
     };
     progress.finish();
-    print_op_result(&cli, &op, &result);
+    if let Some(e) = write_failure {
+        return Err(e).context(WRITE_FAILED);
+    }
+    output::print_op_result(&mut stdout, cli.json, &op, &result)
+        .and_then(|()| stdout.flush())
+        .context(WRITE_FAILED)?;
+    if let Op::Import { .. } = op {
+        import_verdict(&result)?;
+    }
     Ok(())
+}
+
+const WRITE_FAILED: &str = "cannot write the output";
+
+/// Runs an operation in this process, on a store it opened (no node serves
+/// this home), with a temporary network node if the operation needs one.
+async fn run_here(
+    node: &Node,
+    op: &Op,
+    on_line: &mut (dyn FnMut(serde_json::Value) + Send),
+) -> anyhow::Result<serde_json::Value> {
+    let net = if op.needs_network() {
+        let mdns = matches!(op, Op::Peers) || matches!(op, Op::Sync { peer, .. } if !peer.starts_with('/'));
+        Some(Net::start(&node.identity, &[], mdns, None).await?)
+    } else {
+        None
+    };
+    if let Some(net) = &net
+        && mdns_wait(op)
+    {
+        // Give mDNS a moment to hear the LAN.
+        wait_for_discovery(net, op).await;
+    }
+    let lock = std::sync::Mutex::new(());
+    let ctx = Ctx { node, net: net.as_ref(), enrol_lock: &lock };
+    let mut sink = |line: Line| on_line(serde_json::to_value(line).unwrap_or_default());
+    let result = ops::execute(&ctx, op.clone(), &mut sink).await;
+    if let Some(net) = net {
+        net.stop();
+    }
+    result
+}
+
+/// The file an import reads: a regular file as it is (resolved, so that
+/// `/dev/stdin` redirected from a file names that file, not the server's
+/// stdin), anything else (`-`, a pipe, a terminal) copied to a temporary
+/// file in the home first: it can be read only once, and only here.
+fn import_source(home: &Home, path: &std::path::Path) -> anyhow::Result<(PathBuf, Option<tempfile::NamedTempFile>)> {
+    let stdin = path.as_os_str() == "-";
+    if !stdin {
+        let metadata = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if metadata.is_file() {
+            let resolved = std::fs::canonicalize(path).with_context(|| format!("cannot open {}", path.display()))?;
+            return Ok((resolved, None));
+        }
+    }
+    let buffer = tempfile::NamedTempFile::new_in(&home.dir).context("cannot buffer the input")?;
+    let copied = if stdin {
+        std::io::copy(&mut std::io::stdin().lock(), &mut buffer.as_file())
+    } else {
+        std::fs::File::open(path).and_then(|mut input| std::io::copy(&mut input, &mut buffer.as_file()))
+    };
+    copied.with_context(|| format!("cannot read {}", if stdin { "stdin".into() } else { path.display().to_string() }))?;
+    Ok((buffer.path().to_path_buf(), Some(buffer)))
+}
+
+/// An import that refused lines fails, after printing the counts and the
+/// reasons, so a script never mistakes it for a complete one.
+fn import_verdict(result: &serde_json::Value) -> anyhow::Result<()> {
+    let rejected = result["rejected"].as_u64().unwrap_or(0);
+    if rejected == 0 {
+        return Ok(());
+    }
+    for reason in result["rejections"].as_array().into_iter().flatten() {
+        output::warn(&format!("rejected: {}", reason.as_str().unwrap_or("?")));
+    }
+    let shown = result["rejections"].as_array().map_or(0, Vec::len) as u64;
+    let more = if rejected > shown { format!(" (the first {shown} shown)") } else { String::new() };
+    bail!(
+        "{rejected} line{} rejected{more}, {} written, {} unchanged: fix the rejected lines and import again (lines already written are skipped)",
+        if rejected == 1 { " was" } else { "s were" },
+        result["written"],
+        result["unchanged"]
+    )
 }
 
 fn mdns_wait(op: &Op) -> bool {
@@ -492,201 +570,6 @@ async fn wait_for_discovery(net: &Net, op: &Op) {
     }
 }
 
-fn print_result(cli: &Cli, value: &serde_json::Value) {
-    if cli.json {
-        println!("{value}");
-    } else {
-        for (k, v) in value.as_object().into_iter().flatten() {
-            println!("{}: {}", k.replace('_', " "), v.as_str().map_or(v.to_string(), str::to_owned));
-        }
-    }
-}
-
-fn print_op_result(cli: &Cli, op: &Op, value: &serde_json::Value) {
-    if cli.json {
-        if !matches!(op, Op::Export { .. }) {
-            println!("{value}");
-        }
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    let _ = match op {
-        Op::Export { .. } => Ok(()),
-        Op::EnrollToken { .. } => writeln!(out, "{}", value["token"].as_str().unwrap_or_default()),
-        Op::Put { .. } | Op::Get { .. } | Op::Delete { .. } | Op::Resolve { .. } => write_record(&mut out, value),
-        Op::List { .. } | Op::Conflicts => {
-            let list = value.as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                let _ = writeln!(out, "(none)");
-            }
-            list.iter().try_for_each(|r| write_record(&mut out, r))
-        }
-        Op::Sync { .. } | Op::BundleImport { .. } => {
-            let noop = value["noop"].as_bool().unwrap_or(false);
-            if noop {
-                writeln!(
-                    out,
-                    "in sync with {}: nothing to do ({} bytes, {} ms)",
-                    value["peer"].as_str().unwrap_or("?"),
-                    value["bytes_sent"].as_u64().unwrap_or(0) + value["bytes_received"].as_u64().unwrap_or(0),
-                    value["duration_ms"]
-                )
-            } else {
-                let _ = if matches!(op, Op::BundleImport { .. }) {
-                    writeln!(
-                        out,
-                        "imported a bundle from {}: received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes, {} ms",
-                        value["peer"].as_str().unwrap_or("?"),
-                        value["received"],
-                        value["updated"],
-                        value["skipped"],
-                        value["conflicts"],
-                        value["rejected"],
-                        value["bytes_received"],
-                        value["duration_ms"]
-                    )
-                } else {
-                    writeln!(
-                        out,
-                        "synced with {}: sent {}, received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes out, {} in, {} ms",
-                        value["peer"].as_str().unwrap_or("?"),
-                        value["sent"],
-                        value["received"],
-                        value["updated"],
-                        value["skipped"],
-                        value["conflicts"],
-                        value["rejected"],
-                        value["bytes_sent"],
-                        value["bytes_received"],
-                        value["duration_ms"]
-                    )
-                };
-                value["rejections"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .try_for_each(|r| writeln!(out, "  rejected: {}", r.as_str().unwrap_or("?")))
-            }
-        }
-        Op::History => value.as_array().into_iter().flatten().try_for_each(|e| {
-            writeln!(
-                out,
-                "{}  {:8} {:<10} {}  sent {} received {} rejected {}",
-                e["started_at"].as_str().unwrap_or("?"),
-                e["via"].as_str().unwrap_or("?"),
-                e["outcome"].as_str().unwrap_or("?"),
-                e["peer"].as_str().map(|p| &p[..p.len().min(16)]).unwrap_or("?"),
-                e["sent"],
-                e["received"],
-                e["rejected"]
-            )
-        }),
-        Op::CertList => value.as_array().into_iter().flatten().try_for_each(|c| {
-            writeln!(
-                out,
-                "{} {} {}{} subject {} read [{}] write [{}] until {}",
-                c["certificate_id"].as_str().unwrap_or("?"),
-                if c["held"].as_bool() == Some(true) { "held  " } else { "issued" },
-                if c["revoked"].as_bool() == Some(true) { "REVOKED " } else { "" },
-                c["name"].as_str().unwrap_or(""),
-                c["subject"].as_str().unwrap_or("?"),
-                join(&c["read"]),
-                join(&c["write"]),
-                crate::node::iso8601_ms(c["not_after"].as_u64().unwrap_or(0) * 1000)
-            )
-        }),
-        Op::Peers => {
-            let list = value.as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                let _ = writeln!(out, "no peers found on the LAN");
-            }
-            list.iter()
-                .try_for_each(|p| writeln!(out, "{} {}", p["peer_id"].as_str().unwrap_or("?"), join(&p["addresses"])))
-        }
-        _ => {
-            for (k, v) in value.as_object().into_iter().flatten() {
-                let text = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Array(a) if a.iter().all(|x| x.is_string()) => join(v),
-                    other => other.to_string(),
-                };
-                let _ = writeln!(out, "{}: {text}", k.replace('_', " "));
-            }
-            Ok(())
-        }
-    };
-}
-
-fn join(value: &serde_json::Value) -> String {
-    value
-        .as_array()
-        .map(|a| a.iter().map(|x| x.as_str().map_or(x.to_string(), str::to_owned)).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
-}
-
-fn write_record(out: &mut dyn Write, record: &serde_json::Value) -> std::io::Result<()> {
-    let partition = record["partition"].as_str().unwrap_or("");
-    let relative = partition.split_once(':').map_or("(org)", |(_, r)| r);
-    let deleted = if record["deleted"].as_bool() == Some(true) { " [deleted]" } else { "" };
-    writeln!(
-        out,
-        "{} {} in {relative}{deleted}",
-        record["type"].as_str().unwrap_or("?"),
-        record["id"].as_str().unwrap_or("?")
-    )?;
-    for (k, v) in record["fields"].as_object().into_iter().flatten() {
-        writeln!(out, "  {k} = {v}")?;
-    }
-    for c in record["conflicts"].as_array().into_iter().flatten() {
-        let what = c["field"].as_str().map_or("the record".to_owned(), str::to_owned);
-        let value = if c["deleted"].as_bool() == Some(true) { "deleted".to_owned() } else { c["value"].to_string() };
-        writeln!(
-            out,
-            "  conflict {}: {what} = {value} (kept from instance {}…)",
-            c["n"],
-            &c["instance"].as_str().unwrap_or("?")[..8.min(c["instance"].as_str().unwrap_or("?").len())]
-        )?;
-    }
-    Ok(())
-}
-
-/// Progress bars when stdout is a terminal; plain lines on stderr otherwise.
-pub struct Progress {
-    enabled: bool,
-    bars: BTreeMap<String, indicatif::ProgressBar>,
-}
-
-impl Progress {
-    pub fn new(enabled: bool) -> Progress {
-        Progress { enabled, bars: BTreeMap::new() }
-    }
-
-    pub fn update(&mut self, what: &str, done: u64, total: u64) {
-        if !self.enabled {
-            eprintln!("progress: {what} {done}/{}", total.max(done));
-            return;
-        }
-        let bar = self.bars.entry(what.to_owned()).or_insert_with(|| {
-            let bar = indicatif::ProgressBar::new(total.max(1));
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{msg:>9} [{bar:30}] {pos}/{len} ({per_sec}, {eta})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            bar.set_message(what.to_owned());
-            bar
-        });
-        bar.set_length(total.max(done).max(1));
-        bar.set_position(done);
-    }
-
-    pub fn finish(&mut self) {
-        for bar in self.bars.values() {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 /// `main`: parse, run, print a one-line error and exit non-zero on failure.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -701,15 +584,14 @@ pub fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ferry: cannot start: {e}");
+            output::warn(&format!("ferry: cannot start: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let text = format!("{e:#}").replace('\n', " ");
-            eprintln!("ferry: {text}");
+            output::warn(&format!("ferry: {}", format!("{e:#}").replace('\n', " ")));
             std::process::ExitCode::FAILURE
         }
     }
