@@ -58,82 +58,110 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Write one record.
     Put {
+        /// The record type (e.g. result).
         #[arg(value_name = "TYPE")]
         record_type: String,
+        /// The record id.
         id: String,
+        /// The partition, relative to the org (e.g. results:tc-1).
         #[arg(long)]
         partition: String,
         /// FIELD=VALUE; VALUE is JSON if it parses as JSON, else a string.
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         set: Vec<String>,
+        /// A field to remove (repeat for several).
         #[arg(long = "unset", value_name = "FIELD")]
         unset: Vec<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Bulk write, one JSON record a line (`-` for stdin).
     Import {
+        /// An NDJSON file, or `-` for stdin.
         file: String,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Bulk read, one JSON record a line.
     Export {
+        /// Only records of this type.
         #[arg(long = "type")]
         record_type: Option<String>,
+        /// Only records in this partition and below.
         #[arg(long)]
         partition: Option<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Read one record.
     Get {
+        /// The record type.
         #[arg(value_name = "TYPE")]
         record_type: String,
+        /// The record id.
         id: String,
+        /// The partition, when the id exists in several.
         #[arg(long)]
         partition: Option<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Delete one record.
     Delete {
+        /// The record type.
         #[arg(value_name = "TYPE")]
         record_type: String,
+        /// The record id.
         id: String,
+        /// The partition, when the id exists in several.
         #[arg(long)]
         partition: Option<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// List records.
     List {
+        /// Only records of this type.
         #[arg(long = "type")]
         record_type: Option<String>,
+        /// Only records in this partition and below.
         #[arg(long)]
         partition: Option<String>,
         /// Include deleted records.
         #[arg(long)]
         deleted: bool,
+        /// The org id (default: every org this node belongs to).
         #[arg(long)]
         org: Option<String>,
     },
     /// Run the node: accept syncs and enrolments, serve the local API.
     Serve {
+        /// An address to listen on (repeat for several; default: `listen` in ferry.toml).
         #[arg(long = "listen", value_name = "MULTIADDR")]
         listen: Vec<String>,
+        /// Neither announce this node on the LAN nor look for peers there.
         #[arg(long)]
         no_mdns: bool,
     },
     /// One sync with a peer (a multiaddr, or a peer id found by mDNS).
     Sync {
+        /// A multiaddr (/ip4/…/tcp/…/p2p/…), or a peer id found on the LAN.
         peer: String,
+        /// Sync only this partition and below (repeat, or separate with commas).
         #[arg(long = "filter", value_name = "P")]
         filter: Vec<String>,
+        /// Only receive the peer's changes.
         #[arg(long, conflicts_with = "push_only")]
         pull_only: bool,
+        /// Only send this node's changes.
         #[arg(long)]
         push_only: bool,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
@@ -145,16 +173,21 @@ pub enum Command {
     Conflicts,
     /// Resolve a record's conflicts.
     Resolve {
+        /// The record type.
         #[arg(value_name = "TYPE")]
         record_type: String,
+        /// The record id.
         id: String,
         /// Take conflict N (as numbered by `ferry conflicts`).
         #[arg(long, conflicts_with = "set")]
         take: Option<usize>,
+        /// FIELD=VALUE to write instead (resolves every conflict seen).
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         set: Vec<String>,
+        /// The partition, when the id exists in several.
         #[arg(long)]
         partition: Option<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
@@ -175,6 +208,7 @@ pub enum Command {
 pub enum OrgCommand {
     /// Create an organisation held by this node.
     Create {
+        /// The organisation's name.
         name: String,
         /// An authority tag for this node's own certificate (e.g. central).
         #[arg(long)]
@@ -186,33 +220,49 @@ pub enum OrgCommand {
 pub enum CertCommand {
     /// Issue a certificate within this node's own scope.
     Issue {
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
+        /// The peer id of the node the certificate is for.
         #[arg(long)]
         subject: String,
+        /// Partitions it may read, comma-separated (e.g. tests,results:tc-1).
         #[arg(long, default_value = "")]
         read: String,
+        /// Partitions it may write, comma-separated.
         #[arg(long, default_value = "")]
         write: String,
+        /// Type modes, comma-separated TYPE=MODE (ro, update-only).
         #[arg(long, default_value = "")]
         types: String,
+        /// How many days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// Let the subject issue certificates within its own scope.
         #[arg(long)]
         can_issue: bool,
+        /// An authority tag (merge policies can let its edits win).
         #[arg(long)]
         authority: Option<String>,
+        /// A name for the subject in the certificate.
         #[arg(long)]
         name: Option<String>,
+        /// Where to write the certificate chain (PEM).
         #[arg(long)]
         out: PathBuf,
     },
     /// Hold a certificate issued to this node.
-    Import { file: PathBuf },
+    Import {
+        /// A PEM file written by `ferry cert issue`.
+        file: PathBuf,
+    },
     /// Certificates held and issued.
     List,
     /// Revoke a certificate this node issued.
-    Revoke { certificate_id: String },
+    Revoke {
+        /// The certificate id (as `ferry cert list` shows it).
+        certificate_id: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -230,24 +280,31 @@ pub struct EnrollArgs {
 pub enum EnrollCommand {
     /// Print a one-time enrolment token (the issuer must be serving).
     Token {
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
+        /// Partitions the enrolled node may read, comma-separated.
         #[arg(long, default_value = "")]
         read: String,
+        /// Partitions the enrolled node may write, comma-separated.
         #[arg(long, default_value = "")]
         write: String,
+        /// Type modes, comma-separated TYPE=MODE (ro, update-only).
         #[arg(long, default_value = "")]
         types: String,
         /// How long the token stays usable (30s, 15m, 2h, 7d).
         #[arg(long, default_value = "1d")]
         ttl: String,
+        /// How many nodes may enrol with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
         /// How long certificates issued with it are valid.
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// Let enrolled nodes issue certificates within their own scope.
         #[arg(long)]
         can_issue: bool,
+        /// An authority tag for the enrolled nodes' certificates.
         #[arg(long)]
         authority: Option<String>,
     },
@@ -257,6 +314,7 @@ pub enum EnrollCommand {
 pub enum BundleCommand {
     /// Write the changes a peer lacks to a file.
     Export {
+        /// The bundle file to write.
         #[arg(long)]
         out: PathBuf,
         /// From what we held in common after the last sync with this peer.
@@ -265,19 +323,27 @@ pub enum BundleCommand {
         /// From a frontier file the receiver wrote (`ferry bundle frontier`).
         #[arg(long, value_name = "FRONTIER_FILE")]
         since: Option<PathBuf>,
+        /// Only this partition and below (repeat, or separate with commas).
         #[arg(long = "filter", value_name = "P")]
         filter: Vec<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Ingest a bundle exactly like a sync.
-    Import { file: PathBuf },
+    Import {
+        /// A bundle written by `ferry bundle export`.
+        file: PathBuf,
+    },
     /// Write what this node holds, so the next bundle for it is a delta.
     Frontier {
+        /// The frontier file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Only this partition and below (repeat, or separate with commas).
         #[arg(long = "filter", value_name = "P")]
         filter: Vec<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
@@ -598,57 +664,4 @@ pub fn main() -> std::process::ExitCode {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_command_parses() {
-        for args in [
-            vec!["ferry", "init"],
-            vec!["ferry", "--json", "id"],
-            vec!["ferry", "org", "create", "District"],
-            vec![
-                "ferry",
-                "cert",
-                "issue",
-                "--subject",
-                "x",
-                "--read",
-                "a,b",
-                "--write",
-                "a",
-                "--types",
-                "t=ro",
-                "--days",
-                "3",
-                "--can-issue",
-                "--out",
-                "f",
-            ],
-            vec!["ferry", "cert", "import", "f"],
-            vec!["ferry", "cert", "list"],
-            vec!["ferry", "cert", "revoke", "00"],
-            vec!["ferry", "enroll", "token", "--read", "a", "--write", "a", "--ttl", "1h", "--uses", "2"],
-            vec!["ferry", "enroll", "ferry-enrol-abc"],
-            vec!["ferry", "put", "result", "r1", "--partition", "results", "--set", "a=1", "--unset", "b"],
-            vec!["ferry", "import", "-"],
-            vec!["ferry", "export", "--type", "result"],
-            vec!["ferry", "get", "result", "r1"],
-            vec!["ferry", "delete", "result", "r1"],
-            vec!["ferry", "list", "--partition", "results"],
-            vec!["ferry", "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"],
-            vec!["ferry", "sync", "/ip4/127.0.0.1/tcp/1", "--filter", "results", "--pull-only"],
-            vec!["ferry", "peers"],
-            vec!["ferry", "history"],
-            vec!["ferry", "conflicts"],
-            vec!["ferry", "resolve", "result", "r1", "--take", "1"],
-            vec!["ferry", "bundle", "export", "--out", "b", "--for", "p"],
-            vec!["ferry", "bundle", "import", "b"],
-            vec!["ferry", "demo"],
-        ] {
-            let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-            let _ = to_op(&cli.command);
-        }
-        assert!(Cli::try_parse_from(["ferry", "sync", "p", "--pull-only", "--push-only"]).is_err());
-    }
-}
+mod tests;
