@@ -2,7 +2,12 @@
 //! a serve that fails to start, the local API under many clients and a
 //! stopped node, and the text output people read.
 
-use tests::cli::Home;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tests::cli::{Home, within};
 
 /// The instance the store continues; a store left unclean starts a fresh one.
 fn instance(home: &Home) -> String {
@@ -20,4 +25,99 @@ fn a_serve_that_cannot_start_leaves_the_store_clean() {
         let reason = home.fails(&["serve", "--no-mdns", "--listen", &listen]);
         assert_eq!(instance(&home), before, "after {reason}: the store was not closed cleanly");
     }
+}
+
+/// Reads one line, or fails the test after `limit`.
+fn line_within(reader: &mut BufReader<UnixStream>, limit: Duration) -> String {
+    reader.get_ref().set_read_timeout(Some(limit)).expect("read timeout");
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap_or_else(|e| panic!("no line from the node within {limit:?}: {e}"));
+    line
+}
+
+/// Sends a request and returns the connection, to read what comes back.
+fn ask(socket: &Path, request: &str) -> BufReader<UnixStream> {
+    let mut stream = UnixStream::connect(socket).expect("connect to control.sock");
+    writeln!(stream, "{request}").expect("send a request");
+    BufReader::new(stream)
+}
+
+/// A watcher, once the node said it is admitted.
+fn watcher(socket: &Path) -> BufReader<UnixStream> {
+    let mut reader = ask(socket, r#"{"op":"watch"}"#);
+    let first = line_within(&mut reader, Duration::from_secs(30));
+    assert!(first.contains(r#""event":"watching""#), "a watcher is told it is admitted: {first}");
+    reader
+}
+
+#[test]
+fn idle_and_watching_clients_never_starve_a_command() {
+    let root = tempfile::tempdir().expect("dir");
+    let home = Home::init(root.path(), "node");
+    home.ok(&["org", "create", "District"]);
+    let server = home.serve();
+    let socket = home.dir.join("control.sock");
+    let mut watchers: Vec<BufReader<UnixStream>> = (0..32).map(|_| watcher(&socket)).collect();
+    let idle: Vec<UnixStream> = (0..40).map(|_| UnixStream::connect(&socket).expect("connect")).collect();
+    // Commands still run, and the watchers see their writes.
+    let put = home.command(&["--json", "put", "result", "r1", "--partition", "results", "--set", "score=1"]);
+    let out = within(put, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen = line_within(&mut watchers[31], Duration::from_secs(30));
+    assert!(seen.contains(r#""event":"written""#), "{seen}");
+    let out = within(home.command(&["--json", "list"]), Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // One watcher too many is told why, at once.
+    let mut extra = ask(&socket, r#"{"op":"watch"}"#);
+    let refused = line_within(&mut extra, Duration::from_secs(30));
+    assert!(refused.contains("32 clients are watching already"), "{refused}");
+    // Clients that never send a request are let go with a reason.
+    for stream in idle {
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+        let mut said = String::new();
+        BufReader::new(stream).read_to_string(&mut said).expect("the node closes an idle client");
+        assert!(said.contains("no request within"), "{said}");
+    }
+    drop(watchers);
+    server.stop();
+}
+
+#[test]
+fn a_watcher_that_hangs_up_frees_its_place_at_once() {
+    let root = tempfile::tempdir().expect("dir");
+    let home = Home::init(root.path(), "node");
+    let server = home.serve();
+    let socket = home.dir.join("control.sock");
+    let watchers: Vec<BufReader<UnixStream>> = (0..32).map(|_| watcher(&socket)).collect();
+    let mut extra = ask(&socket, r#"{"op":"watch"}"#);
+    assert!(line_within(&mut extra, Duration::from_secs(30)).contains("error"), "the places are full");
+    // No event happens after the hang-ups: the node notices them by itself.
+    drop(watchers);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let admitted = loop {
+        let mut reader = ask(&socket, r#"{"op":"watch"}"#);
+        let first = line_within(&mut reader, Duration::from_secs(30));
+        if first.contains(r#""event":"watching""#) {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    assert!(admitted, "the places of watchers that hung up were never freed");
+    server.stop();
+}
+
+#[test]
+fn a_command_on_a_stopped_node_fails_with_a_reason_instead_of_hanging() {
+    let root = tempfile::tempdir().expect("dir");
+    let home = Home::init(root.path(), "node");
+    let server = home.serve();
+    server.signal("STOP");
+    let out = within(home.command(&["list"]), Duration::from_secs(60));
+    server.signal("CONT");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("said nothing for 10 s: is `ferry serve` stopped or stuck?"), "{stderr}");
+    server.stop();
 }
