@@ -649,6 +649,7 @@ impl Node {
         config.idle_timeout_ms = self.config.session_timeout().as_millis() as u64;
         config.fresh_instance = InstanceId(crate::random::bytes());
         config.started_at_ms = now_ms();
+        config.frame_overhead_bytes = crate::net::FRAME_PREFIX_BYTES;
         let hash = *blake3::hash(&credentials).as_bytes();
         config.peer_has_credentials =
             self.store.peer_note(&peer, "has-credentials")?.is_some_and(|known| known == hash);

@@ -121,3 +121,61 @@ fn a_command_on_a_stopped_node_fails_with_a_reason_instead_of_hanging() {
     assert!(stderr.contains("said nothing for 10 s: is `ferry serve` stopped or stuck?"), "{stderr}");
     server.stop();
 }
+
+/// A central serving an org, and a device enrolled in it with type modes.
+fn central_and_device(root: &Path) -> (Home, tests::cli::Server, Home) {
+    let central = Home::init(root, "central");
+    central.ok(&["org", "create", "District", "--authority", "central"]);
+    let server = central.serve();
+    let device = Home::init(root, "device");
+    let token = central.json(&["enroll", "token", "--read", "tests,results", "--write", "results", "--types", "test=ro"]);
+    device.json(&["enroll", token["token"].as_str().expect("token")]);
+    (central, server, device)
+}
+
+#[test]
+fn text_output_is_readable_and_agrees_with_the_json() {
+    let root = tempfile::tempdir().expect("dir");
+    let (central, server, device) = central_and_device(root.path());
+    central.ok(&["put", "test", "t1", "--partition", "tests", "--set", "title=Fractions"]);
+    device.ok(&["put", "result", "r1", "--partition", "results", "--set", "score=0.5"]);
+    // `ferry id` is text, not JSON inside text.
+    let id = device.ok(&["id"]);
+    assert!(!id.contains('{') && !id.contains("\":"), "{id}");
+    assert!(id.contains(&format!("peer id: {}", device.peer_id())), "{id}");
+    // Byte counts: the summary and the ledger say the same.
+    let synced = device.json(&["sync", &server.address]);
+    let history = device.json(&["history"]);
+    let entry = history.as_array().and_then(|h| h.last()).expect("a ledger entry");
+    assert_eq!(
+        (&synced["bytes_sent"], &synced["bytes_received"]),
+        (&entry["bytes_sent"], &entry["bytes_received"]),
+        "sync {synced}\nhistory {entry}"
+    );
+    // Type modes in `cert list`; revocation time in ISO 8601.
+    let certs = central.ok(&["cert", "list"]);
+    assert!(certs.contains("types [test=ro]"), "{certs}");
+    let issued = central.json(&["cert", "list"]);
+    let device_cert = issued
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["held"] == false))
+        .and_then(|c| c["certificate_id"].as_str())
+        .expect("the device's certificate")
+        .to_owned();
+    let revoked = central.ok(&["cert", "revoke", &device_cert]);
+    let at = revoked.lines().find_map(|l| l.strip_prefix("revoked at: ")).unwrap_or_else(|| panic!("{revoked}"));
+    assert!(at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T', "not ISO 8601: {at}");
+    // The revoked device's next sync fails; the history shows the whole
+    // peer id, and each failure's reason on a line of its own.
+    assert!(!device.run(&["sync", &server.address]).status.success());
+    let central_id = central.peer_id();
+    let text = device.ok(&["history"]);
+    assert!(text.lines().any(|l| l.contains(&central_id) && l.contains("completed")), "{text}");
+    assert!(text.lines().any(|l| l.contains(&central_id) && l.contains("failed")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("    failed: ")), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with(' ')) {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(columns.len(), 15, "a reason spilled into the columns: {line:?}");
+    }
+    server.stop();
+}
