@@ -128,7 +128,8 @@ fn central_and_device(root: &Path) -> (Home, tests::cli::Server, Home) {
     central.ok(&["org", "create", "District", "--authority", "central"]);
     let server = central.serve();
     let device = Home::init(root, "device");
-    let token = central.json(&["enroll", "token", "--read", "tests,results", "--write", "results", "--types", "test=ro"]);
+    let token =
+        central.json(&["enroll", "token", "--read", "tests,results", "--write", "results", "--types", "test=ro"]);
     device.json(&["enroll", token["token"].as_str().expect("token")]);
     (central, server, device)
 }
@@ -177,5 +178,26 @@ fn text_output_is_readable_and_agrees_with_the_json() {
         let columns: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(columns.len(), 15, "a reason spilled into the columns: {line:?}");
     }
+    server.stop();
+}
+
+#[test]
+fn an_import_through_serve_tells_the_client_what_was_rejected() {
+    let root = tempfile::tempdir().expect("dir");
+    let home = Home::init(root.path(), "node");
+    home.ok(&["org", "create", "District"]);
+    let server = home.serve();
+    let file = root.path().join("records.ndjson");
+    std::fs::write(
+        &file,
+        "{\"type\":\"result\",\"id\":\"r1\",\"partition\":\"results\",\"fields\":{}}\n{\"type\":\"result\",\"id\":\"r2\",\"partition\":\"results\",\"fields\":{},\"colour\":\"red\"}\n",
+    )
+    .expect("write");
+    let out = home.run(&["--json", "import", file.to_str().expect("utf-8 path")]);
+    assert!(!out.status.success(), "a rejected line fails the import");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the counts, as JSON");
+    assert_eq!((result["written"].as_u64(), result["rejected"].as_u64()), (Some(1), Some(1)), "{result}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(r#"rejected: line 2: unknown key "colour""#), "{stderr}");
     server.stop();
 }
