@@ -536,9 +536,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(e) = write_failure {
         return Err(e).context(WRITE_FAILED);
     }
-    output::print_op_result(&mut stdout, cli.json, &op, &result)
-        .and_then(|()| stdout.flush())
-        .context(WRITE_FAILED)?;
+    output::print_op_result(&mut stdout, cli.json, &op, &result).and_then(|()| stdout.flush()).context(WRITE_FAILED)?;
     if let Op::Import { .. } = op {
         import_verdict(&result)?;
     }
@@ -595,7 +593,8 @@ fn import_source(home: &Home, path: &std::path::Path) -> anyhow::Result<(PathBuf
     } else {
         std::fs::File::open(path).and_then(|mut input| std::io::copy(&mut input, &mut buffer.as_file()))
     };
-    copied.with_context(|| format!("cannot read {}", if stdin { "stdin".into() } else { path.display().to_string() }))?;
+    copied
+        .with_context(|| format!("cannot read {}", if stdin { "stdin".into() } else { path.display().to_string() }))?;
     Ok((buffer.path().to_path_buf(), Some(buffer)))
 }
 

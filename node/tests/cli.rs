@@ -84,7 +84,12 @@ fn instance(home: &std::path::Path) -> String {
 
 fn ndjson(ids: &[&str]) -> String {
     ids.iter()
-        .map(|id| format!("{}\n", serde_json::json!({ "type": "result", "id": id, "partition": "results", "fields": { "score": 1 } })))
+        .map(|id| {
+            format!(
+                "{}\n",
+                serde_json::json!({ "type": "result", "id": id, "partition": "results", "fields": { "score": 1 } })
+            )
+        })
         .collect()
 }
 
@@ -201,9 +206,11 @@ fn export_onto_a_full_disk_is_a_one_line_error() {
 #[test]
 fn progress_shows_off_a_terminal_only_when_asked_for() {
     let dir = home_with_org();
-    for (args, shown) in
-        [(vec!["import", "-"], false), (vec!["--json", "import", "-"], false), (vec!["--progress", "import", "-"], true)]
-    {
+    for (args, shown) in [
+        (vec!["import", "-"], false),
+        (vec!["--json", "import", "-"], false),
+        (vec!["--progress", "import", "-"], true),
+    ] {
         let out = run_with_stdin(dir.path(), &args, piped(&ndjson(&["p1", "p2"])));
         assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
         let stderr = String::from_utf8_lossy(&out.stderr);

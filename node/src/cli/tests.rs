@@ -19,11 +19,28 @@ fn every_command_parses_into_its_request() {
     let rows: Vec<(Vec<&str>, serde_json::Value)> = vec![
         (vec!["ferry", "init"], json!(null)),
         (vec!["ferry", "--json", "id"], json!({ "op": "id" })),
-        (vec!["ferry", "org", "create", "District"], json!({ "op": "org_create", "name": "District", "authority": null })),
+        (
+            vec!["ferry", "org", "create", "District"],
+            json!({ "op": "org_create", "name": "District", "authority": null }),
+        ),
         (
             vec![
-                "ferry", "cert", "issue", "--subject", "x", "--read", "a,b", "--write", "a", "--types", "t=ro", "--days",
-                "3", "--can-issue", "--out", "f",
+                "ferry",
+                "cert",
+                "issue",
+                "--subject",
+                "x",
+                "--read",
+                "a,b",
+                "--write",
+                "a",
+                "--types",
+                "t=ro",
+                "--days",
+                "3",
+                "--can-issue",
+                "--out",
+                "f",
             ],
             json!({
                 "op": "cert_issue", "org": null, "subject": "x", "read": "a,b", "write": "a", "types": "t=ro", "days": 3,
@@ -39,9 +56,25 @@ fn every_command_parses_into_its_request() {
                 "days": 365, "can_issue": false, "authority": null,
             }),
         ),
-        (vec!["ferry", "enroll", "ferry-enrol-abc"], json!({ "op": "enroll", "token": "ferry-enrol-abc", "name": null })),
         (
-            vec!["ferry", "put", "result", "r1", "--partition", "results", "--set", "a=1", "--set", "b=x", "--unset", "c"],
+            vec!["ferry", "enroll", "ferry-enrol-abc"],
+            json!({ "op": "enroll", "token": "ferry-enrol-abc", "name": null }),
+        ),
+        (
+            vec![
+                "ferry",
+                "put",
+                "result",
+                "r1",
+                "--partition",
+                "results",
+                "--set",
+                "a=1",
+                "--set",
+                "b=x",
+                "--unset",
+                "c",
+            ],
             json!({
                 "op": "put", "org": null, "type": "result", "id": "r1", "partition": "results",
                 "set": { "a": 1, "b": "x" }, "unset": ["c"],
@@ -94,7 +127,12 @@ fn every_command_parses_into_its_request() {
         assert_eq!(parsed(&args), expected, "{args:?}");
     }
     assert!(Cli::try_parse_from(["ferry", "sync", "p", "--pull-only", "--push-only"]).is_err());
-    assert!(to_op(&Cli::try_parse_from(["ferry", "put", "t", "i", "--partition", "p", "--set", "a"]).expect("parses").command).is_err());
+    assert!(
+        to_op(
+            &Cli::try_parse_from(["ferry", "put", "t", "i", "--partition", "p", "--set", "a"]).expect("parses").command
+        )
+        .is_err()
+    );
     let cli = Cli::try_parse_from(["ferry", "--progress", "list"]).expect("parses");
     assert!(cli.progress && !cli.json);
 }
