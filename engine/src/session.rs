@@ -74,6 +74,10 @@ pub struct SessionConfig {
     pub peer_has_credentials: bool,
     /// Wall-clock milliseconds at the start, for the ledger.
     pub started_at_ms: u64,
+    /// Bytes the transport adds to every frame (a length prefix), counted
+    /// in the summary and the ledger alike, so both say what crossed the
+    /// wire.
+    pub frame_overhead_bytes: u64,
 }
 
 impl SessionConfig {
@@ -94,6 +98,7 @@ impl SessionConfig {
             fresh_instance: InstanceId::default(),
             peer_has_credentials: false,
             started_at_ms: 0,
+            frame_overhead_bytes: 0,
         }
     }
 }
@@ -395,7 +400,7 @@ impl Session {
     /// Handles one frame from the peer.
     pub fn handle_message(&mut self, now_ms: u64, frame: &[u8], env: &Env<'_>) {
         self.last_heard_ms = now_ms;
-        self.summary.bytes_received += frame.len() as u64;
+        self.summary.bytes_received += frame.len() as u64 + self.config.frame_overhead_bytes;
         self.summary.messages_received += 1;
         if self.stage == Stage::Failed {
             return;
@@ -922,7 +927,7 @@ impl Session {
     // -- sending ------------------------------------------------------------
 
     fn send(&mut self, frame: Vec<u8>) {
-        self.summary.bytes_sent += frame.len() as u64;
+        self.summary.bytes_sent += frame.len() as u64 + self.config.frame_overhead_bytes;
         self.summary.messages_sent += 1;
         self.transmits.push_back(frame);
     }

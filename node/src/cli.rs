@@ -14,6 +14,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+mod output;
+
 use crate::home::Home;
 use crate::net::Net;
 use crate::node::Node;
@@ -28,6 +30,9 @@ pub struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Show progress on stderr even when it is not a terminal.
+    #[arg(long, global = true)]
+    pub progress: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,82 +58,110 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Write one record.
     Put {
+        /// The record type (e.g. result).
         #[arg(value_name = "TYPE")]
         record_type: String,
+        /// The record id.
         id: String,
+        /// The partition, relative to the org (e.g. results:tc-1).
         #[arg(long)]
         partition: String,
         /// FIELD=VALUE; VALUE is JSON if it parses as JSON, else a string.
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         set: Vec<String>,
+        /// A field to remove (repeat for several).
         #[arg(long = "unset", value_name = "FIELD")]
         unset: Vec<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Bulk write, one JSON record a line (`-` for stdin).
     Import {
+        /// An NDJSON file, or `-` for stdin.
         file: String,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Bulk read, one JSON record a line.
     Export {
+        /// Only records of this type.
         #[arg(long = "type")]
         record_type: Option<String>,
+        /// Only records in this partition and below.
         #[arg(long)]
         partition: Option<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Read one record.
     Get {
+        /// The record type.
         #[arg(value_name = "TYPE")]
         record_type: String,
+        /// The record id.
         id: String,
+        /// The partition, when the id exists in several.
         #[arg(long)]
         partition: Option<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Delete one record.
     Delete {
+        /// The record type.
         #[arg(value_name = "TYPE")]
         record_type: String,
+        /// The record id.
         id: String,
+        /// The partition, when the id exists in several.
         #[arg(long)]
         partition: Option<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// List records.
     List {
+        /// Only records of this type.
         #[arg(long = "type")]
         record_type: Option<String>,
+        /// Only records in this partition and below.
         #[arg(long)]
         partition: Option<String>,
         /// Include deleted records.
         #[arg(long)]
         deleted: bool,
+        /// The org id (default: every org this node belongs to).
         #[arg(long)]
         org: Option<String>,
     },
     /// Run the node: accept syncs and enrolments, serve the local API.
     Serve {
+        /// An address to listen on (repeat for several; default: `listen` in ferry.toml).
         #[arg(long = "listen", value_name = "MULTIADDR")]
         listen: Vec<String>,
+        /// Neither announce this node on the LAN nor look for peers there.
         #[arg(long)]
         no_mdns: bool,
     },
     /// One sync with a peer (a multiaddr, or a peer id found by mDNS).
     Sync {
+        /// A multiaddr (/ip4/…/tcp/…/p2p/…), or a peer id found on the LAN.
         peer: String,
+        /// Sync only this partition and below (repeat, or separate with commas).
         #[arg(long = "filter", value_name = "P")]
         filter: Vec<String>,
+        /// Only receive the peer's changes.
         #[arg(long, conflicts_with = "push_only")]
         pull_only: bool,
+        /// Only send this node's changes.
         #[arg(long)]
         push_only: bool,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
@@ -148,16 +181,21 @@ pub enum Command {
     },
     /// Resolve a record's conflicts.
     Resolve {
+        /// The record type.
         #[arg(value_name = "TYPE")]
         record_type: String,
+        /// The record id.
         id: String,
         /// Take conflict N (as numbered by `ferry conflicts`).
         #[arg(long, conflicts_with = "set")]
         take: Option<usize>,
+        /// FIELD=VALUE to write instead (resolves every conflict seen).
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         set: Vec<String>,
+        /// The partition, when the id exists in several.
         #[arg(long)]
         partition: Option<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
@@ -178,6 +216,7 @@ pub enum Command {
 pub enum OrgCommand {
     /// Create an organisation held by this node.
     Create {
+        /// The organisation's name.
         name: String,
         /// An authority tag for this node's own certificate (e.g. central).
         #[arg(long)]
@@ -189,33 +228,49 @@ pub enum OrgCommand {
 pub enum CertCommand {
     /// Issue a certificate within this node's own scope.
     Issue {
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
+        /// The peer id of the node the certificate is for.
         #[arg(long)]
         subject: String,
+        /// Partitions it may read, comma-separated (e.g. tests,results:tc-1).
         #[arg(long, default_value = "")]
         read: String,
+        /// Partitions it may write, comma-separated.
         #[arg(long, default_value = "")]
         write: String,
+        /// Type modes, comma-separated TYPE=MODE (ro, update-only).
         #[arg(long, default_value = "")]
         types: String,
+        /// How many days the certificate is valid.
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// Let the subject issue certificates within its own scope.
         #[arg(long)]
         can_issue: bool,
+        /// An authority tag (merge policies can let its edits win).
         #[arg(long)]
         authority: Option<String>,
+        /// A name for the subject in the certificate.
         #[arg(long)]
         name: Option<String>,
+        /// Where to write the certificate chain (PEM).
         #[arg(long)]
         out: PathBuf,
     },
     /// Hold a certificate issued to this node.
-    Import { file: PathBuf },
+    Import {
+        /// A PEM file written by `ferry cert issue`.
+        file: PathBuf,
+    },
     /// Certificates held and issued.
     List,
     /// Revoke a certificate this node issued.
-    Revoke { certificate_id: String },
+    Revoke {
+        /// The certificate id (as `ferry cert list` shows it).
+        certificate_id: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -233,24 +288,31 @@ pub struct EnrollArgs {
 pub enum EnrollCommand {
     /// Print a one-time enrolment token (the issuer must be serving).
     Token {
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
+        /// Partitions the enrolled node may read, comma-separated.
         #[arg(long, default_value = "")]
         read: String,
+        /// Partitions the enrolled node may write, comma-separated.
         #[arg(long, default_value = "")]
         write: String,
+        /// Type modes, comma-separated TYPE=MODE (ro, update-only).
         #[arg(long, default_value = "")]
         types: String,
         /// How long the token stays usable (30s, 15m, 2h, 7d).
         #[arg(long, default_value = "1d")]
         ttl: String,
+        /// How many nodes may enrol with it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
         /// How long certificates issued with it are valid.
         #[arg(long, default_value_t = 365)]
         days: u64,
+        /// Let enrolled nodes issue certificates within their own scope.
         #[arg(long)]
         can_issue: bool,
+        /// An authority tag for the enrolled nodes' certificates.
         #[arg(long)]
         authority: Option<String>,
     },
@@ -260,6 +322,7 @@ pub enum EnrollCommand {
 pub enum BundleCommand {
     /// Write the changes a peer lacks to a file.
     Export {
+        /// The bundle file to write.
         #[arg(long)]
         out: PathBuf,
         /// From what we held in common after the last sync with this peer.
@@ -268,19 +331,27 @@ pub enum BundleCommand {
         /// From a frontier file the receiver wrote (`ferry bundle frontier`).
         #[arg(long, value_name = "FRONTIER_FILE")]
         since: Option<PathBuf>,
+        /// Only this partition and below (repeat, or separate with commas).
         #[arg(long = "filter", value_name = "P")]
         filter: Vec<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
     /// Ingest a bundle exactly like a sync.
-    Import { file: PathBuf },
+    Import {
+        /// A bundle written by `ferry bundle export`.
+        file: PathBuf,
+    },
     /// Write what this node holds, so the next bundle for it is a delta.
     Frontier {
+        /// The frontier file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Only this partition and below (repeat, or separate with commas).
         #[arg(long = "filter", value_name = "P")]
         filter: Vec<String>,
+        /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
@@ -416,6 +487,7 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
 /// Runs the command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::resolve(cli.home.clone());
+    let mut stdout = output::Stdout::new();
     match &cli.command {
         Command::Init { store } => {
             let backend = store
@@ -423,33 +495,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|s| engine::BackendKind::parse(s).with_context(|| format!("--store {s:?}: use redb or sled")))
                 .transpose()?;
             let out = tokio::task::block_in_place(|| crate::node::init(&home, backend))?;
-            print_result(&cli, &out);
+            output::print_result(&mut stdout, cli.json, &out).and_then(|()| stdout.flush()).context(WRITE_FAILED)?;
             return Ok(());
         }
         Command::Serve { listen, no_mdns } => {
             return crate::serve::serve(home, listen.clone(), *no_mdns, crate::serve::Printer::new(cli.json)).await;
         }
+        Command::Demo { .. } if cli.json => bail!("demo has no JSON output; run it without --json"),
         Command::Demo { keep } => return crate::demo::run(*keep).await,
         Command::Bench(args) => return crate::bench::run(args, cli.json).await,
         _ => {}
     }
     home.require_initialized()?;
     let mut op = to_op(&cli.command)?.expect("handled above");
-    op.absolutize();
-    // stdin imports go through a temporary file the server can read.
-    let _stdin_file;
-    if let Op::Import { path, .. } = &mut op
-        && path.as_os_str() == "-"
-    {
-        let file = tempfile::NamedTempFile::new_in(&home.dir).context("cannot buffer stdin")?;
-        std::io::copy(&mut std::io::stdin().lock(), &mut file.as_file()).context("cannot read stdin")?;
-        *path = file.path().to_path_buf();
-        _stdin_file = file;
+    // What an import reads goes through a temporary file the server can
+    // read, unless it is a regular file (stdin, a pipe, /dev/stdin).
+    let _buffered;
+    if let Op::Import { path, .. } = &mut op {
+        let (file, buffer) = import_source(&home, path)?;
+        *path = file;
+        _buffered = buffer;
     }
-    let mut progress = Progress::new(!cli.json && std::io::stdout().is_terminal());
+    op.absolutize();
+    let mut progress = output::Progress::new(cli.json, cli.progress);
+    // A write that fails (other than a closed pipe) is kept, the operation
+    // finishes and the store closes, then the failure is the command's.
+    let mut write_failure: Option<std::io::Error> = None;
     let mut on_line = |line: serde_json::Value| match serde_json::from_value::<Line>(line) {
         Ok(Line::Progress { what, done, total }) => progress.update(&what, done, total),
-        Ok(Line::Record(record)) => println!("{record}"),
+        Ok(Line::Record(record)) => {
+            if write_failure.is_none()
+                && let Err(e) = writeln!(stdout, "{record}")
+            {
+                write_failure = Some(e);
+            }
+        }
         Err(_) => {}
     };
     let served = crate::control::request(&home.control_socket(), &op, &mut on_line).await?;
@@ -457,25 +537,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(result) => result,
         None => {
             let node = tokio::task::block_in_place(|| Node::open(home.clone()))?;
-            let net = if op.needs_network() {
-                let mdns = matches!(&op, Op::Peers) || matches!(&op, Op::Sync { peer, .. } if !peer.starts_with('/'));
-                Some(Net::start(&node.identity, &[], mdns, None).await?)
-            } else {
-                None
-            };
-            if let Some(net) = &net
-                && mdns_wait(&op)
-            {
-                // Give mDNS a moment to hear the LAN.
-                wait_for_discovery(net, &op).await;
-            }
-            let lock = std::sync::Mutex::new(());
-            let ctx = Ctx { node: &node, net: net.as_ref(), enrol_lock: &lock };
-            let mut sink = |line: Line| on_line(serde_json::to_value(line).unwrap_or_default());
-            let result = ops::execute(&ctx, op.clone(), &mut sink).await;
-            if let Some(net) = net {
-                net.stop();
-            }
+            let result = run_here(&node, &op, &mut on_line).await;
             // The operation's own failure (a full disk, say) is the one to
             // show, not a failure to close after it.
             let closed = tokio::task::block_in_place(|| node.close());
@@ -485,7 +547,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     };
     progress.finish();
-    print_op_result(&cli, &op, &result);
+    if let Some(e) = write_failure {
+        return Err(e).context(WRITE_FAILED);
+    }
+    output::print_op_result(&mut stdout, cli.json, &op, &result).and_then(|()| stdout.flush()).context(WRITE_FAILED)?;
     if let Op::Check { repair: false } = op
         && let Some(damaged) = result["damaged"].as_array().filter(|d| !d.is_empty())
     {
@@ -494,7 +559,85 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             damaged.len()
         );
     }
+    if let Op::Import { .. } = op {
+        import_verdict(&result)?;
+    }
     Ok(())
+}
+
+const WRITE_FAILED: &str = "cannot write the output";
+
+/// Runs an operation in this process, on a store it opened (no node serves
+/// this home), with a temporary network node if the operation needs one.
+async fn run_here(
+    node: &Node,
+    op: &Op,
+    on_line: &mut (dyn FnMut(serde_json::Value) + Send),
+) -> anyhow::Result<serde_json::Value> {
+    let net = if op.needs_network() {
+        let mdns = matches!(op, Op::Peers) || matches!(op, Op::Sync { peer, .. } if !peer.starts_with('/'));
+        Some(Net::start(&node.identity, &[], mdns, None).await?)
+    } else {
+        None
+    };
+    if let Some(net) = &net
+        && mdns_wait(op)
+    {
+        // Give mDNS a moment to hear the LAN.
+        wait_for_discovery(net, op).await;
+    }
+    let lock = std::sync::Mutex::new(());
+    let ctx = Ctx { node, net: net.as_ref(), enrol_lock: &lock };
+    let mut sink = |line: Line| on_line(serde_json::to_value(line).unwrap_or_default());
+    let result = ops::execute(&ctx, op.clone(), &mut sink).await;
+    if let Some(net) = net {
+        net.stop();
+    }
+    result
+}
+
+/// The file an import reads: a regular file as it is (resolved, so that
+/// `/dev/stdin` redirected from a file names that file, not the server's
+/// stdin), anything else (`-`, a pipe, a terminal) copied to a temporary
+/// file in the home first: it can be read only once, and only here.
+fn import_source(home: &Home, path: &std::path::Path) -> anyhow::Result<(PathBuf, Option<tempfile::NamedTempFile>)> {
+    let stdin = path.as_os_str() == "-";
+    if !stdin {
+        let metadata = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+        if metadata.is_file() {
+            let resolved = std::fs::canonicalize(path).with_context(|| format!("cannot open {}", path.display()))?;
+            return Ok((resolved, None));
+        }
+    }
+    let buffer = tempfile::NamedTempFile::new_in(&home.dir).context("cannot buffer the input")?;
+    let copied = if stdin {
+        std::io::copy(&mut std::io::stdin().lock(), &mut buffer.as_file())
+    } else {
+        std::fs::File::open(path).and_then(|mut input| std::io::copy(&mut input, &mut buffer.as_file()))
+    };
+    copied
+        .with_context(|| format!("cannot read {}", if stdin { "stdin".into() } else { path.display().to_string() }))?;
+    Ok((buffer.path().to_path_buf(), Some(buffer)))
+}
+
+/// An import that refused lines fails, after printing the counts and the
+/// reasons, so a script never mistakes it for a complete one.
+fn import_verdict(result: &serde_json::Value) -> anyhow::Result<()> {
+    let rejected = result["rejected"].as_u64().unwrap_or(0);
+    if rejected == 0 {
+        return Ok(());
+    }
+    for reason in result["rejections"].as_array().into_iter().flatten() {
+        output::warn(&format!("rejected: {}", reason.as_str().unwrap_or("?")));
+    }
+    let shown = result["rejections"].as_array().map_or(0, Vec::len) as u64;
+    let more = if rejected > shown { format!(" (the first {shown} shown)") } else { String::new() };
+    bail!(
+        "{rejected} line{} rejected{more}, {} written, {} unchanged: fix the rejected lines and import again (lines already written are skipped)",
+        if rejected == 1 { " was" } else { "s were" },
+        result["written"],
+        result["unchanged"]
+    )
 }
 
 fn mdns_wait(op: &Op) -> bool {
@@ -511,236 +654,6 @@ async fn wait_for_discovery(net: &Net, op: &Op) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn print_result(cli: &Cli, value: &serde_json::Value) {
-    if cli.json {
-        println!("{value}");
-    } else {
-        for (k, v) in value.as_object().into_iter().flatten() {
-            println!("{}: {}", k.replace('_', " "), v.as_str().map_or(v.to_string(), str::to_owned));
-        }
-    }
-}
-
-fn print_op_result(cli: &Cli, op: &Op, value: &serde_json::Value) {
-    if cli.json {
-        if !matches!(op, Op::Export { .. }) {
-            println!("{value}");
-        }
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    let _ = match op {
-        Op::Export { .. } => Ok(()),
-        Op::EnrollToken { .. } => writeln!(out, "{}", value["token"].as_str().unwrap_or_default()),
-        Op::Put { .. } | Op::Get { .. } | Op::Delete { .. } | Op::Resolve { .. } => write_record(&mut out, value),
-        Op::List { .. } | Op::Conflicts => {
-            let list = value.as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                let _ = writeln!(out, "(none)");
-            }
-            list.iter().try_for_each(|r| write_record(&mut out, r))
-        }
-        Op::Sync { .. } | Op::BundleImport { .. } => {
-            let noop = value["noop"].as_bool().unwrap_or(false);
-            if noop {
-                writeln!(
-                    out,
-                    "in sync with {}: nothing to do ({} bytes, {} ms)",
-                    value["peer"].as_str().unwrap_or("?"),
-                    value["bytes_sent"].as_u64().unwrap_or(0) + value["bytes_received"].as_u64().unwrap_or(0),
-                    value["duration_ms"]
-                )
-            } else {
-                let _ = if matches!(op, Op::BundleImport { .. }) {
-                    writeln!(
-                        out,
-                        "imported a bundle from {}: received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes, {} ms",
-                        value["peer"].as_str().unwrap_or("?"),
-                        value["received"],
-                        value["updated"],
-                        value["skipped"],
-                        value["conflicts"],
-                        value["rejected"],
-                        value["bytes_received"],
-                        value["duration_ms"]
-                    )
-                } else {
-                    writeln!(
-                        out,
-                        "synced with {}: sent {}, received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes out, {} in, {} ms",
-                        value["peer"].as_str().unwrap_or("?"),
-                        value["sent"],
-                        value["received"],
-                        value["updated"],
-                        value["skipped"],
-                        value["conflicts"],
-                        value["rejected"],
-                        value["bytes_sent"],
-                        value["bytes_received"],
-                        value["duration_ms"]
-                    )
-                };
-                value["rejections"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .try_for_each(|r| writeln!(out, "  rejected: {}", r.as_str().unwrap_or("?")))
-            }
-        }
-        Op::History => value.as_array().into_iter().flatten().try_for_each(|e| {
-            writeln!(
-                out,
-                "{}  {:8} {:<10} {}  sent {} received {} rejected {}",
-                e["started_at"].as_str().unwrap_or("?"),
-                e["via"].as_str().unwrap_or("?"),
-                e["outcome"].as_str().unwrap_or("?"),
-                e["peer"].as_str().map(|p| &p[..p.len().min(16)]).unwrap_or("?"),
-                e["sent"],
-                e["received"],
-                e["rejected"]
-            )
-        }),
-        Op::CertList => value.as_array().into_iter().flatten().try_for_each(|c| {
-            writeln!(
-                out,
-                "{} {} {}{} subject {} read [{}] write [{}] until {}",
-                c["certificate_id"].as_str().unwrap_or("?"),
-                if c["held"].as_bool() == Some(true) { "held  " } else { "issued" },
-                if c["revoked"].as_bool() == Some(true) { "REVOKED " } else { "" },
-                c["name"].as_str().unwrap_or(""),
-                c["subject"].as_str().unwrap_or("?"),
-                join(&c["read"]),
-                join(&c["write"]),
-                crate::node::iso8601_ms(c["not_after"].as_u64().unwrap_or(0) * 1000)
-            )
-        }),
-        Op::Check { repair } => {
-            let damaged = value["damaged"].as_array().cloned().unwrap_or_default();
-            let unsendable = value["unsendable"].as_array().cloned().unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "checked {} entries: {} records, {} changes; {} damaged, {} that peers would refuse",
-                value["entries"],
-                value["records"],
-                value["changes"],
-                damaged.len(),
-                unsendable.len()
-            );
-            for d in &damaged {
-                let _ = writeln!(
-                    out,
-                    "  damaged: {}: {}",
-                    d["what"].as_str().unwrap_or("?"),
-                    d["reason"].as_str().unwrap_or("?")
-                );
-            }
-            for u in &unsendable {
-                let _ = writeln!(out, "  never sent: {}", u.as_str().unwrap_or("?"));
-            }
-            if *repair {
-                writeln!(
-                    out,
-                    "repaired: removed {} entries; the next sync fetches up to {} changes again from any peer",
-                    value["removed"], value["refetch"]
-                )
-            } else if !damaged.is_empty() {
-                writeln!(out, "run `ferry check --repair` to drop what is damaged; peers send it again")
-            } else {
-                Ok(())
-            }
-        }
-        Op::Peers => {
-            let list = value.as_array().cloned().unwrap_or_default();
-            if list.is_empty() {
-                let _ = writeln!(out, "no peers found on the LAN");
-            }
-            list.iter()
-                .try_for_each(|p| writeln!(out, "{} {}", p["peer_id"].as_str().unwrap_or("?"), join(&p["addresses"])))
-        }
-        _ => {
-            for (k, v) in value.as_object().into_iter().flatten() {
-                let text = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    serde_json::Value::Array(a) if a.iter().all(|x| x.is_string()) => join(v),
-                    other => other.to_string(),
-                };
-                let _ = writeln!(out, "{}: {text}", k.replace('_', " "));
-            }
-            Ok(())
-        }
-    };
-}
-
-fn join(value: &serde_json::Value) -> String {
-    value
-        .as_array()
-        .map(|a| a.iter().map(|x| x.as_str().map_or(x.to_string(), str::to_owned)).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
-}
-
-fn write_record(out: &mut dyn Write, record: &serde_json::Value) -> std::io::Result<()> {
-    let partition = record["partition"].as_str().unwrap_or("");
-    let relative = partition.split_once(':').map_or("(org)", |(_, r)| r);
-    let deleted = if record["deleted"].as_bool() == Some(true) { " [deleted]" } else { "" };
-    writeln!(
-        out,
-        "{} {} in {relative}{deleted}",
-        record["type"].as_str().unwrap_or("?"),
-        record["id"].as_str().unwrap_or("?")
-    )?;
-    for (k, v) in record["fields"].as_object().into_iter().flatten() {
-        writeln!(out, "  {k} = {v}")?;
-    }
-    for c in record["conflicts"].as_array().into_iter().flatten() {
-        let what = c["field"].as_str().map_or("the record".to_owned(), str::to_owned);
-        let value = if c["deleted"].as_bool() == Some(true) { "deleted".to_owned() } else { c["value"].to_string() };
-        writeln!(
-            out,
-            "  conflict {}: {what} = {value} (kept from instance {}…)",
-            c["n"],
-            &c["instance"].as_str().unwrap_or("?")[..8.min(c["instance"].as_str().unwrap_or("?").len())]
-        )?;
-    }
-    Ok(())
-}
-
-/// Progress bars when stdout is a terminal; plain lines on stderr otherwise.
-pub struct Progress {
-    enabled: bool,
-    bars: BTreeMap<String, indicatif::ProgressBar>,
-}
-
-impl Progress {
-    pub fn new(enabled: bool) -> Progress {
-        Progress { enabled, bars: BTreeMap::new() }
-    }
-
-    pub fn update(&mut self, what: &str, done: u64, total: u64) {
-        if !self.enabled {
-            eprintln!("progress: {what} {done}/{}", total.max(done));
-            return;
-        }
-        let bar = self.bars.entry(what.to_owned()).or_insert_with(|| {
-            let bar = indicatif::ProgressBar::new(total.max(1));
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{msg:>9} [{bar:30}] {pos}/{len} ({per_sec}, {eta})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> "),
-            );
-            bar.set_message(what.to_owned());
-            bar
-        });
-        bar.set_length(total.max(done).max(1));
-        bar.set_position(done);
-    }
-
-    pub fn finish(&mut self) {
-        for bar in self.bars.values() {
-            bar.finish_and_clear();
-        }
     }
 }
 
@@ -768,72 +681,18 @@ pub fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("ferry: cannot start: {e}");
+            output::warn(&format!("ferry: cannot start: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            let text = format!("{e:#}").replace('\n', " ");
-            eprintln!("ferry: {text}");
+            output::warn(&format!("ferry: {}", format!("{e:#}").replace('\n', " ")));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_command_parses() {
-        for args in [
-            vec!["ferry", "init"],
-            vec!["ferry", "--json", "id"],
-            vec!["ferry", "org", "create", "District"],
-            vec![
-                "ferry",
-                "cert",
-                "issue",
-                "--subject",
-                "x",
-                "--read",
-                "a,b",
-                "--write",
-                "a",
-                "--types",
-                "t=ro",
-                "--days",
-                "3",
-                "--can-issue",
-                "--out",
-                "f",
-            ],
-            vec!["ferry", "cert", "import", "f"],
-            vec!["ferry", "cert", "list"],
-            vec!["ferry", "cert", "revoke", "00"],
-            vec!["ferry", "enroll", "token", "--read", "a", "--write", "a", "--ttl", "1h", "--uses", "2"],
-            vec!["ferry", "enroll", "ferry-enrol-abc"],
-            vec!["ferry", "put", "result", "r1", "--partition", "results", "--set", "a=1", "--unset", "b"],
-            vec!["ferry", "import", "-"],
-            vec!["ferry", "export", "--type", "result"],
-            vec!["ferry", "get", "result", "r1"],
-            vec!["ferry", "delete", "result", "r1"],
-            vec!["ferry", "list", "--partition", "results"],
-            vec!["ferry", "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"],
-            vec!["ferry", "sync", "/ip4/127.0.0.1/tcp/1", "--filter", "results", "--pull-only"],
-            vec!["ferry", "peers"],
-            vec!["ferry", "history"],
-            vec!["ferry", "conflicts"],
-            vec!["ferry", "resolve", "result", "r1", "--take", "1"],
-            vec!["ferry", "bundle", "export", "--out", "b", "--for", "p"],
-            vec!["ferry", "bundle", "import", "b"],
-            vec!["ferry", "demo"],
-        ] {
-            let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-            let _ = to_op(&cli.command);
-        }
-        assert!(Cli::try_parse_from(["ferry", "sync", "p", "--pull-only", "--push-only"]).is_err());
-    }
-}
+mod tests;

@@ -5,13 +5,21 @@
 //! (an `Op`), the server answers with zero or more `{"line": …}` lines
 //! (progress, exported records, watched events) and one final
 //! `{"ok": result}` or `{"error": "reason"}`.
+//!
+//! No client can starve another: the accept loop never waits, a client that
+//! sends no request soon is dropped, watchers have their own limit and lose
+//! their slot the moment they hang up, and a request waiting for its turn or
+//! running long hears `{"alive":true}` every second, so a client can time
+//! out on silence (a stopped or stuck node) and never on a long operation.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, broadcast};
 
@@ -19,8 +27,24 @@ use crate::net::Net;
 use crate::node::Node;
 use crate::ops::{self, Ctx, Line, Op};
 
-/// Control connections served at once.
-const CLIENTS_MAX: usize = 32;
+/// Connections held at once (waiting, running or watching); more are told
+/// so and closed at once. Bounds the node's file descriptors.
+const CONNECTIONS_MAX: usize = 128;
+/// Requests running at once; more wait their turn (hearing heartbeats).
+const REQUESTS_MAX: usize = 32;
+/// `watch` streams at once; more are refused. Watchers never hold a
+/// request's place.
+const WATCHERS_MAX: usize = 32;
+/// How long a client may take to send its request line.
+const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// A client that takes nothing for this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Silence after which a waiting or running request hears a heartbeat.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const HEARTBEAT_LINE: &str = "{\"alive\":true}\n";
+/// How long the command line waits for any line from the serving node:
+/// ten heartbeats missed means the node is stopped or stuck.
+pub const ANSWER_SILENCE_MAX: Duration = Duration::from_secs(10);
 /// Bytes of one request line (a certificate chain in PEM fits easily).
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 
@@ -31,6 +55,13 @@ pub struct Shared {
     pub enrol_lock: std::sync::Mutex<()>,
     /// Events for `watch` clients.
     pub events: broadcast::Sender<serde_json::Value>,
+}
+
+/// The places requests and watchers take.
+#[derive(Clone)]
+struct Limits {
+    requests: Arc<Semaphore>,
+    watchers: Arc<Semaphore>,
 }
 
 /// Serves the control socket until the listener task is aborted.
@@ -48,52 +79,79 @@ pub async fn serve(path: &Path, shared: Arc<Shared>) -> anyhow::Result<tokio::ta
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
-    let limit = Arc::new(Semaphore::new(CLIENTS_MAX));
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let limits =
+        Limits { requests: Arc::new(Semaphore::new(REQUESTS_MAX)), watchers: Arc::new(Semaphore::new(WATCHERS_MAX)) };
     Ok(tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
-            let Ok(permit) = limit.clone().acquire_owned().await else { return };
-            let shared = shared.clone();
+            let Ok(connection) = connections.clone().try_acquire_owned() else {
+                // Never wait here: that would make every later client wait.
+                let answer = json!({
+                    "error": format!("the node has {CONNECTIONS_MAX} local API clients already; try again when some finish")
+                });
+                let _ = stream.try_write(format!("{answer}\n").as_bytes());
+                continue;
+            };
+            let (shared, limits) = (shared.clone(), limits.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(stream, &shared).await {
+                if let Err(e) = handle(stream, &shared, &limits).await {
                     tracing::debug!("control client: {e}");
                 }
-                drop(permit);
+                drop(connection);
             });
         }
     }))
 }
 
-async fn handle(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
+/// Writes one line to a client that may have stopped reading.
+async fn send(write: &mut OwnedWriteHalf, line: &str) -> anyhow::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(line.as_bytes())).await {
+        Ok(result) => Ok(result?),
+        Err(_) => bail!("the client took nothing for {} s", WRITE_TIMEOUT.as_secs()),
+    }
+}
+
+async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(REQUEST_BYTES_MAX as u64));
     let mut line = String::new();
-    reader.read_line(&mut line).await?;
+    let refuse = |reason: String| format!("{}\n", json!({ "error": reason }));
+    match tokio::time::timeout(REQUEST_WAIT, reader.read_line(&mut line)).await {
+        Ok(read) => read?,
+        Err(_) => {
+            let reason = format!("no request within {} s: send one JSON line", REQUEST_WAIT.as_secs());
+            return send(&mut write, &refuse(reason)).await;
+        }
+    };
+    if line.len() >= REQUEST_BYTES_MAX && !line.ends_with('\n') {
+        let reason = format!("the request is over the local API's limit of {} MiB", REQUEST_BYTES_MAX >> 20);
+        return send(&mut write, &refuse(reason)).await;
+    }
+    // An integer beyond 64 bits is refused, never read as a float.
     let parsed = crate::json::check_integers(&line)
         .map_err(|e| anyhow::anyhow!(e))
         .and_then(|()| Ok(serde_json::from_str(&line)?));
     let op: Op = match parsed {
         Ok(op) => op,
-        Err(e) => {
-            let answer = json!({ "error": format!("not a valid request: {e}") });
-            write.write_all(format!("{answer}\n").as_bytes()).await?;
-            return Ok(());
-        }
+        Err(e) => return send(&mut write, &refuse(format!("not a valid request: {e}"))).await,
     };
     if let Op::Watch = op {
-        let mut events = shared.events.subscribe();
-        loop {
-            match events.recv().await {
-                Ok(event) => write.write_all(format!("{}\n", json!({ "line": event })).as_bytes()).await?,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    write
-                        .write_all(format!("{}\n", json!({ "line": { "event": "lagged", "missed": n } })).as_bytes())
-                        .await?
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
-            }
-        }
+        let Ok(_watching) = limits.watchers.clone().try_acquire_owned() else {
+            let reason = format!("{WATCHERS_MAX} clients are watching already; close one first");
+            return send(&mut write, &refuse(reason)).await;
+        };
+        return watch(reader, write, shared).await;
     }
+    // Lines go out through their own task, so heartbeats flow while the
+    // operation runs (it blocks its thread on the store).
+    let (lines, queue) = tokio::sync::mpsc::channel::<String>(64);
+    let writer = tokio::spawn(write_lines(write, queue));
+    let _running = tokio::select! {
+        permit = limits.requests.clone().acquire_owned() => permit?,
+        // The client hung up while waiting: nothing to do.
+        () = lines.closed() => return Ok(()),
+    };
     let announce = matches!(
         op,
         Op::Put { .. } | Op::Delete { .. } | Op::Import { .. } | Op::Resolve { .. } | Op::BundleImport { .. }
@@ -102,29 +160,21 @@ async fn handle(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
     let ctx = Ctx { node: &shared.node, net: Some(&shared.net), enrol_lock: &shared.enrol_lock };
     // Progress goes out while the operation runs (best effort: a slow
     // client misses some); records are kept and all written after.
-    let (progress_tx, mut progress_rx) = tokio::sync::mpsc::channel::<serde_json::Value>(64);
-    let mut records: Vec<serde_json::Value> = Vec::new();
-    let run = async {
-        let mut sink = |line: Line| match line {
+    let mut records: Vec<String> = Vec::new();
+    let mut sink = |line: Line| {
+        let text = format!("{}\n", json!({ "line": line }));
+        match line {
             Line::Progress { .. } => {
-                let _ = progress_tx.try_send(serde_json::to_value(line).unwrap_or_default());
+                let _ = lines.try_send(text);
             }
-            Line::Record(_) => records.push(serde_json::to_value(line).unwrap_or_default()),
-        };
-        let result = ops::execute(&ctx, op, &mut sink).await;
-        drop(progress_tx);
-        result
-    };
-    let forward = async {
-        while let Some(line) = progress_rx.recv().await {
-            if write.write_all(format!("{}\n", json!({ "line": line })).as_bytes()).await.is_err() {
-                break;
-            }
+            Line::Record(_) => records.push(text),
         }
     };
-    let (result, ()) = tokio::join!(run, forward);
-    for l in records {
-        write.write_all(format!("{}\n", json!({ "line": l })).as_bytes()).await?;
+    let result = ops::execute(&ctx, op, &mut sink).await;
+    for record in records {
+        if lines.send(record).await.is_err() {
+            break;
+        }
     }
     let answer = match result {
         Ok(value) => {
@@ -135,22 +185,75 @@ async fn handle(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
         }
         Err(e) => json!({ "error": format!("{e:#}") }),
     };
-    write.write_all(format!("{answer}\n").as_bytes()).await?;
+    let _ = lines.send(format!("{answer}\n")).await;
+    drop(lines);
+    let _ = writer.await;
     Ok(())
 }
 
+/// Writes queued lines, and a heartbeat after each second of silence, until
+/// the queue closes or the client stops taking them.
+async fn write_lines(mut write: OwnedWriteHalf, mut queue: tokio::sync::mpsc::Receiver<String>) {
+    loop {
+        let line = match tokio::time::timeout(HEARTBEAT, queue.recv()).await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(_) => HEARTBEAT_LINE.to_owned(),
+        };
+        if send(&mut write, &line).await.is_err() {
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+/// Streams events until the client hangs up, which is noticed at once (its
+/// end of the socket reads as closed), not at the next event.
+async fn watch(
+    mut reader: BufReader<tokio::io::Take<OwnedReadHalf>>,
+    mut write: OwnedWriteHalf,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let mut events = shared.events.subscribe();
+    send(&mut write, &format!("{}\n", json!({ "line": { "event": "watching" } }))).await?;
+    let mut ignored = [0u8; 512];
+    loop {
+        let line = tokio::select! {
+            read = reader.read(&mut ignored) => match read {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            },
+            event = events.recv() => match event {
+                Ok(event) => json!({ "line": event }),
+                Err(broadcast::error::RecvError::Lagged(n)) => json!({ "line": { "event": "lagged", "missed": n } }),
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+        };
+        send(&mut write, &format!("{line}\n")).await?;
+    }
+}
+
 /// Sends `op` to the node serving `home`, if one is. `Ok(None)`: nobody
-/// serves it (run the operation directly).
+/// serves it (run the operation directly). Fails when the node says
+/// nothing, not even a heartbeat, for `ANSWER_SILENCE_MAX`.
 pub async fn request(
     socket: &Path,
     op: &Op,
     on_line: &mut dyn FnMut(serde_json::Value),
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let Ok(stream) = UnixStream::connect(socket).await else { return Ok(None) };
+    let silent = || {
+        anyhow!(
+            "the node serving this home ({}) said nothing for {} s: is `ferry serve` stopped or stuck? try again, or restart it",
+            socket.parent().unwrap_or(socket).display(),
+            ANSWER_SILENCE_MAX.as_secs()
+        )
+    };
     let (read, mut write) = stream.into_split();
-    write.write_all(format!("{}\n", serde_json::to_string(op)?).as_bytes()).await?;
+    let request = format!("{}\n", serde_json::to_string(op)?);
+    tokio::time::timeout(ANSWER_SILENCE_MAX, write.write_all(request.as_bytes())).await.map_err(|_| silent())??;
     let mut lines = BufReader::new(read).lines();
-    while let Some(line) = lines.next_line().await? {
+    while let Some(line) = tokio::time::timeout(ANSWER_SILENCE_MAX, lines.next_line()).await.map_err(|_| silent())?? {
         let value: serde_json::Value =
             serde_json::from_str(&line).context("the serving node sent a malformed answer")?;
         if let Some(l) = value.get("line") {

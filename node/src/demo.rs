@@ -88,12 +88,21 @@ impl Member {
     }
 }
 
+// The narration never panics on a closed stdout (`ferry demo | head`): the
+// demo runs on, and its directory is still removed.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn step(n: u32, text: &str) {
-    println!("\n{n}. {text}");
+    say!("\n{n}. {text}");
 }
 
 fn line(text: impl std::fmt::Display) {
-    println!("   {text}");
+    say!("   {text}");
 }
 
 fn describe(outcome: &SyncOutcome) -> String {
@@ -120,8 +129,8 @@ fn score_of(member: &Member, org: OrgId, id: &str) -> anyhow::Result<serde_json:
 pub async fn run(keep: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::Builder::new().prefix("ferry-demo-").tempdir()?;
-    println!("ferry demo: a school district's central server and two tablets in test centre tc-1.");
-    println!("Three real nodes, each with its own store and libp2p host on 127.0.0.1, in {}.", dir.path().display());
+    say!("ferry demo: a school district's central server and two tablets in test centre tc-1.");
+    say!("Three real nodes, each with its own store and libp2p host on 127.0.0.1, in {}.", dir.path().display());
 
     step(1, "The central server creates the organisation and starts serving.");
     let mut central = Member::create(dir.path(), "central")?;
@@ -311,7 +320,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     }
     central.go_offline().await;
     let ledger = tokio::task::block_in_place(|| central.node.history())?;
-    println!(
+    say!(
         "\nThe central's sync ledger holds {} sessions (`ferry history`). Done in {:.1} s.",
         ledger.len(),
         started.elapsed().as_secs_f64()
@@ -324,11 +333,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     }
     if keep {
         let kept = dir.keep();
-        println!(
-            "The demo's homes are kept in {} (try `ferry --home {}/central list`).",
-            kept.display(),
-            kept.display()
-        );
+        say!("The demo's homes are kept in {} (try `ferry --home {}/central list`).", kept.display(), kept.display());
     }
     Ok(())
 }

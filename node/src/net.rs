@@ -284,6 +284,9 @@ async fn drive(
 // ---------------------------------------------------------------------------
 // Frames on a stream: a u32 big-endian length, then the bytes.
 
+/// Bytes of the length prefix before every frame on a stream.
+pub const FRAME_PREFIX_BYTES: u64 = 4;
+
 pub async fn write_frame<W: futures::AsyncWrite + Unpin>(stream: &mut W, frame: &[u8]) -> std::io::Result<()> {
     let len = u32::try_from(frame.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     let mut buffer = Vec::with_capacity(frame.len() + 4);

@@ -546,10 +546,12 @@ impl Node {
         };
         for (n, line) in input.lines().enumerate() {
             let line = line.context("cannot read the input")?;
+            // Editors on some systems start a UTF-8 file with a byte order mark.
+            let line = if n == 0 { line.strip_prefix('\u{feff}').unwrap_or(&line) } else { &line };
             if line.trim().is_empty() {
                 continue;
             }
-            match parse_import_line(org, &line) {
+            match parse_import_line(org, line) {
                 Ok(write) => batch.push(write),
                 Err(e) => {
                     rejected += 1;
@@ -563,10 +565,8 @@ impl Node {
             }
         }
         flush(&mut batch, &mut written, &mut unchanged, &mut rejected, &mut reasons)?;
-        for reason in &reasons {
-            eprintln!("rejected: {reason}");
-        }
-        Ok(json!({ "written": written, "unchanged": unchanged, "rejected": rejected }))
+        // The reasons go to whoever asked (through `serve`, the client).
+        Ok(json!({ "written": written, "unchanged": unchanged, "rejected": rejected, "rejections": reasons }))
     }
 
     /// `ferry export`: live records, one JSON object a line.
@@ -678,6 +678,7 @@ impl Node {
         config.idle_timeout_ms = self.config.session_timeout().as_millis() as u64;
         config.fresh_instance = InstanceId(crate::random::bytes());
         config.started_at_ms = now_ms();
+        config.frame_overhead_bytes = crate::net::FRAME_PREFIX_BYTES;
         let hash = *blake3::hash(&credentials).as_bytes();
         config.peer_has_credentials =
             self.store.peer_note(&peer, "has-credentials")?.is_some_and(|known| known == hash);
@@ -774,10 +775,18 @@ pub fn parse_scope(org: OrgId, read: &str, write: &str, types: &str) -> anyhow::
     })
 }
 
+/// The keys of an import line. `deleted` and `conflicts` are what `ferry
+/// --json get` prints besides the record: `"deleted": true` deletes it, and
+/// `conflicts` is ignored (conflicts stay with the nodes that hold them).
+const IMPORT_KEYS: [&str; 6] = ["type", "id", "partition", "fields", "deleted", "conflicts"];
+
 fn parse_import_line(org: OrgId, line: &str) -> anyhow::Result<LocalWrite> {
     j::check_integers(line).map_err(|e| anyhow!(e))?;
     let value: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
     let object = value.as_object().context("not a JSON object")?;
+    if let Some(unknown) = object.keys().find(|k| !IMPORT_KEYS.contains(&k.as_str())) {
+        bail!("unknown key {unknown:?} (a line has {})", IMPORT_KEYS.map(|k| format!("{k:?}")).join(", "));
+    }
     let text = |k: &str| object.get(k).and_then(|v| v.as_str()).with_context(|| format!("missing \"{k}\""));
     let record = RecordKey {
         partition: Partition::resolve(org, text("partition")?)?,

@@ -287,10 +287,15 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
         Op::Import { org: o, path } => {
             let org = org(&o)?;
             let open = || std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()));
-            // One quick pass for the total, so progress has one.
-            let total = std::io::BufRead::lines(std::io::BufReader::new(open()?))
-                .filter(|l| l.as_ref().is_ok_and(|l| !l.trim().is_empty()))
-                .count() as u64;
+            // One quick pass for the total, so progress has one; only a
+            // regular file can be read twice (not a pipe a client names).
+            let total = if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                std::io::BufRead::lines(std::io::BufReader::new(open()?))
+                    .filter(|l| l.as_ref().is_ok_and(|l| !l.trim().is_empty()))
+                    .count() as u64
+            } else {
+                0
+            };
             let mut reader = std::io::BufReader::new(open()?);
             tokio::task::block_in_place(|| {
                 node.import(org, &mut reader, &mut |records| {

@@ -26,7 +26,8 @@ const LINGER: Duration = Duration::from_secs(2);
 const ENROL_REQUEST_MAX: usize = 4096;
 const ENROL_ANSWER_MAX: usize = 2 * 1024 * 1024;
 
-/// What one sync did, with bytes counted at the stream (length prefixes included).
+/// What one sync did, with bytes counted at the stream (length prefixes
+/// included, as in the ledger: `SessionConfig::frame_overhead_bytes`).
 #[derive(Clone, Debug)]
 pub struct SyncOutcome {
     pub peer: PeerId,
@@ -80,10 +81,7 @@ pub async fn drive(
         while let Some(event) = session.poll_event() {
             on_event(&event);
             match event {
-                Event::Completed(mut summary) => {
-                    count_prefixes(&mut summary);
-                    return Ok(summary);
-                }
+                Event::Completed(summary) => return Ok(summary),
                 Event::Failed { error, .. } => {
                     let _ = flush(&mut writer, session, write_timeout).await;
                     return Err(error.to_string());
@@ -127,11 +125,6 @@ fn read_next(mut reader: Reader<'_>) -> Reading<'_> {
         let result = net::read_frame(&mut reader, engine::limits::MESSAGE_BYTES_MAX).await;
         (reader, result)
     })
-}
-
-fn count_prefixes(summary: &mut Summary) {
-    summary.bytes_sent += 4 * summary.messages_sent;
-    summary.bytes_received += 4 * summary.messages_received;
 }
 
 async fn flush<W: futures::AsyncWrite + Unpin>(

@@ -68,21 +68,23 @@ impl Printer {
 
 pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Printer) -> anyhow::Result<()> {
     let node = Arc::new(tokio::task::block_in_place(|| Node::open(home.clone()))?);
-    let listen = if listen.is_empty() { node.config.listen.clone() } else { listen };
-    let addresses = listen
-        .iter()
-        .map(|a| a.parse::<Multiaddr>().with_context(|| format!("{a:?} is not a multiaddr")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let (net_tx, mut net_rx) = mpsc::channel(256);
-    let net = Arc::new(Net::start(&node.identity, &addresses, node.config.mdns && !no_mdns, Some(net_tx)).await?);
-    let (events, _) = broadcast::channel(256);
-    let shared = Arc::new(Shared {
-        node: node.clone(),
-        net: net.clone(),
-        enrol_lock: std::sync::Mutex::new(()),
-        events: events.clone(),
-    });
-    let control_task = control::serve(&home.control_socket(), shared.clone()).await?;
+    // A start that fails (a mistyped or taken address) closes the store
+    // cleanly, so the next command continues the same instance.
+    let Started { net, mut net_rx, events, shared, control_task, responders, every } =
+        match start(&home, &node, listen, no_mdns, &printer).await {
+            Ok(started) => started,
+            Err(e) => {
+                match Arc::try_unwrap(node) {
+                    Ok(node) => {
+                        if let Err(close) = tokio::task::block_in_place(|| node.close()) {
+                            tracing::warn!("cannot close the store: {close:#}");
+                        }
+                    }
+                    Err(_) => tracing::warn!("the store is still in use; the next start continues a fresh instance"),
+                }
+                return Err(e);
+            }
+        };
     // Announced once the local API answers, so whoever waits for this line
     // can use both.
     for address in net.dialable() {
@@ -109,19 +111,10 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
         }
     });
 
-    let report_printer = printer.clone();
-    let report_events = events.clone();
-    let report: Report = Arc::new(move |event: serde_json::Value| {
-        let _ = report_events.send(event.clone());
-        report_printer.event(event);
-    });
-    let responders = Responders::start(node.clone(), &net, shared.clone(), report)?;
     let mut tasks = tokio::task::JoinSet::new();
 
     // Automatic syncs (SENAITE's auto-sync, TAO's cron).
-    for peer in node.config.peers.clone() {
-        let Some(every) = peer.sync_every.as_deref() else { continue };
-        let every = parse_duration(every)?;
+    for (peer, every) in every {
         let (node, net, printer, events) = (node.clone(), net.clone(), printer.clone(), events.clone());
         tasks.spawn(async move {
             let mut timer = tokio::time::interval(every.max(Duration::from_secs(1)));
@@ -207,6 +200,79 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
     Ok(())
 }
 
+/// What a successful start holds: every fallible step is done, and a
+/// failed one has let go of the node again.
+struct Started {
+    net: Arc<Net>,
+    net_rx: mpsc::Receiver<NetEvent>,
+    events: broadcast::Sender<serde_json::Value>,
+    shared: Arc<Shared>,
+    control_task: tokio::task::JoinHandle<()>,
+    responders: Responders,
+    /// Configured peers synced on an interval, with the interval.
+    every: Vec<(crate::config::PeerConfig, Duration)>,
+}
+
+async fn start(
+    home: &Home,
+    node: &Arc<Node>,
+    listen: Vec<String>,
+    no_mdns: bool,
+    printer: &Printer,
+) -> anyhow::Result<Started> {
+    let listen = if listen.is_empty() { node.config.listen.clone() } else { listen };
+    let addresses = listen
+        .iter()
+        .map(|a| a.parse::<Multiaddr>().with_context(|| format!("{a:?} is not a multiaddr")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut every = Vec::new();
+    for peer in &node.config.peers {
+        if let Some(text) = peer.sync_every.as_deref() {
+            every.push((peer.clone(), parse_duration(text)?));
+        }
+    }
+    let (net_tx, net_rx) = mpsc::channel(256);
+    let net = Arc::new(Net::start(&node.identity, &addresses, node.config.mdns && !no_mdns, Some(net_tx)).await?);
+    let stop_net = |net: Arc<Net>| {
+        if let Ok(net) = Arc::try_unwrap(net) {
+            net.stop();
+        }
+    };
+    let (events, _) = broadcast::channel(256);
+    let shared = Arc::new(Shared {
+        node: node.clone(),
+        net: net.clone(),
+        enrol_lock: std::sync::Mutex::new(()),
+        events: events.clone(),
+    });
+    let control_task = match control::serve(&home.control_socket(), shared.clone()).await {
+        Ok(task) => task,
+        Err(e) => {
+            drop(shared);
+            stop_net(net);
+            return Err(e);
+        }
+    };
+    let report_printer = printer.clone();
+    let report_events = events.clone();
+    let report: Report = Arc::new(move |event: serde_json::Value| {
+        let _ = report_events.send(event.clone());
+        report_printer.event(event);
+    });
+    let responders = match Responders::start(node.clone(), &net, shared.clone(), report) {
+        Ok(responders) => responders,
+        Err(e) => {
+            control_task.abort();
+            let _ = control_task.await;
+            let _ = std::fs::remove_file(home.control_socket());
+            drop(shared);
+            stop_net(net);
+            return Err(e);
+        }
+    };
+    Ok(Started { net, net_rx, events, shared, control_task, responders, every })
+}
+
 /// Where responders report what happened (one JSON object per event).
 pub type Report = Arc<dyn Fn(serde_json::Value) + Send + Sync>;
 
@@ -223,7 +289,10 @@ impl Responders {
         let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
         let per_peer: Arc<std::sync::Mutex<BTreeMap<PeerId, usize>>> = Arc::default();
         let sessions: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>> = Arc::default();
+        // Both protocols are taken before any task starts, so a failure
+        // leaves nothing holding the node.
         let mut incoming = net.accept(SYNC_PROTOCOL)?;
+        let mut enrolments = net.accept(ENROL_PROTOCOL)?;
         let (s_report, s_limit, s_sessions) = (report.clone(), limit.clone(), sessions.clone());
         let syncs = tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
@@ -278,7 +347,6 @@ impl Responders {
                 });
             }
         });
-        let mut enrolments = net.accept(ENROL_PROTOCOL)?;
         let (e_report, e_limit, e_sessions) = (report, limit, sessions.clone());
         let enrols = tokio::spawn(async move {
             while let Some((peer, stream)) = enrolments.next().await {

@@ -26,6 +26,24 @@ pub fn ferry_binary() -> PathBuf {
     binary
 }
 
+/// Runs `command` to its end, failing the test if it takes over `limit`
+/// (a command that hangs fails instead of hanging the suite).
+pub fn within(mut command: Command, limit: Duration) -> Output {
+    let child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn ferry");
+    let pid = child.id().to_string();
+    let (tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match done.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for ferry"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("{command:?} did not finish within {} s", limit.as_secs());
+        }
+    }
+}
+
 /// A node's home directory.
 pub struct Home {
     pub dir: PathBuf,
@@ -141,6 +159,13 @@ impl Server {
                 return event;
             }
         }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, …) to the serving process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args([&format!("-{name}"), &pid]).status().expect("run kill");
+        assert!(status.success(), "{}: kill -{name} failed", self.name);
     }
 
     /// SIGKILL: the process dies where it stands, as in a crash.

@@ -151,7 +151,7 @@ fn kill_9_during_an_import() {
         let server = (point % 2 == 1).then(|| home.serve());
         let k = rng.random_range(0..RECORDS / CHUNK) as usize;
         let delay = Duration::from_millis(rng.random_range(0..5));
-        let killed = run_and_kill(home.command(&["import", file]), k, delay, server);
+        let killed = run_and_kill(home.command(&["--progress", "import", file]), k, delay, server);
         interrupted += usize::from(killed.killed);
         let acked = killed.acked.get("records").copied().unwrap_or(0);
         let held = records(&home);
@@ -243,11 +243,11 @@ fn kill_9_during_a_sync() {
         let delay = Duration::from_millis(rng.random_range(0..10));
         let address = server.address.clone();
         let killed = if kill_server {
-            let killed = run_and_kill(device.command(&["sync", &address]), k, delay, Some(server));
+            let killed = run_and_kill(device.command(&["--progress", "sync", &address]), k, delay, Some(server));
             server = central.serve();
             killed
         } else {
-            run_and_kill(device.command(&["sync", &address]), k, delay, None)
+            run_and_kill(device.command(&["--progress", "sync", &address]), k, delay, None)
         };
         interrupted += usize::from(killed.killed);
         let on_device = records(&device);
@@ -338,7 +338,7 @@ fn kill_9_during_a_bundle_import() {
         let server = (point % 2 == 1).then(|| device.serve());
         let k = rng.random_range(0..(UPDATES / 10) as usize);
         let delay = Duration::from_micros(rng.random_range(0..3000));
-        let killed = run_and_kill(device.command(&["bundle", "import", bundle_s]), k, delay, server);
+        let killed = run_and_kill(device.command(&["--progress", "bundle", "import", bundle_s]), k, delay, server);
         interrupted += usize::from(killed.killed);
         let applied = count_round(&records(&device), point, "c");
         let acked = killed.acked.get("received").copied().unwrap_or(0);

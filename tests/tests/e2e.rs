@@ -291,7 +291,7 @@ fn a_receiver_killed_mid_sync_loses_nothing_and_applies_nothing_twice() {
     enrol(&device, &token(&central, "results", "results", &[]));
     // Pull, and kill the receiving process (SIGKILL) once batches have landed.
     let mut child = device
-        .command(&["sync", &server.address, "--pull-only"])
+        .command(&["--progress", "sync", &server.address, "--pull-only"])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -1,0 +1,352 @@
+//! What the command line prints: a checked stdout, the text form of every
+//! result, and progress.
+//!
+//! Nothing here panics on a failed write (`println!` does): a reader that
+//! hangs up (`ferry export | head -1`) ends the output quietly, and any
+//! other failure (a full disk) becomes the command's one-line error, so the
+//! command always gets to close its store.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+
+use crate::ops::Op;
+
+/// Standard output that swallows a closed pipe and keeps the first other
+/// error for the caller.
+pub struct Stdout {
+    inner: std::io::Stdout,
+    /// The reader hung up: the rest of the output is dropped.
+    closed: bool,
+}
+
+impl Stdout {
+    pub fn new() -> Stdout {
+        Stdout { inner: std::io::stdout(), closed: false }
+    }
+
+    fn checked(&mut self, result: std::io::Result<usize>, len: usize) -> std::io::Result<usize> {
+        match result {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(len)
+            }
+            other => other,
+        }
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.closed {
+            return Ok(buf.len());
+        }
+        let result = self.inner.write(buf);
+        self.checked(result, buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        let result = self.inner.flush().map(|()| 0);
+        self.checked(result, 0).map(|_| ())
+    }
+}
+
+/// A line on stderr; a closed stderr is not worth a panic.
+pub fn warn(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// The result of `ferry init`, and the fallback for any flat object.
+pub fn print_result(out: &mut dyn Write, json: bool, value: &serde_json::Value) -> std::io::Result<()> {
+    if json {
+        return writeln!(out, "{value}");
+    }
+    write_fields(out, value)
+}
+
+/// The result of an operation, as JSON or as text for people.
+pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_json::Value) -> std::io::Result<()> {
+    if json {
+        if !matches!(op, Op::Export { .. }) {
+            writeln!(out, "{value}")?;
+        }
+        return Ok(());
+    }
+    match op {
+        Op::Export { .. } => Ok(()),
+        Op::Id => write_id(out, value),
+        Op::EnrollToken { .. } => writeln!(out, "{}", value["token"].as_str().unwrap_or_default()),
+        Op::Put { .. } | Op::Get { .. } | Op::Delete { .. } | Op::Resolve { .. } => write_record(out, value),
+        Op::List { .. } | Op::Conflicts => {
+            let list = value.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                writeln!(out, "(none)")?;
+            }
+            list.iter().try_for_each(|r| write_record(out, r))
+        }
+        Op::Sync { .. } | Op::BundleImport { .. } => write_summary(out, op, value),
+        // The rejections go to stderr with the command's verdict.
+        Op::Import { .. } => writeln!(
+            out,
+            "written {}, unchanged {}, rejected {}",
+            value["written"], value["unchanged"], value["rejected"]
+        ),
+        Op::History => value.as_array().into_iter().flatten().try_for_each(|e| write_history_entry(out, e)),
+        Op::CertList => value.as_array().into_iter().flatten().try_for_each(|c| write_certificate(out, c)),
+        Op::CertRevoke { .. } => {
+            let mut value = value.clone();
+            if let Some(at) = value["revoked_at"].as_u64() {
+                value["revoked_at"] = serde_json::json!(crate::node::iso8601_ms(at.saturating_mul(1000)));
+            }
+            write_fields(out, &value)
+        }
+        Op::Check { repair } => write_check(out, *repair, value),
+        Op::Peers => {
+            let list = value.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                writeln!(out, "no peers found on the LAN")?;
+            }
+            list.iter()
+                .try_for_each(|p| writeln!(out, "{} {}", p["peer_id"].as_str().unwrap_or("?"), join(&p["addresses"])))
+        }
+        _ => write_fields(out, value),
+    }
+}
+
+/// `ferry check`: what was read, what is damaged, what was repaired.
+fn write_check(out: &mut dyn Write, repair: bool, value: &serde_json::Value) -> std::io::Result<()> {
+    let damaged = value["damaged"].as_array().cloned().unwrap_or_default();
+    let unsendable = value["unsendable"].as_array().cloned().unwrap_or_default();
+    writeln!(
+        out,
+        "checked {} entries: {} records, {} changes; {} damaged, {} that peers would refuse",
+        value["entries"],
+        value["records"],
+        value["changes"],
+        damaged.len(),
+        unsendable.len()
+    )?;
+    for d in &damaged {
+        writeln!(out, "  damaged: {}: {}", d["what"].as_str().unwrap_or("?"), d["reason"].as_str().unwrap_or("?"))?;
+    }
+    for u in &unsendable {
+        writeln!(out, "  never sent: {}", u.as_str().unwrap_or("?"))?;
+    }
+    if repair {
+        writeln!(
+            out,
+            "repaired: removed {} entries; the next sync fetches up to {} changes again from any peer",
+            value["removed"], value["refetch"]
+        )?;
+    }
+    Ok(())
+}
+
+/// `key: value` lines of a flat object; lists of strings are joined.
+fn write_fields(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
+    for (k, v) in value.as_object().into_iter().flatten() {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(a) if a.iter().all(|x| x.is_string()) => join(v),
+            other => other.to_string(),
+        };
+        writeln!(out, "{}: {text}", k.replace('_', " "))?;
+    }
+    Ok(())
+}
+
+fn write_id(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
+    writeln!(out, "peer id: {}", value["peer_id"].as_str().unwrap_or("?"))?;
+    writeln!(out, "instance id: {}", value["instance_id"].as_str().unwrap_or("?"))?;
+    writeln!(out, "store: {}", value["store"].as_str().unwrap_or("?"))?;
+    let listening = join(&value["listening"]);
+    writeln!(out, "listening: {}", if listening.is_empty() { "no (not serving)" } else { &listening })?;
+    let certificates = value["certificates"].as_array().cloned().unwrap_or_default();
+    writeln!(out, "certificates:{}", if certificates.is_empty() { " none" } else { "" })?;
+    for c in &certificates {
+        write!(out, "  ")?;
+        write_certificate(out, c)?;
+    }
+    writeln!(out, "instances:")?;
+    for i in value["instances"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "  {} since {} ({})",
+            i["instance_id"].as_str().unwrap_or("?"),
+            i["since"].as_str().unwrap_or("?"),
+            i["reason"].as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(())
+}
+
+fn write_certificate(out: &mut dyn Write, c: &serde_json::Value) -> std::io::Result<()> {
+    let types: Vec<String> = c["types"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(t, mode)| format!("{t}={}", mode.as_str().unwrap_or("?")))
+        .collect();
+    writeln!(
+        out,
+        "{} {} {}{} org {} subject {} read [{}] write [{}] types [{}]{} until {}",
+        c["certificate_id"].as_str().unwrap_or("?"),
+        if c["held"].as_bool() == Some(true) { "held  " } else { "issued" },
+        if c["revoked"].as_bool() == Some(true) { "REVOKED " } else { "" },
+        c["name"].as_str().map_or(String::new(), |n| format!("{n:?}")),
+        c["org_id"].as_str().unwrap_or("?"),
+        c["subject"].as_str().unwrap_or("?"),
+        join(&c["read"]),
+        join(&c["write"]),
+        if types.is_empty() { "all read-write".to_owned() } else { types.join(", ") },
+        if c["can_issue"].as_bool() == Some(true) { " may issue" } else { "" },
+        crate::node::iso8601_ms(c["not_after"].as_u64().unwrap_or(0).saturating_mul(1000))
+    )
+}
+
+/// One ledger entry: the columns on one line (the peer id in full), and a
+/// failure's reason on the next, so no reason pushes the columns about.
+fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value) -> std::io::Result<()> {
+    let outcome = e["outcome"].as_str().unwrap_or("?");
+    let (status, reason) = outcome.split_once(": ").map_or((outcome, None), |(s, r)| (s, Some(r)));
+    writeln!(
+        out,
+        "{}  {:<7}  {:<9}  {}  sent {} received {} rejected {} ({} bytes out, {} in)",
+        e["started_at"].as_str().unwrap_or("?"),
+        e["via"].as_str().unwrap_or("?"),
+        status,
+        e["peer"].as_str().unwrap_or("?"),
+        e["sent"],
+        e["received"],
+        e["rejected"],
+        e["bytes_sent"],
+        e["bytes_received"]
+    )?;
+    if let Some(reason) = reason {
+        writeln!(out, "    {status}: {}", reason.replace('\n', " "))?;
+    }
+    Ok(())
+}
+
+fn write_summary(out: &mut dyn Write, op: &Op, value: &serde_json::Value) -> std::io::Result<()> {
+    let peer = value["peer"].as_str().unwrap_or("?");
+    if value["noop"].as_bool().unwrap_or(false) {
+        return writeln!(
+            out,
+            "in sync with {peer}: nothing to do ({} bytes out, {} in, {} ms)",
+            value["bytes_sent"], value["bytes_received"], value["duration_ms"]
+        );
+    }
+    if matches!(op, Op::BundleImport { .. }) {
+        writeln!(
+            out,
+            "imported a bundle from {peer}: received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes, {} ms",
+            value["received"],
+            value["updated"],
+            value["skipped"],
+            value["conflicts"],
+            value["rejected"],
+            value["bytes_received"],
+            value["duration_ms"]
+        )?;
+    } else {
+        writeln!(
+            out,
+            "synced with {peer}: sent {}, received {} (updated {}, skipped {}, conflicts {}, rejected {}); {} bytes out, {} in, {} ms",
+            value["sent"],
+            value["received"],
+            value["updated"],
+            value["skipped"],
+            value["conflicts"],
+            value["rejected"],
+            value["bytes_sent"],
+            value["bytes_received"],
+            value["duration_ms"]
+        )?;
+    }
+    value["rejections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .try_for_each(|r| writeln!(out, "  rejected: {}", r.as_str().unwrap_or("?")))
+}
+
+fn join(value: &serde_json::Value) -> String {
+    value
+        .as_array()
+        .map(|a| a.iter().map(|x| x.as_str().map_or(x.to_string(), str::to_owned)).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+pub fn write_record(out: &mut dyn Write, record: &serde_json::Value) -> std::io::Result<()> {
+    let partition = record["partition"].as_str().unwrap_or("");
+    let relative = partition.split_once(':').map_or("(org)", |(_, r)| r);
+    let deleted = if record["deleted"].as_bool() == Some(true) { " [deleted]" } else { "" };
+    writeln!(
+        out,
+        "{} {} in {relative}{deleted}",
+        record["type"].as_str().unwrap_or("?"),
+        record["id"].as_str().unwrap_or("?")
+    )?;
+    for (k, v) in record["fields"].as_object().into_iter().flatten() {
+        writeln!(out, "  {k} = {v}")?;
+    }
+    for c in record["conflicts"].as_array().into_iter().flatten() {
+        let what = c["field"].as_str().map_or("the record".to_owned(), str::to_owned);
+        let value = if c["deleted"].as_bool() == Some(true) { "deleted".to_owned() } else { c["value"].to_string() };
+        let instance = c["instance"].as_str().unwrap_or("?");
+        writeln!(
+            out,
+            "  conflict {}: {what} = {value} (kept from instance {}…)",
+            c["n"],
+            instance.get(..8).unwrap_or(instance)
+        )?;
+    }
+    Ok(())
+}
+
+/// Progress of a long operation, on stderr: bars on a terminal, plain lines
+/// otherwise, and nothing at all unless asked for (`--progress`) or stderr
+/// is a terminal a person watches (never with `--json`).
+pub struct Progress {
+    shown: bool,
+    bars: bool,
+    drawn: BTreeMap<String, indicatif::ProgressBar>,
+}
+
+impl Progress {
+    pub fn new(json: bool, asked: bool) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        Progress { shown: asked || (terminal && !json), bars: terminal, drawn: BTreeMap::new() }
+    }
+
+    pub fn update(&mut self, what: &str, done: u64, total: u64) {
+        if !self.shown {
+            return;
+        }
+        if !self.bars {
+            warn(&format!("progress: {what} {done}/{}", total.max(done)));
+            return;
+        }
+        let bar = self.drawn.entry(what.to_owned()).or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(total.max(1));
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{msg:>9} [{bar:30}] {pos}/{len} ({per_sec}, {eta})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            );
+            bar.set_message(what.to_owned());
+            bar
+        });
+        bar.set_length(total.max(done).max(1));
+        bar.set_position(done);
+    }
+
+    pub fn finish(&mut self) {
+        for bar in self.drawn.values() {
+            bar.finish_and_clear();
+        }
+    }
+}
