@@ -4,7 +4,8 @@
 //! goes to it over the control socket; otherwise it runs here, opening the
 //! store (and, for sync, enrolment and peers, a temporary network node).
 //! Output is text for people or, with `--json`, the JSON SPEC §4 names.
-//! Errors are one line on stderr and a non-zero exit code.
+//! Errors are one line on stderr and a non-zero exit code (a ferry.toml
+//! error adds the offending line, with a caret, below it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
@@ -710,6 +711,10 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => {
             let text = format!("{e:#}").replace('\n', " ");
             eprintln!("ferry: {text}");
+            // Below the one-line error, a ferry.toml error shows where it is.
+            if let Some(snippet) = e.downcast_ref::<crate::config::TomlError>().and_then(|t| t.snippet()) {
+                eprintln!("{snippet}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
