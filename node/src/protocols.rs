@@ -385,14 +385,8 @@ pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> any
         };
         match net.connect(&target).await {
             Ok(peer) if peer == issuer => {
-                let mut stream = net.open(peer, ENROL_PROTOCOL).await?;
                 let request = EnrolRequest { secret: partitions::hex::encode(&token.secret), name: name.to_owned() };
-                net::write_frame(&mut stream, &serde_json::to_vec(&request)?).await?;
-                let answer =
-                    tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, net::read_frame(&mut stream, ENROL_ANSWER_MAX))
-                        .await
-                        .map_err(|_| anyhow!("the issuer did not answer"))??
-                        .context("the issuer closed the stream without answering")?;
+                let answer = ask_issuer(net, peer, &serde_json::to_vec(&request)?).await?;
                 let chain = decode_enrol_answer(&answer)?;
                 let out = tokio::task::block_in_place(|| node.store_enrolled(&chain))?;
                 return Ok(out);
@@ -402,6 +396,33 @@ pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> any
         }
     }
     Err(last_error)
+}
+
+/// Sends an enrolment request and reads the answer. An issuer enrolling
+/// several devices at once may drop a new stream before its accept loop
+/// takes it (as for sync): a stream closed with no answer is opened again,
+/// a few times. Retrying is safe: a request the issuer did read is answered,
+/// and a second presentation of a spent secret is refused, not granted.
+async fn ask_issuer(net: &Net, issuer: PeerId, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut stream = net.open(issuer, ENROL_PROTOCOL).await?;
+        let exchange = async {
+            net::write_frame(&mut stream, request).await?;
+            net::read_frame(&mut stream, ENROL_ANSWER_MAX).await
+        };
+        let lost = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, exchange).await {
+            Err(_) => bail!("the issuer did not answer within {} s", FIRST_MESSAGE_TIMEOUT.as_secs()),
+            Ok(Ok(Some(answer))) => return Ok(answer),
+            Ok(Ok(None)) => "the issuer closed the stream without answering".to_owned(),
+            Ok(Err(e)) => format!("the connection to the issuer was lost ({e})"),
+        };
+        if attempt >= STREAM_ATTEMPTS {
+            bail!("{lost}, {attempt} times");
+        }
+        tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+    }
 }
 
 /// The issuer side of enrolment. `redeem` runs under `lock` so two devices
