@@ -254,7 +254,13 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             if addresses.is_empty() {
                 bail!("this node listens on no address; check `listen` in ferry.toml");
             }
-            node.create_token(org(&o)?, &read, &write, &types, ttl_s, uses, days, can_issue, authority, addresses)?
+            // tokens.json is rewritten whole, here and by a redemption: one
+            // at a time, or a spent use comes back or a new token is lost.
+            let org = org(&o)?;
+            tokio::task::block_in_place(|| {
+                let _guard = ctx.enrol_lock.lock().map_err(|_| anyhow::anyhow!("enrolment lock poisoned"))?;
+                node.create_token(org, &read, &write, &types, ttl_s, uses, days, can_issue, authority, addresses)
+            })?
         }
         Op::Enroll { token, name } => {
             let net = ctx.net.context("enrolment needs the network")?;
