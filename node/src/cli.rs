@@ -186,12 +186,15 @@ pub enum CertCommand {
         org: Option<String>,
         #[arg(long)]
         subject: String,
-        #[arg(long, default_value = "")]
-        read: String,
-        #[arg(long, default_value = "")]
-        write: String,
+        /// Partitions it may read, comma-separated (`*`: the whole org).
+        #[arg(long)]
+        read: Option<String>,
+        /// Partitions it may write, comma-separated (`*`: the whole org).
+        #[arg(long)]
+        write: Option<String>,
         #[arg(long, default_value = "")]
         types: String,
+        /// Days the certificate is valid (at least 1).
         #[arg(long, default_value_t = 365)]
         days: u64,
         #[arg(long)]
@@ -228,10 +231,12 @@ pub enum EnrollCommand {
     Token {
         #[arg(long)]
         org: Option<String>,
-        #[arg(long, default_value = "")]
-        read: String,
-        #[arg(long, default_value = "")]
-        write: String,
+        /// Partitions the device may read, comma-separated (`*`: the whole org).
+        #[arg(long)]
+        read: Option<String>,
+        /// Partitions the device may write, comma-separated (`*`: the whole org).
+        #[arg(long)]
+        write: Option<String>,
         #[arg(long, default_value = "")]
         types: String,
         /// How long the token stays usable (30s, 15m, 2h, 7d).
@@ -289,6 +294,19 @@ fn parse_assignments(items: &[String]) -> anyhow::Result<BTreeMap<String, serde_
         .collect()
 }
 
+/// A `--read` or `--write` as given: absent is nothing, but an empty text
+/// given on purpose (`--read ""`) is refused, because it reads as "the whole
+/// org" and grants nothing.
+fn scope_arg(flag: &str, given: &Option<String>) -> anyhow::Result<String> {
+    match given {
+        None => Ok(String::new()),
+        Some(text) if text.split(',').all(|p| p.trim().is_empty()) => {
+            bail!("{flag} {text:?} names no partition: name some (results:tc-1,tests), or the whole org with {flag} '*'")
+        }
+        Some(text) => Ok(text.clone()),
+    }
+}
+
 /// Turns a command into the operation it performs (or `None` for those that
 /// run on their own: init, serve, demo, bench).
 fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
@@ -312,8 +330,8 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         }) => Op::CertIssue {
             org: org.clone(),
             subject: subject.clone(),
-            read: read.clone(),
-            write: write.clone(),
+            read: scope_arg("--read", read)?,
+            write: scope_arg("--write", write)?,
             types: types.clone(),
             days: *days,
             can_issue: *can_issue,
@@ -332,8 +350,8 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
             ..
         }) => Op::EnrollToken {
             org: org.clone(),
-            read: read.clone(),
-            write: write.clone(),
+            read: scope_arg("--read", read)?,
+            write: scope_arg("--write", write)?,
             types: types.clone(),
             ttl_s: crate::config::parse_duration(ttl)?.as_secs(),
             uses: *uses,

@@ -240,6 +240,7 @@ impl Node {
     ) -> anyhow::Result<(Chain, serde_json::Value)> {
         let subject_peer = crate::identity::parse_peer_id(subject)?;
         let subject_key = key_of(&subject_peer).expect("checked by parse_peer_id");
+        let days = certificate_days(days)?;
         let issuer = self.issuer(org)?;
         let scope = parse_scope(org, read, write, types)?;
         let now = now_s();
@@ -692,6 +693,13 @@ impl Node {
         authority: Option<String>,
         addresses: Vec<String>,
     ) -> anyhow::Result<serde_json::Value> {
+        let days = certificate_days(days)?;
+        if uses == 0 {
+            bail!("--uses 0 would make a token nobody can use: give at least 1");
+        }
+        if ttl_s == 0 {
+            bail!("--ttl 0s would make a token that has already expired: give at least 1s");
+        }
         let issuer = self.issuer(org)?;
         let request = TokenRequest {
             scope: parse_scope(org, read, write, types)?,
@@ -737,12 +745,37 @@ pub fn parse_token(text: &str) -> anyhow::Result<Token> {
     Token::decode(text).map_err(|e| anyhow!("that is not a valid enrolment token: {e}"))
 }
 
+/// The word for the whole org in `--read` and `--write` (the org id, written
+/// as an absolute partition, means the same).
+pub const WHOLE_ORG: &str = "*";
+
+/// The scope `cert issue` and `enroll token` grant: comma-separated
+/// partitions relative to the org, `*` for the whole org. A scope that
+/// reads and writes nothing is refused: it would be a certificate that
+/// grants nothing.
 pub fn parse_scope(org: OrgId, read: &str, write: &str, types: &str) -> anyhow::Result<Scope> {
-    Ok(Scope {
-        read: Filter::parse(org, read).context("--read")?,
-        write: Filter::parse(org, write).context("--write")?,
+    let filter = |text: &str, flag: &str| -> anyhow::Result<Filter> {
+        let (whole, rest): (Vec<&str>, Vec<&str>) = text.split(',').partition(|p| p.trim() == WHOLE_ORG);
+        let filter = Filter::parse(org, &rest.join(",")).context(flag.to_owned())?;
+        Ok(if whole.is_empty() { filter } else { filter.union(&Filter::org(org)) })
+    };
+    let scope = Scope {
+        read: filter(read, "--read")?,
+        write: filter(write, "--write")?,
         types: Scope::parse_types(types).context("--types")?,
-    })
+    };
+    if scope.read.is_empty() && scope.write.is_empty() {
+        bail!("the scope is empty: say what it may read and write with --read and --write (`*` is the whole org)");
+    }
+    Ok(scope)
+}
+
+/// `--days`, as `cert issue` and `enroll token` take it.
+fn certificate_days(days: u64) -> anyhow::Result<u64> {
+    if days == 0 {
+        bail!("--days 0 would issue a certificate that is never valid: give at least 1");
+    }
+    Ok(days)
 }
 
 fn parse_import_line(org: OrgId, line: &str) -> anyhow::Result<LocalWrite> {

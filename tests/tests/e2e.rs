@@ -17,8 +17,14 @@ fn org(central: &Home) -> String {
         .to_owned()
 }
 
+/// A token reading `read` and writing `write` (an empty text: nothing).
 fn token(central: &Home, read: &str, write: &str, extra: &[&str]) -> String {
-    let mut args = vec!["enroll", "token", "--read", read, "--write", write];
+    let mut args = vec!["enroll", "token"];
+    for (flag, value) in [("--read", read), ("--write", write)] {
+        if !value.is_empty() {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     central.json(&args)["token"].as_str().expect("token").to_owned()
 }

@@ -64,3 +64,41 @@ fn tokens_created_while_others_are_redeemed_are_neither_lost_nor_spent_twice() {
     }
     server.stop();
 }
+
+/// `--read ""` once issued a certificate that grants nothing, while
+/// docs/certificates.md said `""` is the whole org. Now an empty scope is
+/// refused with a message naming the word for the whole org, `*`, which
+/// works the same in `cert issue` and `enroll token`; `--days 0` is refused
+/// by both.
+#[test]
+fn an_empty_scope_is_refused_and_star_names_the_whole_org_in_both_commands() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    let org_id = org(&central);
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    let subject = device.peer_id();
+    let pem = root.path().join("device.pem");
+    let pem = pem.to_str().expect("utf-8 path");
+    let issue = ["cert", "issue", "--subject", &subject, "--out", pem];
+    for command in [&issue[..], &["enroll", "token"]] {
+        let run = |args: &[&str]| central.fails(&[command, args].concat());
+        for empty in [&["--read", ""][..], &["--read", "", "--write", "results"], &["--write", " , "]] {
+            let refused = run(empty);
+            assert!(refused.contains("names no partition") && refused.contains("'*'"), "{empty:?}: {refused}");
+        }
+        let refused = run(&[]);
+        assert!(refused.contains("the scope is empty") && refused.contains("`*`"), "{refused}");
+        let refused = run(&["--read", "results", "--days", "0"]);
+        assert!(refused.contains("--days 0"), "{refused}");
+    }
+    let whole = serde_json::json!([org_id]);
+    let issued = central.json(&[&issue[..], &["--read", "*", "--write", "*"]].concat());
+    assert_eq!((&issued["read"], &issued["write"]), (&whole, &whole), "{issued}");
+    let token = token(&central, &["--read", "*", "--write", "results,*"]);
+    device.json(&["enroll", &token]);
+    let held = device.json(&["cert", "list"]);
+    let held = &held.as_array().expect("list")[0];
+    assert_eq!((&held["read"], &held["write"]), (&whole, &whole), "{held}");
+    server.stop();
+}
