@@ -316,7 +316,7 @@ impl Node {
 
     /// `ferry cert list`: held, then issued.
     pub fn cert_list(&self) -> anyhow::Result<serde_json::Value> {
-        self.auth.refresh_revocations();
+        self.auth.refresh_revocations()?;
         let mut out = Vec::new();
         for (chain, _) in self.own_chains()? {
             out.push(self.describe(&chain, true));
@@ -354,7 +354,7 @@ impl Node {
                 ("by".to_owned(), Value::Text(revoker.id().to_string())),
             ]);
             self.write_one(org, LocalWrite { record: key, op: LocalOp::Put { set, unset: BTreeSet::new() } })?;
-            self.auth.refresh_revocations();
+            self.auth.refresh_revocations()?;
             return Ok(json!({
                 "certificate_id": wanted.to_string(),
                 "org_id": org.to_string(),

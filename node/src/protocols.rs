@@ -180,7 +180,7 @@ pub async fn sync(
 ) -> anyhow::Result<SyncOutcome> {
     let peer = net.connect(target).await?;
     let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
-    node.auth.refresh_revocations();
+    node.auth.refresh_revocations()?;
     // A busy peer may drop a new stream before its accept loop takes it
     // (libp2p-stream hands over one stream at a time). Nothing was said on
     // such a stream, so opening another is safe; after the first answer,
@@ -276,6 +276,9 @@ pub async fn answer_sync(
         Ok(_) => Err("the first message must be Hello".to_owned()),
         Err(e) => Err(format!("bad message: {e}")),
     };
+    // The peer's credentials are checked against revocations read now; a
+    // node that cannot read them refuses the session (fails closed).
+    let refusal = refusal.and_then(|config| node.auth.refresh_revocations().map(|()| config).map_err(|d| d.0));
     let config = match refusal {
         Ok(config) => config,
         Err(reason) => {
@@ -286,7 +289,6 @@ pub async fn answer_sync(
             return Err(reason);
         }
     };
-    node.auth.refresh_revocations();
     let mut session = Session::accept(config, now_ms());
     let env = engine::Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
     tokio::task::block_in_place(|| session.handle_message(now_ms(), &first, &env));
