@@ -28,6 +28,10 @@ use crate::{json as j, pem};
 const ORG_YEARS: u64 = 30;
 /// Certificates are valid from a minute ago, for clocks slightly behind.
 const CLOCK_SKEW_S: u64 = 60;
+/// How far behind the issuer's clock a device's may be at enrolment: its
+/// certificate then starts that much earlier. Further behind, enrolment is
+/// refused before a use of the token is spent.
+pub const ENROL_CLOCK_BEHIND_MAX_S: u64 = 86_400;
 
 pub struct Node {
     pub home: Home,
@@ -40,15 +44,20 @@ pub struct Node {
 
 /// Wall-clock milliseconds since 1970. `FERRY_CLOCK_OFFSET_S` (signed
 /// seconds) shifts this node's clock: for testing certificate expiry, or a
-/// device whose clock is known to be wrong.
+/// device whose clock is known to be wrong (docs/guide.md, "Time and
+/// clocks"). A value that is not a number is ignored with a warning.
 pub fn now_ms() -> u64 {
     let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     static OFFSET_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let offset = *OFFSET_MS.get_or_init(|| {
-        std::env::var("FERRY_CLOCK_OFFSET_S")
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .map_or(0, |s| s.saturating_mul(1000))
+        let Ok(text) = std::env::var("FERRY_CLOCK_OFFSET_S") else { return 0 };
+        match text.trim().parse::<i64>() {
+            Ok(seconds) => seconds.saturating_mul(1000),
+            Err(_) => {
+                tracing::warn!("FERRY_CLOCK_OFFSET_S={text:?} is not a whole number of seconds: ignored");
+                0
+            }
+        }
     });
     real.saturating_add_signed(offset)
 }
@@ -719,8 +728,17 @@ impl Node {
     }
 
     /// Redeems a presented secret for `subject`; the use is saved before the
-    /// chain is returned, so a token can never issue twice for one use.
-    pub fn redeem_token(&self, secret: &[u8; 32], subject: &[u8; 32], name: &str) -> Result<Vec<u8>, String> {
+    /// chain is returned, so a token can never issue twice for one use. The
+    /// certificate starts early enough for the device's clock
+    /// (`device_clock_s`), or the enrolment is refused before anything is
+    /// spent: a device must be able to use what it is given.
+    pub fn redeem_token(
+        &self,
+        secret: &[u8; 32],
+        subject: &[u8; 32],
+        name: &str,
+        device_clock_s: Option<u64>,
+    ) -> Result<Vec<u8>, String> {
         let mut tokens = self.tokens().map_err(|e| format!("{e:#}"))?;
         let hash = certs::token::secret_hash(secret);
         let Some(record) = tokens.iter_mut().find(|t| blake3::Hash::from(t.secret_hash) == blake3::Hash::from(hash))
@@ -728,8 +746,21 @@ impl Node {
             return Err("unknown enrolment token".into());
         };
         let issuer = self.issuer(record.org).map_err(|e| e.to_string())?;
-        let chain = certs::redeem(record, secret, subject, name, now_s(), &issuer, crate::random::bytes())
-            .map_err(|e| e.to_string())?;
+        let now = now_s();
+        // A token that is spent or expired is refused as such (by redeem),
+        // whatever the device's clock says.
+        let usable = record.uses_left > 0 && now <= record.expires_at;
+        let not_before = match device_clock_s {
+            Some(device) if usable => {
+                let leaf = issuer.chain().leaf();
+                let not_after = now.saturating_add(record.certificate_validity).min(leaf.not_after());
+                enrol_window(now, device, leaf.not_before(), not_after)?
+            }
+            _ => now.saturating_sub(CLOCK_SKEW_S).max(issuer.chain().leaf().not_before()),
+        };
+        let chain =
+            certs::redeem_at(record, secret, subject, name, now, not_before, &issuer, crate::random::bytes())
+                .map_err(|e| e.to_string())?;
         self.save_tokens(&tokens).map_err(|e| e.to_string())?;
         let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
         let _ = write_atomic(
@@ -738,6 +769,27 @@ impl Node {
         );
         Ok(chain.encode())
     }
+}
+
+/// When a certificate issued at enrolment starts: a minute before the
+/// earlier of the two clocks, but no more than `ENROL_CLOCK_BEHIND_MAX_S`
+/// before the issuer's and not before the issuer's own certificate. A device
+/// whose clock falls outside the certificate's window is refused (nothing is
+/// spent): it could not use the certificate.
+fn enrol_window(issuer_now: u64, device_now: u64, issuer_start: u64, not_after: u64) -> Result<u64, String> {
+    let earliest = issuer_now.saturating_sub(ENROL_CLOCK_BEHIND_MAX_S).max(issuer_start);
+    let start = issuer_now.min(device_now).saturating_sub(CLOCK_SKEW_S).max(earliest);
+    if device_now < start || device_now > not_after {
+        let edge = if device_now < start { ("start", start) } else { ("end", not_after) };
+        return Err(format!(
+            "this device's clock reads {}, the issuer's {}, and the certificate would {} at {}; check the clock (the token was not used)",
+            iso8601_ms(device_now.saturating_mul(1000)),
+            iso8601_ms(issuer_now.saturating_mul(1000)),
+            edge.0,
+            iso8601_ms(edge.1.saturating_mul(1000)),
+        ));
+    }
+    Ok(start)
 }
 
 /// Decodes a token line with a friendly error.

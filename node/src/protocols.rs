@@ -329,6 +329,10 @@ pub fn describe_error(error: &SessionError) -> String {
 struct EnrolRequest {
     secret: String,
     name: String,
+    /// The device's clock (seconds since 1970), so the issuer can start the
+    /// certificate early enough for it, or refuse before spending a use.
+    #[serde(default)]
+    clock_s: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -342,9 +346,10 @@ struct EnrolAnswer {
 /// Characters of a device name kept from an enrolment request.
 const ENROL_NAME_CHARS_MAX: usize = 100;
 
-/// An enrolment request as the issuer reads it: the token's secret and the
-/// device's name (cut to `ENROL_NAME_CHARS_MAX` characters).
-pub fn decode_enrol_request(bytes: &[u8]) -> Result<([u8; 32], String), String> {
+/// An enrolment request as the issuer reads it: the token's secret, the
+/// device's name (cut to `ENROL_NAME_CHARS_MAX` characters) and its clock,
+/// if it said.
+pub fn decode_enrol_request(bytes: &[u8]) -> Result<([u8; 32], String, Option<u64>), String> {
     if bytes.len() > ENROL_REQUEST_MAX {
         return Err(format!(
             "the enrolment request is {} bytes, more than the {ENROL_REQUEST_MAX} allowed",
@@ -353,7 +358,7 @@ pub fn decode_enrol_request(bytes: &[u8]) -> Result<([u8; 32], String), String> 
     }
     let request: EnrolRequest = serde_json::from_slice(bytes).map_err(|_| "malformed enrolment request".to_owned())?;
     let secret = partitions::hex::decode::<32>(&request.secret).ok_or("malformed enrolment secret")?;
-    Ok((secret, request.name.chars().take(ENROL_NAME_CHARS_MAX).collect()))
+    Ok((secret, request.name.chars().take(ENROL_NAME_CHARS_MAX).collect(), request.clock_s))
 }
 
 /// An issuer's answer as the device reads it: the chain issued (checked
@@ -387,7 +392,11 @@ pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> any
         };
         match net.connect(&target).await {
             Ok(peer) if peer == issuer => {
-                let request = EnrolRequest { secret: partitions::hex::encode(&token.secret), name: name.to_owned() };
+                let request = EnrolRequest {
+                    secret: partitions::hex::encode(&token.secret),
+                    name: name.to_owned(),
+                    clock_s: Some(crate::node::now_s()),
+                };
                 let answer = ask_issuer(net, peer, &serde_json::to_vec(&request)?).await?;
                 let chain = decode_enrol_answer(&answer)?;
                 let out = tokio::task::block_in_place(|| node.store_enrolled(&chain))?;
@@ -441,11 +450,11 @@ pub async fn answer_enrol(
             _ => return Err("no enrolment request".into()),
         };
     let result = (|| -> Result<Vec<u8>, String> {
-        let (secret, name) = decode_enrol_request(&request)?;
+        let (secret, name, device_clock_s) = decode_enrol_request(&request)?;
         let subject = key_of(&peer).ok_or("peer id without an Ed25519 key")?;
         tokio::task::block_in_place(|| {
             let _guard = lock.lock().map_err(|_| "enrolment lock poisoned".to_owned())?;
-            node.redeem_token(&secret, &subject, &name)
+            node.redeem_token(&secret, &subject, &name, device_clock_s)
         })
     })();
     let answer = match &result {

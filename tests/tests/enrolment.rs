@@ -102,3 +102,28 @@ fn an_empty_scope_is_refused_and_star_names_the_whole_org_in_both_commands() {
     assert_eq!((&held["read"], &held["write"]), (&whole, &whole), "{held}");
     server.stop();
 }
+
+/// An issuer whose clock was ahead issued a certificate starting in the
+/// device's future: the device refused it, and the token was spent. Now the
+/// device says its clock, the certificate starts early enough for it, and a
+/// device whose clock is too far off is refused before anything is spent.
+#[test]
+fn an_issuer_ahead_of_the_device_enrols_it_and_a_refused_enrolment_spends_nothing() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let server = central.serve_with(&[], &[("FERRY_CLOCK_OFFSET_S", "3600")]);
+    let device = Home::init(root.path(), "device");
+    device.json(&["enroll", &token(&central, &["--read", "results", "--write", "results"])]);
+    device.ok(&["put", "result", "r1", "--partition", "results", "--set", "score=1"]);
+
+    let late = Home::init(root.path(), "late");
+    let one_use = token(&central, &["--read", "results", "--write", "results", "--uses", "1"]);
+    let behind = late.command(&["enroll", &one_use]).env("FERRY_CLOCK_OFFSET_S", "-172800").output().expect("run");
+    assert!(!behind.status.success());
+    let refused = String::from_utf8_lossy(&behind.stderr);
+    assert!(refused.contains("this device's clock reads") && refused.contains("check the clock"), "{refused}");
+    late.json(&["enroll", &one_use]);
+    late.ok(&["put", "result", "r2", "--partition", "results", "--set", "score=2"]);
+    server.stop();
+}
