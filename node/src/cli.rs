@@ -301,7 +301,9 @@ fn scope_arg(flag: &str, given: &Option<String>) -> anyhow::Result<String> {
     match given {
         None => Ok(String::new()),
         Some(text) if text.split(',').all(|p| p.trim().is_empty()) => {
-            bail!("{flag} {text:?} names no partition: name some (results:tc-1,tests), or the whole org with {flag} '*'")
+            bail!(
+                "{flag} {text:?} names no partition: name some (results:tc-1,tests), or the whole org with {flag} '*'"
+            )
         }
         Some(text) => Ok(text.clone()),
     }

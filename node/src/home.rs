@@ -121,7 +121,8 @@ mod tests {
             let mode = std::fs::metadata(dir.path().join("public")).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o644);
         }
-        let names: Vec<_> = std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
     }
 }

@@ -94,7 +94,10 @@ fn a_config_error_names_the_line_and_shows_it_with_a_caret() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "{stderr}");
-    assert!(lines[0].starts_with("ferry: ") && lines[0].contains("ferry.toml is not valid: line 2, column 12"), "{stderr}");
+    assert!(
+        lines[0].starts_with("ferry: ") && lines[0].contains("ferry.toml is not valid: line 2, column 12"),
+        "{stderr}"
+    );
     assert_eq!(lines[1], "  2 | window = [1", "{stderr}");
     assert_eq!(lines[2], format!("    | {}^", " ".repeat(11)), "{stderr}");
     // Other errors stay on one line.

@@ -29,7 +29,8 @@ fn tokens_created_while_others_are_redeemed_are_neither_lost_nor_spent_twice() {
     org(&central);
     let server = central.serve();
     let devices: Vec<Home> = (0..DEVICES).map(|n| Home::init(root.path(), &format!("device-{n}"))).collect();
-    let spent: Vec<String> = (0..DEVICES).map(|_| token(&central, &["--read", "results", "--write", "results"])).collect();
+    let spent: Vec<String> =
+        (0..DEVICES).map(|_| token(&central, &["--read", "results", "--write", "results"])).collect();
     let created: Vec<String> = std::thread::scope(|scope| {
         let creators: Vec<_> = (0..CREATORS)
             .map(|_| {
@@ -55,7 +56,10 @@ fn tokens_created_while_others_are_redeemed_are_neither_lost_nor_spent_twice() {
     let thief = Home::init(root.path(), "thief");
     for (n, token) in spent.iter().enumerate() {
         let refused = thief.fails(&["enroll", token]);
-        assert!(refused.contains("used up") || refused.contains("unknown"), "spent token {n} redeemed again: {refused}");
+        assert!(
+            refused.contains("used up") || refused.contains("unknown"),
+            "spent token {n} redeemed again: {refused}"
+        );
     }
     let late = Home::init(root.path(), "late");
     for (n, token) in created.iter().enumerate() {
