@@ -210,16 +210,25 @@ impl CertAuthorizer {
     /// Whether the chain is valid and unrevoked at `at` (seconds).
     fn check_time(&self, hash: &[u8; 32], known: &Known, at: u64) -> Result<(), Denied> {
         self.check_readable(known.org)?;
+        let iso = certs::rfc3339;
         if at < known.not_before {
-            return Err(Denied(format!("certificate not yet valid at {at} (from {})", known.not_before)));
+            return Err(Denied(format!(
+                "the change is dated {}, before its author's certificate starts ({})",
+                iso(at),
+                iso(known.not_before)
+            )));
         }
         if at > known.not_after {
-            return Err(Denied(format!("certificate expired at {} (time is {at})", known.not_after)));
+            return Err(Denied(format!(
+                "the author's certificate expired at {}, before the change's date {}",
+                iso(known.not_after),
+                iso(at)
+            )));
         }
         if let Some(from) = self.revoked_from(hash, known)
             && from <= at
         {
-            return Err(Denied(format!("certificate {} revoked from {from}", known.leaf_id)));
+            return Err(Denied(format!("certificate {} revoked from {}", known.leaf_id, iso(from))));
         }
         Ok(())
     }
@@ -263,7 +272,20 @@ impl Authorizer for CertAuthorizer {
         let chain = Chain::decode(credentials).map_err(|e| Denied(format!("certificate chain: {e}")))?;
         self.check_readable(chain.org())?;
         let revocations = self.revocations(chain.org());
-        chain.verify(Some(&peer.0), now_s, &revocations).map_err(|e| Denied(e.to_string()))?;
+        chain.verify(Some(&peer.0), now_s, &revocations).map_err(|e| match e {
+            // Said to the peer too: name whose clock decided.
+            certs::VerifyError::NotYetValid { not_before, at, .. } => Denied(format!(
+                "the verifying node's clock reads {}, the certificate starts at {}; check the clocks",
+                certs::rfc3339(at),
+                certs::rfc3339(not_before)
+            )),
+            certs::VerifyError::Expired { not_after, at, .. } => Denied(format!(
+                "the certificate expired at {} (the verifying node's clock reads {})",
+                certs::rfc3339(not_after),
+                certs::rfc3339(at)
+            )),
+            other => Denied(other.to_string()),
+        })?;
         let known = self.know(credentials)?;
         Ok(known.scope.clone())
     }
@@ -283,7 +305,7 @@ impl Authorizer for CertAuthorizer {
     ) -> Result<(), Denied> {
         let org = partition.org();
         let chains = self.chains_of(author);
-        let mut reason = Denied(format!("no certificate of org {org} for this author"));
+        let mut reason = Denied(format!("the author holds no certificate of org {org} known to this node"));
         for (hash, known) in chains.iter().filter(|(_, k)| k.org == org) {
             if let Err(denied) = self.check_time(hash, known, at_s) {
                 reason = denied;

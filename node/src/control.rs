@@ -69,6 +69,11 @@ async fn handle(stream: UnixStream, shared: &Shared) -> anyhow::Result<()> {
     let mut reader = BufReader::new(read.take(REQUEST_BYTES_MAX as u64));
     let mut line = String::new();
     reader.read_line(&mut line).await?;
+    if line.len() >= REQUEST_BYTES_MAX && !line.ends_with('\n') {
+        let error = format!("the request is more than the local API's limit of {REQUEST_BYTES_MAX} bytes");
+        write.write_all(format!("{}\n", json!({ "error": error })).as_bytes()).await?;
+        return Ok(());
+    }
     let op: Op = match serde_json::from_str(&line) {
         Ok(op) => op,
         Err(e) => {
@@ -144,8 +149,15 @@ pub async fn request(
     on_line: &mut dyn FnMut(serde_json::Value),
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let Ok(stream) = UnixStream::connect(socket).await else { return Ok(None) };
+    let request = serde_json::to_string(op)?;
+    if request.len() >= REQUEST_BYTES_MAX {
+        bail!(
+            "the request is {} bytes, more than the local API's limit of {REQUEST_BYTES_MAX} bytes (the serving node takes it through its socket)",
+            request.len()
+        );
+    }
     let (read, mut write) = stream.into_split();
-    write.write_all(format!("{}\n", serde_json::to_string(op)?).as_bytes()).await?;
+    write.write_all(format!("{request}\n").as_bytes()).await?;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = lines.next_line().await? {
         let value: serde_json::Value =

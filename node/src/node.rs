@@ -178,8 +178,14 @@ impl Node {
         }
         match (best, last_error) {
             (Some(b), _) => Ok(b),
-            (None, Some(e)) => bail!("this node's certificate for org {org} is not valid: {e}"),
-            (None, None) => bail!("no certificate for org {org}: run `ferry enroll` or `ferry cert import`"),
+            (None, Some(certs::VerifyError::NotYetValid { not_before, at, .. })) => {
+                Err(NoChain::Clock { org, clock: at, starts: not_before }.into())
+            }
+            (None, Some(certs::VerifyError::Expired { not_after, at, .. })) => {
+                Err(NoChain::Expired { org, clock: at, ended: not_after }.into())
+            }
+            (None, Some(e)) => Err(NoChain::Invalid { org, reason: e.to_string() }.into()),
+            (None, None) => Err(NoChain::Missing { org }.into()),
         }
     }
 
@@ -758,9 +764,8 @@ impl Node {
             }
             _ => now.saturating_sub(CLOCK_SKEW_S).max(issuer.chain().leaf().not_before()),
         };
-        let chain =
-            certs::redeem_at(record, secret, subject, name, now, not_before, &issuer, crate::random::bytes())
-                .map_err(|e| e.to_string())?;
+        let chain = certs::redeem_at(record, secret, subject, name, now, not_before, &issuer, crate::random::bytes())
+            .map_err(|e| e.to_string())?;
         self.save_tokens(&tokens).map_err(|e| e.to_string())?;
         let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
         let _ = write_atomic(
@@ -770,6 +775,49 @@ impl Node {
         Ok(chain.encode())
     }
 }
+
+/// Why a node cannot act in an org: it holds no chain of it that is valid
+/// now. It reads from this node's side; `describe(true)` says the same of
+/// the node answering a sync, for the peer that asked.
+#[derive(Debug)]
+pub enum NoChain {
+    Missing { org: OrgId },
+    Clock { org: OrgId, clock: u64, starts: u64 },
+    Expired { org: OrgId, clock: u64, ended: u64 },
+    Invalid { org: OrgId, reason: String },
+}
+
+impl NoChain {
+    pub fn describe(&self, answering: bool) -> String {
+        let who = if answering { "the answering node" } else { "this node" };
+        let iso = |s: &u64| iso8601_ms(s.saturating_mul(1000));
+        match self {
+            NoChain::Missing { org } if answering => format!("{who} holds no certificate for org {org}"),
+            NoChain::Missing { org } => {
+                format!("{who} holds no certificate for org {org}: run `ferry enroll` or `ferry cert import`")
+            }
+            NoChain::Clock { org, clock, starts } => format!(
+                "{who}'s clock reads {}, its certificate for org {org} starts at {}; check the clock",
+                iso(clock),
+                iso(starts)
+            ),
+            NoChain::Expired { org, clock, ended } => format!(
+                "{who}'s certificate for org {org} expired at {} (its clock reads {}): get a new one, or check the clock",
+                iso(ended),
+                iso(clock)
+            ),
+            NoChain::Invalid { org, reason } => format!("{who}'s certificate for org {org} is not valid: {reason}"),
+        }
+    }
+}
+
+impl std::fmt::Display for NoChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(false))
+    }
+}
+
+impl std::error::Error for NoChain {}
 
 /// When a certificate issued at enrolment starts: a minute before the
 /// earlier of the two clocks, but no more than `ENROL_CLOCK_BEHIND_MAX_S`

@@ -264,9 +264,12 @@ pub async fn answer_sync(
             match (orgs.len(), key_of(&peer)) {
                 (1, Some(peer_key)) => {
                     let org = *orgs.iter().next().expect("one org");
+                    // Said to the peer, so it names which side lacks what.
                     match node.session_config(org, AuthorKey(peer_key), hello.session) {
                         Ok(config) => Ok(config),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => {
+                            Err(e.downcast_ref::<crate::node::NoChain>().map_or(e.to_string(), |n| n.describe(true)))
+                        }
                     }
                 }
                 (1, None) => Err("peer id without an Ed25519 key".to_owned()),
