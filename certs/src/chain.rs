@@ -17,6 +17,7 @@ use crate::cert::{CertId, Certificate, DecodeError};
 use crate::key::hex;
 use crate::limits::{CERT_BYTES_MAX, CHAIN_BYTES_MAX, CHAIN_DEPTH_MAX};
 use crate::revocation::Revocation;
+use crate::rfc3339;
 
 /// A decoded chain, root first. Not yet verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,19 +96,23 @@ pub enum VerifyError {
     IssuerNotCa { index: usize },
     #[error("certificate {index} allows {allowed} issuing levels below it, the chain has {found}")]
     PathLengthExceeded { index: usize, allowed: u32, found: u32 },
-    #[error("certificate {index} is not valid before {not_before} (time is {at})")]
+    #[error("certificate {index} is not valid before {} (time is {})", rfc3339(*not_before), rfc3339(*at))]
     NotYetValid { index: usize, not_before: u64, at: u64 },
-    #[error("certificate {index} expired at {not_after} (time is {at})")]
+    #[error("certificate {index} expired at {} (time is {})", rfc3339(*not_after), rfc3339(*at))]
     Expired { index: usize, not_after: u64, at: u64 },
     #[error(
-        "certificate {index} is valid {not_before}..{not_after}, outside its issuer's {issuer_not_before}..{issuer_not_after}"
+        "certificate {index} is valid {}..{}, outside its issuer's {}..{}",
+        rfc3339(*not_before),
+        rfc3339(*not_after),
+        rfc3339(*issuer_not_before),
+        rfc3339(*issuer_not_after)
     )]
     OutlivesIssuer { index: usize, not_before: u64, not_after: u64, issuer_not_before: u64, issuer_not_after: u64 },
     #[error("certificate {index} is wider than its issuer: it {widening}")]
     ScopeWidened { index: usize, widening: Widening },
     #[error("the chain belongs to key {found}, not to the peer's key {expected}")]
     LeafKeyMismatch { expected: String, found: String },
-    #[error("certificate {index} ({cert}) was revoked at {revoked_at} by {by}")]
+    #[error("certificate {index} ({cert}) was revoked at {} by {by}", rfc3339(*revoked_at))]
     Revoked { index: usize, cert: CertId, revoked_at: u64, by: CertId },
 }
 

@@ -22,6 +22,7 @@ use crate::extension::{CertInfo, SCOPE_EXTENSION_OID};
 use crate::key::{EdPublic, EdSigner, hex, is_valid_public_key, key_id};
 use crate::limits::{AUTHORITY_BYTES_MAX, CHAIN_DEPTH_MAX, NAME_BYTES_MAX};
 use crate::revocation::Revocation;
+use crate::rfc3339;
 
 /// What a new certificate should say.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,10 +80,14 @@ pub enum IssueError {
     #[error("requested scope names another org than the issuer's {org}")]
     OtherOrg { org: OrgId },
     #[error(
-        "requested validity {not_before}..{not_after} is outside the issuer's {issuer_not_before}..{issuer_not_after}"
+        "requested validity {}..{} is outside the issuer's {}..{}",
+        rfc3339(*not_before),
+        rfc3339(*not_after),
+        rfc3339(*issuer_not_before),
+        rfc3339(*issuer_not_after)
     )]
     ValidityOutsideIssuer { not_before: u64, not_after: u64, issuer_not_before: u64, issuer_not_after: u64 },
-    #[error("validity ends ({not_after}) before it starts ({not_before})")]
+    #[error("validity ends ({}) before it starts ({})", rfc3339(*not_after), rfc3339(*not_before))]
     EmptyValidity { not_before: u64, not_after: u64 },
     #[error("time {0} cannot be written in a certificate (years 1970 to 9999)")]
     Time(u64),

@@ -83,7 +83,7 @@ pub enum TokenError {
 pub enum EnrolError {
     #[error("the token's secret is wrong")]
     WrongSecret,
-    #[error("the token expired at {expires_at} (time is {now})")]
+    #[error("the token expired at {} (time is {})", crate::rfc3339(*expires_at), crate::rfc3339(*now))]
     Expired { expires_at: u64, now: u64 },
     #[error("the token has been used up")]
     UsedUp,
@@ -223,13 +223,31 @@ pub fn create_token(
 }
 
 /// Checks a presented secret and device key against the issuer's record and
-/// issues the device's chain. Counts a use only when a certificate is issued.
+/// issues the device's chain, valid from `now`. Counts a use only when a
+/// certificate is issued.
 pub fn redeem(
     record: &mut TokenRecord,
     secret: &[u8; 32],
     subject_key: &[u8; 32],
     subject_name: &str,
     now: u64,
+    issuer: &Issuer,
+    serial: [u8; 16],
+) -> Result<Chain, EnrolError> {
+    redeem_at(record, secret, subject_key, subject_name, now, now, issuer, serial)
+}
+
+/// Like `redeem`, with the certificate valid from `not_before` (at most
+/// `now`): an issuer backdates the start a little so a device whose clock
+/// is behind its own can use the certificate at once.
+#[allow(clippy::too_many_arguments)]
+pub fn redeem_at(
+    record: &mut TokenRecord,
+    secret: &[u8; 32],
+    subject_key: &[u8; 32],
+    subject_name: &str,
+    now: u64,
+    not_before: u64,
     issuer: &Issuer,
     serial: [u8; 16],
 ) -> Result<Chain, EnrolError> {
@@ -251,7 +269,7 @@ pub fn redeem(
         subject_key: *subject_key,
         name: subject_name.to_owned(),
         scope: record.scope.clone(),
-        not_before: now,
+        not_before: not_before.min(now),
         not_after: now.saturating_add(record.certificate_validity).min(issuer_end),
         can_issue: record.can_issue,
         authority: record.authority.clone(),

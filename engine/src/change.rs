@@ -210,6 +210,19 @@ pub fn is_field_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= FIELD_NAME_BYTES_MAX && !name.chars().any(char::is_control)
 }
 
+/// Why `is_field_name` refuses a name, naming the limit it breaks (a long
+/// name is shown by its first characters).
+pub fn field_name_refusal(name: &str) -> String {
+    if name.is_empty() {
+        return "a field name is empty".to_owned();
+    }
+    if name.len() > FIELD_NAME_BYTES_MAX {
+        let start: String = name.chars().take(16).collect();
+        return format!("field name {start:?}… is {} bytes, more than the {FIELD_NAME_BYTES_MAX} allowed", name.len());
+    }
+    format!("field name {name:?} holds a control character")
+}
+
 pub(crate) fn verify_strict(key: &AuthorKey, message: &[u8], signature: &[u8; 64]) -> Result<(), ChangeError> {
     let key = VerifyingKey::from_bytes(&key.0).map_err(|_| ChangeError::Signature)?;
     if key.is_weak() {

@@ -1599,7 +1599,7 @@ fn local_op(op: &LocalOp, held: bool, exists_now: bool) -> Result<Op, WriteRejec
                 return Err(WriteRejection::Field(format!("more than {FIELDS_MAX} fields")));
             }
             if let Some(bad) = set.keys().chain(unset.iter()).find(|n| !is_field_name(n)) {
-                return Err(WriteRejection::Field(format!("bad field name {bad:?}")));
+                return Err(WriteRejection::Field(crate::change::field_name_refusal(bad)));
             }
             let mut fields: BTreeMap<String, Option<Value>> =
                 set.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();

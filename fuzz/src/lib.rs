@@ -132,7 +132,7 @@ pub fn config_file(data: &[u8]) {
 
 /// Enrolment requests (issuer side) and answers (device side).
 pub fn enrol_exchange(data: &[u8]) {
-    if let Ok((_, name)) = node::protocols::decode_enrol_request(data) {
+    if let Ok((_, name, _)) = node::protocols::decode_enrol_request(data) {
         assert!(name.chars().count() <= 100);
     }
     if let Ok(chain) = node::protocols::decode_enrol_answer(data) {

@@ -12,6 +12,10 @@
 //! In the system partition only two record types may be written: profiles
 //! (`ferry.profile`), by holders of the whole org's write scope, and
 //! revocations (`ferry.revocation`), by holders of a CA certificate.
+//!
+//! Revocations fail closed: when the store cannot be read, the revocations
+//! known before are kept, the org's certificates are refused until a read
+//! succeeds, and the operation that asked for the refresh fails.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +54,10 @@ struct Inner {
     revocations: BTreeMap<OrgId, Revocations>,
     /// Earliest effective revocation per chain hash (`None`: not revoked).
     revoked_from: BTreeMap<[u8; 32], Option<u64>>,
+    /// Orgs whose revocations the last refresh could not read, and why:
+    /// their certificates are refused until a refresh reads them (the
+    /// revocations known before are kept meanwhile, never forgotten).
+    unreadable: BTreeMap<OrgId, String>,
 }
 
 pub struct CertAuthorizer {
@@ -65,10 +73,10 @@ pub fn member_scope(org: OrgId, scope: &Scope) -> Scope {
 }
 
 impl CertAuthorizer {
+    /// An authorizer that knows no chain yet (revocations are read for each
+    /// org as its first chain becomes known).
     pub fn new(store: Arc<Store>) -> CertAuthorizer {
-        let auth = CertAuthorizer { store, inner: Mutex::new(Inner::default()) };
-        auth.refresh_revocations();
-        auth
+        CertAuthorizer { store, inner: Mutex::new(Inner::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -111,32 +119,68 @@ impl CertAuthorizer {
         }
         drop(inner);
         if new_org {
-            self.refresh_revocations();
+            self.refresh_revocations()?;
         }
         Ok(known)
     }
 
     /// Reloads the revocation statements held in the store: records of type
     /// `ferry.revocation` in the system partition of each org seen (a prefix
-    /// scan of those partitions, whatever the store's size).
-    pub fn refresh_revocations(&self) {
-        let mut by_org: BTreeMap<OrgId, Revocations> = BTreeMap::new();
-        let record_type = RecordType::parse(REVOCATION_TYPE).expect("valid type");
+    /// scan of those partitions, whatever the store's size). Fails closed:
+    /// an org whose records cannot be read keeps the revocations known
+    /// before, its certificates are refused until a later refresh succeeds,
+    /// and the error is returned to fail the operation that asked.
+    pub fn refresh_revocations(&self) -> Result<(), Denied> {
         let orgs = self.lock().orgs.clone();
-        for org in orgs {
-            let _ = self.store.list(Some(&system_partition(org)), Some(&record_type), &mut |r| {
+        let loaded = orgs.into_iter().map(|org| (org, self.load_revocations(org))).collect();
+        self.apply_revocations(loaded)
+    }
+
+    fn load_revocations(&self, org: OrgId) -> Result<Revocations, String> {
+        let mut revocations = Revocations::default();
+        let record_type = RecordType::parse(REVOCATION_TYPE).expect("valid type");
+        self.store
+            .list(Some(&system_partition(org)), Some(&record_type), &mut |r| {
                 if r.view.exists
                     && let Some(engine::Value::Bytes(bytes)) = r.view.fields.get("statement")
                     && let Ok(revocation) = Revocation::from_bytes(bytes)
                 {
-                    by_org.entry(r.key.partition.org()).or_default().insert(revocation);
+                    revocations.insert(revocation);
                 }
                 true
-            });
-        }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(revocations)
+    }
+
+    /// Takes in what a refresh read, org by org (the seam the tests use to
+    /// make a read fail): a revocation set read replaces the org's, a
+    /// failed read leaves it as it was and marks the org unreadable.
+    pub fn apply_revocations(&self, loaded: BTreeMap<OrgId, Result<Revocations, String>>) -> Result<(), Denied> {
         let mut inner = self.lock();
-        inner.revocations = by_org;
+        let mut failure = None;
+        for (org, result) in loaded {
+            match result {
+                Ok(revocations) => {
+                    inner.revocations.insert(org, revocations);
+                    inner.unreadable.remove(&org);
+                }
+                Err(error) => {
+                    failure.get_or_insert_with(|| unreadable(org, &error));
+                    inner.unreadable.insert(org, error);
+                }
+            }
+        }
         inner.revoked_from.clear();
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Refuses when the org's revocations could not be read last time.
+    fn check_readable(&self, org: OrgId) -> Result<(), Denied> {
+        match self.lock().unreadable.get(&org) {
+            Some(error) => Err(unreadable(org, error)),
+            None => Ok(()),
+        }
     }
 
     pub fn revocations(&self, org: OrgId) -> Revocations {
@@ -165,16 +209,26 @@ impl CertAuthorizer {
 
     /// Whether the chain is valid and unrevoked at `at` (seconds).
     fn check_time(&self, hash: &[u8; 32], known: &Known, at: u64) -> Result<(), Denied> {
+        self.check_readable(known.org)?;
+        let iso = certs::rfc3339;
         if at < known.not_before {
-            return Err(Denied(format!("certificate not yet valid at {at} (from {})", known.not_before)));
+            return Err(Denied(format!(
+                "the change is dated {}, before its author's certificate starts ({})",
+                iso(at),
+                iso(known.not_before)
+            )));
         }
         if at > known.not_after {
-            return Err(Denied(format!("certificate expired at {} (time is {at})", known.not_after)));
+            return Err(Denied(format!(
+                "the author's certificate expired at {}, before the change's date {}",
+                iso(known.not_after),
+                iso(at)
+            )));
         }
         if let Some(from) = self.revoked_from(hash, known)
             && from <= at
         {
-            return Err(Denied(format!("certificate {} revoked from {from}", known.leaf_id)));
+            return Err(Denied(format!("certificate {} revoked from {}", known.leaf_id, iso(from))));
         }
         Ok(())
     }
@@ -198,6 +252,12 @@ impl CertAuthorizer {
     }
 }
 
+fn unreadable(org: OrgId, error: &str) -> Denied {
+    Denied(format!(
+        "cannot read the revocations of org {org} ({error}): its certificates are refused until they can be read"
+    ))
+}
+
 impl CertAuthorizer {
     /// Authenticates credentials presented outside a session (bundles,
     /// frontier files) at time `at`.
@@ -210,8 +270,22 @@ impl CertAuthorizer {
 impl Authorizer for CertAuthorizer {
     fn authenticate(&self, peer: &AuthorKey, credentials: &[u8], now_s: u64) -> Result<Scope, Denied> {
         let chain = Chain::decode(credentials).map_err(|e| Denied(format!("certificate chain: {e}")))?;
+        self.check_readable(chain.org())?;
         let revocations = self.revocations(chain.org());
-        chain.verify(Some(&peer.0), now_s, &revocations).map_err(|e| Denied(e.to_string()))?;
+        chain.verify(Some(&peer.0), now_s, &revocations).map_err(|e| match e {
+            // Said to the peer too: name whose clock decided.
+            certs::VerifyError::NotYetValid { not_before, at, .. } => Denied(format!(
+                "the verifying node's clock reads {}, the certificate starts at {}; check the clocks",
+                certs::rfc3339(at),
+                certs::rfc3339(not_before)
+            )),
+            certs::VerifyError::Expired { not_after, at, .. } => Denied(format!(
+                "the certificate expired at {} (the verifying node's clock reads {})",
+                certs::rfc3339(not_after),
+                certs::rfc3339(at)
+            )),
+            other => Denied(other.to_string()),
+        })?;
         let known = self.know(credentials)?;
         Ok(known.scope.clone())
     }
@@ -231,7 +305,7 @@ impl Authorizer for CertAuthorizer {
     ) -> Result<(), Denied> {
         let org = partition.org();
         let chains = self.chains_of(author);
-        let mut reason = Denied(format!("no certificate of org {org} for this author"));
+        let mut reason = Denied(format!("the author holds no certificate of org {org} known to this node"));
         for (hash, known) in chains.iter().filter(|(_, k)| k.org == org) {
             if let Err(denied) = self.check_time(hash, known, at_s) {
                 reason = denied;
@@ -262,5 +336,87 @@ impl Authorizer for CertAuthorizer {
             ));
         }
         Err(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use certs::{IssueRequest, Issuer};
+    use ed25519_dalek::SigningKey;
+
+    const T0: u64 = 1_800_000_000;
+
+    /// An org, and two devices' chains issued by its root.
+    fn org_with_devices() -> (Issuer, OrgId, Vec<(Chain, AuthorKey)>) {
+        let root_key = SigningKey::from_bytes(&[1; 32]);
+        let root = certs::create_org("Org", &root_key, T0 - 86_400, T0 + 86_400, [1; 16]).expect("org");
+        let org = root.org();
+        let issuer = Issuer::new(root, root_key).expect("issuer");
+        let devices = (2u8..4)
+            .map(|n| {
+                let key = SigningKey::from_bytes(&[n; 32]).verifying_key().to_bytes();
+                let request = IssueRequest {
+                    subject_key: key,
+                    name: format!("device {n}"),
+                    scope: Scope::full(org),
+                    not_before: T0 - 3600,
+                    not_after: T0 + 3600,
+                    can_issue: None,
+                    authority: None,
+                };
+                (issuer.issue(&request, [n; 16]).expect("issue"), AuthorKey(key))
+            })
+            .collect();
+        (issuer, org, devices)
+    }
+
+    fn write(auth: &CertAuthorizer, author: &AuthorKey, org: OrgId) -> Result<(), Denied> {
+        let partition = Partition::resolve(org, "results").expect("partition");
+        let record_type = RecordType::parse("result").expect("type");
+        auth.may_write(author, None, &partition, &record_type, WriteKind::Create, T0)
+    }
+
+    /// `refresh_revocations` once ignored a failed store read and replaced
+    /// the whole revocation map with what it had read: nothing. One failed
+    /// read forgot every revocation, and a revoked device wrote again. Now
+    /// a failed read keeps what was known, refuses the org's certificates
+    /// (revoked or not) until a read succeeds, and fails the refresh.
+    #[test]
+    fn a_failed_revocation_read_keeps_the_revocations_and_refuses_until_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (store, _) = Store::open(dir.path(), engine::BackendKind::DEFAULT, engine::InstanceId([9; 16]), T0 * 1000)
+            .expect("store");
+        let auth = CertAuthorizer::new(Arc::new(store));
+        let (issuer, org, devices) = org_with_devices();
+        let [(revoked_chain, revoked), (good_chain, good)] = devices.try_into().expect("two devices");
+        auth.know(&revoked_chain.encode()).expect("know");
+        auth.know(&good_chain.encode()).expect("know");
+        let root_id = issuer.chain().leaf().id();
+        let mut revocations = Revocations::default();
+        revocations.insert(Revocation::sign(
+            revoked_chain.leaf().id(),
+            T0 - 60,
+            root_id,
+            &SigningKey::from_bytes(&[1; 32]),
+        ));
+        auth.apply_revocations(BTreeMap::from([(org, Ok(revocations))])).expect("read");
+        assert!(write(&auth, &revoked, org).is_err_and(|d| d.0.contains("revoked")));
+        assert!(write(&auth, &good, org).is_ok());
+
+        let failed = auth.apply_revocations(BTreeMap::from([(org, Err("the disk is failing".to_owned()))]));
+        assert!(failed.is_err_and(|d| d.0.contains("cannot read the revocations")), "the refresh fails");
+        assert!(!auth.revocations(org).is_empty(), "what was known is kept");
+        for author in [&revoked, &good] {
+            let refused = write(&auth, author, org).expect_err("refused while unreadable");
+            assert!(refused.0.contains("cannot read the revocations"), "{refused}");
+        }
+        let presented = auth.authenticate(&revoked, &revoked_chain.encode(), T0);
+        assert!(presented.is_err(), "a session with the revoked device is refused too");
+
+        // The store reads again (it holds no revocation record: the one
+        // above was handed in directly): the org's certificates count again.
+        auth.refresh_revocations().expect("the real store reads");
+        assert!(write(&auth, &good, org).is_ok());
     }
 }

@@ -267,7 +267,7 @@ fn import_file(
     // The exporter's certificate must have been valid when it wrote the
     // bundle (a USB stick can take days to arrive).
     let at = (header.created_at_ms / 1000).min(now_ms() / 1000);
-    node.auth.refresh_revocations();
+    node.auth.refresh_revocations()?;
     let exporter_scope = node.auth.as_ref().authenticate_at(&exporter, &credentials, at)?;
     node.store.put_chain(&exporter, &credentials)?;
     let (local, _, _) = node.local_scope(org)?;
@@ -333,7 +333,11 @@ fn import_file(
         ..LedgerEntry::default()
     };
     node.store.record_session(&entry)?;
-    node.auth.refresh_revocations();
+    // Revocations the bundle carried apply from now on; if they cannot be
+    // read, the org's certificates are refused until they can.
+    if let Err(denied) = node.auth.refresh_revocations() {
+        tracing::warn!("{denied}");
+    }
     Ok(serde_json::json!({
         "peer": crate::identity::peer_id_of(&exporter.0).to_string(),
         "sent": 0,

@@ -4,7 +4,8 @@
 //! goes to it over the control socket; otherwise it runs here, opening the
 //! store (and, for sync, enrolment and peers, a temporary network node).
 //! Output is text for people or, with `--json`, the JSON SPEC §4 names.
-//! Errors are one line on stderr and a non-zero exit code.
+//! Errors are one line on stderr and a non-zero exit code (a ferry.toml
+//! error adds the offending line, with a caret, below it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
@@ -234,16 +235,16 @@ pub enum CertCommand {
         /// The peer id of the node the certificate is for.
         #[arg(long)]
         subject: String,
-        /// Partitions it may read, comma-separated (e.g. tests,results:tc-1).
-        #[arg(long, default_value = "")]
-        read: String,
-        /// Partitions it may write, comma-separated.
-        #[arg(long, default_value = "")]
-        write: String,
+        /// Partitions it may read, comma-separated (`*`: the whole org).
+        #[arg(long)]
+        read: Option<String>,
+        /// Partitions it may write, comma-separated (`*`: the whole org).
+        #[arg(long)]
+        write: Option<String>,
         /// Type modes, comma-separated TYPE=MODE (ro, update-only).
         #[arg(long, default_value = "")]
         types: String,
-        /// How many days the certificate is valid.
+        /// Days the certificate is valid (at least 1).
         #[arg(long, default_value_t = 365)]
         days: u64,
         /// Let the subject issue certificates within its own scope.
@@ -291,12 +292,12 @@ pub enum EnrollCommand {
         /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
-        /// Partitions the enrolled node may read, comma-separated.
-        #[arg(long, default_value = "")]
-        read: String,
-        /// Partitions the enrolled node may write, comma-separated.
-        #[arg(long, default_value = "")]
-        write: String,
+        /// Partitions the device may read, comma-separated (`*`: the whole org).
+        #[arg(long)]
+        read: Option<String>,
+        /// Partitions the device may write, comma-separated (`*`: the whole org).
+        #[arg(long)]
+        write: Option<String>,
         /// Type modes, comma-separated TYPE=MODE (ro, update-only).
         #[arg(long, default_value = "")]
         types: String,
@@ -368,6 +369,21 @@ fn parse_assignments(items: &[String]) -> anyhow::Result<BTreeMap<String, serde_
         .collect()
 }
 
+/// A `--read` or `--write` as given: absent is nothing, but an empty text
+/// given on purpose (`--read ""`) is refused, because it reads as "the whole
+/// org" and grants nothing.
+fn scope_arg(flag: &str, given: &Option<String>) -> anyhow::Result<String> {
+    match given {
+        None => Ok(String::new()),
+        Some(text) if text.split(',').all(|p| p.trim().is_empty()) => {
+            bail!(
+                "{flag} {text:?} names no partition: name some (results:tc-1,tests), or the whole org with {flag} '*'"
+            )
+        }
+        Some(text) => Ok(text.clone()),
+    }
+}
+
 /// Turns a command into the operation it performs (or `None` for those that
 /// run on their own: init, serve, demo, bench).
 fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
@@ -391,8 +407,8 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         }) => Op::CertIssue {
             org: org.clone(),
             subject: subject.clone(),
-            read: read.clone(),
-            write: write.clone(),
+            read: scope_arg("--read", read)?,
+            write: scope_arg("--write", write)?,
             types: types.clone(),
             days: *days,
             can_issue: *can_issue,
@@ -411,8 +427,8 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
             ..
         }) => Op::EnrollToken {
             org: org.clone(),
-            read: read.clone(),
-            write: write.clone(),
+            read: scope_arg("--read", read)?,
+            write: scope_arg("--write", write)?,
             types: types.clone(),
             ttl_s: crate::config::parse_duration(ttl)?.as_secs(),
             uses: *uses,
@@ -689,6 +705,10 @@ pub fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             output::warn(&format!("ferry: {}", format!("{e:#}").replace('\n', " ")));
+            // Below the one-line error, a ferry.toml error shows where it is.
+            if let Some(snippet) = e.downcast_ref::<crate::config::TomlError>().and_then(|t| t.snippet()) {
+                output::warn(&snippet);
+            }
             std::process::ExitCode::FAILURE
         }
     }

@@ -48,7 +48,9 @@ pub struct Config {
     /// this long; also the time a new stream has to say Hello.
     #[serde(default = "default_session_timeout")]
     pub session_timeout: String,
-    #[serde(default)]
+    /// Left out of a written file when empty: `ferry init` writing
+    /// `peers = []` made the guide's `[[peers]]` block a duplicate key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
 }
 
@@ -119,7 +121,7 @@ impl Config {
         if text.len() > CONFIG_BYTES_MAX {
             anyhow::bail!("the file is {} bytes, more than the {CONFIG_BYTES_MAX} allowed", text.len());
         }
-        let config: Config = toml::from_str(text)?;
+        let config: Config = toml::from_str(text).map_err(|e| TomlError::new(text, &e))?;
         config.backend()?;
         if config.batch_changes == 0 || config.batch_changes > engine::limits::BATCH_CHANGES_MAX {
             anyhow::bail!("batch_changes must be between 1 and {}", engine::limits::BATCH_CHANGES_MAX);
@@ -148,9 +150,62 @@ impl Config {
     }
 
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a config always serialises")
+        let mut text = toml::to_string(self).expect("a config always serialises");
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text
     }
 }
+
+/// A syntax or schema error in `ferry.toml`. It prints as one line (where,
+/// and what); `snippet` is the offending line with a caret under the spot,
+/// which the command line shows under the error (a one-line rendering of
+/// toml's own text lost the caret's alignment).
+#[derive(Debug)]
+pub struct TomlError {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    source_line: Option<String>,
+}
+
+impl TomlError {
+    fn new(text: &str, error: &toml::de::Error) -> TomlError {
+        let message = error.message().trim().replace('\n', "; ");
+        let Some(span) = error.span() else {
+            return TomlError { line: 0, column: 0, message, source_line: None };
+        };
+        let start = span.start.min(text.len());
+        let before = text.get(..start).unwrap_or(text);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before[line_start..].chars().count() + 1;
+        let source_line = text[line_start..].lines().next().unwrap_or("").to_owned();
+        TomlError { line, column, message, source_line: Some(source_line) }
+    }
+
+    /// The offending line and a caret under the column, as two lines.
+    pub fn snippet(&self) -> Option<String> {
+        let source = self.source_line.as_ref()?;
+        let number = self.line.to_string();
+        let pad = " ".repeat(number.len());
+        let caret = " ".repeat(self.column.saturating_sub(1));
+        Some(format!("  {number} | {source}\n  {pad} | {caret}^"))
+    }
+}
+
+impl std::fmt::Display for TomlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "line {}, column {}: {}", self.line, self.column, self.message)
+        }
+    }
+}
+
+impl std::error::Error for TomlError {}
 
 /// Parses `90s`, `15m`, `2h`, `7d` (or plain seconds).
 pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {

@@ -125,7 +125,7 @@ async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow:
         }
     };
     if line.len() >= REQUEST_BYTES_MAX && !line.ends_with('\n') {
-        let reason = format!("the request is over the local API's limit of {} MiB", REQUEST_BYTES_MAX >> 20);
+        let reason = format!("the request is more than the local API's limit of {REQUEST_BYTES_MAX} bytes");
         return send(&mut write, &refuse(reason)).await;
     }
     // An integer beyond 64 bits is refused, never read as a float.
@@ -249,8 +249,15 @@ pub async fn request(
             ANSWER_SILENCE_MAX.as_secs()
         )
     };
+    let request = serde_json::to_string(op)?;
+    if request.len() >= REQUEST_BYTES_MAX {
+        bail!(
+            "the request is {} bytes, more than the local API's limit of {REQUEST_BYTES_MAX} bytes (the serving node takes it through its socket)",
+            request.len()
+        );
+    }
     let (read, mut write) = stream.into_split();
-    let request = format!("{}\n", serde_json::to_string(op)?);
+    let request = format!("{request}\n");
     tokio::time::timeout(ANSWER_SILENCE_MAX, write.write_all(request.as_bytes())).await.map_err(|_| silent())??;
     let mut lines = BufReader::new(read).lines();
     while let Some(line) = tokio::time::timeout(ANSWER_SILENCE_MAX, lines.next_line()).await.map_err(|_| silent())?? {

@@ -67,8 +67,10 @@ impl Home {
     }
 }
 
-/// Writes a file atomically (temporary file, fsync, rename, fsync of the
-/// directory), so a crash leaves either the old or the new content.
+/// Writes a file atomically (a temporary file of a unique name beside it,
+/// fsync, rename, fsync of the directory), so a crash leaves either the old
+/// or the new content, and two writers at once never share a temporary file
+/// (the last rename wins whole).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     write_with_mode(path, bytes, 0o644)
 }
@@ -81,20 +83,46 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().context("a file path has a directory")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
     #[cfg(unix)]
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(mode);
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(mode));
     }
     #[cfg(not(unix))]
     let _ = mode;
-    let mut file = options.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = builder.tempfile_in(dir).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    file.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+    file.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_keep_their_mode_and_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("tokens.json");
+        write_private(&path, b"[]").expect("write");
+        write_private(&path, b"[1]").expect("overwrite");
+        assert_eq!(std::fs::read(&path).expect("read"), b"[1]");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777, 0o600);
+            write_atomic(&dir.path().join("public"), b"x").expect("write");
+            let mode = std::fs::metadata(dir.path().join("public")).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o644);
+        }
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
 }

@@ -64,7 +64,11 @@ pub fn key_of(peer: &PeerId) -> Option<[u8; 32]> {
 
 /// Parses a PeerId typed by a person, with a clear error.
 pub fn parse_peer_id(text: &str) -> anyhow::Result<PeerId> {
-    let peer: PeerId = text.trim().parse().with_context(|| format!("{text:?} is not a peer id"))?;
+    // The library's error repeats itself and says nothing a user can act on.
+    let peer: PeerId = text
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a peer id (one looks like 12D3KooW…, as `ferry id` prints)"))?;
     if key_of(&peer).is_none() {
         bail!("peer id {peer} does not embed an Ed25519 key, so it cannot be a ferry node");
     }

@@ -152,6 +152,9 @@ impl Net {
                 let expected = address.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
                 (Some(address), expected)
             }
+            Err(e) if target.starts_with('/') => {
+                bail!("{target:?} is not a multiaddr ({e}): write one like /ip4/192.0.2.10/tcp/4040")
+            }
             Err(_) => (None, Some(crate::identity::parse_peer_id(target)?)),
         };
         let address = match address {
@@ -170,9 +173,9 @@ impl Net {
             .map_err(|_| anyhow!("the network task stopped"))?;
         let peer = tokio::time::timeout(CONNECT_TIMEOUT, answer)
             .await
-            .map_err(|_| anyhow!("no answer from {address} within {} s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|_| anyhow!("no answer from {} within {} s", short_address(&address), CONNECT_TIMEOUT.as_secs()))?
             .map_err(|_| anyhow!("the network task stopped"))?
-            .map_err(|e| anyhow!("cannot reach {address}: {e}"))?;
+            .map_err(|e| anyhow!("cannot reach {}: {e}", short_address(&address)))?;
         if let Some(expected) = expected
             && expected != peer
         {
@@ -236,7 +239,7 @@ async fn drive(
                 let id = opts.connection_id();
                 match swarm.dial(opts) {
                     Ok(()) => { dials.insert(id, reply); }
-                    Err(e) => { let _ = reply.send(Err(e.to_string())); }
+                    Err(e) => { let _ = reply.send(Err(describe_dial_error(&e))); }
                 }
             }
             event = swarm.select_next_some() => match event {
@@ -252,7 +255,7 @@ async fn drive(
                 }
                 SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
                     if let Some(reply) = dials.remove(&connection_id) {
-                        let _ = reply.send(Err(error.to_string()));
+                        let _ = reply.send(Err(describe_dial_error(&error)));
                     }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => emit(NetEvent::Disconnected(peer_id)),
@@ -279,6 +282,103 @@ async fn drive(
             },
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Dial errors a person can act on. libp2p's own text nests every layer's
+// message and repeats the OS error ("Failed to negotiate transport
+// protocol(s): [(…: : Connection refused (os error 111): Connection refused
+// (os error 111))]"); ferry says "cannot reach 127.0.0.1:1: connection refused".
+
+/// `host:port` for the usual IP and DNS addresses (with "QUIC" for UDP),
+/// else the multiaddr without its peer id.
+pub fn short_address(address: &Multiaddr) -> String {
+    let mut host = None;
+    let mut port = None;
+    let mut quic = false;
+    for protocol in address.iter() {
+        match protocol {
+            Protocol::Ip4(ip) => host = Some(ip.to_string()),
+            Protocol::Ip6(ip) => host = Some(format!("[{ip}]")),
+            Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name) => host = Some(name.to_string()),
+            Protocol::Tcp(p) => port = Some(p),
+            Protocol::Udp(p) => port = Some(p),
+            Protocol::QuicV1 => quic = true,
+            _ => {}
+        }
+    }
+    match (host, port) {
+        (Some(host), Some(port)) if quic => format!("{host}:{port} (QUIC)"),
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        _ => {
+            let mut bare = address.clone();
+            if matches!(bare.iter().last(), Some(Protocol::P2p(_))) {
+                bare.pop();
+            }
+            bare.to_string()
+        }
+    }
+}
+
+/// One short reason for a failed dial (each distinct cause once).
+pub fn describe_dial_error(error: &libp2p::swarm::DialError) -> String {
+    use libp2p::TransportError;
+    use libp2p::swarm::DialError;
+    match error {
+        DialError::Transport(attempts) => {
+            let mut reasons: Vec<String> = Vec::new();
+            for (_, attempt) in attempts {
+                let reason = match attempt {
+                    TransportError::MultiaddrNotSupported(a) => format!("ferry cannot dial an address like {a}"),
+                    TransportError::Other(e) => root_cause(e),
+                };
+                if !reasons.contains(&reason) {
+                    reasons.push(reason);
+                }
+            }
+            if reasons.is_empty() { "no address to dial".to_owned() } else { reasons.join("; ") }
+        }
+        DialError::WrongPeerId { obtained, .. } => format!("it answered as {obtained}"),
+        DialError::LocalPeerId { .. } => "that address is this node itself".to_owned(),
+        DialError::NoAddresses => "no address to dial".to_owned(),
+        DialError::Denied { cause } => format!("refused here: {cause}"),
+        other => other.to_string(),
+    }
+}
+
+/// The innermost cause of an IO error, in words for the common kinds.
+fn root_cause(error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let mut current: &(dyn std::error::Error + 'static) = error;
+    // io::Error::source skips the error it wraps: descend with get_ref.
+    for _ in 0..16 {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            let words = match io.kind() {
+                ErrorKind::ConnectionRefused => Some("connection refused"),
+                ErrorKind::ConnectionReset => Some("connection reset"),
+                ErrorKind::TimedOut => Some("timed out"),
+                ErrorKind::HostUnreachable => Some("host unreachable"),
+                ErrorKind::NetworkUnreachable => Some("network unreachable"),
+                ErrorKind::AddrNotAvailable => Some("address not available"),
+                _ => None,
+            };
+            if let Some(words) = words {
+                return words.to_owned();
+            }
+            if let Some(inner) = io.get_ref() {
+                current = inner;
+                continue;
+            }
+        }
+        match current.source() {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    let text = current.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text).trim().trim_end_matches('.');
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| first.to_lowercase().chain(chars).collect())
 }
 
 // ---------------------------------------------------------------------------

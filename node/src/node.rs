@@ -28,6 +28,10 @@ use crate::{json as j, pem};
 const ORG_YEARS: u64 = 30;
 /// Certificates are valid from a minute ago, for clocks slightly behind.
 const CLOCK_SKEW_S: u64 = 60;
+/// How far behind the issuer's clock a device's may be at enrolment: its
+/// certificate then starts that much earlier. Further behind, enrolment is
+/// refused before a use of the token is spent.
+pub const ENROL_CLOCK_BEHIND_MAX_S: u64 = 86_400;
 
 pub struct Node {
     pub home: Home,
@@ -40,15 +44,20 @@ pub struct Node {
 
 /// Wall-clock milliseconds since 1970. `FERRY_CLOCK_OFFSET_S` (signed
 /// seconds) shifts this node's clock: for testing certificate expiry, or a
-/// device whose clock is known to be wrong.
+/// device whose clock is known to be wrong (docs/guide.md, "Time and
+/// clocks"). A value that is not a number is ignored with a warning.
 pub fn now_ms() -> u64 {
     let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     static OFFSET_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     let offset = *OFFSET_MS.get_or_init(|| {
-        std::env::var("FERRY_CLOCK_OFFSET_S")
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .map_or(0, |s| s.saturating_mul(1000))
+        let Ok(text) = std::env::var("FERRY_CLOCK_OFFSET_S") else { return 0 };
+        match text.trim().parse::<i64>() {
+            Ok(seconds) => seconds.saturating_mul(1000),
+            Err(_) => {
+                tracing::warn!("FERRY_CLOCK_OFFSET_S={text:?} is not a whole number of seconds: ignored");
+                0
+            }
+        }
     });
     real.saturating_add_signed(offset)
 }
@@ -178,8 +187,14 @@ impl Node {
         }
         match (best, last_error) {
             (Some(b), _) => Ok(b),
-            (None, Some(e)) => bail!("this node's certificate for org {org} is not valid: {e}"),
-            (None, None) => bail!("no certificate for org {org}: run `ferry enroll` or `ferry cert import`"),
+            (None, Some(certs::VerifyError::NotYetValid { not_before, at, .. })) => {
+                Err(NoChain::Clock { org, clock: at, starts: not_before }.into())
+            }
+            (None, Some(certs::VerifyError::Expired { not_after, at, .. })) => {
+                Err(NoChain::Expired { org, clock: at, ended: not_after }.into())
+            }
+            (None, Some(e)) => Err(NoChain::Invalid { org, reason: e.to_string() }.into()),
+            (None, None) => Err(NoChain::Missing { org }.into()),
         }
     }
 
@@ -249,6 +264,7 @@ impl Node {
     ) -> anyhow::Result<(Chain, serde_json::Value)> {
         let subject_peer = crate::identity::parse_peer_id(subject)?;
         let subject_key = key_of(&subject_peer).expect("checked by parse_peer_id");
+        let days = certificate_days(days)?;
         let issuer = self.issuer(org)?;
         let scope = parse_scope(org, read, write, types)?;
         let now = now_s();
@@ -324,7 +340,7 @@ impl Node {
 
     /// `ferry cert list`: held, then issued.
     pub fn cert_list(&self) -> anyhow::Result<serde_json::Value> {
-        self.auth.refresh_revocations();
+        self.auth.refresh_revocations()?;
         let mut out = Vec::new();
         for (chain, _) in self.own_chains()? {
             out.push(self.describe(&chain, true));
@@ -362,7 +378,7 @@ impl Node {
                 ("by".to_owned(), Value::Text(revoker.id().to_string())),
             ]);
             self.write_one(org, LocalWrite { record: key, op: LocalOp::Put { set, unset: BTreeSet::new() } })?;
-            self.auth.refresh_revocations();
+            self.auth.refresh_revocations()?;
             return Ok(json!({
                 "certificate_id": wanted.to_string(),
                 "org_id": org.to_string(),
@@ -722,6 +738,13 @@ impl Node {
         authority: Option<String>,
         addresses: Vec<String>,
     ) -> anyhow::Result<serde_json::Value> {
+        let days = certificate_days(days)?;
+        if uses == 0 {
+            bail!("--uses 0 would make a token nobody can use: give at least 1");
+        }
+        if ttl_s == 0 {
+            bail!("--ttl 0s would make a token that has already expired: give at least 1s");
+        }
         let issuer = self.issuer(org)?;
         let request = TokenRequest {
             scope: parse_scope(org, read, write, types)?,
@@ -741,8 +764,17 @@ impl Node {
     }
 
     /// Redeems a presented secret for `subject`; the use is saved before the
-    /// chain is returned, so a token can never issue twice for one use.
-    pub fn redeem_token(&self, secret: &[u8; 32], subject: &[u8; 32], name: &str) -> Result<Vec<u8>, String> {
+    /// chain is returned, so a token can never issue twice for one use. The
+    /// certificate starts early enough for the device's clock
+    /// (`device_clock_s`), or the enrolment is refused before anything is
+    /// spent: a device must be able to use what it is given.
+    pub fn redeem_token(
+        &self,
+        secret: &[u8; 32],
+        subject: &[u8; 32],
+        name: &str,
+        device_clock_s: Option<u64>,
+    ) -> Result<Vec<u8>, String> {
         let mut tokens = self.tokens().map_err(|e| format!("{e:#}"))?;
         let hash = certs::token::secret_hash(secret);
         let Some(record) = tokens.iter_mut().find(|t| blake3::Hash::from(t.secret_hash) == blake3::Hash::from(hash))
@@ -750,7 +782,19 @@ impl Node {
             return Err("unknown enrolment token".into());
         };
         let issuer = self.issuer(record.org).map_err(|e| e.to_string())?;
-        let chain = certs::redeem(record, secret, subject, name, now_s(), &issuer, crate::random::bytes())
+        let now = now_s();
+        // A token that is spent or expired is refused as such (by redeem),
+        // whatever the device's clock says.
+        let usable = record.uses_left > 0 && now <= record.expires_at;
+        let not_before = match device_clock_s {
+            Some(device) if usable => {
+                let leaf = issuer.chain().leaf();
+                let not_after = now.saturating_add(record.certificate_validity).min(leaf.not_after());
+                enrol_window(now, device, leaf.not_before(), not_after)?
+            }
+            _ => now.saturating_sub(CLOCK_SKEW_S).max(issuer.chain().leaf().not_before()),
+        };
+        let chain = certs::redeem_at(record, secret, subject, name, now, not_before, &issuer, crate::random::bytes())
             .map_err(|e| e.to_string())?;
         self.save_tokens(&tokens).map_err(|e| e.to_string())?;
         let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
@@ -762,17 +806,106 @@ impl Node {
     }
 }
 
+/// Why a node cannot act in an org: it holds no chain of it that is valid
+/// now. It reads from this node's side; `describe(true)` says the same of
+/// the node answering a sync, for the peer that asked.
+#[derive(Debug)]
+pub enum NoChain {
+    Missing { org: OrgId },
+    Clock { org: OrgId, clock: u64, starts: u64 },
+    Expired { org: OrgId, clock: u64, ended: u64 },
+    Invalid { org: OrgId, reason: String },
+}
+
+impl NoChain {
+    pub fn describe(&self, answering: bool) -> String {
+        let who = if answering { "the answering node" } else { "this node" };
+        let iso = |s: &u64| iso8601_ms(s.saturating_mul(1000));
+        match self {
+            NoChain::Missing { org } if answering => format!("{who} holds no certificate for org {org}"),
+            NoChain::Missing { org } => {
+                format!("{who} holds no certificate for org {org}: run `ferry enroll` or `ferry cert import`")
+            }
+            NoChain::Clock { org, clock, starts } => format!(
+                "{who}'s clock reads {}, its certificate for org {org} starts at {}; check the clock",
+                iso(clock),
+                iso(starts)
+            ),
+            NoChain::Expired { org, clock, ended } => format!(
+                "{who}'s certificate for org {org} expired at {} (its clock reads {}): get a new one, or check the clock",
+                iso(ended),
+                iso(clock)
+            ),
+            NoChain::Invalid { org, reason } => format!("{who}'s certificate for org {org} is not valid: {reason}"),
+        }
+    }
+}
+
+impl std::fmt::Display for NoChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(false))
+    }
+}
+
+impl std::error::Error for NoChain {}
+
+/// When a certificate issued at enrolment starts: a minute before the
+/// earlier of the two clocks, but no more than `ENROL_CLOCK_BEHIND_MAX_S`
+/// before the issuer's and not before the issuer's own certificate. A device
+/// whose clock falls outside the certificate's window is refused (nothing is
+/// spent): it could not use the certificate.
+fn enrol_window(issuer_now: u64, device_now: u64, issuer_start: u64, not_after: u64) -> Result<u64, String> {
+    let earliest = issuer_now.saturating_sub(ENROL_CLOCK_BEHIND_MAX_S).max(issuer_start);
+    let start = issuer_now.min(device_now).saturating_sub(CLOCK_SKEW_S).max(earliest);
+    if device_now < start || device_now > not_after {
+        let edge = if device_now < start { ("start", start) } else { ("end", not_after) };
+        return Err(format!(
+            "this device's clock reads {}, the issuer's {}, and the certificate would {} at {}; check the clock (the token was not used)",
+            iso8601_ms(device_now.saturating_mul(1000)),
+            iso8601_ms(issuer_now.saturating_mul(1000)),
+            edge.0,
+            iso8601_ms(edge.1.saturating_mul(1000)),
+        ));
+    }
+    Ok(start)
+}
+
 /// Decodes a token line with a friendly error.
 pub fn parse_token(text: &str) -> anyhow::Result<Token> {
     Token::decode(text).map_err(|e| anyhow!("that is not a valid enrolment token: {e}"))
 }
 
+/// The word for the whole org in `--read` and `--write` (the org id, written
+/// as an absolute partition, means the same).
+pub const WHOLE_ORG: &str = "*";
+
+/// The scope `cert issue` and `enroll token` grant: comma-separated
+/// partitions relative to the org, `*` for the whole org. A scope that
+/// reads and writes nothing is refused: it would be a certificate that
+/// grants nothing.
 pub fn parse_scope(org: OrgId, read: &str, write: &str, types: &str) -> anyhow::Result<Scope> {
-    Ok(Scope {
-        read: Filter::parse(org, read).context("--read")?,
-        write: Filter::parse(org, write).context("--write")?,
+    let filter = |text: &str, flag: &str| -> anyhow::Result<Filter> {
+        let (whole, rest): (Vec<&str>, Vec<&str>) = text.split(',').partition(|p| p.trim() == WHOLE_ORG);
+        let filter = Filter::parse(org, &rest.join(",")).context(flag.to_owned())?;
+        Ok(if whole.is_empty() { filter } else { filter.union(&Filter::org(org)) })
+    };
+    let scope = Scope {
+        read: filter(read, "--read")?,
+        write: filter(write, "--write")?,
         types: Scope::parse_types(types).context("--types")?,
-    })
+    };
+    if scope.read.is_empty() && scope.write.is_empty() {
+        bail!("the scope is empty: say what it may read and write with --read and --write (`*` is the whole org)");
+    }
+    Ok(scope)
+}
+
+/// `--days`, as `cert issue` and `enroll token` take it.
+fn certificate_days(days: u64) -> anyhow::Result<u64> {
+    if days == 0 {
+        bail!("--days 0 would issue a certificate that is never valid: give at least 1");
+    }
+    Ok(days)
 }
 
 /// The keys of an import line. `deleted` and `conflicts` are what `ferry

@@ -179,7 +179,9 @@ impl Op {
     /// Whether this operation needs the network (a temporary one is started
     /// when no node is serving).
     pub fn needs_network(&self) -> bool {
-        matches!(self, Op::Sync { .. } | Op::Peers | Op::Enroll { .. } | Op::EnrollToken { .. })
+        // Not EnrollToken: a token must name addresses of a node that stays
+        // up to answer it, so it needs `ferry serve`, not a passing network.
+        matches!(self, Op::Sync { .. } | Op::Peers | Op::Enroll { .. })
     }
 
     /// Paths in the request, made absolute (the server's working directory
@@ -212,7 +214,23 @@ fn filter(node: &Node, org: OrgId, filters: &[String]) -> anyhow::Result<Filter>
         .map(|f| Partition::resolve(org, f.trim()))
         .collect::<Result<Vec<_>, _>>()
         .context("--filter")?;
-    let _ = node;
+    // A prefix outside what this node may read or write would sync nothing
+    // and look like "in sync": say so instead.
+    let (scope, _, _) = node.local_scope(org)?;
+    if let Some(outside) = prefixes.iter().find(|p| !scope.read.overlaps(p) && !scope.write.overlaps(p)) {
+        let names = |f: &Filter| {
+            f.prefixes()
+                .iter()
+                .map(|p| if p.relative().is_empty() { "the whole org" } else { p.relative() })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        bail!(
+            "--filter {} is outside this node's read scope ({}): nothing there would sync",
+            if outside.relative().is_empty() { outside.to_string() } else { outside.relative().to_owned() },
+            names(&scope.read)
+        );
+    }
     Ok(Filter::try_new(prefixes)?)
 }
 
@@ -259,7 +277,13 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             if addresses.is_empty() {
                 bail!("this node listens on no address; check `listen` in ferry.toml");
             }
-            node.create_token(org(&o)?, &read, &write, &types, ttl_s, uses, days, can_issue, authority, addresses)?
+            // tokens.json is rewritten whole, here and by a redemption: one
+            // at a time, or a spent use comes back or a new token is lost.
+            let org = org(&o)?;
+            tokio::task::block_in_place(|| {
+                let _guard = ctx.enrol_lock.lock().map_err(|_| anyhow::anyhow!("enrolment lock poisoned"))?;
+                node.create_token(org, &read, &write, &types, ttl_s, uses, days, can_issue, authority, addresses)
+            })?
         }
         Op::Enroll { token, name } => {
             let net = ctx.net.context("enrolment needs the network")?;

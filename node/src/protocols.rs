@@ -173,7 +173,7 @@ pub async fn sync(
 ) -> anyhow::Result<SyncOutcome> {
     let peer = net.connect(target).await?;
     let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
-    node.auth.refresh_revocations();
+    node.auth.refresh_revocations()?;
     // A busy peer may drop a new stream before its accept loop takes it
     // (libp2p-stream hands over one stream at a time). Nothing was said on
     // such a stream, so opening another is safe; after the first answer,
@@ -257,9 +257,12 @@ pub async fn answer_sync(
             match (orgs.len(), key_of(&peer)) {
                 (1, Some(peer_key)) => {
                     let org = *orgs.iter().next().expect("one org");
+                    // Said to the peer, so it names which side lacks what.
                     match node.session_config(org, AuthorKey(peer_key), hello.session) {
                         Ok(config) => Ok(config),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => {
+                            Err(e.downcast_ref::<crate::node::NoChain>().map_or(e.to_string(), |n| n.describe(true)))
+                        }
                     }
                 }
                 (1, None) => Err("peer id without an Ed25519 key".to_owned()),
@@ -269,6 +272,9 @@ pub async fn answer_sync(
         Ok(_) => Err("the first message must be Hello".to_owned()),
         Err(e) => Err(format!("bad message: {e}")),
     };
+    // The peer's credentials are checked against revocations read now; a
+    // node that cannot read them refuses the session (fails closed).
+    let refusal = refusal.and_then(|config| node.auth.refresh_revocations().map(|()| config).map_err(|d| d.0));
     let config = match refusal {
         Ok(config) => config,
         Err(reason) => {
@@ -279,7 +285,6 @@ pub async fn answer_sync(
             return Err(reason);
         }
     };
-    node.auth.refresh_revocations();
     let mut session = Session::accept(config, now_ms());
     let env = engine::Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
     tokio::task::block_in_place(|| session.handle_message(now_ms(), &first, &env));
@@ -320,6 +325,10 @@ pub fn describe_error(error: &SessionError) -> String {
 struct EnrolRequest {
     secret: String,
     name: String,
+    /// The device's clock (seconds since 1970), so the issuer can start the
+    /// certificate early enough for it, or refuse before spending a use.
+    #[serde(default)]
+    clock_s: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -333,9 +342,10 @@ struct EnrolAnswer {
 /// Characters of a device name kept from an enrolment request.
 const ENROL_NAME_CHARS_MAX: usize = 100;
 
-/// An enrolment request as the issuer reads it: the token's secret and the
-/// device's name (cut to `ENROL_NAME_CHARS_MAX` characters).
-pub fn decode_enrol_request(bytes: &[u8]) -> Result<([u8; 32], String), String> {
+/// An enrolment request as the issuer reads it: the token's secret, the
+/// device's name (cut to `ENROL_NAME_CHARS_MAX` characters) and its clock,
+/// if it said.
+pub fn decode_enrol_request(bytes: &[u8]) -> Result<([u8; 32], String, Option<u64>), String> {
     if bytes.len() > ENROL_REQUEST_MAX {
         return Err(format!(
             "the enrolment request is {} bytes, more than the {ENROL_REQUEST_MAX} allowed",
@@ -344,7 +354,7 @@ pub fn decode_enrol_request(bytes: &[u8]) -> Result<([u8; 32], String), String> 
     }
     let request: EnrolRequest = serde_json::from_slice(bytes).map_err(|_| "malformed enrolment request".to_owned())?;
     let secret = partitions::hex::decode::<32>(&request.secret).ok_or("malformed enrolment secret")?;
-    Ok((secret, request.name.chars().take(ENROL_NAME_CHARS_MAX).collect()))
+    Ok((secret, request.name.chars().take(ENROL_NAME_CHARS_MAX).collect(), request.clock_s))
 }
 
 /// An issuer's answer as the device reads it: the chain issued (checked
@@ -378,14 +388,12 @@ pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> any
         };
         match net.connect(&target).await {
             Ok(peer) if peer == issuer => {
-                let mut stream = net.open(peer, ENROL_PROTOCOL).await?;
-                let request = EnrolRequest { secret: partitions::hex::encode(&token.secret), name: name.to_owned() };
-                net::write_frame(&mut stream, &serde_json::to_vec(&request)?).await?;
-                let answer =
-                    tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, net::read_frame(&mut stream, ENROL_ANSWER_MAX))
-                        .await
-                        .map_err(|_| anyhow!("the issuer did not answer"))??
-                        .context("the issuer closed the stream without answering")?;
+                let request = EnrolRequest {
+                    secret: partitions::hex::encode(&token.secret),
+                    name: name.to_owned(),
+                    clock_s: Some(crate::node::now_s()),
+                };
+                let answer = ask_issuer(net, peer, &serde_json::to_vec(&request)?).await?;
                 let chain = decode_enrol_answer(&answer)?;
                 let out = tokio::task::block_in_place(|| node.store_enrolled(&chain))?;
                 return Ok(out);
@@ -395,6 +403,33 @@ pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> any
         }
     }
     Err(last_error)
+}
+
+/// Sends an enrolment request and reads the answer. An issuer enrolling
+/// several devices at once may drop a new stream before its accept loop
+/// takes it (as for sync): a stream closed with no answer is opened again,
+/// a few times. Retrying is safe: a request the issuer did read is answered,
+/// and a second presentation of a spent secret is refused, not granted.
+async fn ask_issuer(net: &Net, issuer: PeerId, request: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut stream = net.open(issuer, ENROL_PROTOCOL).await?;
+        let exchange = async {
+            net::write_frame(&mut stream, request).await?;
+            net::read_frame(&mut stream, ENROL_ANSWER_MAX).await
+        };
+        let lost = match tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, exchange).await {
+            Err(_) => bail!("the issuer did not answer within {} s", FIRST_MESSAGE_TIMEOUT.as_secs()),
+            Ok(Ok(Some(answer))) => return Ok(answer),
+            Ok(Ok(None)) => "the issuer closed the stream without answering".to_owned(),
+            Ok(Err(e)) => format!("the connection to the issuer was lost ({e})"),
+        };
+        if attempt >= STREAM_ATTEMPTS {
+            bail!("{lost}, {attempt} times");
+        }
+        tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
+    }
 }
 
 /// The issuer side of enrolment. `redeem` runs under `lock` so two devices
@@ -411,11 +446,11 @@ pub async fn answer_enrol(
             _ => return Err("no enrolment request".into()),
         };
     let result = (|| -> Result<Vec<u8>, String> {
-        let (secret, name) = decode_enrol_request(&request)?;
+        let (secret, name, device_clock_s) = decode_enrol_request(&request)?;
         let subject = key_of(&peer).ok_or("peer id without an Ed25519 key")?;
         tokio::task::block_in_place(|| {
             let _guard = lock.lock().map_err(|_| "enrolment lock poisoned".to_owned())?;
-            node.redeem_token(&secret, &subject, &name)
+            node.redeem_token(&secret, &subject, &name, device_clock_s)
         })
     })();
     let answer = match &result {

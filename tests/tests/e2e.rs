@@ -17,8 +17,14 @@ fn org(central: &Home) -> String {
         .to_owned()
 }
 
+/// A token reading `read` and writing `write` (an empty text: nothing).
 fn token(central: &Home, read: &str, write: &str, extra: &[&str]) -> String {
-    let mut args = vec!["enroll", "token", "--read", read, "--write", write];
+    let mut args = vec!["enroll", "token"];
+    for (flag, value) in [("--read", read), ("--write", write)] {
+        if !value.is_empty() {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     central.json(&args)["token"].as_str().expect("token").to_owned()
 }
@@ -382,78 +388,74 @@ fn a_bundle_carries_changes_from_one_node_to_another() {
     assert_eq!(last["via"], "bundle");
 }
 
+/// docs/guide.md section 3 with the namespace script it ships: a hub in
+/// one namespace enrols a device in each, goes away, and one device finds
+/// the other by mDNS and syncs with it by peer id.
 #[test]
 fn mdns_finds_a_peer_across_network_namespaces() {
-    let namespaces = Namespaces::create();
-    let Some(namespaces) = namespaces else { return };
+    let Some(namespaces) = Namespaces::create() else { return };
     let root = tempfile::tempdir().expect("dir");
-    let central = Home::init(root.path(), "central");
-    org(&central);
+    let in_ns = |ns: usize, home: &Home, args: &[&str]| {
+        let mut command = std::process::Command::new("ip");
+        command.args(["netns", "exec", &namespaces.names[ns]]).arg(tests::cli::ferry_binary());
+        command.arg("--home").arg(&home.dir).args(args).env("RUST_LOG", "warn");
+        command
+    };
+    let hub = Home::init(root.path(), "hub");
+    org(&hub);
     let listen = format!("/ip4/{}/tcp/0", namespaces.addresses[0]);
-    let mut command = std::process::Command::new("ip");
-    command.args(["netns", "exec", &namespaces.names[0]]).arg(tests::cli::ferry_binary());
-    command.arg("--home").arg(&central.dir).args(["--json", "serve", "--listen", &listen]);
-    let server = tests::cli::Server::start(&central, command, &[]);
-    let device = Home::init(root.path(), "device");
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &namespaces.names[1]])
-        .arg(tests::cli::ferry_binary())
-        .arg("--home")
-        .arg(&device.dir)
-        .args(["--json", "peers"])
-        .output()
-        .expect("ferry peers");
+    let hub_server =
+        tests::cli::Server::start(&hub, in_ns(0, &hub, &["--json", "serve", "--listen", &listen, "--no-mdns"]), &[]);
+    let [a, b] = ["a", "b"].map(|n| Home::init(root.path(), n));
+    for (ns, device) in [(0, &a), (1, &b)] {
+        let token = token(&hub, "results:tc-1", "results:tc-1", &[]);
+        let out = in_ns(ns, device, &["--json", "enroll", &token]).output().expect("enroll");
+        assert!(out.status.success(), "{}: {}", device.name, String::from_utf8_lossy(&out.stderr));
+    }
+    hub_server.stop();
+    a.ok(&["put", "result", "r1", "--partition", "results:tc-1", "--set", "score=0.8"]);
+    let a_server = tests::cli::Server::start(&a, in_ns(0, &a, &["--json", "serve"]), &[]);
+    let out = in_ns(1, &b, &["--json", "peers"]).output().expect("ferry peers");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let peers: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let central_id = central.peer_id();
-    assert!(peers.as_array().expect("list").iter().any(|p| p["peer_id"] == central_id.as_str()), "{peers}");
-    server.stop();
+    let a_id = a.peer_id();
+    assert!(peers.as_array().expect("list").iter().any(|p| p["peer_id"] == a_id.as_str()), "{peers}");
+    let out = in_ns(1, &b, &["--json", "sync", &a_id]).output().expect("ferry sync");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(b.json(&["get", "result", "r1"])["fields"]["score"], 0.8);
+    a_server.stop();
 }
 
-/// Two network namespaces joined by a veth pair, removed on drop.
+/// The two namespaces of `tests/netns/two-lans.sh`, tagged with this
+/// process's id (tests may run at once), removed on drop.
 struct Namespaces {
+    tag: String,
     names: [String; 2],
     addresses: [&'static str; 2],
 }
 
 impl Namespaces {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("netns/two-lans.sh")
+    }
+
+    /// `None` (the test is skipped) where the machine does not allow
+    /// network namespaces: the script then exits 77.
     fn create() -> Option<Namespaces> {
-        let tag = std::process::id();
-        let names = [format!("ferry-a-{tag}"), format!("ferry-b-{tag}")];
-        let run = |args: &[&str]| {
-            std::process::Command::new("ip").args(args).output().map(|o| o.status.success()).unwrap_or(false)
-        };
-        if !run(&["netns", "add", &names[0]]) {
-            println!("skipping mDNS across namespaces: this machine does not allow `ip netns add`");
+        let tag = format!("e{}", std::process::id());
+        let out = std::process::Command::new(Self::script()).args(["up", &tag]).output().expect("run two-lans.sh");
+        if out.status.code() == Some(77) {
+            println!("skipping mDNS across namespaces: {}", String::from_utf8_lossy(&out.stderr).trim());
             return None;
         }
-        let ns = Namespaces { names, addresses: ["10.213.0.1", "10.213.0.2"] };
-        let (a, b) = (&ns.names[0], &ns.names[1]);
-        let veth = [format!("fva{tag}"), format!("fvb{tag}")];
-        let veth = [&veth[0][..veth[0].len().min(15)], &veth[1][..veth[1].len().min(15)]];
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["netns", "add", b],
-            vec!["link", "add", veth[0], "type", "veth", "peer", "name", veth[1]],
-            vec!["link", "set", veth[0], "netns", a],
-            vec!["link", "set", veth[1], "netns", b],
-            vec!["-n", a, "addr", "add", "10.213.0.1/24", "dev", veth[0]],
-            vec!["-n", b, "addr", "add", "10.213.0.2/24", "dev", veth[1]],
-            vec!["-n", a, "link", "set", veth[0], "up", "multicast", "on"],
-            vec!["-n", b, "link", "set", veth[1], "up", "multicast", "on"],
-            vec!["-n", a, "link", "set", "lo", "up"],
-            vec!["-n", b, "link", "set", "lo", "up"],
-        ];
-        for step in steps {
-            assert!(run(&step), "ip {step:?} failed");
-        }
-        Some(ns)
+        assert!(out.status.success(), "two-lans.sh up failed: {}", String::from_utf8_lossy(&out.stderr));
+        let names = [format!("ferry-a-{tag}"), format!("ferry-b-{tag}")];
+        Some(Namespaces { tag, names, addresses: ["10.213.0.1", "10.213.0.2"] })
     }
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        for name in &self.names {
-            let _ = std::process::Command::new("ip").args(["netns", "del", name]).output();
-        }
+        let _ = std::process::Command::new(Self::script()).args(["down", &self.tag]).output();
     }
 }

@@ -66,14 +66,14 @@ impl Fixture {
             import_padded(&central, root.path(), extra_records);
         }
         let server = central.serve();
-        let token = |read: &str, write: &str| {
-            central.json(&["enroll", "token", "--read", read, "--write", write])["token"]
-                .as_str()
-                .expect("token")
-                .to_owned()
+        let token = |args: &[&str]| {
+            let mut all = vec!["enroll", "token"];
+            all.extend_from_slice(args);
+            central.json(&all)["token"].as_str().expect("token").to_owned()
         };
-        let honest = Device::enrol(root.path(), "honest", &token("results", ""));
-        let mallory = Device::enrol(root.path(), "mallory", &token("results:tc-1", "results:tc-1"));
+        let honest = Device::enrol(root.path(), "honest", &token(&["--read", "results"]));
+        let mallory =
+            Device::enrol(root.path(), "mallory", &token(&["--read", "results:tc-1", "--write", "results:tc-1"]));
         // The honest device holds everything already: its syncs during the
         // cases are no-ops for the central's records.
         honest.home.json(&["sync", &server.address]);
