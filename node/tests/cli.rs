@@ -225,6 +225,7 @@ fn demo_with_json_says_it_has_no_json_output() {
     assert!(!out.status.success());
     assert_eq!(out.stdout, b"", "nothing that is not JSON on stdout");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "ferry: demo has no JSON output; run it without --json\n");
+}
 
 /// The ```toml blocks of docs/guide.md, in order.
 fn guide_toml_blocks() -> Vec<String> {
