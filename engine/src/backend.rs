@@ -72,6 +72,10 @@ impl BackendKind {
     }
 }
 
+/// What `Backend::audit` calls for each entry: its key, and its value or
+/// the damage; returns whether to go on.
+pub type AuditVisit<'a> = dyn FnMut(&[u8], Result<&[u8], BackendError>) -> bool + 'a;
+
 /// One write of a batch: a put, or a delete when the value is `None`.
 pub type WriteOp = (Vec<u8>, Option<Vec<u8>>);
 
@@ -126,7 +130,7 @@ pub trait Backend: Send + Sync {
     /// Visits every entry with its value or, where the value is damaged,
     /// the damage, without stopping at it (`ferry check`). Backends without
     /// checksums report no damage of their own.
-    fn audit(&self, visit: &mut dyn FnMut(&[u8], Result<&[u8], BackendError>) -> bool) -> Result<(), BackendError> {
+    fn audit(&self, visit: &mut AuditVisit<'_>) -> Result<(), BackendError> {
         self.scan(&[], None, &mut |k, v| visit(k, Ok(v)))
     }
 }

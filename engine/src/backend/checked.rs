@@ -18,7 +18,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use super::{Backend, BackendError, Entry, FailureKind, WriteOp};
+use super::{AuditVisit, Backend, BackendError, Entry, FailureKind, WriteOp};
 
 /// Bytes of the checksum after every value: a random flip goes unnoticed
 /// with probability 2^-64.
@@ -107,7 +107,7 @@ impl Checked {
 
     /// Visits every entry, damaged or not, for `ferry check`: `visit` gets
     /// the key and the value, or the damage.
-    pub fn audit(&self, visit: &mut dyn FnMut(&[u8], Result<&[u8], BackendError>) -> bool) -> Result<(), BackendError> {
+    pub fn audit(&self, visit: &mut AuditVisit<'_>) -> Result<(), BackendError> {
         guard(self.name, || {
             self.inner.scan(&[0x01], None, &mut |k, v| {
                 let opened = self.open_value(k, v);
@@ -184,7 +184,7 @@ impl Backend for Checked {
         guard(self.name, || self.inner.purge(doomed))
     }
 
-    fn audit(&self, visit: &mut dyn FnMut(&[u8], Result<&[u8], BackendError>) -> bool) -> Result<(), BackendError> {
+    fn audit(&self, visit: &mut AuditVisit<'_>) -> Result<(), BackendError> {
         Checked::audit(self, visit)
     }
 }

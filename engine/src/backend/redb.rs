@@ -11,6 +11,9 @@ use super::{Backend, BackendError, Entry, FailureKind, WriteOp};
 
 pub const FILE_NAME: &str = "store.redb";
 
+/// A key and value as a table iterator yields them.
+type Pair<'a> = (redb::AccessGuard<'a, &'static [u8]>, redb::AccessGuard<'a, &'static [u8]>);
+
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ferry");
 
 /// redb's page cache. The store's working set is the records of one sync
@@ -193,10 +196,7 @@ impl Backend for RedbBackend {
                     let tx = db.begin_read().map_err(err)?;
                     let table = tx.open_table(TABLE).map_err(err)?;
                     let range = table.range::<&[u8]>(..).map_err(err)?;
-                    let mut visit = |entry: Result<
-                        (redb::AccessGuard<'_, &[u8]>, redb::AccessGuard<'_, &[u8]>),
-                        redb::StorageError,
-                    >| {
+                    let mut visit = |entry: Result<Pair<'_>, redb::StorageError>| {
                         match entry {
                             Ok((k, v)) => {
                                 kept.insert(k.value().to_vec(), v.value().to_vec());
