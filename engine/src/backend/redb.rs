@@ -196,14 +196,12 @@ impl Backend for RedbBackend {
                     let tx = db.begin_read().map_err(err)?;
                     let table = tx.open_table(TABLE).map_err(err)?;
                     let range = table.range::<&[u8]>(..).map_err(err)?;
-                    let mut visit = |entry: Result<Pair<'_>, redb::StorageError>| {
-                        match entry {
-                            Ok((k, v)) => {
-                                kept.insert(k.value().to_vec(), v.value().to_vec());
-                                true
-                            }
-                            Err(_) => false,
+                    let mut visit = |entry: Result<Pair<'_>, redb::StorageError>| match entry {
+                        Ok((k, v)) => {
+                            kept.insert(k.value().to_vec(), v.value().to_vec());
+                            true
                         }
+                        Err(_) => false,
                     };
                     if backwards {
                         for entry in range.rev() {
