@@ -755,7 +755,10 @@ impl Store {
             // will be signed: a node never makes a change its peers refuse.
             let mut trial = clock;
             change.hlc = trial.tick(now_ms);
-            if let Err(e) = change.check_form(change.signing_bytes().len()) {
+            // Encoding only when the cheap bound comes near the limit.
+            let bound = change.signing_len_bound();
+            let len = if bound <= RECORD_BYTES_MAX { bound } else { change.signing_bytes().len() };
+            if let Err(e) = change.check_form(len) {
                 results[i] = Some(Err(WriteRejection::Form(e)));
                 continue;
             }

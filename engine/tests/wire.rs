@@ -151,3 +151,58 @@ fn a_filter_with_too_many_prefixes_is_refused_while_decoding() {
     let frame = wire::encode_message(&hello);
     assert!(matches!(wire::decode_message(&frame), Err(DecodeError::Cbor(_))));
 }
+
+/// A local write skips encoding a change when `signing_len_bound` is under
+/// the limit, so the bound must never be below the real length: checked on
+/// every change of a batch, on the SPEC §5 workload, and on values with
+/// every kind of field at its widest.
+#[test]
+fn the_signing_length_bound_is_never_below_the_signing_length() {
+    let batch = sample_batch();
+    let group = &batch.groups[0];
+    let mut changes: Vec<engine::Change> = group.changes.iter().map(|c| group.change(c)).collect();
+    let mut widest = changes[0].clone();
+    let mut seen = VersionVector::new();
+    for i in 0..300u16 {
+        let mut instance = [0xff; 16];
+        instance[..2].copy_from_slice(&i.to_be_bytes());
+        seen.add(engine::Dot { instance: InstanceId(instance), counter: u64::MAX - u64::from(i) });
+    }
+    widest.seen = seen;
+    widest.counter = u64::MAX;
+    widest.hlc = Hlc(u64::MAX);
+    widest.op = Op::Put {
+        replace: true,
+        fields: (0..200)
+            .map(|i| {
+                let value = match i % 6 {
+                    0 => Value::Int(i64::MIN),
+                    1 => Value::Float(f64::MAX),
+                    2 => Value::Text("é".repeat(300)),
+                    3 => Value::Bytes(vec![0xff; 500]),
+                    4 => Value::Map((0..20).map(|k| (format!("k{k}"), Value::Array(vec![Value::Null; 30]))).collect()),
+                    _ => Value::Array(vec![Value::Int(i64::MAX); 64]),
+                };
+                (format!("field-{i:03}-{}", "x".repeat(100)), Some(value))
+            })
+            .collect(),
+    };
+    changes.push(widest);
+    for (i, record) in
+        engine::workload::writes(&partition("results"), &RecordType::parse("result").expect("t"), 42, 0..200, 1)
+            .into_iter()
+            .enumerate()
+    {
+        let mut change = changes[0].clone();
+        change.record = record.record.clone();
+        if let engine::LocalOp::Put { set, .. } = record.op {
+            change.op = Op::Put { replace: true, fields: set.into_iter().map(|(k, v)| (k, Some(v))).collect() };
+        }
+        change.counter = i as u64 + 1;
+        changes.push(change);
+    }
+    for change in &changes {
+        let real = change.signing_bytes().len();
+        assert!(change.signing_len_bound() >= real, "bound {} < {real}", change.signing_len_bound());
+    }
+}
