@@ -12,6 +12,7 @@
 //! after every flush (see docs/storage.md).
 
 pub mod checked;
+pub mod memory;
 pub mod redb;
 pub mod sled;
 
@@ -23,6 +24,9 @@ use std::path::Path;
 pub enum BackendKind {
     Redb,
     Sled,
+    /// In memory, for the simulator and fuzzing (`memory.rs`); never chosen
+    /// by `parse`, so no configuration can pick it.
+    Memory,
 }
 
 impl BackendKind {
@@ -34,6 +38,7 @@ impl BackendKind {
         match self {
             BackendKind::Redb => "redb",
             BackendKind::Sled => "sled",
+            BackendKind::Memory => "memory",
         }
     }
 
@@ -53,6 +58,7 @@ impl BackendKind {
             Ok(match self {
                 BackendKind::Redb => Box::new(redb::RedbBackend::open(dir)?) as Box<dyn Backend>,
                 BackendKind::Sled => Box::new(sled::SledBackend::open(dir)?),
+                BackendKind::Memory => Box::new(memory::MemoryBackend::open(dir)?),
             })
         })?;
         Ok(Box::new(checked::Checked::new(raw, self.name())?))
@@ -60,7 +66,9 @@ impl BackendKind {
 
     /// The backend whose files are in `dir`, if any.
     pub fn found_in(dir: &Path) -> Option<BackendKind> {
-        [BackendKind::Redb, BackendKind::Sled].into_iter().find(|kind| kind.main_file(dir).exists())
+        [BackendKind::Redb, BackendKind::Sled, BackendKind::Memory]
+            .into_iter()
+            .find(|kind| kind.main_file(dir).exists())
     }
 
     /// The file whose identity (inode) the instance rule watches.
@@ -68,6 +76,7 @@ impl BackendKind {
         match self {
             BackendKind::Redb => dir.join(redb::FILE_NAME),
             BackendKind::Sled => dir.join("db"),
+            BackendKind::Memory => dir.join(memory::FILE_NAME),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! The deterministic multi-node simulator.
 //!
 //! One thread, virtual time, one seeded generator. Three to seven nodes, each
-//! with a real store (redb or sled, in a temporary directory), hold scopes
-//! drawn from an org's partition tree: the whole org, one facility, a
-//! single-user device in Morango's style, a read-only portal, a device that
-//! may only read tests and never sees answers. They write, delete and edit
+//! with a store in a temporary directory (most in memory, a seeded eighth
+//! each on redb and sled), hold scopes drawn from an org's partition tree:
+//! the whole org, one facility, a single-user device in Morango's style, a
+//! read-only portal, a device that may only read tests and never sees
+//! answers. They write, delete and edit
 //! the same fields concurrently, and sync random pairs with random filters
 //! through the real sans-IO session, over a network that drops, duplicates,
 //! delays and reorders messages, cuts links, isolates nodes, and crashes and
@@ -225,7 +226,15 @@ impl World {
         world.leaves = leaves.iter().map(|l| Partition::resolve(org, l).expect("valid leaf")).collect();
         let count = world.rng.random_range(3..=7usize);
         for i in 0..count {
-            let kind = if world.rng.random_bool(0.5) { BackendKind::Redb } else { BackendKind::Sled };
+            // Most nodes keep their store in memory, so a seed costs
+            // microseconds of IO; a seeded fraction stays on the file
+            // backends, so their durability and the instance rule's file
+            // checks stay in every campaign.
+            let kind = match world.rng.random_range(0..8u32) {
+                0 => BackendKind::Redb,
+                1 => BackendKind::Sled,
+                _ => BackendKind::Memory,
+            };
             let (scope, name) = if i == 0 { (Scope::full(org), "central".to_owned()) } else { world.random_scope() };
             world.add_node(kind, scope, &format!("{name}#{i}"));
         }
