@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Pending, Store, StoreError, Triple, parse_index_value};
 use crate::authorize::{Signed, Verifier};
-use crate::backend::BackendError;
 use crate::change::{Change, RecordKey};
 use crate::ids::{Counter, InstanceId, RecordId};
 use crate::keys;
@@ -160,6 +159,15 @@ impl Store {
             let low = lost.entry(triple).or_insert(counter);
             *low = (*low).min(counter);
         };
+        // One pass over the change index finds the entries of every damaged
+        // record, however many there are.
+        let damaged_records: BTreeSet<RecordKey> = report
+            .damaged
+            .iter()
+            .filter(|d| d.key.first() == Some(&keys::RECORDS))
+            .filter_map(|d| record_key(&d.key))
+            .collect();
+        let mut index_of = self.index_entries_of(&damaged_records)?;
         let mut fresh_instance = false;
         for damage in &report.damaged {
             let key = &damage.key;
@@ -172,7 +180,7 @@ impl Store {
                     conflict.extend_from_slice(&key[1..]);
                     pending.delete(conflict);
                     pending.delete(keys::by_id(&record.partition, &record.record_type, &record.id));
-                    for (triple, counter, index_key) in self.index_entries_of(&record)? {
+                    for (triple, counter, index_key) in index_of.remove(&record).unwrap_or_default() {
                         pending.delete(index_key);
                         lose(triple, counter);
                     }
@@ -342,37 +350,40 @@ impl Store {
         self.commit(&writes)
     }
 
-    /// The change-index entries pointing at `record`: (triple, counter,
-    /// index key).
-    fn index_entries_of(&self, record: &RecordKey) -> Result<Vec<(Triple, Counter, Vec<u8>)>, StoreError> {
-        let prefix = keys::under(keys::CHANGES, &record.partition);
-        let mut out = Vec::new();
-        let mut scan_error: Option<BackendError> = None;
-        self.backend
-            .audit(&mut |k, v| {
-                if !k.starts_with(&prefix) {
-                    return k < prefix.as_slice();
-                }
-                let Ok(v) = v else { return true };
-                if let Some((partition, record_type, rest)) = keys::split_typed(&k[1..])
-                    && partition == record.partition
-                    && record_type == record.record_type
-                    && rest.len() == 24
-                    && parse_index_value(v).is_some_and(|(_, id)| id == record.id)
-                {
+    /// The change-index entries pointing at each of `records`: (triple,
+    /// counter, index key), read in one pass over the index.
+    fn index_entries_of(&self, records: &BTreeSet<RecordKey>) -> Result<BTreeMap<RecordKey, IndexEntries>, StoreError> {
+        let mut out: BTreeMap<RecordKey, IndexEntries> = BTreeMap::new();
+        if records.is_empty() {
+            return Ok(out);
+        }
+        self.backend.audit(&mut |k, v| {
+            match k.first() {
+                Some(&keys::CHANGES) => {}
+                Some(&table) => return table < keys::CHANGES,
+                None => return true,
+            }
+            let Ok(v) = v else { return true };
+            if let Some((partition, record_type, rest)) = keys::split_typed(&k[1..])
+                && rest.len() == 24
+                && let Some((_, id)) = parse_index_value(v)
+            {
+                let record = RecordKey { partition, record_type, id };
+                if records.contains(&record) {
                     let instance = InstanceId(rest[..16].try_into().expect("16 bytes"));
                     let counter = u64::from_be_bytes(rest[16..].try_into().expect("8 bytes"));
-                    out.push(((partition, record_type, instance), counter, k.to_vec()));
+                    let triple = (record.partition.clone(), record.record_type.clone(), instance);
+                    out.entry(record).or_default().push((triple, counter, k.to_vec()));
                 }
-                true
-            })
-            .unwrap_or_else(|e| scan_error = Some(e));
-        if let Some(e) = scan_error {
-            return Err(e.into());
-        }
+            }
+            true
+        })?;
         Ok(out)
     }
 }
+
+/// Change-index entries of one record: (triple, counter, index key).
+type IndexEntries = Vec<(Triple, Counter, Vec<u8>)>;
 
 /// The record a `RECORDS` key names.
 fn record_key(key: &[u8]) -> Option<RecordKey> {
