@@ -21,6 +21,8 @@ use crate::limits::{AUTHORITY_BYTES_MAX, FIELD_NAME_BYTES_MAX, FIELDS_MAX, RECOR
 use crate::value::Value;
 use crate::vector::VersionVector;
 
+pub(crate) mod signing;
+
 /// Where a record lives: the natural key two devices meet on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RecordKey {
@@ -151,7 +153,7 @@ impl Change {
 
     /// The bytes the signature covers.
     pub fn signing_bytes(&self) -> Vec<u8> {
-        crate::wire::change_signing_bytes(self)
+        signing::change_signing_bytes(self)
     }
 
     /// Signs the change; returns the length of its signing bytes.

@@ -10,6 +10,7 @@
 pub mod authorize;
 pub mod backend;
 pub mod change;
+pub mod codec;
 pub mod hlc;
 pub mod ids;
 pub mod keys;
@@ -20,6 +21,7 @@ pub mod policy;
 pub mod region;
 pub mod session;
 pub mod store;
+pub mod stored;
 pub mod value;
 pub mod vector;
 pub mod wire;

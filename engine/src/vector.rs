@@ -81,7 +81,7 @@ impl serde::Serialize for VersionVector {
         use serde::ser::SerializeMap;
         let mut map = s.serialize_map(Some(self.len()))?;
         for (instance, counter) in self.iter() {
-            map.serialize_entry(&crate::wire::Bytes16(instance.0), &counter)?;
+            map.serialize_entry(&crate::codec::Bytes16(instance.0), &counter)?;
         }
         map.end()
     }
@@ -99,7 +99,7 @@ impl<'de> serde::Deserialize<'de> for VersionVector {
                 let mut v = VersionVector::new();
                 let mut count = 0;
                 let mut last: Option<InstanceId> = None;
-                while let Some((instance, counter)) = map.next_entry::<crate::wire::Bytes16, u64>()? {
+                while let Some((instance, counter)) = map.next_entry::<crate::codec::Bytes16, u64>()? {
                     count += 1;
                     if count > VECTOR_ENTRIES_MAX {
                         return Err(serde::de::Error::custom("version vector has too many entries"));

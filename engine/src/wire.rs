@@ -1,7 +1,7 @@
-//! Every byte encoding the engine uses: wire messages, batches, signing bytes
-//! of changes, and the blobs the store keeps. The only module that touches
-//! serde_cbor (unmaintained, RUSTSEC-2021-0127, but stable): every decode
-//! here checks sizes before it decodes, and is fuzzed (`fuzz/`).
+//! The network messages of the sync protocol and their frames. Every decode
+//! here checks sizes before it decodes, and is fuzzed (`fuzz/`). The
+//! signing bytes of a change are in `change::signing`, what the store keeps
+//! in `stored`, and the CBOR building blocks all three share in `codec`.
 //!
 //! A frame on the wire is one byte of protocol version followed by one CBOR
 //! message (serde_cbor's packed form: struct fields and enum variants by
@@ -10,21 +10,22 @@
 //! checked before decompressing, and decompression bounded by that length.
 //! docs/protocol.md specifies the messages field by field.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use partitions::{Filter, Partition, RecordType};
 use serde::{Deserialize, Serialize};
 
+use crate::change::signing::{OpSer, OpWire};
 use crate::change::{Change, Op, RecordKey};
+use crate::codec::{ByteBuf, ByteBufRef, Bytes16, Bytes32, Bytes64, cbor_decode, truncate_utf8};
 use crate::ids::{AuthorKey, Hlc, InstanceId, RecordId};
 use crate::limits::{
     BATCH_CHAINS_MAX, BATCH_CHANGES_MAX, CREDENTIALS_BYTES_MAX, DECOMPRESSED_BYTES_MAX, HEADS_ENTRIES_MAX,
     MESSAGE_BYTES_MAX, REASON_BYTES_MAX,
 };
-use crate::merge::{Knowledge, RecordState};
-use crate::value::Value;
 use crate::vector::VersionVector;
+
+pub use crate::codec::DecodeError;
 
 /// The protocol version this engine speaks: the first byte of every frame.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -197,37 +198,6 @@ impl GroupChange {
     }
 }
 
-/// Why bytes are not a valid message.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("empty message")]
-    Empty,
-    #[error("message is {len} bytes, more than the {max} allowed")]
-    TooLarge { len: usize, max: usize },
-    #[error("protocol version {found} is not supported (this node speaks {supported})")]
-    Version { found: u8, supported: u8 },
-    #[error("malformed CBOR: {0}")]
-    Cbor(String),
-    #[error("compressed payload fails its checksum")]
-    Checksum,
-    #[error("payload would decompress to {len} bytes, more than the {max} allowed")]
-    DecompressedTooLarge { len: u64, max: usize },
-    #[error("payload does not decompress: {0}")]
-    Decompress(String),
-    #[error("payload decompressed to {found} bytes, not the {expected} announced")]
-    LengthMismatch { expected: u64, found: u64 },
-    #[error("batch has {count} changes, more than the {max} allowed")]
-    TooManyChanges { count: usize, max: usize },
-    #[error("batch carries {count} certificate chains, more than the {max} allowed")]
-    TooManyChains { count: usize, max: usize },
-    #[error("a certificate chain is {len} bytes, more than the {max} allowed")]
-    ChainTooLarge { len: usize, max: usize },
-    #[error("heads list {count} entries, more than the {max} allowed")]
-    TooManyHeads { count: usize, max: usize },
-    #[error("abort reason is {len} bytes, more than the {max} allowed")]
-    ReasonTooLong { len: usize, max: usize },
-}
-
 // Wire forms: what serde sees. Kept apart from the public types so the
 // public API never mentions serde_cbor or byte wrappers.
 
@@ -316,98 +286,6 @@ struct GroupChangeWire {
     seen: VersionVector,
     op: OpWire,
     signature: Bytes64,
-}
-
-#[derive(Serialize, Deserialize, Clone)]
-enum OpWire {
-    Put { replace: bool, fields: BTreeMap<String, FieldWire> },
-    Delete,
-}
-
-#[derive(Serialize, Deserialize, Clone)]
-enum FieldWire {
-    Unset,
-    Set(Value),
-}
-
-/// Serialises an `Op` exactly as `OpWire` does, without copying its values
-/// (encoding is on the hot path of every write and every sync).
-struct OpSer<'a>(&'a Op);
-
-struct FieldsSer<'a>(&'a BTreeMap<String, Option<Value>>);
-
-struct FieldSer<'a>(&'a Option<Value>);
-
-impl Serialize for OpSer<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStructVariant;
-        match self.0 {
-            Op::Put { replace, fields } => {
-                let mut v = s.serialize_struct_variant("OpWire", 0, "Put", 2)?;
-                v.serialize_field("replace", replace)?;
-                v.serialize_field("fields", &FieldsSer(fields))?;
-                v.end()
-            }
-            Op::Delete => s.serialize_unit_variant("OpWire", 1, "Delete"),
-        }
-    }
-}
-
-impl Serialize for FieldsSer<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            map.serialize_entry(k, &FieldSer(v))?;
-        }
-        map.end()
-    }
-}
-
-impl Serialize for FieldSer<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            None => s.serialize_unit_variant("FieldWire", 0, "Unset"),
-            Some(v) => s.serialize_newtype_variant("FieldWire", 1, "Set", v),
-        }
-    }
-}
-
-impl OpWire {
-    #[cfg(test)]
-    fn from_op(op: &Op) -> OpWire {
-        match op {
-            Op::Put { replace, fields } => OpWire::Put {
-                replace: *replace,
-                fields: fields
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_ref().map_or(FieldWire::Unset, |v| FieldWire::Set(v.clone()))))
-                    .collect(),
-            },
-            Op::Delete => OpWire::Delete,
-        }
-    }
-
-    fn into_op(self) -> Op {
-        match self {
-            OpWire::Put { replace, fields } => Op::Put {
-                replace,
-                fields: fields
-                    .into_iter()
-                    .map(|(k, v)| {
-                        (
-                            k,
-                            match v {
-                                FieldWire::Unset => None,
-                                FieldWire::Set(v) => Some(v),
-                            },
-                        )
-                    })
-                    .collect(),
-            },
-            OpWire::Delete => Op::Delete,
-        }
-    }
 }
 
 /// Encodes a message as one frame.
@@ -664,258 +542,4 @@ fn decompress<T: for<'de> Deserialize<'de>>(c: &Compressed) -> Result<T, DecodeE
         return Err(DecodeError::LengthMismatch { expected: c.raw_len, found: raw.len() as u64 });
     }
     cbor_decode(&raw)
-}
-
-fn cbor_decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
-    serde_cbor::from_slice(bytes).map_err(|e| DecodeError::Cbor(e.to_string()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn borrowed_op_encoding_is_the_derived_encoding() {
-        let ops = [
-            Op::Delete,
-            Op::Put { replace: true, fields: BTreeMap::new() },
-            Op::Put {
-                replace: false,
-                fields: BTreeMap::from([
-                    ("a".to_owned(), None),
-                    ("b".to_owned(), Some(Value::Int(-3))),
-                    ("c".to_owned(), Some(Value::Map(BTreeMap::from([("x".to_owned(), Value::Float(0.5))])))),
-                ]),
-            },
-        ];
-        for op in ops {
-            let borrowed = serde_cbor::ser::to_vec_packed(&OpSer(&op)).unwrap();
-            let derived = serde_cbor::ser::to_vec_packed(&OpWire::from_op(&op)).unwrap();
-            assert_eq!(borrowed, derived);
-            assert_eq!(cbor_decode::<OpWire>(&borrowed).unwrap().into_op(), op);
-        }
-    }
-}
-
-fn truncate_utf8(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Changes: the bytes a signature covers.
-
-#[derive(Serialize)]
-struct SignedChange<'a> {
-    domain: &'static str,
-    partition: &'a Partition,
-    record_type: &'a RecordType,
-    id: &'a RecordId,
-    author: Bytes16,
-    author_key: Bytes32,
-    counter: u64,
-    hlc: u64,
-    authority: &'a Option<String>,
-    seen: &'a VersionVector,
-    op: OpSer<'a>,
-}
-
-/// The canonical bytes of a change without its signature.
-pub fn change_signing_bytes(c: &Change) -> Vec<u8> {
-    let signed = SignedChange {
-        domain: "ferry change v1",
-        partition: &c.record.partition,
-        record_type: &c.record.record_type,
-        id: &c.record.id,
-        author: Bytes16(c.author.0),
-        author_key: Bytes32(c.author_key.0),
-        counter: c.counter,
-        hlc: c.hlc.0,
-        authority: &c.authority,
-        seen: &c.seen,
-        op: OpSer(&c.op),
-    };
-    serde_cbor::ser::to_vec_packed(&signed).expect("writing CBOR to a Vec cannot fail")
-}
-
-// ---------------------------------------------------------------------------
-// Store blobs: trusted (we wrote them), but decoded with the same care.
-
-#[derive(Serialize, Deserialize)]
-struct StoredRecord {
-    vv: VersionVector,
-    known_exists: VersionVector,
-    known_all: VersionVector,
-    known_fields: BTreeMap<String, VersionVector>,
-    changes: Vec<StoredChange>,
-}
-
-#[derive(Serialize)]
-struct StoredRecordSer<'a> {
-    vv: &'a VersionVector,
-    known_exists: &'a VersionVector,
-    known_all: &'a VersionVector,
-    known_fields: &'a BTreeMap<String, VersionVector>,
-    changes: Vec<StoredChangeSer<'a>>,
-}
-
-#[derive(Serialize)]
-struct StoredChangeSer<'a> {
-    author: Bytes16,
-    author_key: Bytes32,
-    counter: u64,
-    hlc: u64,
-    authority: &'a Option<String>,
-    seen: &'a VersionVector,
-    op: OpSer<'a>,
-    signature: Bytes64,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredChange {
-    author: Bytes16,
-    author_key: Bytes32,
-    counter: u64,
-    hlc: u64,
-    authority: Option<String>,
-    seen: VersionVector,
-    op: OpWire,
-    signature: Bytes64,
-}
-
-/// Encodes a record's state for the store (the key holds partition, type, id).
-pub fn encode_record(state: &RecordState) -> Vec<u8> {
-    let stored = StoredRecordSer {
-        vv: &state.vv,
-        known_exists: &state.known.exists,
-        known_all: &state.known.all_fields,
-        known_fields: &state.known.fields,
-        changes: state
-            .changes
-            .iter()
-            .map(|c| StoredChangeSer {
-                author: Bytes16(c.author.0),
-                author_key: Bytes32(c.author_key.0),
-                counter: c.counter,
-                hlc: c.hlc.0,
-                authority: &c.authority,
-                seen: &c.seen,
-                op: OpSer(&c.op),
-                signature: Bytes64(c.signature),
-            })
-            .collect(),
-    };
-    serde_cbor::ser::to_vec_packed(&stored).expect("writing CBOR to a Vec cannot fail")
-}
-
-/// Decodes a stored record of `key`.
-pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Result<RecordState, DecodeError> {
-    let stored: StoredRecord = cbor_decode(bytes)?;
-    Ok(RecordState {
-        vv: stored.vv,
-        known: Knowledge { exists: stored.known_exists, all_fields: stored.known_all, fields: stored.known_fields },
-        changes: stored
-            .changes
-            .into_iter()
-            .map(|c| Change {
-                record: key.clone(),
-                author: InstanceId(c.author.0),
-                author_key: AuthorKey(c.author_key.0),
-                counter: c.counter,
-                hlc: Hlc(c.hlc),
-                authority: c.authority,
-                seen: c.seen,
-                op: c.op.into_op(),
-                signature: c.signature.0,
-            })
-            .collect(),
-    })
-}
-
-/// Encodes any serde value the store keeps (ledger entries, peer caches).
-pub fn encode_value<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_cbor::ser::to_vec_packed(value).expect("writing CBOR to a Vec cannot fail")
-}
-
-pub fn decode_value<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
-    cbor_decode(bytes)
-}
-
-// ---------------------------------------------------------------------------
-// Byte strings: serde writes `[u8; N]` and `Vec<u8>` as arrays of integers;
-// these write CBOR byte strings.
-
-macro_rules! fixed_bytes {
-    ($name:ident, $n:expr) => {
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-        pub struct $name(pub [u8; $n]);
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(&self.0)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct Visitor;
-                impl serde::de::Visitor<'_> for Visitor {
-                    type Value = $name;
-                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                        write!(f, "{} bytes", $n)
-                    }
-                    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<$name, E> {
-                        v.try_into().map($name).map_err(|_| E::invalid_length(v.len(), &self))
-                    }
-                }
-                d.deserialize_bytes(Visitor)
-            }
-        }
-    };
-}
-
-fixed_bytes!(Bytes16, 16);
-fixed_bytes!(Bytes32, 32);
-fixed_bytes!(Bytes64, 64);
-
-/// Serialises borrowed bytes as a CBOR byte string.
-struct ByteBufRef<'a>(&'a [u8]);
-
-impl Serialize for ByteBufRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(self.0)
-    }
-}
-
-#[derive(Clone, PartialEq, Eq)]
-pub struct ByteBuf(pub Vec<u8>);
-
-impl Serialize for ByteBuf {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteBuf {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = ByteBuf;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.to_vec()))
-            }
-            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v))
-            }
-        }
-        d.deserialize_byte_buf(Visitor)
-    }
 }

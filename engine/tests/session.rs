@@ -367,7 +367,7 @@ fn legacy_put(node: &Node, key: &engine::RecordKey, value: Value, counter: u64) 
     let mut index = (len as u32).to_be_bytes().to_vec();
     index.extend_from_slice(key.id.as_str().as_bytes());
     let writes = vec![
-        (engine::keys::record(&key.partition, &key.record_type, &key.id), Some(engine::wire::encode_record(&state))),
+        (engine::keys::record(&key.partition, &key.record_type, &key.id), Some(engine::stored::encode_record(&state))),
         (engine::keys::by_id(&key.partition, &key.record_type, &key.id), Some(Vec::new())),
         (engine::keys::change(&key.partition, &key.record_type, &change.author, counter), Some(index)),
         (

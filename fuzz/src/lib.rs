@@ -100,10 +100,10 @@ pub fn stored_record(data: &[u8]) {
         record_type: partitions::RecordType::parse("result").expect("valid"),
         id: engine::RecordId::parse("r").expect("valid"),
     };
-    if let Ok(state) = engine::wire::decode_record(&key, data) {
+    if let Ok(state) = engine::stored::decode_record(&key, data) {
         let _ = state.view(&engine::policy::TypePolicy::default());
         let again =
-            engine::wire::decode_record(&key, &engine::wire::encode_record(&state)).expect("re-encoded records decode");
+            engine::stored::decode_record(&key, &engine::stored::encode_record(&state)).expect("re-encoded records decode");
         assert_eq!(again, state);
     }
 }

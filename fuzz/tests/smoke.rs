@@ -193,7 +193,7 @@ fn stored_record_holds_on_real_records() {
     store
         .list(None, None, &mut |r| {
             let state = store.record(&r.key).expect("read").expect("listed");
-            samples.push(engine::wire::encode_record(&state));
+            samples.push(engine::stored::encode_record(&state));
             true
         })
         .expect("list");

@@ -20,7 +20,7 @@ use crate::authorize::{Signed, Verifier};
 use crate::change::{Change, RecordKey};
 use crate::ids::{Counter, InstanceId, RecordId};
 use crate::keys;
-use crate::wire;
+use crate::stored;
 
 /// Changes verified in one call to the verifier.
 const VERIFY_CHUNK: usize = 4096;
@@ -97,7 +97,7 @@ impl Store {
                 });
                 return true;
             };
-            let state = match wire::decode_record(&record, value) {
+            let state = match stored::decode_record(&record, value) {
                 Ok(state) => state,
                 Err(e) => {
                     report.damaged.push(Damage { key: key.to_vec(), what: keys::describe(key), reason: e.to_string() });
@@ -284,7 +284,7 @@ impl Store {
                 }
                 Some(keys::RECORDS) => {
                     if let Some(record) = record_key(k)
-                        && let Ok(state) = wire::decode_record(&record, v)
+                        && let Ok(state) = stored::decode_record(&record, v)
                     {
                         for change in &state.changes {
                             let triple = (record.partition.clone(), record.record_type.clone(), change.author);

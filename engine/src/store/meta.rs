@@ -1,0 +1,131 @@
+//! What the store keeps besides records: certificate chains (by hash and by
+//! author), the sync ledger (bounded) and small notes per peer.
+
+use crate::ids::AuthorKey;
+use crate::keys;
+use crate::ledger::LedgerEntry;
+use crate::limits::LEDGER_ENTRIES_MAX;
+use crate::stored;
+
+use super::{Pending, Store, StoreError, corrupt};
+
+impl Store {
+    // -----------------------------------------------------------------------
+    // Credentials
+
+    /// Stores a certificate chain of `author` (opaque bytes); returns its hash.
+    pub fn put_chain(&self, author: &AuthorKey, chain: &[u8]) -> Result<[u8; 32], StoreError> {
+        let hash = *blake3::hash(chain).as_bytes();
+        let mut author_key = vec![keys::AUTHOR_CHAINS];
+        author_key.extend_from_slice(&author.0);
+        author_key.extend_from_slice(&hash);
+        // A damaged copy reads as an error: write over it.
+        let held = |key: &[u8]| self.backend.get(key).is_ok_and(|v| v.is_some());
+        let mut chain_key = vec![keys::CHAINS];
+        chain_key.extend_from_slice(&hash);
+        if held(&author_key) && held(&chain_key) {
+            // Held already: no write (a node reopened on a full disk still
+            // opens).
+            return Ok(hash);
+        }
+        let mut pending = Pending::default();
+        pending.chain(author, chain);
+        self.commit(&pending.into_writes())?;
+        Ok(hash)
+    }
+
+    pub fn chain(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut key = vec![keys::CHAINS];
+        key.extend_from_slice(hash);
+        Ok(self.backend.get(&key)?)
+    }
+
+    /// Every chain stored for `author`.
+    pub fn chains_of(&self, author: &AuthorKey) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut prefix = vec![keys::AUTHOR_CHAINS];
+        prefix.extend_from_slice(&author.0);
+        let mut hashes = Vec::new();
+        self.scan_prefix(&prefix, &mut |k, _| {
+            if let Ok(hash) = <[u8; 32]>::try_from(&k[prefix.len()..]) {
+                hashes.push(hash);
+            }
+            true
+        })?;
+        let mut out = Vec::new();
+        for hash in hashes {
+            if let Some(chain) = self.chain(&hash)? {
+                out.push(chain);
+            }
+        }
+        Ok(out)
+    }
+
+    // -----------------------------------------------------------------------
+    // Ledger and peer cache
+
+    /// Adds a ledger entry, dropping the oldest beyond `LEDGER_ENTRIES_MAX`
+    /// (peers that fail on purpose must not fill the disk).
+    pub fn record_session(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
+        let mut len = self.ledger_len.lock().expect("ledger lock");
+        let held = match *len {
+            Some(n) => n,
+            None => {
+                let mut n = 0;
+                self.scan_prefix(&[keys::LEDGER], &mut |_, _| {
+                    n += 1;
+                    true
+                })?;
+                n
+            }
+        };
+        let mut key = vec![keys::LEDGER];
+        key.extend_from_slice(&entry.started_at_ms.to_be_bytes());
+        key.extend_from_slice(entry.session.as_bytes());
+        let mut writes = vec![(key, Some(stored::encode_value(entry)))];
+        let excess = (held + 1).saturating_sub(LEDGER_ENTRIES_MAX);
+        if excess > 0 {
+            self.scan_prefix(&[keys::LEDGER], &mut |k, _| {
+                writes.push((k.to_vec(), None));
+                writes.len() <= excess
+            })?;
+        }
+        let dropped = writes.len() - 1;
+        self.commit(&writes)?;
+        *len = Some(held + 1 - dropped);
+        Ok(())
+    }
+
+    /// The ledger, oldest first.
+    pub fn history(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut failure = None;
+        self.scan_prefix(&[keys::LEDGER], &mut |_, v| match stored::decode_value(v) {
+            Ok(entry) => {
+                out.push(entry);
+                true
+            }
+            Err(e) => {
+                failure = Some(corrupt(&format!("ledger entry: {e}")));
+                false
+            }
+        })?;
+        failure.map_or(Ok(out), Err)
+    }
+
+    /// A small value kept per peer (for example the last digest exchanged).
+    pub fn peer_note(&self, peer: &AuthorKey, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.backend.get(&peer_key(peer, name))?)
+    }
+
+    pub fn set_peer_note(&self, peer: &AuthorKey, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.commit(&[(peer_key(peer, name), Some(value.to_vec()))])?;
+        Ok(())
+    }
+}
+
+fn peer_key(peer: &AuthorKey, name: &str) -> Vec<u8> {
+    let mut key = vec![keys::PEERS];
+    key.extend_from_slice(&peer.0);
+    key.extend_from_slice(name.as_bytes());
+    key
+}

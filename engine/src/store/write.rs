@@ -1,0 +1,309 @@
+//! Local writes: what an application asks for becomes changes signed by
+//! this node, checked against its scope and against the form check every
+//! peer runs, merged, indexed and committed in one durable commit. A
+//! refused write uses no counter.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::SigningKey;
+use partitions::WriteKind;
+
+use crate::authorize::{Authorizer, Denied};
+use crate::change::{Change, ChangeError, Op, RecordKey, is_field_name};
+use crate::ids::{AuthorKey, Dot, Hlc};
+use crate::keys;
+use crate::limits::{FIELDS_MAX, RECORD_BYTES_MAX};
+use crate::merge::{RecordState, View};
+use crate::policy::{PROFILE_TYPE, TypePolicy};
+use crate::value::Value;
+
+use super::{Pending, Store, StoreError, corrupt};
+
+/// A write an application asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalWrite {
+    pub record: RecordKey,
+    pub op: LocalOp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum LocalOp {
+    /// Sets and unsets fields; creates the record if it does not exist (or
+    /// recreates it, empty but for `set`, if it was deleted).
+    Put {
+        set: BTreeMap<String, Value>,
+        unset: BTreeSet<String>,
+    },
+    Delete,
+    /// Undoes a deletion, keeping the fields the record had.
+    Restore,
+}
+
+/// Why one local write was refused (the others in the call still apply).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum WriteRejection {
+    #[error("no such record")]
+    NotFound,
+    #[error("the record is already deleted")]
+    AlreadyDeleted,
+    #[error("the record is not deleted")]
+    NotDeleted,
+    #[error("outside this node's write scope: {0}")]
+    Denied(Denied),
+    #[error("bad field: {0}")]
+    Field(String),
+    /// The change this write would make is one peers must refuse (too
+    /// large, too deep): refused before it is made.
+    #[error("{0}")]
+    Form(ChangeError),
+}
+
+/// The outcome of one local write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// The new change; for an unchanged record, its latest change.
+    pub dot: Dot,
+    pub view: View,
+    /// The write set what the record already showed: no change was made
+    /// (re-running an import writes, signs and syncs nothing new).
+    pub unchanged: bool,
+}
+
+/// Who writes locally.
+pub struct LocalAuthor {
+    pub key: SigningKey,
+    pub authority: Option<String>,
+}
+
+/// Signs freshly made changes; drivers with threads sign in parallel.
+/// Returns the length of each change's signing bytes (the stored size the
+/// change index records).
+pub trait Signer: Sync {
+    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) -> Vec<usize>;
+}
+
+/// Signs on the calling thread.
+pub struct SerialSigner;
+
+impl Signer for SerialSigner {
+    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) -> Vec<usize> {
+        changes.iter_mut().map(|change| change.sign(key)).collect()
+    }
+}
+
+impl Store {
+    // -----------------------------------------------------------------------
+    // Local writes
+
+    /// Writes for an application. Each write becomes a change signed by
+    /// `author`, checked against its scope through `auth`; refused writes
+    /// change nothing and use no counter. Everything accepted is committed
+    /// atomically and durably before this returns.
+    pub fn write(
+        &self,
+        author: &LocalAuthor,
+        writes: &[LocalWrite],
+        now_ms: u64,
+        auth: &dyn Authorizer,
+        signer: &dyn Signer,
+    ) -> Result<Vec<Result<Written, WriteRejection>>, StoreError> {
+        self.write_with(author, writes, now_ms, auth, signer, true)
+    }
+
+    /// Like `write`; without `views` the results carry empty views (bulk
+    /// imports do not need them).
+    pub fn write_with(
+        &self,
+        author: &LocalAuthor,
+        writes: &[LocalWrite],
+        now_ms: u64,
+        auth: &dyn Authorizer,
+        signer: &dyn Signer,
+        views: bool,
+    ) -> Result<Vec<Result<Written, WriteRejection>>, StoreError> {
+        let author_key = AuthorKey(author.key.verifying_key().to_bytes());
+        let mut local = self.lock();
+        let mut results: Vec<Option<Result<Written, WriteRejection>>> = vec![None; writes.len()];
+        // Record states as this call changes them: (state, existed before),
+        // and the dots each retained when loaded.
+        let mut states: BTreeMap<RecordKey, (RecordState, bool)> = BTreeMap::new();
+        let mut loaded: BTreeMap<RecordKey, Vec<Dot>> = BTreeMap::new();
+        let mut changes: Vec<Change> = Vec::new();
+        let mut counter = local.counter;
+        let mut clock = local.clock;
+        let mut unique: Vec<&RecordKey> = writes.iter().map(|w| &w.record).collect();
+        unique.sort();
+        unique.dedup();
+        let mut prefetched: BTreeMap<RecordKey, Option<RecordState>> =
+            unique.iter().map(|k| (*k).clone()).zip(self.records(&unique)?).collect();
+        for (i, write) in writes.iter().enumerate() {
+            let key = &write.record;
+            if !states.contains_key(key) {
+                let state = prefetched.remove(key).flatten();
+                let existed = state.is_some();
+                let state = state.unwrap_or_default();
+                loaded.insert(key.clone(), state.changes.iter().map(Change::dot).collect());
+                states.insert(key.clone(), (state, existed));
+            }
+            let (state, _) = states.get_mut(key).expect("inserted above");
+            let held = !state.changes.is_empty();
+            let exists_now = held && state.exists(&TypePolicy::default());
+            if exists_now
+                && let LocalOp::Put { set, unset } = &write.op
+                && let Some(latest) = state.changes.iter().max_by_key(|c| c.hlc)
+            {
+                let view = state.view(&self.policy(&key.partition, &key.record_type)?);
+                let same = view.conflicts.is_empty()
+                    && set.iter().all(|(k, v)| view.fields.get(k) == Some(v))
+                    && unset.iter().all(|k| !view.fields.contains_key(k));
+                if same {
+                    results[i] = Some(Ok(Written { dot: latest.dot(), view, unchanged: true }));
+                    continue;
+                }
+            }
+            let op = match local_op(&write.op, held, exists_now) {
+                Ok(op) => op,
+                Err(rejection) => {
+                    results[i] = Some(Err(rejection));
+                    continue;
+                }
+            };
+            let mut change = Change {
+                record: key.clone(),
+                author: local.instance,
+                author_key,
+                counter: counter + 1,
+                hlc: Hlc(0),
+                authority: author.authority.clone(),
+                seen: state.vv.clone(),
+                op,
+                signature: [0; 64],
+            };
+            if let Err(denied) = auth.may_write(
+                &author_key,
+                author.authority.as_deref(),
+                &key.partition,
+                &key.record_type,
+                change.write_kind(),
+                now_ms / 1000,
+            ) {
+                results[i] = Some(Err(WriteRejection::Denied(denied)));
+                continue;
+            }
+            // The same form check every receiver runs, on the change as it
+            // will be signed: a node never makes a change its peers refuse.
+            let mut trial = clock;
+            change.hlc = trial.tick(now_ms);
+            // Encoding only when the cheap bound comes near the limit.
+            let bound = change.signing_len_bound();
+            let len = if bound <= RECORD_BYTES_MAX { bound } else { change.signing_bytes().len() };
+            if let Err(e) = change.check_form(len) {
+                results[i] = Some(Err(WriteRejection::Form(e)));
+                continue;
+            }
+            counter += 1;
+            clock = trial;
+            // Merge before signing (the signature plays no part in merging);
+            // the signatures are filled in below.
+            state.apply(change.clone()).map_err(|e| corrupt(&format!("own change does not merge: {e}")))?;
+            results[i] = Some(Ok(Written { dot: change.dot(), view: View::default(), unchanged: false }));
+            changes.push(change);
+        }
+        let lengths = signer.sign_all(&author.key, &mut changes);
+
+        let mut pending = Pending::default();
+        let mut retained: BTreeSet<Dot> = BTreeSet::new();
+        let signatures: BTreeMap<Dot, [u8; 64]> = changes.iter().map(|c| (c.dot(), c.signature)).collect();
+        let changed: BTreeSet<&RecordKey> = changes.iter().map(|c| &c.record).collect();
+        for (key, (state, existed)) in states.iter_mut() {
+            if !changed.contains(key) {
+                continue;
+            }
+            for held in state.changes.iter_mut() {
+                if let Some(signature) = signatures.get(&held.dot()) {
+                    held.signature = *signature;
+                    retained.insert(held.dot());
+                }
+            }
+            if !*existed {
+                pending.put(keys::by_id(&key.partition, &key.record_type, &key.id), Vec::new());
+            }
+            pending.record(key, state, *existed);
+            if key.record_type.as_str() == PROFILE_TYPE {
+                self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
+            }
+        }
+        for (change, length) in changes.iter().zip(lengths) {
+            // A change superseded by a later one of this same call is not
+            // indexed; the ones it superseded before are dropped.
+            if retained.contains(&change.dot()) {
+                pending.index_change(change, length);
+            }
+        }
+        for (key, dots) in &loaded {
+            let (state, _) = &states[key];
+            let dropped: Vec<Dot> =
+                dots.iter().copied().filter(|d| state.changes.binary_search_by_key(d, Change::dot).is_err()).collect();
+            pending.drop_changes(key, &dropped);
+        }
+        pending.put(keys::meta("counter"), counter.to_be_bytes().to_vec());
+        pending.put(keys::meta("hlc"), clock.last().0.to_be_bytes().to_vec());
+        self.finish_heads(&mut pending, &BTreeMap::new())?;
+        self.commit_pending(pending)?;
+        local.counter = counter;
+        local.clock = clock;
+        drop(local);
+        for (slot, write) in results.iter_mut().zip(writes) {
+            if !views {
+                break;
+            }
+            if let Some(Ok(written)) = slot
+                && !written.unchanged
+            {
+                let (state, _) = &states[&write.record];
+                written.view = state.view(&self.policy(&write.record.partition, &write.record.record_type)?);
+            }
+        }
+        Ok(results.into_iter().map(|r| r.expect("every write has a result")).collect())
+    }
+}
+
+/// The operation a local write becomes, given whether the record is held
+/// and whether it is visible (not deleted).
+fn local_op(op: &LocalOp, held: bool, exists_now: bool) -> Result<Op, WriteRejection> {
+    match op {
+        LocalOp::Put { set, unset } => {
+            if set.len() + unset.len() > FIELDS_MAX {
+                return Err(WriteRejection::Field(format!("more than {FIELDS_MAX} fields")));
+            }
+            if let Some(bad) = set.keys().chain(unset.iter()).find(|n| !is_field_name(n)) {
+                return Err(WriteRejection::Field(crate::change::field_name_refusal(bad)));
+            }
+            let mut fields: BTreeMap<String, Option<Value>> =
+                set.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+            if exists_now {
+                for name in unset {
+                    fields.entry(name.clone()).or_insert(None);
+                }
+            }
+            // A write to a record that is absent or deleted starts it afresh.
+            Ok(Op::Put { replace: !exists_now, fields })
+        }
+        LocalOp::Delete if !held => Err(WriteRejection::NotFound),
+        LocalOp::Delete if !exists_now => Err(WriteRejection::AlreadyDeleted),
+        LocalOp::Delete => Ok(Op::Delete),
+        LocalOp::Restore if !held => Err(WriteRejection::NotFound),
+        LocalOp::Restore if exists_now => Err(WriteRejection::NotDeleted),
+        LocalOp::Restore => Ok(Op::Put { replace: false, fields: BTreeMap::new() }),
+    }
+}
+
+/// The kind of write a local op would be, for scope checks before writing.
+pub fn local_write_kind(op: &LocalOp, record_exists: bool) -> WriteKind {
+    match op {
+        LocalOp::Delete => WriteKind::Delete,
+        LocalOp::Restore => WriteKind::Update,
+        LocalOp::Put { .. } if record_exists => WriteKind::Update,
+        LocalOp::Put { .. } => WriteKind::Create,
+    }
+}
