@@ -31,6 +31,13 @@ pub struct RecordKey {
     pub id: RecordId,
 }
 
+/// `partition/type/id`, as rejections and logs name a record.
+impl std::fmt::Display for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.partition, self.record_type, self.id)
+    }
+}
+
 impl RecordKey {
     /// The store key: partition key, 0x01, type, 0x00, id. Records of one
     /// partition (and one type inside it) are contiguous.

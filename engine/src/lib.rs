@@ -19,6 +19,7 @@ pub mod limits;
 pub mod merge;
 pub mod policy;
 pub mod region;
+pub mod report;
 pub mod session;
 pub mod store;
 pub mod stored;
@@ -34,9 +35,10 @@ pub use ids::{AuthorKey, Counter, Dot, Hlc, InstanceId, RecordId};
 pub use ledger::LedgerEntry;
 pub use merge::{Conflict, Outcome, RecordState, View};
 pub use region::Region;
-pub use session::{Direction, Env, Event, Role, Session, SessionConfig, SessionError, Summary};
+pub use report::SyncReport;
+pub use session::{Direction, Env, Event, Role, Session, SessionConfig, SessionError, SessionStore};
 pub use store::{
-    Applied, LocalAuthor, LocalOp, LocalWrite, Opened, RecordView, SerialSigner, Signer, Store, StoreError,
+    ApplyHook, LocalAuthor, LocalOp, LocalWrite, Opened, RecordView, SerialSigner, Signer, Store, StoreError,
     WriteRejection, Written,
 };
 pub use value::Value;

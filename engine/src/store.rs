@@ -24,21 +24,23 @@ use crate::change::RecordKey;
 use crate::hlc::Clock;
 use crate::ids::{Counter, InstanceId};
 use crate::keys;
-use crate::merge::View;
+use crate::merge::{RecordState, View};
 use crate::policy::Profile;
 
 mod apply;
 mod check;
 mod frontier;
+mod hook;
 mod meta;
 mod open;
 mod pending;
 mod read;
 mod write;
 
-pub use apply::Applied;
 pub use check::{CheckReport, Damage};
 pub use frontier::ScanEnd;
+pub use hook::ApplyHook;
+use hook::Observed;
 use open::{count_records, write_epoch_file};
 use pending::{IndexEntry, Pending, counter_of, parse_index_value};
 pub use read::profile_key;
@@ -147,11 +149,33 @@ pub struct Store {
     /// damaged page can end a scan early without an error, and the counts
     /// tell a listing that came up short.
     counted: bool,
+    /// Told of every record a commit changes (`ApplyHook`).
+    hooks: std::sync::RwLock<Vec<std::sync::Arc<dyn ApplyHook>>>,
 }
 
 const EPOCH_FILE: &str = "epoch";
 
 impl Store {
+    /// Adds a changed record to `pending`: its state, its id entry when it
+    /// is new; tells the hooks and forgets a cached profile it replaces.
+    fn persist(
+        &self,
+        pending: &mut Pending,
+        observed: &mut Observed,
+        key: &RecordKey,
+        state: &RecordState,
+        existed: bool,
+    ) {
+        observed.persisted(key, state);
+        if !existed {
+            pending.put(keys::by_id(&key.partition, &key.record_type, &key.id), Vec::new());
+        }
+        pending.record(key, state, existed);
+        if key.record_type.as_str() == crate::policy::PROFILE_TYPE {
+            self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
+        }
+    }
+
     /// Commits gathered writes, then forgets the floors they removed.
     fn commit_pending(&self, mut pending: Pending) -> Result<(), StoreError> {
         let cleared = std::mem::take(&mut pending.floors_cleared);

@@ -102,8 +102,8 @@ pub fn stored_record(data: &[u8]) {
     };
     if let Ok(state) = engine::stored::decode_record(&key, data) {
         let _ = state.view(&engine::policy::TypePolicy::default());
-        let again =
-            engine::stored::decode_record(&key, &engine::stored::encode_record(&state)).expect("re-encoded records decode");
+        let again = engine::stored::decode_record(&key, &engine::stored::encode_record(&state))
+            .expect("re-encoded records decode");
         assert_eq!(again, state);
     }
 }

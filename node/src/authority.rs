@@ -18,11 +18,11 @@
 //! succeeds, and the operation that asked for the refresh fails.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use certs::{CertId, Chain, Revocation, Revocations};
 use engine::policy::{PROFILE_TYPE, system_partition};
-use engine::{AuthorKey, Authorizer, Denied, Store};
+use engine::{ApplyHook, AuthorKey, Authorizer, Denied, RecordKey, RecordState, Store};
 use partitions::{Filter, OrgId, Partition, RecordType, Scope, WriteKind};
 
 /// The record type of revocation statements.
@@ -77,6 +77,26 @@ impl CertAuthorizer {
     /// org as its first chain becomes known).
     pub fn new(store: Arc<Store>) -> CertAuthorizer {
         CertAuthorizer { store, inner: Mutex::new(Inner::default()) }
+    }
+
+    /// An authorizer whose revocation cache follows every commit to the
+    /// store (`RevocationHook`): no caller needs to refresh it.
+    pub fn watching(store: Arc<Store>) -> Arc<CertAuthorizer> {
+        let auth = Arc::new(CertAuthorizer::new(store.clone()));
+        store.add_hook(Arc::new(RevocationHook { auth: Arc::downgrade(&auth) }));
+        auth
+    }
+
+    /// Reads again the revocations of orgs a read failed for (a session
+    /// starts with this): the org's certificates count again once the read
+    /// succeeds, and the error stays while it fails.
+    pub fn retry_unreadable(&self) -> Result<(), Denied> {
+        let orgs: Vec<OrgId> = self.lock().unreadable.keys().copied().collect();
+        if orgs.is_empty() {
+            return Ok(());
+        }
+        let loaded = orgs.into_iter().map(|org| (org, self.load_revocations(org))).collect();
+        self.apply_revocations(loaded)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -249,6 +269,33 @@ impl CertAuthorizer {
             .get(author)
             .map(|hashes| hashes.iter().filter_map(|h| inner.chains.get(h).map(|k| (*h, k.clone()))).collect())
             .unwrap_or_default()
+    }
+}
+
+/// Keeps the revocation cache current: the store calls it for every
+/// commit, local or received, and a commit that changes a revocation
+/// record re-reads the revocations once it is durable. Holds the
+/// authorizer weakly: the authorizer holds the store, and the store its
+/// hooks.
+struct RevocationHook {
+    auth: Weak<CertAuthorizer>,
+}
+
+impl ApplyHook for RevocationHook {
+    fn wants(&self, partition: &Partition, record_type: &RecordType) -> bool {
+        record_type.as_str() == REVOCATION_TYPE && *partition == system_partition(partition.org())
+    }
+
+    fn changed(&self, _key: &RecordKey, _before: Option<&RecordState>, _after: &RecordState) {}
+
+    fn committed(&self) {
+        // A failed read marks the org unreadable: its certificates are
+        // refused until a read succeeds (fails closed).
+        if let Some(auth) = self.auth.upgrade()
+            && let Err(denied) = auth.refresh_revocations()
+        {
+            tracing::warn!("{denied}");
+        }
     }
 }
 

@@ -674,7 +674,8 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
             for &records in &args.records {
                 sync_scenarios(root.path(), backend, records, args.changed, &mut print).await?;
             }
-            print(tokio::task::block_in_place(|| import_scenario(root.path(), backend, args.import))?);
+            let (dir, import) = (root.path().to_path_buf(), args.import);
+            print(crate::pool::blocking(move || import_scenario(&dir, backend, import)).await?);
             for &devices in &args.devices {
                 print(fanout(root.path(), backend, devices, args.device_records).await?);
             }

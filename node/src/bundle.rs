@@ -23,7 +23,7 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 use engine::wire::{self, HeadEntry, Heads, Message};
-use engine::{AuthorKey, LedgerEntry, Region};
+use engine::{AuthorKey, LedgerEntry, Region, SyncReport};
 use partitions::{Filter, OrgId, Partition};
 use serde::{Deserialize, Serialize};
 
@@ -214,7 +214,7 @@ pub fn export(
     let mut changes = 0;
     let mut batches = 0;
     engine::session::delta_frames(
-        &node.store,
+        node.store.as_ref(),
         region,
         &heads,
         node.config.batch_changes,
@@ -243,10 +243,13 @@ pub fn import(node: &Node, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> a
             peer: path.display().to_string(),
             via: "bundle".into(),
             started_at_ms: started,
-            duration_ms: now_ms().saturating_sub(started),
             outcome: format!("failed: {e:#}"),
             pull: true,
-            rejections: vec![format!("{e:#}")],
+            report: SyncReport {
+                duration_ms: now_ms().saturating_sub(started),
+                rejections: vec![format!("{e:#}")],
+                ..SyncReport::default()
+            },
             ..LedgerEntry::default()
         };
         if let Err(e) = node.store.record_session(&entry) {
@@ -267,13 +270,12 @@ fn import_file(
     // The exporter's certificate must have been valid when it wrote the
     // bundle (a USB stick can take days to arrive).
     let at = (header.created_at_ms / 1000).min(now_ms() / 1000);
-    node.auth.refresh_revocations()?;
     let exporter_scope = node.auth.as_ref().authenticate_at(&exporter, &credentials, at)?;
     node.store.put_chain(&exporter, &credentials)?;
     let (local, _, _) = node.local_scope(org)?;
     let region = Region::between(&filter, &exporter_scope, &local);
     let mut positions = BTreeMap::new();
-    let mut summary = engine::Applied::default();
+    let mut report = SyncReport::default();
     let mut batches = 0u64;
     let mut ended = false;
     while let Some(frame) = read_frame(&mut input, engine::limits::MESSAGE_BYTES_MAX)? {
@@ -288,15 +290,9 @@ fn import_file(
                         ),
                         engine::store::ApplyError::Store(e) => anyhow!(e),
                     })?;
-                summary.received += applied.received;
-                summary.skipped += applied.skipped;
-                summary.updated += applied.updated;
-                summary.merged += applied.merged;
-                summary.conflicts += applied.conflicts;
-                summary.rejected += applied.rejected;
-                summary.rejections.extend(applied.rejections);
+                report.absorb(applied);
                 batches += 1;
-                progress(summary.received, batch.plan.changes);
+                progress(report.received, batch.plan.changes);
             }
             Message::End { batches: sent } => {
                 if sent != batches {
@@ -311,44 +307,21 @@ fn import_file(
     if !ended {
         bail!("the bundle is truncated (no end marker after {batches} batches)");
     }
-    summary.rejections.truncate(engine::limits::SUMMARY_REJECTIONS_MAX);
-    let duration_ms = now_ms() - started;
+    report.duration_ms = now_ms() - started;
+    report.bytes_received = std::fs::metadata(path).map_or(0, |m| m.len());
     let entry = LedgerEntry {
         session: partitions::hex::encode(&crate::random::bytes::<16>()),
         peer: path.display().to_string(),
         via: "bundle".into(),
         started_at_ms: started,
-        duration_ms,
         outcome: "completed".into(),
         filter: filter.to_string(),
         pull: true,
         push: false,
-        received: summary.received,
-        skipped: summary.skipped,
-        updated: summary.updated,
-        conflicts: summary.conflicts,
-        rejected: summary.rejected,
-        bytes_received: std::fs::metadata(path).map_or(0, |m| m.len()),
-        rejections: summary.rejections.clone(),
-        ..LedgerEntry::default()
+        report,
     };
     node.store.record_session(&entry)?;
-    // Revocations the bundle carried apply from now on; if they cannot be
-    // read, the org's certificates are refused until they can.
-    if let Err(denied) = node.auth.refresh_revocations() {
-        tracing::warn!("{denied}");
-    }
-    Ok(serde_json::json!({
-        "peer": crate::identity::peer_id_of(&exporter.0).to_string(),
-        "sent": 0,
-        "received": summary.received,
-        "skipped": summary.skipped,
-        "updated": summary.updated,
-        "conflicts": summary.conflicts,
-        "rejected": summary.rejected,
-        "bytes_sent": 0,
-        "bytes_received": entry.bytes_received,
-        "duration_ms": duration_ms,
-        "rejections": summary.rejections,
-    }))
+    // Revocations the bundle carried apply from now on: the authorizer's
+    // hook re-read them when the batch holding them was committed.
+    Ok(crate::json::report(&crate::identity::peer_id_of(&exporter.0).to_string(), &entry.report))
 }

@@ -510,7 +510,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|s| engine::BackendKind::parse(s).with_context(|| format!("--store {s:?}: use redb or sled")))
                 .transpose()?;
-            let out = tokio::task::block_in_place(|| crate::node::init(&home, backend))?;
+            let out = {
+                let home = home.clone();
+                crate::pool::blocking(move || crate::node::init(&home, backend)).await?
+            };
             output::print_result(&mut stdout, cli.json, &out).and_then(|()| stdout.flush()).context(WRITE_FAILED)?;
             return Ok(());
         }
@@ -552,11 +555,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let result = match served {
         Some(result) => result,
         None => {
-            let node = tokio::task::block_in_place(|| Node::open(home.clone()))?;
+            let node = Node::open_shared(home.clone()).await?;
             let result = run_here(&node, &op, &mut on_line).await;
             // The operation's own failure (a full disk, say) is the one to
             // show, not a failure to close after it.
-            let closed = tokio::task::block_in_place(|| node.close());
+            let closed = Node::close_shared(node).await;
             let result = result?;
             closed?;
             result
@@ -586,7 +589,7 @@ const WRITE_FAILED: &str = "cannot write the output";
 /// Runs an operation in this process, on a store it opened (no node serves
 /// this home), with a temporary network node if the operation needs one.
 async fn run_here(
-    node: &Node,
+    node: &std::sync::Arc<Node>,
     op: &Op,
     on_line: &mut (dyn FnMut(serde_json::Value) + Send),
 ) -> anyhow::Result<serde_json::Value> {
@@ -602,7 +605,7 @@ async fn run_here(
         // Give mDNS a moment to hear the LAN.
         wait_for_discovery(net, op).await;
     }
-    let lock = std::sync::Mutex::new(());
+    let lock = std::sync::Arc::new(std::sync::Mutex::new(()));
     let ctx = Ctx { node, net: net.as_ref(), enrol_lock: &lock };
     let mut sink = |line: Line| on_line(serde_json::to_value(line).unwrap_or_default());
     let result = ops::execute(&ctx, op.clone(), &mut sink).await;

@@ -52,7 +52,7 @@ pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub struct Shared {
     pub node: Arc<Node>,
     pub net: Arc<Net>,
-    pub enrol_lock: std::sync::Mutex<()>,
+    pub enrol_lock: std::sync::Arc<std::sync::Mutex<()>>,
     /// Events for `watch` clients.
     pub events: broadcast::Sender<serde_json::Value>,
 }

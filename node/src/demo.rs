@@ -31,11 +31,20 @@ struct Member {
 }
 
 impl Member {
-    fn create(dir: &std::path::Path, name: &'static str) -> anyhow::Result<Member> {
+    async fn create(dir: &std::path::Path, name: &'static str) -> anyhow::Result<Member> {
         let home = Home::resolve(Some(dir.join(name)));
-        crate::node::init(&home, None)?;
-        let node = Arc::new(tokio::task::block_in_place(|| Node::open(home))?);
+        let node = crate::pool::blocking(move || {
+            crate::node::init(&home, None)?;
+            Node::open(home).map(Arc::new)
+        })
+        .await?;
         Ok(Member { name, node, net: None, responders: None })
+    }
+
+    /// Store work for this member, on the blocking pool.
+    async fn store<T: Send + 'static>(&self, work: impl FnOnce(&Node) -> T + Send + 'static) -> T {
+        let node = self.node.clone();
+        crate::pool::blocking(move || work(&node)).await
     }
 
     async fn go_online(&mut self) -> anyhow::Result<String> {
@@ -45,7 +54,7 @@ impl Member {
         let shared = Arc::new(Shared {
             node: self.node.clone(),
             net: net.clone(),
-            enrol_lock: std::sync::Mutex::new(()),
+            enrol_lock: Arc::new(std::sync::Mutex::new(())),
             events,
         });
         let quiet: Report = Arc::new(|_| {});
@@ -71,20 +80,20 @@ impl Member {
         crate::protocols::sync(&self.node, net, address, org, None, true, true, &mut |_| {}).await
     }
 
-    fn put(
+    async fn put(
         &self,
         org: OrgId,
-        record_type: &str,
+        record_type: &'static str,
         id: &str,
-        partition: &str,
+        partition: &'static str,
         fields: BTreeMap<String, Value>,
-    ) -> anyhow::Result<()> {
-        tokio::task::block_in_place(|| self.node.put(org, record_type, id, partition, fields, BTreeSet::new()))?;
-        Ok(())
+    ) -> anyhow::Result<serde_json::Value> {
+        let id = id.to_owned();
+        self.store(move |node| node.put(org, record_type, &id, partition, fields, BTreeSet::new())).await
     }
 
-    fn records(&self, org: OrgId) -> anyhow::Result<Vec<serde_json::Value>> {
-        tokio::task::block_in_place(|| self.node.list(Some(org), None, None, true))
+    async fn records(&self, org: OrgId) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.store(move |node| node.list(Some(org), None, None, true)).await
     }
 }
 
@@ -106,7 +115,7 @@ fn line(text: impl std::fmt::Display) {
 }
 
 fn describe(outcome: &SyncOutcome) -> String {
-    let s = &outcome.summary;
+    let s = &outcome.report;
     if s.noop {
         return format!("already in sync ({} bytes, one round trip)", s.bytes_sent + s.bytes_received);
     }
@@ -122,8 +131,8 @@ fn describe(outcome: &SyncOutcome) -> String {
     )
 }
 
-fn score_of(member: &Member, org: OrgId, id: &str) -> anyhow::Result<serde_json::Value> {
-    tokio::task::block_in_place(|| member.node.get(org, "result", id, Some("results:tc-1")))
+async fn score_of(member: &Member, org: OrgId, id: &'static str) -> anyhow::Result<serde_json::Value> {
+    member.store(move |node| node.get(org, "result", id, Some("results:tc-1"))).await
 }
 
 pub async fn run(keep: bool) -> anyhow::Result<()> {
@@ -133,33 +142,35 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     say!("Three real nodes, each with its own store and libp2p host on 127.0.0.1, in {}.", dir.path().display());
 
     step(1, "The central server creates the organisation and starts serving.");
-    let mut central = Member::create(dir.path(), "central")?;
-    let created =
-        tokio::task::block_in_place(|| central.node.org_create("Riverside School District", Some("central".into())))?;
+    let mut central = Member::create(dir.path(), "central").await?;
+    let created = central.store(|node| node.org_create("Riverside School District", Some("central".into()))).await?;
     let org = OrgId::parse(created["org_id"].as_str().unwrap_or_default())?;
     let central_address = central.go_online().await?;
     line(format!("org {org} (its id is the hash of its root key: no registry needed)"));
     line(format!("central {} listens on {central_address}", central.node.identity.peer_id()));
 
     step(2, "It hands out two one-time enrolment tokens; each tablet enrols with its own.");
-    let mut tablets = [Member::create(dir.path(), "tablet-a")?, Member::create(dir.path(), "tablet-b")?];
+    let mut tablets = [Member::create(dir.path(), "tablet-a").await?, Member::create(dir.path(), "tablet-b").await?];
     let mut used_token = String::new();
     for tablet in tablets.iter_mut() {
         let net = central.net.as_ref().context("central online")?;
-        let token = tokio::task::block_in_place(|| {
-            central.node.create_token(
-                org,
-                "tests,results:tc-1",
-                "results:tc-1",
-                "test=ro",
-                3600,
-                1,
-                30,
-                false,
-                None,
-                net.dialable(),
-            )
-        })?;
+        let addresses = net.dialable();
+        let token = central
+            .store(move |node| {
+                node.create_token(
+                    org,
+                    "tests,results:tc-1",
+                    "results:tc-1",
+                    "test=ro",
+                    3600,
+                    1,
+                    30,
+                    false,
+                    None,
+                    addresses,
+                )
+            })
+            .await?;
         let token = token["token"].as_str().context("a token")?.to_owned();
         tablet.go_online().await?;
         let enrolled =
@@ -182,22 +193,26 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
 
     step(3, "The central writes tests and results, Morango-shaped (10 fields, about 400 bytes each).");
     for t in 0..5 {
-        central.put(
-            org,
-            "test",
-            &format!("test-{t}"),
-            "tests",
-            BTreeMap::from([
-                ("title".into(), Value::Text(format!("Fractions, part {}", t + 1))),
-                ("items".into(), Value::Int(12)),
-            ]),
-        )?;
+        central
+            .put(
+                org,
+                "test",
+                &format!("test-{t}"),
+                "tests",
+                BTreeMap::from([
+                    ("title".into(), Value::Text(format!("Fractions, part {}", t + 1))),
+                    ("items".into(), Value::Int(12)),
+                ]),
+            )
+            .await?;
     }
     for seq in 0..20u64 {
-        central.put(org, "result", &format!("r{seq:02}"), "results:tc-1", workload::result_fields(1, seq, 0))?;
+        central.put(org, "result", &format!("r{seq:02}"), "results:tc-1", workload::result_fields(1, seq, 0)).await?;
     }
     for seq in 0..10u64 {
-        central.put(org, "result", &format!("other-{seq:02}"), "results:tc-2", workload::result_fields(2, seq, 0))?;
+        central
+            .put(org, "result", &format!("other-{seq:02}"), "results:tc-2", workload::result_fields(2, seq, 0))
+            .await?;
     }
     line("5 tests, 20 results of test centre tc-1, 10 results of test centre tc-2");
 
@@ -206,7 +221,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         let outcome = tablet.sync(&central_address, org).await?;
         line(format!("{}: {}", tablet.name, describe(&outcome)));
     }
-    let held = tablets[0].records(org)?.len();
+    let held = tablets[0].records(org).await?.len();
     line(format!(
         "each tablet holds {held} records: tc-2's results never left the central (outside the tablets' read scope)"
     ));
@@ -220,26 +235,28 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     let mut a_edit = BTreeMap::new();
     a_edit.insert("score".to_owned(), Value::Float(0.92));
     a_edit.insert("attempts".to_owned(), Value::Int(2));
-    tablets[0].put(org, "result", "r07", "results:tc-1", a_edit)?;
+    tablets[0].put(org, "result", "r07", "results:tc-1", a_edit).await?;
     line("tablet-a re-marks r07: score = 0.92, attempts = 2");
     let mut b_edit = BTreeMap::new();
     b_edit.insert("score".to_owned(), Value::Float(0.75));
     b_edit.insert("note".to_owned(), Value::Text("checked by hand".into()));
-    tablets[1].put(org, "result", "r07", "results:tc-1", b_edit)?;
+    tablets[1].put(org, "result", "r07", "results:tc-1", b_edit).await?;
     line("tablet-b, a moment later, re-marks the same r07: score = 0.75, note = \"checked by hand\"");
-    tablets[0].put(org, "result", "a-new", "results:tc-1", workload::result_fields(3, 1, 0))?;
-    tablets[1].put(org, "result", "b-new", "results:tc-1", workload::result_fields(3, 2, 0))?;
+    tablets[0].put(org, "result", "a-new", "results:tc-1", workload::result_fields(3, 1, 0)).await?;
+    tablets[1].put(org, "result", "b-new", "results:tc-1", workload::result_fields(3, 2, 0)).await?;
     line("each tablet also records one new result");
-    let denied = tokio::task::block_in_place(|| {
-        tablets[0].node.put(
-            org,
-            "test",
-            "test-0",
-            "tests",
-            BTreeMap::from([("title".into(), Value::Text("x".into()))]),
-            BTreeSet::new(),
-        )
-    });
+    let denied = tablets[0]
+        .store(move |node| {
+            node.put(
+                org,
+                "test",
+                "test-0",
+                "tests",
+                BTreeMap::from([("title".into(), Value::Text("x".into()))]),
+                BTreeSet::new(),
+            )
+        })
+        .await;
     line(format!(
         "tablet-a tries to edit a test: {}",
         denied.err().map_or("accepted (wrong!)".into(), |e| format!("refused: {e:#}"))
@@ -250,7 +267,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     let outcome = tablets[0].sync(&b_address, org).await?;
     line(format!("tablet-a <-> tablet-b: {}", describe(&outcome)));
     for tablet in &tablets {
-        let record = score_of(tablet, org, "r07")?;
+        let record = score_of(tablet, org, "r07").await?;
         let conflicts: Vec<String> = record["conflicts"]
             .as_array()
             .into_iter()
@@ -277,9 +294,9 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     }
 
     step(8, "The district resolves the conflict on the central (it takes tablet-a's score) and the tablets sync.");
-    let resolved = tokio::task::block_in_place(|| {
-        central.node.resolve(org, "result", "r07", Some("results:tc-1"), Some(1), BTreeMap::new())
-    })?;
+    let resolved = central
+        .store(move |node| node.resolve(org, "result", "r07", Some("results:tc-1"), Some(1), BTreeMap::new()))
+        .await?;
     line(format!(
         "central: r07 score = {}, conflicts left: {}",
         resolved["fields"]["score"],
@@ -291,13 +308,11 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     }
 
     step(9, "Do all three hold identical data?");
-    let tc1 = |m: &Member| -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(m.records(org)?
-            .into_iter()
-            .filter(|r| !r["partition"].as_str().unwrap_or("").contains(":results:tc-2"))
-            .collect())
+    let tc1 = |records: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        records.into_iter().filter(|r| !r["partition"].as_str().unwrap_or("").contains(":results:tc-2")).collect()
     };
-    let (c, a, b) = (tc1(&central)?, tc1(&tablets[0])?, tc1(&tablets[1])?);
+    let (c, a, b) =
+        (tc1(central.records(org).await?), tc1(tablets[0].records(org).await?), tc1(tablets[1].records(org).await?));
     let conflicts: usize = c.iter().map(|r| r["conflicts"].as_array().map_or(0, Vec::len)).sum();
     if c != a || c != b {
         bail!("the nodes differ: central {} records, tablet-a {}, tablet-b {}", c.len(), a.len(), b.len());
@@ -306,7 +321,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         "yes: {} records, byte for byte the same on the central and both tablets, {conflicts} conflicts left",
         c.len()
     ));
-    let r07 = score_of(&tablets[1], org, "r07")?;
+    let r07 = score_of(&tablets[1], org, "r07").await?;
     let fields = &r07["fields"];
     line(format!(
         "r07 everywhere: score {}, attempts {}, note {}",
@@ -319,7 +334,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
         tablet.go_offline().await;
     }
     central.go_offline().await;
-    let ledger = tokio::task::block_in_place(|| central.node.history())?;
+    let ledger = central.store(|node| node.history()).await?;
     say!(
         "\nThe central's sync ledger holds {} sessions (`ferry history`). Done in {:.1} s.",
         ledger.len(),
@@ -328,7 +343,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     for member in [central, tablets.into_iter().next().context("a")?] {
         drop(member.responders);
         if let Ok(node) = Arc::try_unwrap(member.node) {
-            tokio::task::block_in_place(|| node.close())?;
+            crate::pool::blocking(move || node.close()).await?;
         }
     }
     if keep {

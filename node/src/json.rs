@@ -121,6 +121,27 @@ pub fn parse_cli_value(text: &str) -> Result<Value, String> {
     }
 }
 
+/// A sync's report as every front end shows it: `ferry sync`, `ferry
+/// bundle import`, the local API and the events of `ferry serve`.
+pub fn report(peer: &str, r: &engine::SyncReport) -> serde_json::Value {
+    json!({
+        "peer": peer,
+        "sent": r.sent,
+        "received": r.received,
+        "skipped": r.skipped,
+        "updated": r.updated,
+        "conflicts": r.conflicts,
+        "rejected": r.rejected,
+        "rejected_by_peer": r.rejected_by_peer,
+        "bytes_sent": r.bytes_sent,
+        "bytes_received": r.bytes_received,
+        "duration_ms": r.duration_ms,
+        "round_trips": r.messages_received,
+        "noop": r.noop,
+        "rejections": r.rejections,
+    })
+}
+
 pub fn record(key: &RecordKey, view: &View) -> serde_json::Value {
     let fields: Map<String, serde_json::Value> = view.fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect();
     let conflicts: Vec<serde_json::Value> = view

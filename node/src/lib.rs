@@ -20,6 +20,7 @@ pub mod node;
 pub mod ops;
 pub mod parallel;
 pub mod pem;
+pub mod pool;
 pub mod protocols;
 pub mod random;
 pub mod serve;

@@ -118,13 +118,24 @@ impl Node {
             tracing::info!(instance = %opened.instance, "continuing under a fresh instance: {reason}");
         }
         let store = Arc::new(store);
-        let auth = Arc::new(CertAuthorizer::new(store.clone()));
+        let auth = CertAuthorizer::watching(store.clone());
         let node = Node { home, identity, config, store, auth, opened };
         for (_, bytes) in node.own_chains()? {
             node.store.put_chain(&node.identity.author_key(), &bytes)?;
             let _ = node.auth.know(&bytes);
         }
         Ok(node)
+    }
+
+    /// `open` on the blocking pool, for async callers.
+    pub async fn open_shared(home: Home) -> anyhow::Result<Arc<Node>> {
+        crate::pool::blocking(move || Node::open(home).map(Arc::new)).await
+    }
+
+    /// `close` on the blocking pool, once `node` is the last handle.
+    pub async fn close_shared(node: Arc<Node>) -> anyhow::Result<()> {
+        let node = Arc::try_unwrap(node).map_err(|_| anyhow!("the store is still in use"))?;
+        crate::pool::blocking(move || node.close()).await
     }
 
     /// Closes the store cleanly (the instance continues next time).
@@ -340,7 +351,6 @@ impl Node {
 
     /// `ferry cert list`: held, then issued.
     pub fn cert_list(&self) -> anyhow::Result<serde_json::Value> {
-        self.auth.refresh_revocations()?;
         let mut out = Vec::new();
         for (chain, _) in self.own_chains()? {
             out.push(self.describe(&chain, true));
@@ -377,8 +387,8 @@ impl Node {
                 ("revoked_at".to_owned(), Value::Int(revocation.revoked_at as i64)),
                 ("by".to_owned(), Value::Text(revoker.id().to_string())),
             ]);
+            // The authorizer's hook re-reads the revocations on commit.
             self.write_one(org, LocalWrite { record: key, op: LocalOp::Put { set, unset: BTreeSet::new() } })?;
-            self.auth.refresh_revocations()?;
             return Ok(json!({
                 "certificate_id": wanted.to_string(),
                 "org_id": org.to_string(),
@@ -686,6 +696,10 @@ impl Node {
 
     /// A session configuration for syncing `org` with `peer`.
     pub fn session_config(&self, org: OrgId, peer: AuthorKey, session: [u8; 16]) -> anyhow::Result<SessionConfig> {
+        // A peer's credentials are checked against the revocations known:
+        // an org whose revocations could not be read is refused (fails
+        // closed) unless they read now.
+        self.auth.retry_unreadable()?;
         let (scope, credentials, _) = self.local_scope(org)?;
         let mut config = SessionConfig::new(session, peer, credentials.clone(), scope);
         config.filter = Filter::org(org);

@@ -13,6 +13,8 @@ use partitions::{Filter, OrgId, Partition};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use std::sync::Arc;
+
 use crate::net::Net;
 use crate::node::Node;
 
@@ -169,10 +171,10 @@ pub enum Line {
 
 /// What an operation may use.
 pub struct Ctx<'a> {
-    pub node: &'a Node,
+    pub node: &'a Arc<Node>,
     /// The serving node's network, if serving.
     pub net: Option<&'a Net>,
-    pub enrol_lock: &'a std::sync::Mutex<()>,
+    pub enrol_lock: &'a Arc<std::sync::Mutex<()>>,
 }
 
 impl Op {
@@ -234,9 +236,81 @@ fn filter(node: &Node, org: OrgId, filters: &[String]) -> anyhow::Result<Filter>
     Ok(Filter::try_new(prefixes)?)
 }
 
-/// Runs an operation. `out` receives progress and streamed lines.
+/// Runs an operation. `out` receives progress and streamed lines. What
+/// needs the network runs here; everything else runs on the blocking pool
+/// (`execute_local`), off tokio's worker threads.
 pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) -> anyhow::Result<serde_json::Value> {
     let node = ctx.node;
+    let org = |given: &Option<String>| node.org(given.as_deref());
+    Ok(match op {
+        Op::EnrollToken { org: o, read, write, types, ttl_s, uses, days, can_issue, authority } => {
+            let net =
+                ctx.net.context("the issuer must be serving to hand out tokens: start `ferry serve` on this home")?;
+            let addresses = net.dialable();
+            if addresses.is_empty() {
+                bail!("this node listens on no address; check `listen` in ferry.toml");
+            }
+            // tokens.json is rewritten whole, here and by a redemption: one
+            // at a time, or a spent use comes back or a new token is lost.
+            let org = org(&o)?;
+            let (node, lock) = (node.clone(), ctx.enrol_lock.clone());
+            crate::pool::blocking(move || {
+                let _guard = lock.lock().map_err(|_| anyhow::anyhow!("enrolment lock poisoned"))?;
+                node.create_token(org, &read, &write, &types, ttl_s, uses, days, can_issue, authority, addresses)
+            })
+            .await?
+        }
+        Op::Enroll { token, name } => {
+            let net = ctx.net.context("enrolment needs the network")?;
+            let name = name.unwrap_or_else(|| format!("node {}", node.identity.peer_id()));
+            crate::protocols::enroll(node, net, &token, &name).await?
+        }
+        Op::Sync { peer, org: o, filters, pull, push } => {
+            let net = ctx.net.context("sync needs the network")?;
+            let org = org(&o)?;
+            let filter = filter(node, org, &filters)?;
+            let mut on_event = |event: &Event| {
+                if let Event::Progress { direction, changes_done, changes_total, .. } = event {
+                    let what = match direction {
+                        Direction::Outgoing => "sent",
+                        Direction::Incoming => "received",
+                    };
+                    out(Line::Progress { what: what.into(), done: *changes_done, total: *changes_total });
+                }
+            };
+            let outcome =
+                crate::protocols::sync(node, net, &peer, org, Some(filter), pull, push, &mut on_event).await?;
+            outcome.to_json()
+        }
+        Op::Peers => {
+            let net = ctx.net.context("listing peers needs the network")?;
+            let found = net.discovered.lock().expect("lock").clone();
+            serde_json::Value::Array(
+                found
+                    .into_iter()
+                    .map(|(peer, addresses)| {
+                        json!({ "peer_id": peer.to_string(), "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>() })
+                    })
+                    .collect(),
+            )
+        }
+        Op::Watch => bail!("watch is only served over the control socket of a running node"),
+        op => {
+            let listening = ctx.net.map(|n| n.dialable()).unwrap_or_default();
+            let node = node.clone();
+            crate::pool::blocking_reporting(move |out| execute_local(&node, op, listening, out), out).await?
+        }
+    })
+}
+
+/// The operations that need only the store and the home, run on the
+/// blocking pool. `listening`: the addresses the serving node dials on.
+fn execute_local(
+    node: &Node,
+    op: Op,
+    listening: Vec<String>,
+    out: &mut dyn FnMut(Line),
+) -> anyhow::Result<serde_json::Value> {
     let org = |given: &Option<String>| node.org(given.as_deref());
     Ok(match op {
         Op::Id => {
@@ -251,7 +325,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             json!({
                 "peer_id": node.identity.peer_id().to_string(),
                 "instance_id": node.store.instance().to_string(),
-                "listening": ctx.net.map(|n| n.dialable()).unwrap_or_default(),
+                "listening": listening,
                 "certificates": certificates,
                 "instances": instances,
                 "store": node.store.kind().name(),
@@ -270,26 +344,6 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
         Op::CertImport { pem } => node.cert_import(&pem)?,
         Op::CertList => node.cert_list()?,
         Op::CertRevoke { id } => node.cert_revoke(&id)?,
-        Op::EnrollToken { org: o, read, write, types, ttl_s, uses, days, can_issue, authority } => {
-            let net =
-                ctx.net.context("the issuer must be serving to hand out tokens: start `ferry serve` on this home")?;
-            let addresses = net.dialable();
-            if addresses.is_empty() {
-                bail!("this node listens on no address; check `listen` in ferry.toml");
-            }
-            // tokens.json is rewritten whole, here and by a redemption: one
-            // at a time, or a spent use comes back or a new token is lost.
-            let org = org(&o)?;
-            tokio::task::block_in_place(|| {
-                let _guard = ctx.enrol_lock.lock().map_err(|_| anyhow::anyhow!("enrolment lock poisoned"))?;
-                node.create_token(org, &read, &write, &types, ttl_s, uses, days, can_issue, authority, addresses)
-            })?
-        }
-        Op::Enroll { token, name } => {
-            let net = ctx.net.context("enrolment needs the network")?;
-            let name = name.unwrap_or_else(|| format!("node {}", node.identity.peer_id()));
-            crate::protocols::enroll(node, net, &token, &name).await?
-        }
         Op::Put { org: o, record_type, id, partition, set, unset } => {
             let set = json_fields(&set)?;
             node.put(org(&o)?, &record_type, &id, &partition, set, unset)?
@@ -321,58 +375,28 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
                 0
             };
             let mut reader = std::io::BufReader::new(open()?);
-            tokio::task::block_in_place(|| {
-                node.import(org, &mut reader, &mut |records| {
-                    out(Line::Progress { what: "records".into(), done: records, total })
-                })
+            node.import(org, &mut reader, &mut |records| {
+                out(Line::Progress { what: "records".into(), done: records, total })
             })?
         }
         Op::Export { org: o, record_type, partition } => {
             let org = org(&o)?;
             let mut lines = Vec::new();
-            let count = tokio::task::block_in_place(|| {
-                node.export(org, record_type.as_deref(), partition.as_deref(), &mut lines)
-            })?;
+            let count = node.export(org, record_type.as_deref(), partition.as_deref(), &mut lines)?;
             for line in String::from_utf8_lossy(&lines).lines() {
                 out(Line::Record(serde_json::from_str(line)?));
             }
             json!({ "exported": count })
         }
         Op::Conflicts => serde_json::Value::Array(node.conflicts()?),
-        Op::Check { repair } => tokio::task::block_in_place(|| node.check(repair))?,
+        Op::Check { repair } => node.check(repair)?,
         Op::Resolve { org: o, record_type, id, partition, take, set } => {
             let set = json_fields(&set)?;
             node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?
         }
         Op::History => serde_json::Value::Array(node.history()?),
-        Op::Sync { peer, org: o, filters, pull, push } => {
-            let net = ctx.net.context("sync needs the network")?;
-            let org = org(&o)?;
-            let filter = filter(node, org, &filters)?;
-            let mut on_event = |event: &Event| {
-                if let Event::Progress { direction, changes_done, changes_total, .. } = event {
-                    let what = match direction {
-                        Direction::Outgoing => "sent",
-                        Direction::Incoming => "received",
-                    };
-                    out(Line::Progress { what: what.into(), done: *changes_done, total: *changes_total });
-                }
-            };
-            let outcome =
-                crate::protocols::sync(node, net, &peer, org, Some(filter), pull, push, &mut on_event).await?;
-            outcome.to_json()
-        }
-        Op::Peers => {
-            let net = ctx.net.context("listing peers needs the network")?;
-            let found = net.discovered.lock().expect("lock").clone();
-            serde_json::Value::Array(
-                found
-                    .into_iter()
-                    .map(|(peer, addresses)| {
-                        json!({ "peer_id": peer.to_string(), "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>() })
-                    })
-                    .collect(),
-            )
+        Op::EnrollToken { .. } | Op::Enroll { .. } | Op::Sync { .. } | Op::Peers | Op::Watch => {
+            unreachable!("network operations run in `execute`")
         }
         Op::BundleExport { org: o, out: path, for_peer, since, filters } => {
             let org = org(&o)?;
@@ -386,19 +410,16 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
                 (None, Some(file)) => crate::bundle::Since::File(file),
                 (None, None) => crate::bundle::Since::Nothing,
             };
-            tokio::task::block_in_place(|| crate::bundle::export(node, org, filter, since, &path))?
+            crate::bundle::export(node, org, filter, since, &path)?
         }
-        Op::BundleImport { path } => tokio::task::block_in_place(|| {
-            crate::bundle::import(node, &path, &mut |done, total| {
-                out(Line::Progress { what: "received".into(), done, total })
-            })
+        Op::BundleImport { path } => crate::bundle::import(node, &path, &mut |done, total| {
+            out(Line::Progress { what: "received".into(), done, total })
         })?,
         Op::BundleFrontier { org: o, out: path, filters } => {
             let org = org(&o)?;
             let filter = filter(node, org, &filters)?;
-            tokio::task::block_in_place(|| crate::bundle::write_frontier(node, org, filter, &path))?
+            crate::bundle::write_frontier(node, org, filter, &path)?
         }
-        Op::Watch => bail!("watch is only served over the control socket of a running node"),
     })
 }
 

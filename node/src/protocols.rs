@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use engine::wire::{self, Message};
-use engine::{AuthorKey, Env, Event, Session, SessionError, Summary};
+use std::sync::Arc;
+
+use engine::{AuthorKey, Env, Event, Session, SessionError, SyncReport};
 use libp2p::PeerId;
 use partitions::{Filter, OrgId};
 use serde::{Deserialize, Serialize};
@@ -31,29 +33,30 @@ const ENROL_ANSWER_MAX: usize = 2 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct SyncOutcome {
     pub peer: PeerId,
-    pub summary: Summary,
+    pub report: SyncReport,
 }
 
 impl SyncOutcome {
     pub fn to_json(&self) -> serde_json::Value {
-        let s = &self.summary;
-        serde_json::json!({
-            "peer": self.peer.to_string(),
-            "sent": s.sent,
-            "received": s.received,
-            "skipped": s.skipped,
-            "updated": s.updated,
-            "conflicts": s.conflicts,
-            "rejected": s.rejected,
-            "rejected_by_peer": s.rejected_by_peer,
-            "bytes_sent": s.bytes_sent,
-            "bytes_received": s.bytes_received,
-            "duration_ms": s.duration_ms,
-            "round_trips": s.messages_received,
-            "noop": s.noop,
-            "rejections": s.rejections,
-        })
+        crate::json::report(&self.peer.to_string(), &self.report)
     }
+}
+
+/// Runs one step of `session` on the blocking pool, where the store's IO
+/// belongs (`pool`), and hands the session back.
+async fn step(
+    node: &Arc<Node>,
+    session: Session,
+    work: impl FnOnce(&mut Session, &Env<'_>) + Send + 'static,
+) -> Session {
+    let node = node.clone();
+    crate::pool::blocking(move || {
+        let mut session = session;
+        let env = Env { store: node.store.as_ref(), auth: node.auth.as_ref(), verifier: &ParallelVerifier };
+        work(&mut session, &env);
+        session
+    })
+    .await
 }
 
 /// Runs a session over a stream until it finishes. `on_event` sees progress.
@@ -64,27 +67,31 @@ impl SyncOutcome {
 /// session is left unfinished: the caller records it (`Session::abandon`).
 pub async fn drive(
     stream: &mut libp2p::Stream,
-    session: &mut Session,
-    node: &Node,
+    session: Session,
+    node: &Arc<Node>,
     on_event: &mut (dyn FnMut(&Event) + Send),
-) -> Result<Summary, String> {
-    let env = Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
+) -> (Session, Result<SyncReport, String>) {
     let write_timeout = node.config.session_timeout();
     let (reader, mut writer) = futures::AsyncReadExt::split(&mut *stream);
     let mut reading = read_next(reader);
+    let mut session = session;
     loop {
         // Send what the session has, then let it prepare the next batch
         // while the peer works on this one.
-        flush(&mut writer, session, write_timeout).await?;
-        tokio::task::block_in_place(|| session.handle_idle(now_ms(), &env));
-        flush(&mut writer, session, write_timeout).await?;
+        if let Err(e) = flush(&mut writer, &mut session, write_timeout).await {
+            return (session, Err(e));
+        }
+        session = step(node, session, |s, env| s.handle_idle(now_ms(), env)).await;
+        if let Err(e) = flush(&mut writer, &mut session, write_timeout).await {
+            return (session, Err(e));
+        }
         while let Some(event) = session.poll_event() {
             on_event(&event);
             match event {
-                Event::Completed(summary) => return Ok(summary),
+                Event::Completed(report) => return (session, Ok(report)),
                 Event::Failed { error, .. } => {
-                    let _ = flush(&mut writer, session, write_timeout).await;
-                    return Err(error.to_string());
+                    let _ = flush(&mut writer, &mut session, write_timeout).await;
+                    return (session, Err(error.to_string()));
                 }
                 _ => {}
             }
@@ -97,19 +104,19 @@ pub async fn drive(
                 reading = read_next(reader);
                 match result {
                     Ok(Some(frame)) => {
-                        tokio::task::block_in_place(|| session.handle_message(now_ms(), &frame, &env));
+                        session = step(node, session, move |s, env| s.handle_message(now_ms(), &frame, env)).await;
                     }
                     Ok(None) => {
                         if session.is_finished() {
                             continue;
                         }
-                        return Err("the peer closed the connection mid-session".into());
+                        return (session, Err("the peer closed the connection mid-session".into()));
                     }
-                    Err(e) => return Err(format!("connection lost: {e}")),
+                    Err(e) => return (session, Err(format!("connection lost: {e}"))),
                 }
             }
             () = tokio::time::sleep(wait) => {
-                tokio::task::block_in_place(|| session.handle_timeout(now_ms(), &env));
+                session = step(node, session, |s, env| s.handle_timeout(now_ms(), env)).await;
             }
         }
     }
@@ -151,7 +158,7 @@ pub fn record_refusal(node: &Node, peer: &PeerId, session: Option<[u8; 16]>, rea
         via: "network".into(),
         started_at_ms: now_ms(),
         outcome: format!("refused: {reason}"),
-        rejections: vec![reason.to_owned()],
+        report: SyncReport { rejections: vec![reason.to_owned()], ..SyncReport::default() },
         ..Default::default()
     };
     if let Err(e) = node.store.record_session(&entry) {
@@ -159,10 +166,16 @@ pub fn record_refusal(node: &Node, peer: &PeerId, session: Option<[u8; 16]>, rea
     }
 }
 
+/// `record_refusal` on the blocking pool.
+pub async fn refuse_in_ledger(node: &Arc<Node>, peer: PeerId, session: Option<[u8; 16]>, reason: String) {
+    let node = node.clone();
+    crate::pool::blocking(move || record_refusal(&node, &peer, session, &reason)).await;
+}
+
 /// Starts a sync with `target` (a multiaddr, or a peer id found on the LAN).
 #[allow(clippy::too_many_arguments)]
 pub async fn sync(
-    node: &Node,
+    node: &Arc<Node>,
     net: &Net,
     target: &str,
     org: OrgId,
@@ -173,7 +186,6 @@ pub async fn sync(
 ) -> anyhow::Result<SyncOutcome> {
     let peer = net.connect(target).await?;
     let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
-    node.auth.refresh_revocations()?;
     // A busy peer may drop a new stream before its accept loop takes it
     // (libp2p-stream hands over one stream at a time). Nothing was said on
     // such a stream, so opening another is safe; after the first answer,
@@ -188,13 +200,13 @@ pub async fn sync(
         }
         config.pull = pull;
         config.push = push;
-        let mut session = Session::initiate(config, now_ms());
-        let result = drive(&mut stream, &mut session, node, on_event).await;
+        let session = Session::initiate(config, now_ms());
+        let (session, result) = drive(&mut stream, session, node, on_event).await;
         let _ = futures::AsyncWriteExt::close(&mut stream).await;
         if result.is_ok() {
             linger(&mut stream).await;
         }
-        let unanswered = result.is_err() && session.summary().messages_received == 0;
+        let unanswered = result.is_err() && session.report().messages_received == 0;
         if unanswered && attempt < STREAM_ATTEMPTS {
             tokio::time::sleep(Duration::from_millis(20 * attempt)).await;
             continue;
@@ -205,13 +217,18 @@ pub async fn sync(
     if let Err(reason) = &result
         && !session.is_finished()
     {
-        let env = Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
-        tokio::task::block_in_place(|| session.abandon(now_ms(), reason.clone(), &env));
+        let reason = reason.clone();
+        session = step(node, session, move |s, env| s.abandon(now_ms(), reason, env)).await;
     }
-    let summary = result.map_err(|e| anyhow!("sync with {peer} failed: {e}"))?;
-    node.note_peer_has_credentials(org, &peer_key)?;
-    remember_frontier(node, org, &session, &peer_key);
-    Ok(SyncOutcome { peer, summary })
+    let report = result.map_err(|e| anyhow!("sync with {peer} failed: {e}"))?;
+    let after = node.clone();
+    crate::pool::blocking(move || {
+        after.note_peer_has_credentials(org, &peer_key)?;
+        remember_frontier(&after, org, &session, &peer_key);
+        anyhow::Ok(())
+    })
+    .await?;
+    Ok(SyncOutcome { peer, report })
 }
 
 /// After a session completes, waits (briefly) for the peer to close its
@@ -232,7 +249,7 @@ async fn linger(stream: &mut libp2p::Stream) {
 
 /// Answers a session a peer starts on `stream`.
 pub async fn answer_sync(
-    node: &Node,
+    node: &Arc<Node>,
     peer: PeerId,
     mut stream: libp2p::Stream,
     on_event: &mut (dyn FnMut(&Event) + Send),
@@ -247,8 +264,14 @@ pub async fn answer_sync(
         Ok(Ok(None)) => Err("the peer closed the stream before saying hello".to_owned()),
         Ok(Err(e)) => Err(format!("connection lost: {e}")),
         Err(_) => Err("the peer said nothing".to_owned()),
-    }
-    .inspect_err(|reason| tokio::task::block_in_place(|| record_refusal(node, &peer, None, reason)))?;
+    };
+    let first = match first {
+        Ok(first) => first,
+        Err(reason) => {
+            refuse_in_ledger(node, peer, None, reason.clone()).await;
+            return Err(reason);
+        }
+    };
     let mut session_id = None;
     let refusal = match wire::decode_message(&first) {
         Ok(Message::Hello(hello)) => {
@@ -272,36 +295,34 @@ pub async fn answer_sync(
         Ok(_) => Err("the first message must be Hello".to_owned()),
         Err(e) => Err(format!("bad message: {e}")),
     };
-    // The peer's credentials are checked against revocations read now; a
-    // node that cannot read them refuses the session (fails closed).
-    let refusal = refusal.and_then(|config| node.auth.refresh_revocations().map(|()| config).map_err(|d| d.0));
     let config = match refusal {
         Ok(config) => config,
         Err(reason) => {
-            tokio::task::block_in_place(|| record_refusal(node, &peer, session_id, &reason));
+            refuse_in_ledger(node, peer, session_id, reason.clone()).await;
             let frame = wire::encode_message(&Message::Abort { reason: reason.clone() });
             let _ = net::write_frame(&mut stream, &frame).await;
             let _ = futures::AsyncWriteExt::close(&mut stream).await;
             return Err(reason);
         }
     };
-    let mut session = Session::accept(config, now_ms());
-    let env = engine::Env { store: &node.store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
-    tokio::task::block_in_place(|| session.handle_message(now_ms(), &first, &env));
-    let result = drive(&mut stream, &mut session, node, on_event).await;
+    let session = Session::accept(config, now_ms());
+    let session = step(node, session, move |s, env| s.handle_message(now_ms(), &first, env)).await;
+    let (mut session, result) = drive(&mut stream, session, node, on_event).await;
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
     if let Err(reason) = &result
         && !session.is_finished()
     {
-        tokio::task::block_in_place(|| session.abandon(now_ms(), reason.clone(), &env));
+        let reason = reason.clone();
+        session = step(node, session, move |s, env| s.abandon(now_ms(), reason, env)).await;
     }
     if result.is_ok()
         && let Some(org) = session.filter().prefixes().first().map(|p| p.org())
         && let Some(peer_key) = key_of(&peer)
     {
-        remember_frontier(node, org, &session, &AuthorKey(peer_key));
+        let after = node.clone();
+        crate::pool::blocking(move || remember_frontier(&after, org, &session, &AuthorKey(peer_key))).await;
     }
-    result.map(|summary| SyncOutcome { peer, summary })
+    result.map(|report| SyncOutcome { peer, report })
 }
 
 /// After a completed sync both sides hold the same changes in the region
@@ -373,7 +394,7 @@ pub fn decode_enrol_answer(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 /// The device side of enrolment: contact the issuer the token names, check
 /// it is that issuer, present the secret, store the chain received.
-pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> anyhow::Result<serde_json::Value> {
+pub async fn enroll(node: &Arc<Node>, net: &Net, token_text: &str, name: &str) -> anyhow::Result<serde_json::Value> {
     let token = crate::node::parse_token(token_text)?;
     let issuer = peer_id_of(&token.issuer_key);
     if token.expires_at < crate::node::now_s() {
@@ -395,7 +416,8 @@ pub async fn enroll(node: &Node, net: &Net, token_text: &str, name: &str) -> any
                 };
                 let answer = ask_issuer(net, peer, &serde_json::to_vec(&request)?).await?;
                 let chain = decode_enrol_answer(&answer)?;
-                let out = tokio::task::block_in_place(|| node.store_enrolled(&chain))?;
+                let node = node.clone();
+                let out = crate::pool::blocking(move || node.store_enrolled(&chain)).await?;
                 return Ok(out);
             }
             Ok(peer) => last_error = anyhow!("{target} is {peer}, not the issuer {issuer}"),
@@ -435,8 +457,8 @@ async fn ask_issuer(net: &Net, issuer: PeerId, request: &[u8]) -> anyhow::Result
 /// The issuer side of enrolment. `redeem` runs under `lock` so two devices
 /// never spend the same use.
 pub async fn answer_enrol(
-    node: &Node,
-    lock: &std::sync::Mutex<()>,
+    node: &Arc<Node>,
+    lock: &Arc<std::sync::Mutex<()>>,
     peer: PeerId,
     mut stream: libp2p::Stream,
 ) -> Result<serde_json::Value, String> {
@@ -445,14 +467,14 @@ pub async fn answer_enrol(
             Ok(Ok(Some(frame))) => frame,
             _ => return Err("no enrolment request".into()),
         };
-    let result = (|| -> Result<Vec<u8>, String> {
+    let (node, lock) = (node.clone(), lock.clone());
+    let result = crate::pool::blocking(move || -> Result<Vec<u8>, String> {
         let (secret, name, device_clock_s) = decode_enrol_request(&request)?;
         let subject = key_of(&peer).ok_or("peer id without an Ed25519 key")?;
-        tokio::task::block_in_place(|| {
-            let _guard = lock.lock().map_err(|_| "enrolment lock poisoned".to_owned())?;
-            node.redeem_token(&secret, &subject, &name, device_clock_s)
-        })
-    })();
+        let _guard = lock.lock().map_err(|_| "enrolment lock poisoned".to_owned())?;
+        node.redeem_token(&secret, &subject, &name, device_clock_s)
+    })
+    .await;
     let answer = match &result {
         Ok(chain) => EnrolAnswer { chain: Some(crate::pem::encode_base64(chain)), error: None },
         Err(e) => EnrolAnswer { chain: None, error: Some(e.clone()) },

@@ -67,7 +67,7 @@ impl Printer {
 }
 
 pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Printer) -> anyhow::Result<()> {
-    let node = Arc::new(tokio::task::block_in_place(|| Node::open(home.clone()))?);
+    let node = Node::open_shared(home.clone()).await?;
     // A start that fails (a mistyped or taken address) closes the store
     // cleanly, so the next command continues the same instance.
     let Started { net, mut net_rx, events, shared, control_task, responders, every } =
@@ -76,7 +76,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
             Err(e) => {
                 match Arc::try_unwrap(node) {
                     Ok(node) => {
-                        if let Err(close) = tokio::task::block_in_place(|| node.close()) {
+                        if let Err(close) = crate::pool::blocking(move || node.close()).await {
                             tracing::warn!("cannot close the store: {close:#}");
                         }
                     }
@@ -190,7 +190,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
     }
     match Arc::try_unwrap(node) {
         Ok(node) => {
-            tokio::task::block_in_place(|| node.close())?;
+            crate::pool::blocking(move || node.close()).await?;
             printer.event(json!({ "event": "stopped" }));
         }
         Err(_) => printer.event(
@@ -242,7 +242,7 @@ async fn start(
     let shared = Arc::new(Shared {
         node: node.clone(),
         net: net.clone(),
-        enrol_lock: std::sync::Mutex::new(()),
+        enrol_lock: Arc::new(std::sync::Mutex::new(())),
         events: events.clone(),
     });
     let control_task = match control::serve(&home.control_socket(), shared.clone()).await {
@@ -323,9 +323,7 @@ impl Responders {
                                 let _ = futures::AsyncWriteExt::close(&mut stream).await;
                             })
                             .await;
-                            tokio::task::block_in_place(|| {
-                                crate::protocols::record_refusal(&node, &peer, None, reason);
-                            });
+                            crate::protocols::refuse_in_ledger(&node, peer, None, reason.to_owned()).await;
                             drop(refusing);
                         });
                     }

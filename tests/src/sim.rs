@@ -507,12 +507,8 @@ impl World {
             match event {
                 Event::Completed(s) => {
                     self.report.syncs_completed += 1;
-                    let line = format!(
-                        "{} completes {}: {}",
-                        self.nodes[node].name,
-                        partitions::hex::encode(&id[..3]),
-                        engine::session::describe(&s)
-                    );
+                    let line =
+                        format!("{} completes {}: {}", self.nodes[node].name, partitions::hex::encode(&id[..3]), s);
                     self.log(line);
                 }
                 Event::Failed { error, .. } => {
@@ -757,7 +753,7 @@ impl World {
         filter: Filter,
         pull: bool,
         push: bool,
-    ) -> Result<engine::Summary, String> {
+    ) -> Result<engine::SyncReport, String> {
         let mut id = [0u8; 16];
         self.rng.fill(&mut id[..]);
         let mut config = self.config(a, b, id);

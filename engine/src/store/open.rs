@@ -142,6 +142,7 @@ impl Store {
             counted: counted_now && pending_open.is_none(),
             pending_open: Mutex::new(pending_open),
             floors: Mutex::new(floors),
+            hooks: std::sync::RwLock::new(Vec::new()),
         };
         Ok((store, Opened { instance, fresh_instance: reason }))
     }

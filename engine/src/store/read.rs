@@ -15,6 +15,18 @@ use crate::stored;
 use super::{RecordView, Store, StoreError, be_u64, corrupt};
 
 impl Store {
+    /// Reads the records of `keys` (repeats allowed) in one sorted pass,
+    /// for a call that is about to change them.
+    pub(super) fn load_states<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k RecordKey>,
+    ) -> Result<BTreeMap<RecordKey, Option<RecordState>>, StoreError> {
+        let mut unique: Vec<&RecordKey> = keys.collect();
+        unique.sort();
+        unique.dedup();
+        Ok(unique.iter().map(|k| (*k).clone()).zip(self.records(&unique)?).collect())
+    }
+
     // -----------------------------------------------------------------------
     // Records
 

@@ -14,7 +14,7 @@ use crate::ids::{AuthorKey, Dot, Hlc};
 use crate::keys;
 use crate::limits::{FIELDS_MAX, RECORD_BYTES_MAX};
 use crate::merge::{RecordState, View};
-use crate::policy::{PROFILE_TYPE, TypePolicy};
+use crate::policy::TypePolicy;
 use crate::value::Value;
 
 use super::{Pending, Store, StoreError, corrupt};
@@ -131,15 +131,13 @@ impl Store {
         let mut changes: Vec<Change> = Vec::new();
         let mut counter = local.counter;
         let mut clock = local.clock;
-        let mut unique: Vec<&RecordKey> = writes.iter().map(|w| &w.record).collect();
-        unique.sort();
-        unique.dedup();
-        let mut prefetched: BTreeMap<RecordKey, Option<RecordState>> =
-            unique.iter().map(|k| (*k).clone()).zip(self.records(&unique)?).collect();
+        let mut prefetched = self.load_states(writes.iter().map(|w| &w.record))?;
+        let mut observed = self.observe();
         for (i, write) in writes.iter().enumerate() {
             let key = &write.record;
             if !states.contains_key(key) {
                 let state = prefetched.remove(key).flatten();
+                observed.loaded(key, state.as_ref());
                 let existed = state.is_some();
                 let state = state.unwrap_or_default();
                 loaded.insert(key.clone(), state.changes.iter().map(Change::dot).collect());
@@ -225,13 +223,7 @@ impl Store {
                     retained.insert(held.dot());
                 }
             }
-            if !*existed {
-                pending.put(keys::by_id(&key.partition, &key.record_type, &key.id), Vec::new());
-            }
-            pending.record(key, state, *existed);
-            if key.record_type.as_str() == PROFILE_TYPE {
-                self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
-            }
+            self.persist(&mut pending, &mut observed, key, state, *existed);
         }
         for (change, length) in changes.iter().zip(lengths) {
             // A change superseded by a later one of this same call is not
@@ -253,6 +245,7 @@ impl Store {
         local.counter = counter;
         local.clock = clock;
         drop(local);
+        observed.committed();
         for (slot, write) in results.iter_mut().zip(writes) {
             if !views {
                 break;

@@ -8,7 +8,7 @@ use ed25519_dalek::SigningKey;
 use engine::backend::BackendKind;
 use engine::{
     AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey, SerialSigner,
-    SerialVerifier, Session, SessionConfig, StaticAuthorizer, Store, Summary, Value,
+    SerialVerifier, Session, SessionConfig, StaticAuthorizer, Store, SyncReport, Value,
 };
 use partitions::{Filter, OrgId, Partition, RecordType, Scope};
 
@@ -117,7 +117,13 @@ impl Node {
 
 /// Drives an initiator and a responder until both finish, delivering every
 /// message in order. Returns both summaries.
-pub fn sync(a: &Node, b: &Node, auth: &StaticAuthorizer, config: SessionConfig, now_ms: u64) -> (Summary, Summary) {
+pub fn sync(
+    a: &Node,
+    b: &Node,
+    auth: &StaticAuthorizer,
+    config: SessionConfig,
+    now_ms: u64,
+) -> (SyncReport, SyncReport) {
     try_sync(a, b, auth, config, now_ms).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -128,7 +134,7 @@ pub fn try_sync(
     auth: &StaticAuthorizer,
     config: SessionConfig,
     now_ms: u64,
-) -> Result<(Summary, Summary), String> {
+) -> Result<(SyncReport, SyncReport), String> {
     let mut initiator = Session::initiate(config, now_ms);
     let mut responder = Session::accept(b.config(a, 0), now_ms);
     let env_a = Env { store: &a.store, auth, verifier: &SerialVerifier };

@@ -12,7 +12,7 @@ use engine::backend::BackendKind;
 use engine::workload::{self, RECORD_TYPE};
 use engine::{
     AuthorKey, Env, Event, InstanceId, LocalAuthor, LocalOp, LocalWrite, RecordKey, Session, SessionConfig,
-    StaticAuthorizer, Store, Summary,
+    StaticAuthorizer, Store, SyncReport,
 };
 use node::parallel::{ParallelSigner, ParallelVerifier};
 use partitions::{Filter, OrgId, Partition, RecordType, Scope};
@@ -111,7 +111,7 @@ fn run(kind: BackendKind, records: u64) {
 }
 
 /// Store 1 pulls from store 0; returns store 1's summary.
-fn sync(stores: &[Store], keys: &[SigningKey], auth: &StaticAuthorizer, org: OrgId) -> Summary {
+fn sync(stores: &[Store], keys: &[SigningKey], auth: &StaticAuthorizer, org: OrgId) -> SyncReport {
     let key = |i: usize| AuthorKey(keys[i].verifying_key().to_bytes());
     let mut config = SessionConfig::new([9; 16], key(0), key(1).0.to_vec(), Scope::full(org));
     config.filter = Filter::org(org);

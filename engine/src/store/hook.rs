@@ -1,0 +1,85 @@
+//! `ApplyHook`: what an application (or node itself) learns of every
+//! change to a record, from local writes and from what peers send alike.
+//! The store calls `changed` inside the commit being prepared, with the
+//! record's state before and after, and `committed` once that commit is
+//! durable and the store's write lock is released. node's revocation cache
+//! is the first user (node/src/authority.rs); the change feed of the HTTP
+//! API is the next.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use partitions::{Partition, RecordType};
+
+use crate::change::RecordKey;
+use crate::merge::RecordState;
+
+use super::Store;
+
+pub trait ApplyHook: Send + Sync {
+    /// Whether `changed` wants records of this type in this partition. The
+    /// store keeps a copy of a record's state before the change only for
+    /// records some hook wants.
+    fn wants(&self, partition: &Partition, record_type: &RecordType) -> bool;
+    /// A record this hook wants changes in the commit being prepared
+    /// (`before` is `None` for a new record). Runs under the store's write
+    /// lock: it must be quick and must not call back into the store.
+    fn changed(&self, key: &RecordKey, before: Option<&RecordState>, after: &RecordState);
+    /// The commit holding the changes `changed` saw is durable. Runs
+    /// without the store's lock: it may read the store.
+    fn committed(&self);
+}
+
+/// The hooks of one commit and the states they need.
+pub(super) struct Observed {
+    hooks: Vec<Arc<dyn ApplyHook>>,
+    before: BTreeMap<RecordKey, Option<RecordState>>,
+    /// Which hooks saw a change (and so hear of the commit).
+    saw: Vec<bool>,
+}
+
+impl Observed {
+    fn wanted(&self, key: &RecordKey) -> bool {
+        self.hooks.iter().any(|h| h.wants(&key.partition, &key.record_type))
+    }
+
+    /// A record as it was read before the commit changes it.
+    pub(super) fn loaded(&mut self, key: &RecordKey, state: Option<&RecordState>) {
+        if !self.hooks.is_empty() && self.wanted(key) {
+            self.before.insert(key.clone(), state.cloned());
+        }
+    }
+
+    /// A record as the commit will store it.
+    pub(super) fn persisted(&mut self, key: &RecordKey, after: &RecordState) {
+        for (hook, saw) in self.hooks.iter().zip(self.saw.iter_mut()) {
+            if hook.wants(&key.partition, &key.record_type) {
+                let before = self.before.get(key).and_then(Option::as_ref);
+                hook.changed(key, before, after);
+                *saw = true;
+            }
+        }
+    }
+
+    /// The commit is durable: tells the hooks that saw a change.
+    pub(super) fn committed(self) {
+        for (hook, saw) in self.hooks.iter().zip(self.saw) {
+            if saw {
+                hook.committed();
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Adds a hook; it sees every commit from now on.
+    pub fn add_hook(&self, hook: Arc<dyn ApplyHook>) {
+        self.hooks.write().expect("hook list lock").push(hook);
+    }
+
+    pub(super) fn observe(&self) -> Observed {
+        let hooks = self.hooks.read().expect("hook list lock").clone();
+        let saw = vec![false; hooks.len()];
+        Observed { hooks, before: BTreeMap::new(), saw }
+    }
+}
