@@ -72,7 +72,7 @@ fn header(node: &Node, org: OrgId, filter: &Filter) -> anyhow::Result<Header> {
     Ok(Header {
         org: org.to_string(),
         exporter: partitions::hex::encode(&node.identity.author_key().0),
-        credentials: crate::pem::encode_base64(&credentials),
+        credentials: data_encoding::BASE64.encode(&credentials),
         filter: filter.prefixes().iter().map(ToString::to_string).collect(),
         created_at_ms: now_ms(),
     })
@@ -88,7 +88,8 @@ fn read_header(input: &mut dyn Read, magic: &[u8]) -> anyhow::Result<(Header, Or
     let header: Header = serde_json::from_slice(&bytes).context("the file's header is damaged")?;
     let org = OrgId::parse(&header.org).context("the file names no valid org")?;
     let key = AuthorKey(partitions::hex::decode::<32>(&header.exporter).context("the file names no valid node key")?);
-    let credentials = crate::pem::decode_base64(&header.credentials).context("the file's credentials are damaged")?;
+    let credentials =
+        data_encoding::BASE64.decode(header.credentials.as_bytes()).context("the file's credentials are damaged")?;
     let prefixes = header
         .filter
         .iter()

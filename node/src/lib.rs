@@ -19,7 +19,6 @@ pub mod net;
 pub mod node;
 pub mod ops;
 pub mod parallel;
-pub mod pem;
 pub mod protocols;
 pub mod random;
 pub mod serve;

@@ -7,7 +7,7 @@ use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
-use certs::{CertId, Chain, IssueRequest, Issuer, Revocation, Token, TokenRecord, TokenRequest};
+use certs::{CertId, Chain, IssueRequest, Issuer, Revocation, Token, TokenRecord, TokenRequest, pem};
 use ed25519_dalek::SigningKey;
 use engine::policy::system_partition;
 use engine::{
@@ -21,8 +21,8 @@ use crate::authority::{CertAuthorizer, REVOCATION_TYPE, member_scope};
 use crate::config::Config;
 use crate::home::{Home, write_atomic, write_private};
 use crate::identity::{Identity, key_of, peer_id_of};
+use crate::json as j;
 use crate::parallel::ParallelSigner;
-use crate::{json as j, pem};
 
 /// How long an org's root and the founding node's certificate last.
 const ORG_YEARS: u64 = 30;
@@ -207,9 +207,8 @@ impl Node {
 
     fn save_own_chain(&self, chain: &Chain) -> anyhow::Result<()> {
         let bytes = chain.encode();
-        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
         let path = self.home.certs_dir().join(format!("{}.pem", chain.leaf().id()));
-        write_atomic(&path, pem::encode_chain(&ders).as_bytes())?;
+        write_atomic(&path, pem::encode_chain(chain).as_bytes())?;
         self.store.put_chain(&self.identity.author_key(), &bytes)?;
         self.auth.know(&bytes).map_err(|d| anyhow!("{d}"))?;
         Ok(())
@@ -281,10 +280,9 @@ impl Node {
             authority,
         };
         let chain = issuer.issue(&request, crate::random::bytes())?;
-        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
         write_atomic(
             &self.home.issued_dir().join(format!("{}.pem", chain.leaf().id())),
-            pem::encode_chain(&ders).as_bytes(),
+            pem::encode_chain(&chain).as_bytes(),
         )?;
         let described = self.describe(&chain, false);
         Ok((chain, described))
@@ -797,10 +795,9 @@ impl Node {
         let chain = certs::redeem_at(record, secret, subject, name, now, not_before, &issuer, crate::random::bytes())
             .map_err(|e| e.to_string())?;
         self.save_tokens(&tokens).map_err(|e| e.to_string())?;
-        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
         let _ = write_atomic(
             &self.home.issued_dir().join(format!("{}.pem", chain.leaf().id())),
-            pem::encode_chain(&ders).as_bytes(),
+            pem::encode_chain(&chain).as_bytes(),
         );
         Ok(chain.encode())
     }
