@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod frame;
 pub mod home;
 pub mod identity;
 pub mod json;

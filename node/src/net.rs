@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
@@ -382,36 +382,22 @@ fn root_cause(error: &std::io::Error) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Frames on a stream: a u32 big-endian length, then the bytes.
+// Frames on a stream (`frame.rs`), with the errors a peer's stream reports.
 
 /// Bytes of the length prefix before every frame on a stream.
-pub const FRAME_PREFIX_BYTES: u64 = 4;
+pub const FRAME_PREFIX_BYTES: u64 = crate::frame::PREFIX_BYTES;
 
 pub async fn write_frame<W: futures::AsyncWrite + Unpin>(stream: &mut W, frame: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(frame.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    let mut buffer = Vec::with_capacity(frame.len() + 4);
-    buffer.extend_from_slice(&len.to_be_bytes());
-    buffer.extend_from_slice(frame);
-    stream.write_all(&buffer).await?;
-    stream.flush().await
+    crate::frame::write(stream, frame).await
 }
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
 pub async fn read_frame<R: futures::AsyncRead + Unpin>(stream: &mut R, max: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match stream.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(std::io::Error::new(
+    crate::frame::read(stream, max).await.map_err(|e| match e {
+        crate::frame::ReadError::TooLong { len, max } => std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("the peer sent a frame of {len} bytes, more than the {max} allowed"),
-        ));
-    }
-    let mut frame = vec![0u8; len];
-    stream.read_exact(&mut frame).await?;
-    Ok(Some(frame))
+        ),
+        crate::frame::ReadError::Truncated(e) | crate::frame::ReadError::Io(e) => e,
+    })
 }
