@@ -40,6 +40,8 @@ pub struct Node {
     pub store: Arc<Store>,
     pub auth: Arc<CertAuthorizer>,
     pub opened: Opened,
+    /// Held until the node is dropped, after the store has closed.
+    _lock: crate::home::HomeLock,
 }
 
 /// Wall-clock milliseconds since 1970. `FERRY_CLOCK_OFFSET_S` (signed
@@ -96,14 +98,11 @@ impl Node {
         let identity = Identity::load(&home.key_file())?;
         let config = Config::load(&home)?;
         let backend = config.backend()?;
+        let lock = home.lock()?;
         let (store, opened) = Store::open(&home.store_dir(), backend, InstanceId(crate::random::bytes()), now_ms())
             .map_err(|e| {
                 let text = e.to_string();
-                if e.is_in_use()
-                    || text.contains("lock")
-                    || text.contains("already open")
-                    || text.contains("AlreadyOpen")
-                {
+                if e.is_in_use() {
                     anyhow!("the store of {} is in use by another ferry process", home.dir.display())
                 } else if e.is_damage() && !matches!(e, engine::StoreError::Corrupt(_)) {
                     anyhow!(
@@ -119,7 +118,7 @@ impl Node {
         }
         let store = Arc::new(store);
         let auth = Arc::new(CertAuthorizer::new(store.clone()));
-        let node = Node { home, identity, config, store, auth, opened };
+        let node = Node { home, identity, config, store, auth, opened, _lock: lock };
         for (_, bytes) in node.own_chains()? {
             node.store.put_chain(&node.identity.author_key(), &bytes)?;
             let _ = node.auth.know(&bytes);
