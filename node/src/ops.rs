@@ -363,7 +363,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
         }
         Op::Peers => {
             let net = ctx.net.context("listing peers needs the network")?;
-            let found = net.discovered.lock().expect("lock").clone();
+            let found = net.discovered();
             serde_json::Value::Array(
                 found
                     .into_iter()
