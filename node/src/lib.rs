@@ -19,6 +19,7 @@ pub mod json;
 pub mod net;
 pub mod node;
 pub mod ops;
+pub mod own;
 pub mod parallel;
 pub mod protocols;
 pub mod random;

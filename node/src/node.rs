@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::home::{Home, write_atomic, write_private};
 use crate::identity::{Identity, key_of, peer_id_of};
 use crate::json as j;
+use crate::own::{OwnChain, OwnChains};
 use crate::parallel::ParallelSigner;
 
 /// How long an org's root and the founding node's certificate last.
@@ -40,6 +41,8 @@ pub struct Node {
     pub store: Arc<Store>,
     pub auth: Arc<CertAuthorizer>,
     pub opened: Opened,
+    /// The chains in `certs/`, verified when they change, not at each use.
+    own: OwnChains,
     /// Held until the node is dropped, after the store has closed.
     _lock: crate::home::HomeLock,
 }
@@ -99,6 +102,7 @@ impl Node {
         let config = Config::load(&home)?;
         let backend = config.backend()?;
         let lock = home.lock()?;
+        let own = OwnChains::verified(read_chains(&home.certs_dir())?);
         let (store, opened) = Store::open(&home.store_dir(), backend, InstanceId(crate::random::bytes()), now_ms())
             .map_err(|e| {
                 let text = e.to_string();
@@ -118,7 +122,7 @@ impl Node {
         }
         let store = Arc::new(store);
         let auth = Arc::new(CertAuthorizer::new(store.clone()));
-        let node = Node { home, identity, config, store, auth, opened, _lock: lock };
+        let node = Node { home, identity, config, store, auth, opened, own, _lock: lock };
         for (_, bytes) in node.own_chains()? {
             node.store.put_chain(&node.identity.author_key(), &bytes)?;
             let _ = node.auth.know(&bytes);
@@ -138,7 +142,13 @@ impl Node {
 
     /// Chains this node holds (its key is their leaf's).
     pub fn own_chains(&self) -> anyhow::Result<Vec<(Chain, Vec<u8>)>> {
-        read_chains(&self.home.certs_dir())
+        Ok(self.own.all().iter().map(|own| (own.chain.clone(), own.bytes.clone())).collect())
+    }
+
+    /// Reads `certs/` again after a chain was stored or revoked.
+    fn reload_own_chains(&self) -> anyhow::Result<()> {
+        self.own.replace(read_chains(&self.home.certs_dir())?);
+        Ok(())
     }
 
     /// The orgs this node holds a certificate of.
@@ -169,23 +179,21 @@ impl Node {
     pub fn chain_for(&self, org: OrgId) -> anyhow::Result<(Chain, Vec<u8>)> {
         let now = now_s();
         let revocations = self.auth.revocations(org);
-        let mut best: Option<(Chain, Vec<u8>)> = None;
+        let own = self.own.all();
+        let mut best: Option<&OwnChain> = None;
         let mut last_error = None;
-        for (chain, bytes) in self.own_chains()? {
-            if chain.org() != org {
-                continue;
-            }
-            match chain.verify(Some(&self.identity.author_key().0), now, &revocations) {
+        for held in own.iter().filter(|held| held.chain.org() == org) {
+            match held.verify_at(&self.identity.author_key().0, now, &revocations) {
                 Ok(v) => {
-                    if best.as_ref().is_none_or(|(b, _)| b.leaf().not_after() < v.not_after) {
-                        best = Some((chain, bytes));
+                    if best.is_none_or(|b| b.chain.leaf().not_after() < v.not_after) {
+                        best = Some(held);
                     }
                 }
                 Err(e) => last_error = Some(e),
             }
         }
         match (best, last_error) {
-            (Some(b), _) => Ok(b),
+            (Some(b), _) => Ok((b.chain.clone(), b.bytes.clone())),
             (None, Some(certs::VerifyError::NotYetValid { not_before, at, .. })) => {
                 Err(NoChain::Clock { org, clock: at, starts: not_before }.into())
             }
@@ -208,6 +216,7 @@ impl Node {
         let bytes = chain.encode();
         let path = self.home.certs_dir().join(format!("{}.pem", chain.leaf().id()));
         write_atomic(&path, pem::encode_chain(chain).as_bytes())?;
+        self.reload_own_chains()?;
         self.store.put_chain(&self.identity.author_key(), &bytes)?;
         self.auth.know(&bytes).map_err(|d| anyhow!("{d}"))?;
         Ok(())
@@ -376,6 +385,7 @@ impl Node {
             ]);
             self.write_one(org, LocalWrite { record: key, op: LocalOp::Put { set, unset: BTreeSet::new() } })?;
             self.auth.refresh_revocations()?;
+            self.reload_own_chains()?;
             return Ok(json!({
                 "certificate_id": wanted.to_string(),
                 "org_id": org.to_string(),
