@@ -196,13 +196,24 @@ impl Chain {
     }
 
     /// Verifies the chain at time `at` (seconds since 1970) against the known
-    /// revocations, and, if given, that the holder's key is `subject_key`.
+    /// revocations, and, if given, that the holder's key is `subject_key`:
+    /// `verify_structure`, then `verify_at`.
     pub fn verify(
         &self,
         subject_key: Option<&[u8; 32]>,
         at: u64,
         revocations: &Revocations,
     ) -> Result<Verified, VerifyError> {
+        self.verify_structure()?;
+        self.verify_at(subject_key, at, revocations)
+    }
+
+    /// What `verify` checks that no time, key or revocation can change: the
+    /// root, every signature, the links between certificates, path lengths,
+    /// nested validity windows and narrowing scopes. This is the expensive
+    /// part; a holder that checked it once (its own chains, say) need not
+    /// check it again.
+    pub fn verify_structure(&self) -> Result<(), VerifyError> {
         let certs = &self.certs;
         let root = self.root();
         let org = root.info().org;
@@ -263,6 +274,21 @@ impl Chain {
                 .check_within(&parent.info().scope)
                 .map_err(|widening| VerifyError::ScopeWidened { index, widening })?;
         }
+        Ok(())
+    }
+
+    /// The rest of `verify`, in its order: every certificate valid at `at`,
+    /// the holder's key (if given), no revocation in effect at `at`. Cheap: a
+    /// signature is checked only for a revocation naming a certificate of the
+    /// chain. Meaningful only for a chain whose `verify_structure` passed.
+    pub fn verify_at(
+        &self,
+        subject_key: Option<&[u8; 32]>,
+        at: u64,
+        revocations: &Revocations,
+    ) -> Result<Verified, VerifyError> {
+        let certs = &self.certs;
+        let org = self.root().info().org;
         for (index, cert) in certs.iter().enumerate() {
             if at < cert.not_before() {
                 return Err(VerifyError::NotYetValid { index, not_before: cert.not_before(), at });

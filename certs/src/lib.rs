@@ -4,7 +4,8 @@
 //!
 //! X.509 v3 with Ed25519 keys: built with rcgen, read with x509-parser,
 //! signatures checked with ed25519-dalek. The scope travels in a critical
-//! extension as canonical CBOR (`extension.rs`).
+//! extension as canonical CBOR (`extension.rs`). Chains are stored and
+//! exchanged in files as PEM text (`pem.rs`).
 //!
 //! This crate has no IO and no clock: time is always an argument, randomness
 //! comes in as a generator or as bytes. It depends on `partitions` only.
@@ -17,9 +18,11 @@ pub mod extension;
 pub mod issue;
 pub mod key;
 pub mod limits;
+pub mod pem;
 pub mod revocation;
 pub mod token;
 
+pub use crate::pem::PemError;
 pub use cert::{CertId, Certificate, DecodeError};
 pub use chain::{Chain, Revocations, Verified, VerifyError};
 pub use extension::{CertInfo, ExtensionError, SCOPE_EXTENSION_OID, SCOPE_EXTENSION_OID_TEXT};

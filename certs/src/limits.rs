@@ -17,6 +17,11 @@ pub const CERT_BYTES_MAX: usize = 96 * 1024;
 /// Bytes of one encoded chain.
 pub const CHAIN_BYTES_MAX: usize = CHAIN_DEPTH_MAX * CERT_BYTES_MAX;
 
+/// Bytes of PEM text read for one chain: the base64 of the largest chain
+/// (four characters per three bytes), a newline per 64 characters, and a
+/// header and footer line per certificate, rounded up.
+pub const PEM_BYTES_MAX: usize = 1_100_000;
+
 /// Bytes of a certificate's human-readable name.
 pub const NAME_BYTES_MAX: usize = 128;
 
@@ -42,3 +47,4 @@ pub const SCOPE_CBOR_BYTES_MAX: usize = 2 * FILTER_PREFIXES_MAX * (PARTITION_BYT
 
 const _: () = assert!(SCOPE_CBOR_BYTES_MAX + 1024 <= CERT_BYTES_MAX);
 const _: () = assert!(TOKEN_TEXT_MAX * 5 / 8 >= SCOPE_CBOR_BYTES_MAX / 8);
+const _: () = assert!(CHAIN_BYTES_MAX.div_ceil(3) * 4 * 65 / 64 + CHAIN_DEPTH_MAX * 60 <= PEM_BYTES_MAX);

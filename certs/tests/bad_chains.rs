@@ -407,8 +407,14 @@ fn bad_chains_are_rejected_each_with_its_own_error() {
         ),
     ];
     for (name, chain, at, revocations, expected) in cases {
-        let got = chain.and_then(|c| c.verify(Some(&public(3)), at, &revocations));
+        let got = chain.clone().and_then(|c| c.verify(Some(&public(3)), at, &revocations));
         assert!(same_error(&got, &expected), "{name}: expected {expected:?}, got {got:?}");
+        // The two halves a holder may run apart (structure once, the rest at
+        // each use) answer exactly as `verify` does.
+        if let Ok(c) = &chain {
+            let split = c.verify_structure().and_then(|()| c.verify_at(Some(&public(3)), at, &revocations));
+            assert_eq!(split, got, "{name}: verify_structure then verify_at");
+        }
     }
 }
 

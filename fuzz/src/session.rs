@@ -259,7 +259,7 @@ pub fn bundle_sample() -> Vec<u8> {
     let header = serde_json::json!({
         "org": org.to_string(),
         "exporter": partitions::hex::encode(&author_key(PEER).0),
-        "credentials": node::pem::encode_base64(&author_key(PEER).0),
+        "credentials": data_encoding::BASE64.encode(&author_key(PEER).0),
         "filter": [org.to_string()],
         "created_at_ms": T0,
     });

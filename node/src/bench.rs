@@ -200,8 +200,7 @@ fn district(root: &Path, backend: BackendKind, devices: u64) -> anyhow::Result<(
             None,
             None,
         )?;
-        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
-        device.cert_import(&crate::pem::encode_chain(&ders))?;
+        device.cert_import(&certs::pem::encode_chain(&chain))?;
         device.close()?;
         homes.push(home);
     }

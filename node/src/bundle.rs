@@ -10,8 +10,9 @@
 //! frame: End
 //! ```
 //!
-//! where a frame is a u32 big-endian length and its bytes. Importing checks
-//! everything a network sync checks (signatures, scopes, merge, ledger).
+//! where a frame is a u32 big-endian length and its bytes (`frame.rs`, the
+//! framing of the network too). Importing checks everything a network sync
+//! checks (signatures, scopes, merge, ledger).
 //!
 //! A frontier file says what a node holds, so the next bundle for it can be
 //! a delta: `"FERRY-FRONTIER 1\n"`, a JSON header {"org", "holder" (hex key),
@@ -47,24 +48,19 @@ struct Header {
 }
 
 fn write_frame(out: &mut dyn Write, frame: &[u8]) -> std::io::Result<()> {
-    out.write_all(&(frame.len() as u32).to_be_bytes())?;
-    out.write_all(frame)
+    crate::frame::write_blocking(out, frame)
 }
 
 fn read_frame(input: &mut dyn Read, max: usize) -> anyhow::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match input.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        bail!("the file holds a frame of {len} bytes, more than the {max} allowed: it is damaged or not a ferry file");
-    }
-    let mut frame = vec![0u8; len];
-    input.read_exact(&mut frame).context("the file ends in the middle of a frame: it is truncated")?;
-    Ok(Some(frame))
+    crate::frame::read_blocking(input, max).map_err(|e| match e {
+        crate::frame::ReadError::TooLong { len, max } => anyhow!(
+            "the file holds a frame of {len} bytes, more than the {max} allowed: it is damaged or not a ferry file"
+        ),
+        crate::frame::ReadError::Truncated(e) => {
+            anyhow!(e).context("the file ends in the middle of a frame: it is truncated")
+        }
+        crate::frame::ReadError::Io(e) => e.into(),
+    })
 }
 
 fn header(node: &Node, org: OrgId, filter: &Filter) -> anyhow::Result<Header> {
@@ -72,7 +68,7 @@ fn header(node: &Node, org: OrgId, filter: &Filter) -> anyhow::Result<Header> {
     Ok(Header {
         org: org.to_string(),
         exporter: partitions::hex::encode(&node.identity.author_key().0),
-        credentials: crate::pem::encode_base64(&credentials),
+        credentials: data_encoding::BASE64.encode(&credentials),
         filter: filter.prefixes().iter().map(ToString::to_string).collect(),
         created_at_ms: now_ms(),
     })
@@ -88,7 +84,8 @@ fn read_header(input: &mut dyn Read, magic: &[u8]) -> anyhow::Result<(Header, Or
     let header: Header = serde_json::from_slice(&bytes).context("the file's header is damaged")?;
     let org = OrgId::parse(&header.org).context("the file names no valid org")?;
     let key = AuthorKey(partitions::hex::decode::<32>(&header.exporter).context("the file names no valid node key")?);
-    let credentials = crate::pem::decode_base64(&header.credentials).context("the file's credentials are damaged")?;
+    let credentials =
+        data_encoding::BASE64.decode(header.credentials.as_bytes()).context("the file's credentials are damaged")?;
     let prefixes = header
         .filter
         .iter()

@@ -663,16 +663,35 @@ fn mdns_wait(op: &Op) -> bool {
     matches!(op, Op::Peers) || matches!(op, Op::Sync { peer, .. } if !peer.starts_with('/'))
 }
 
+/// How long a command that looks on the LAN waits for mDNS at most.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(6);
+/// `ferry peers` lists what it has found once no new peer has answered for
+/// this long (the answers to one mDNS query come within a fraction of it).
+const DISCOVERY_QUIET: Duration = Duration::from_secs(1);
+
+/// Waits, woken by each discovery, until the peer a sync names is found,
+/// or, for `ferry peers`, until the LAN has gone quiet after answering; at
+/// most `DISCOVERY_WAIT` either way.
 async fn wait_for_discovery(net: &Net, op: &Op) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while tokio::time::Instant::now() < deadline {
-        if let Op::Sync { peer, .. } = op
-            && let Ok(id) = crate::identity::parse_peer_id(peer)
-            && net.discovered.lock().expect("lock").contains_key(&id)
-        {
-            return;
+    let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
+    let mut discovered = net.watch_discovered();
+    if let Op::Sync { peer, .. } = op {
+        if let Ok(id) = crate::identity::parse_peer_id(peer) {
+            let _ = tokio::time::timeout_at(deadline, discovered.wait_for(|found| found.contains_key(&id))).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        return;
+    }
+    let mut quiet_from: Option<tokio::time::Instant> = None;
+    loop {
+        let until = quiet_from.map_or(deadline, |at| (at + DISCOVERY_QUIET).min(deadline));
+        match tokio::time::timeout_at(until, discovered.changed()).await {
+            Ok(Ok(())) if !discovered.borrow_and_update().is_empty() => {
+                quiet_from = Some(tokio::time::Instant::now());
+            }
+            Ok(Ok(())) => {}
+            // The deadline or the quiet period passed, or the network stopped.
+            Ok(Err(_)) | Err(_) => return,
+        }
     }
 }
 

@@ -9,12 +9,13 @@
 //! issued/         certificates this node issued (for `cert list` and `cert revoke`)
 //! tokens.json     enrolment tokens this node handed out
 //! control.sock    the local API, while `ferry serve` runs
+//! lock            locked (flock) by the one process that has the store open
 //! ```
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 #[derive(Clone, Debug)]
 pub struct Home {
@@ -54,6 +55,9 @@ impl Home {
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")
     }
+    pub fn lock_file(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
 
     pub fn is_initialized(&self) -> bool {
         self.key_file().exists()
@@ -65,6 +69,33 @@ impl Home {
         }
         Ok(())
     }
+
+    /// Takes the home's lock, held while this process has the store open:
+    /// one process at a time, whichever backend the store uses. The
+    /// operating system releases it when the file closes, so a crashed
+    /// process leaves no stale lock behind.
+    pub fn lock(&self) -> anyhow::Result<HomeLock> {
+        let path = self.lock_file();
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(HomeLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!("the store of {} is in use by another ferry process", self.dir.display())
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("cannot lock {}", path.display())),
+        }
+    }
+}
+
+/// The home's lock, released when dropped.
+#[derive(Debug)]
+pub struct HomeLock {
+    _file: std::fs::File,
 }
 
 /// Writes a file atomically (a temporary file of a unique name beside it,
@@ -105,6 +136,20 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_home_is_locked_by_one_opener_at_a_time() {
+        let dir = tempfile::tempdir().expect("dir");
+        let home = Home { dir: dir.path().to_path_buf() };
+        let held = home.lock().expect("first lock");
+        let refused = home.lock().expect_err("a second lock while the first is held");
+        assert_eq!(
+            refused.to_string(),
+            format!("the store of {} is in use by another ferry process", dir.path().display())
+        );
+        drop(held);
+        home.lock().expect("the lock is free again once dropped");
+    }
 
     #[test]
     fn atomic_writes_keep_their_mode_and_leave_no_temporary_file() {

@@ -13,7 +13,7 @@ pub fn to_json(value: &Value) -> serde_json::Value {
         Value::Int(n) => json!(n),
         Value::Float(f) => Number::from_f64(*f).map_or(serde_json::Value::Null, serde_json::Value::Number),
         Value::Text(t) => json!(t),
-        Value::Bytes(b) => json!({ "$base64": crate::pem::encode_base64(b) }),
+        Value::Bytes(b) => json!({ "$base64": data_encoding::BASE64.encode(b) }),
         Value::Array(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
         Value::Map(items) => serde_json::Value::Object(items.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
     }
@@ -37,7 +37,7 @@ pub fn from_json(value: &serde_json::Value) -> Result<Value, String> {
         serde_json::Value::Object(map) => {
             if map.len() == 1
                 && let Some(serde_json::Value::String(b64)) = map.get("$base64")
-                && let Ok(bytes) = crate::pem::decode_base64(b64)
+                && let Ok(bytes) = data_encoding::BASE64.decode(b64.as_bytes())
             {
                 return Ok(Value::Bytes(bytes));
             }
@@ -187,6 +187,19 @@ mod tests {
         assert_eq!(parse_cli_value("\"3\""), Ok(Value::Text("3".into())));
         let bytes = Value::Bytes(vec![1, 2, 3]);
         assert_eq!(from_json(&to_json(&bytes)), Ok(bytes));
+    }
+
+    #[test]
+    fn bytes_are_standard_padded_base64_and_bad_base64_stays_a_map() {
+        for (plain, encoded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+            let bytes = Value::Bytes(plain.as_bytes().to_vec());
+            assert_eq!(to_json(&bytes), json!({ "$base64": encoded }));
+            assert_eq!(from_json(&json!({ "$base64": encoded })), Ok(bytes));
+        }
+        for bad in ["Zm9", "Z!9v"] {
+            let map = Value::Map([("$base64".to_owned(), Value::Text(bad.to_owned()))].into());
+            assert_eq!(from_json(&json!({ "$base64": bad })), Ok(map));
+        }
     }
 
     #[test]

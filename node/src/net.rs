@@ -6,17 +6,16 @@
 //! a peer's bad message ends that peer's stream and nothing else.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, connection_limits, identify, mdns, noise, ping, tcp, yamux};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::identity::Identity;
 
@@ -60,13 +59,20 @@ enum Command {
     Dial(Multiaddr, Option<PeerId>, oneshot::Sender<Result<PeerId, String>>),
 }
 
+/// Peers found on the LAN by mDNS, with their addresses.
+pub type Discovered = BTreeMap<PeerId, BTreeSet<Multiaddr>>;
+
+/// How long `start` waits for every listener to have its address.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
 /// A running libp2p node.
 pub struct Net {
     pub peer_id: PeerId,
     control: libp2p_stream::Control,
     commands: mpsc::Sender<Command>,
-    pub listening: Arc<Mutex<Vec<Multiaddr>>>,
-    pub discovered: Arc<Mutex<BTreeMap<PeerId, BTreeSet<Multiaddr>>>>,
+    /// Kept up to date by the swarm task; a receiver wakes when they change.
+    listening: watch::Receiver<Vec<Multiaddr>>,
+    discovered: watch::Receiver<Discovered>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -120,23 +126,30 @@ impl Net {
             swarm.listen_on(address.clone()).with_context(|| format!("cannot listen on {address}"))?;
         }
         let control = swarm.behaviour().stream.new_control();
-        let listening = Arc::new(Mutex::new(Vec::new()));
-        let discovered = Arc::new(Mutex::new(BTreeMap::new()));
+        let (listening_tx, listening) = watch::channel(Vec::new());
+        let (discovered_tx, discovered) = watch::channel(Discovered::new());
         let (commands, command_rx) = mpsc::channel(COMMANDS_MAX);
-        let task = tokio::spawn(drive(swarm, command_rx, events, listening.clone(), discovered.clone()));
+        let task = tokio::spawn(drive(swarm, command_rx, events, listening_tx, discovered_tx));
         let net = Net { peer_id, control, commands, listening, discovered, task };
-        // Wait until every listener has an address (or a short while).
-        if !listen.is_empty() {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while net.listening.lock().expect("lock").len() < listen.len() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+        // Wait until every listener has an address (or a short while): woken
+        // by each new address. A task that stopped ends the wait too.
+        let mut addresses = net.listening.clone();
+        let _ = tokio::time::timeout(LISTEN_WAIT, addresses.wait_for(|a| a.len() >= listen.len())).await;
         Ok(net)
     }
 
     pub fn addresses(&self) -> Vec<Multiaddr> {
-        self.listening.lock().expect("lock").clone()
+        self.listening.borrow().clone()
+    }
+
+    /// The peers found on the LAN so far.
+    pub fn discovered(&self) -> Discovered {
+        self.discovered.borrow().clone()
+    }
+
+    /// A receiver that wakes whenever a peer is found or expires.
+    pub fn watch_discovered(&self) -> watch::Receiver<Discovered> {
+        self.discovered.clone()
     }
 
     /// Addresses others can dial: listen addresses with our peer id.
@@ -161,7 +174,7 @@ impl Net {
             Some(a) => a,
             None => {
                 let peer = expected.expect("set above");
-                let found = self.discovered.lock().expect("lock").get(&peer).and_then(|s| s.iter().next().cloned());
+                let found = self.discovered.borrow().get(&peer).and_then(|s| s.iter().next().cloned());
                 found
                     .with_context(|| format!("peer {peer} was not found on the LAN (mDNS): give its address instead"))?
             }
@@ -206,8 +219,8 @@ async fn drive(
     mut swarm: libp2p::Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
     events: Option<mpsc::Sender<NetEvent>>,
-    listening: Arc<Mutex<Vec<Multiaddr>>>,
-    discovered: Arc<Mutex<BTreeMap<PeerId, BTreeSet<Multiaddr>>>>,
+    listening: watch::Sender<Vec<Multiaddr>>,
+    discovered: watch::Sender<Discovered>,
 ) {
     let mut dials: BTreeMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, String>>> = BTreeMap::new();
     let emit = |event: NetEvent| {
@@ -244,7 +257,7 @@ async fn drive(
             }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
-                    listening.lock().expect("lock").push(address.clone());
+                    listening.send_modify(|known| known.push(address.clone()));
                     emit(NetEvent::Listening(address));
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
@@ -261,22 +274,25 @@ async fn drive(
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => emit(NetEvent::Disconnected(peer_id)),
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                     for (peer, address) in list {
-                        let new = discovered.lock().expect("lock").entry(peer).or_default().insert(address.clone());
+                        let new = discovered.send_if_modified(|known| known.entry(peer).or_default().insert(address.clone()));
                         if new {
                             emit(NetEvent::Discovered(peer, address));
                         }
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(list))) => {
-                    let mut known = discovered.lock().expect("lock");
-                    for (peer, address) in list {
-                        if let Some(set) = known.get_mut(&peer) {
-                            set.remove(&address);
-                            if set.is_empty() {
-                                known.remove(&peer);
+                    discovered.send_if_modified(|known| {
+                        let mut changed = false;
+                        for (peer, address) in list {
+                            if let Some(set) = known.get_mut(&peer) {
+                                changed |= set.remove(&address);
+                                if set.is_empty() {
+                                    known.remove(&peer);
+                                }
                             }
                         }
-                    }
+                        changed
+                    });
                 }
                 _ => {}
             },
@@ -382,36 +398,22 @@ fn root_cause(error: &std::io::Error) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Frames on a stream: a u32 big-endian length, then the bytes.
+// Frames on a stream (`frame.rs`), with the errors a peer's stream reports.
 
 /// Bytes of the length prefix before every frame on a stream.
-pub const FRAME_PREFIX_BYTES: u64 = 4;
+pub const FRAME_PREFIX_BYTES: u64 = crate::frame::PREFIX_BYTES;
 
 pub async fn write_frame<W: futures::AsyncWrite + Unpin>(stream: &mut W, frame: &[u8]) -> std::io::Result<()> {
-    let len = u32::try_from(frame.len()).map_err(|_| std::io::Error::other("frame too large"))?;
-    let mut buffer = Vec::with_capacity(frame.len() + 4);
-    buffer.extend_from_slice(&len.to_be_bytes());
-    buffer.extend_from_slice(frame);
-    stream.write_all(&buffer).await?;
-    stream.flush().await
+    crate::frame::write(stream, frame).await
 }
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
 pub async fn read_frame<R: futures::AsyncRead + Unpin>(stream: &mut R, max: usize) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0u8; 4];
-    match stream.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > max {
-        return Err(std::io::Error::new(
+    crate::frame::read(stream, max).await.map_err(|e| match e {
+        crate::frame::ReadError::TooLong { len, max } => std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("the peer sent a frame of {len} bytes, more than the {max} allowed"),
-        ));
-    }
-    let mut frame = vec![0u8; len];
-    stream.read_exact(&mut frame).await?;
-    Ok(Some(frame))
+        ),
+        crate::frame::ReadError::Truncated(e) | crate::frame::ReadError::Io(e) => e,
+    })
 }

@@ -7,7 +7,7 @@ use std::io::{BufRead, Write};
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
-use certs::{CertId, Chain, IssueRequest, Issuer, Revocation, Token, TokenRecord, TokenRequest};
+use certs::{CertId, Chain, IssueRequest, Issuer, Revocation, Token, TokenRecord, TokenRequest, pem};
 use ed25519_dalek::SigningKey;
 use engine::policy::system_partition;
 use engine::{
@@ -21,8 +21,9 @@ use crate::authority::{CertAuthorizer, REVOCATION_TYPE, member_scope};
 use crate::config::Config;
 use crate::home::{Home, write_atomic, write_private};
 use crate::identity::{Identity, key_of, peer_id_of};
+use crate::json as j;
+use crate::own::{OwnChain, OwnChains};
 use crate::parallel::ParallelSigner;
-use crate::{json as j, pem};
 
 /// How long an org's root and the founding node's certificate last.
 const ORG_YEARS: u64 = 30;
@@ -40,6 +41,10 @@ pub struct Node {
     pub store: Arc<Store>,
     pub auth: Arc<CertAuthorizer>,
     pub opened: Opened,
+    /// The chains in `certs/`, verified when they change, not at each use.
+    own: OwnChains,
+    /// Held until the node is dropped, after the store has closed.
+    _lock: crate::home::HomeLock,
 }
 
 /// Wall-clock milliseconds since 1970. `FERRY_CLOCK_OFFSET_S` (signed
@@ -96,14 +101,12 @@ impl Node {
         let identity = Identity::load(&home.key_file())?;
         let config = Config::load(&home)?;
         let backend = config.backend()?;
+        let lock = home.lock()?;
+        let own = OwnChains::verified(read_chains(&home.certs_dir())?);
         let (store, opened) = Store::open(&home.store_dir(), backend, InstanceId(crate::random::bytes()), now_ms())
             .map_err(|e| {
                 let text = e.to_string();
-                if e.is_in_use()
-                    || text.contains("lock")
-                    || text.contains("already open")
-                    || text.contains("AlreadyOpen")
-                {
+                if e.is_in_use() {
                     anyhow!("the store of {} is in use by another ferry process", home.dir.display())
                 } else if e.is_damage() && !matches!(e, engine::StoreError::Corrupt(_)) {
                     anyhow!(
@@ -119,7 +122,7 @@ impl Node {
         }
         let store = Arc::new(store);
         let auth = CertAuthorizer::watching(store.clone());
-        let node = Node { home, identity, config, store, auth, opened };
+        let node = Node { home, identity, config, store, auth, opened, own, _lock: lock };
         for (_, bytes) in node.own_chains()? {
             node.store.put_chain(&node.identity.author_key(), &bytes)?;
             let _ = node.auth.know(&bytes);
@@ -150,7 +153,13 @@ impl Node {
 
     /// Chains this node holds (its key is their leaf's).
     pub fn own_chains(&self) -> anyhow::Result<Vec<(Chain, Vec<u8>)>> {
-        read_chains(&self.home.certs_dir())
+        Ok(self.own.all().iter().map(|own| (own.chain.clone(), own.bytes.clone())).collect())
+    }
+
+    /// Reads `certs/` again after a chain was stored or revoked.
+    fn reload_own_chains(&self) -> anyhow::Result<()> {
+        self.own.replace(read_chains(&self.home.certs_dir())?);
+        Ok(())
     }
 
     /// The orgs this node holds a certificate of.
@@ -181,23 +190,21 @@ impl Node {
     pub fn chain_for(&self, org: OrgId) -> anyhow::Result<(Chain, Vec<u8>)> {
         let now = now_s();
         let revocations = self.auth.revocations(org);
-        let mut best: Option<(Chain, Vec<u8>)> = None;
+        let own = self.own.all();
+        let mut best: Option<&OwnChain> = None;
         let mut last_error = None;
-        for (chain, bytes) in self.own_chains()? {
-            if chain.org() != org {
-                continue;
-            }
-            match chain.verify(Some(&self.identity.author_key().0), now, &revocations) {
+        for held in own.iter().filter(|held| held.chain.org() == org) {
+            match held.verify_at(&self.identity.author_key().0, now, &revocations) {
                 Ok(v) => {
-                    if best.as_ref().is_none_or(|(b, _)| b.leaf().not_after() < v.not_after) {
-                        best = Some((chain, bytes));
+                    if best.is_none_or(|b| b.chain.leaf().not_after() < v.not_after) {
+                        best = Some(held);
                     }
                 }
                 Err(e) => last_error = Some(e),
             }
         }
         match (best, last_error) {
-            (Some(b), _) => Ok(b),
+            (Some(b), _) => Ok((b.chain.clone(), b.bytes.clone())),
             (None, Some(certs::VerifyError::NotYetValid { not_before, at, .. })) => {
                 Err(NoChain::Clock { org, clock: at, starts: not_before }.into())
             }
@@ -218,9 +225,9 @@ impl Node {
 
     fn save_own_chain(&self, chain: &Chain) -> anyhow::Result<()> {
         let bytes = chain.encode();
-        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
         let path = self.home.certs_dir().join(format!("{}.pem", chain.leaf().id()));
-        write_atomic(&path, pem::encode_chain(&ders).as_bytes())?;
+        write_atomic(&path, pem::encode_chain(chain).as_bytes())?;
+        self.reload_own_chains()?;
         self.store.put_chain(&self.identity.author_key(), &bytes)?;
         self.auth.know(&bytes).map_err(|d| anyhow!("{d}"))?;
         Ok(())
@@ -292,10 +299,9 @@ impl Node {
             authority,
         };
         let chain = issuer.issue(&request, crate::random::bytes())?;
-        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
         write_atomic(
             &self.home.issued_dir().join(format!("{}.pem", chain.leaf().id())),
-            pem::encode_chain(&ders).as_bytes(),
+            pem::encode_chain(&chain).as_bytes(),
         )?;
         let described = self.describe(&chain, false);
         Ok((chain, described))
@@ -389,6 +395,7 @@ impl Node {
             ]);
             // The authorizer's hook re-reads the revocations on commit.
             self.write_one(org, LocalWrite { record: key, op: LocalOp::Put { set, unset: BTreeSet::new() } })?;
+            self.reload_own_chains()?;
             return Ok(json!({
                 "certificate_id": wanted.to_string(),
                 "org_id": org.to_string(),
@@ -811,10 +818,9 @@ impl Node {
         let chain = certs::redeem_at(record, secret, subject, name, now, not_before, &issuer, crate::random::bytes())
             .map_err(|e| e.to_string())?;
         self.save_tokens(&tokens).map_err(|e| e.to_string())?;
-        let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
         let _ = write_atomic(
             &self.home.issued_dir().join(format!("{}.pem", chain.leaf().id())),
-            pem::encode_chain(&ders).as_bytes(),
+            pem::encode_chain(&chain).as_bytes(),
         );
         Ok(chain.encode())
     }

@@ -284,7 +284,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
         }
         Op::Peers => {
             let net = ctx.net.context("listing peers needs the network")?;
-            let found = net.discovered.lock().expect("lock").clone();
+            let found = net.discovered();
             serde_json::Value::Array(
                 found
                     .into_iter()
@@ -335,8 +335,7 @@ fn execute_local(
         Op::CertIssue { org: o, subject, read, write, types, days, can_issue, authority, name, out: path } => {
             let (chain, described) =
                 node.cert_issue(org(&o)?, &subject, &read, &write, &types, days, can_issue, authority, name)?;
-            let ders: Vec<&[u8]> = chain.certs().iter().map(|c| c.der()).collect();
-            crate::home::write_atomic(&path, crate::pem::encode_chain(&ders).as_bytes())?;
+            crate::home::write_atomic(&path, certs::pem::encode_chain(&chain).as_bytes())?;
             let mut described = described;
             described["file"] = json!(path.display().to_string());
             described

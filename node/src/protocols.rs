@@ -389,7 +389,8 @@ pub fn decode_enrol_answer(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
         let error: String = error.chars().take(engine::limits::REASON_BYTES_MAX).collect();
         bail!("the issuer refused: {error}");
     }
-    crate::pem::decode_base64(&answer.chain.context("the issuer sent no certificate")?)
+    let chain = answer.chain.context("the issuer sent no certificate")?;
+    data_encoding::BASE64.decode(chain.as_bytes()).context("the issuer's certificate is damaged")
 }
 
 /// The device side of enrolment: contact the issuer the token names, check
@@ -476,7 +477,7 @@ pub async fn answer_enrol(
     })
     .await;
     let answer = match &result {
-        Ok(chain) => EnrolAnswer { chain: Some(crate::pem::encode_base64(chain)), error: None },
+        Ok(chain) => EnrolAnswer { chain: Some(data_encoding::BASE64.encode(chain)), error: None },
         Err(e) => EnrolAnswer { chain: None, error: Some(e.clone()) },
     };
     let bytes = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;

@@ -17,6 +17,8 @@ use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId};
 use serde_json::json;
 use tokio::sync::{Semaphore, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::parse_duration;
 use crate::control::{self, Shared};
@@ -280,15 +282,15 @@ pub type Report = Arc<dyn Fn(serde_json::Value) + Send + Sync>;
 /// limits on sessions in total and per peer.
 pub struct Responders {
     accepting: Vec<tokio::task::JoinHandle<()>>,
-    sessions: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>>,
+    sessions: SessionTasks,
 }
 
 impl Responders {
     pub fn start(node: Arc<Node>, net: &Net, shared: Arc<Shared>, report: Report) -> anyhow::Result<Responders> {
         let limit = Arc::new(Semaphore::new(SESSIONS_MAX));
         let refusals = Arc::new(Semaphore::new(REFUSALS_MAX));
-        let per_peer: Arc<std::sync::Mutex<BTreeMap<PeerId, usize>>> = Arc::default();
-        let sessions: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>> = Arc::default();
+        let per_peer = PeerSessions::new(SESSIONS_PER_PEER_MAX);
+        let sessions = SessionTasks::default();
         // Both protocols are taken before any task starts, so a failure
         // leaves nothing holding the node.
         let mut incoming = net.accept(SYNC_PROTOCOL)?;
@@ -296,41 +298,40 @@ impl Responders {
         let (s_report, s_limit, s_sessions) = (report.clone(), limit.clone(), sessions.clone());
         let syncs = tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
-                let admitted = {
-                    let mut counts = per_peer.lock().expect("lock");
-                    let count = counts.entry(peer).or_default();
-                    (*count < SESSIONS_PER_PEER_MAX).then(|| *count += 1)
-                };
-                let permit = admitted.and_then(|()| s_limit.clone().try_acquire_owned().ok());
-                let Some(permit) = permit else {
-                    if admitted.is_some() {
-                        per_peer.lock().expect("lock").entry(peer).and_modify(|c| *c -= 1);
-                    }
-                    let reason =
-                        if admitted.is_some() { "too many sessions" } else { "too many sessions from this peer" };
-                    s_report(json!({ "event": "refused", "peer": peer.to_string(), "reason": reason }));
-                    // Say why and record it, a few refusals at a time; beyond
-                    // that a flood's streams are just dropped.
-                    if let Ok(refusing) = refusals.clone().try_acquire_owned() {
-                        let node = node.clone();
-                        reaped(&s_sessions).await.spawn(async move {
-                            let mut stream = stream;
-                            let frame = engine::wire::encode_message(&engine::wire::Message::Abort {
-                                reason: reason.to_owned(),
+                let slot = per_peer.admit(peer);
+                let permit = slot.as_ref().and_then(|_| s_limit.clone().try_acquire_owned().ok());
+                let (slot, permit) = match (slot, permit) {
+                    (Some(slot), Some(permit)) => (slot, permit),
+                    (slot, _) => {
+                        let reason =
+                            if slot.is_some() { "too many sessions" } else { "too many sessions from this peer" };
+                        drop(slot);
+                        s_report(json!({ "event": "refused", "peer": peer.to_string(), "reason": reason }));
+                        // Say why and record it, a few refusals at a time;
+                        // beyond that a flood's streams are just dropped.
+                        if let Ok(refusing) = refusals.clone().try_acquire_owned() {
+                            let node = node.clone();
+                            s_sessions.spawn(async move {
+                                let _refusing = refusing;
+                                let mut stream = stream;
+                                let frame = engine::wire::encode_message(&engine::wire::Message::Abort {
+                                    reason: reason.to_owned(),
+                                });
+                                let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+                                    let _ = crate::net::write_frame(&mut stream, &frame).await;
+                                    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+                                })
+                                .await;
+                                crate::protocols::refuse_in_ledger(&node, peer, None, reason.to_owned()).await;
                             });
-                            let _ = tokio::time::timeout(REFUSAL_WRITE, async {
-                                let _ = crate::net::write_frame(&mut stream, &frame).await;
-                                let _ = futures::AsyncWriteExt::close(&mut stream).await;
-                            })
-                            .await;
-                            crate::protocols::refuse_in_ledger(&node, peer, None, reason.to_owned()).await;
-                            drop(refusing);
-                        });
+                        }
+                        continue;
                     }
-                    continue;
                 };
-                let (node, report, per_peer) = (node.clone(), s_report.clone(), per_peer.clone());
-                reaped(&s_sessions).await.spawn(async move {
+                let (node, report) = (node.clone(), s_report.clone());
+                s_sessions.spawn(async move {
+                    // Given back when the task ends, whichever way it does.
+                    let _held = (slot, permit);
                     let event = match crate::protocols::answer_sync(&node, peer, stream, &mut |_| {}).await {
                         Ok(outcome) => {
                             let mut value = outcome.to_json();
@@ -340,8 +341,6 @@ impl Responders {
                         Err(reason) => json!({ "event": "sync_failed", "peer": peer.to_string(), "reason": reason }),
                     };
                     report(event);
-                    per_peer.lock().expect("lock").entry(peer).and_modify(|c| *c -= 1);
-                    drop(permit);
                 });
             }
         });
@@ -353,7 +352,8 @@ impl Responders {
                     continue;
                 };
                 let (shared, report) = (shared.clone(), e_report.clone());
-                reaped(&e_sessions).await.spawn(async move {
+                e_sessions.spawn(async move {
+                    let _permit = permit;
                     let event =
                         match crate::protocols::answer_enrol(&shared.node, &shared.enrol_lock, peer, stream).await {
                             Ok(_) => json!({ "event": "enrolled", "peer": peer.to_string() }),
@@ -362,7 +362,6 @@ impl Responders {
                             }
                         };
                     report(event);
-                    drop(permit);
                 });
             }
         });
@@ -376,23 +375,90 @@ impl Responders {
             task.abort();
             let _ = task.await;
         }
-        let mut sessions = self.sessions.lock().await;
-        let finished =
-            tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await.is_ok();
-        sessions.abort_all();
-        while sessions.join_next().await.is_some() {}
+        self.sessions.stop(grace).await
+    }
+}
+
+/// The session tasks of a node. The tracker forgets each task as it ends (a
+/// daemon that runs for months keeps nothing of the sessions it answered)
+/// and lets shutdown wait for those in flight; the token cancels them all
+/// when shutdown stops waiting.
+#[derive(Clone, Default)]
+struct SessionTasks {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl SessionTasks {
+    fn spawn(&self, session: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(self.cancel.clone().run_until_cancelled_owned(session));
+    }
+
+    /// Waits up to `grace` for the sessions, then cancels the rest and waits
+    /// until they have let go of what they hold. Returns whether all finished.
+    async fn stop(&self, grace: Duration) -> bool {
+        self.tracker.close();
+        let finished = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        self.cancel.cancel();
+        self.tracker.wait().await;
         finished
     }
 }
 
-/// The set of session tasks, with the finished ones taken out (a daemon
-/// that runs for months must not keep every session it ever answered).
-async fn reaped(
-    sessions: &tokio::sync::Mutex<tokio::task::JoinSet<()>>,
-) -> tokio::sync::MutexGuard<'_, tokio::task::JoinSet<()>> {
-    let mut set = sessions.lock().await;
-    while set.try_join_next().is_some() {}
-    set
+/// Sessions in flight per peer, each counted by the `PeerSlot` its task
+/// holds: the count goes down when the slot is dropped, so a session that
+/// fails, panics or is cancelled gives its place back like one that
+/// completes.
+#[derive(Clone)]
+struct PeerSessions {
+    counts: Arc<std::sync::Mutex<BTreeMap<PeerId, usize>>>,
+    max: usize,
+}
+
+/// One peer's place among its sessions in flight.
+struct PeerSlot {
+    sessions: PeerSessions,
+    peer: PeerId,
+}
+
+impl PeerSessions {
+    fn new(max: usize) -> PeerSessions {
+        PeerSessions { counts: Arc::default(), max }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<PeerId, usize>> {
+        // Nothing panics while holding the lock; if something did, the
+        // counts are still right (each change is one statement).
+        self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for one more session of `peer`, unless it has `max` already.
+    fn admit(&self, peer: PeerId) -> Option<PeerSlot> {
+        let mut counts = self.counts();
+        let count = counts.entry(peer).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot { sessions: self.clone(), peer })
+    }
+
+    #[cfg(test)]
+    fn count(&self, peer: &PeerId) -> usize {
+        self.counts().get(peer).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.sessions.counts();
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {
@@ -409,5 +475,48 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-peer counts come back however a session's task ends: completed,
+    /// failed, panicked or cancelled at shutdown.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_gets_its_session_slots_back_however_the_sessions_end() {
+        let peer = PeerId::random();
+        let per_peer = PeerSessions::new(4);
+        let sessions = SessionTasks::default();
+        let slots: Vec<PeerSlot> = (0..4).map(|_| per_peer.admit(peer).expect("below the limit")).collect();
+        assert!(per_peer.admit(peer).is_none(), "the fifth is refused");
+        assert!(per_peer.admit(PeerId::random()).is_some(), "another peer has its own count");
+        type Body = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+        let bodies: Vec<Body> = vec![
+            Box::pin(async { Ok(()) }),
+            Box::pin(async { Err("connection lost".to_owned()) }),
+            Box::pin(async { panic!("a session that panics (on purpose)") }),
+            Box::pin(std::future::pending()),
+        ];
+        let (started_tx, mut started) = mpsc::channel(4);
+        for (body, slot) in bodies.into_iter().zip(slots) {
+            let started_tx = started_tx.clone();
+            sessions.spawn(async move {
+                let _slot = slot;
+                started_tx.send(()).await.expect("the test waits");
+                let _ = body.await;
+            });
+        }
+        for _ in 0..4 {
+            started.recv().await.expect("every session started");
+        }
+        // Three end on their own; the one that hangs is cancelled.
+        assert!(!sessions.stop(Duration::from_millis(200)).await, "one session did not finish");
+        assert_eq!(per_peer.count(&peer), 0, "every slot was given back");
+        let again: Vec<PeerSlot> = (0..4).map(|_| per_peer.admit(peer).expect("admitted again")).collect();
+        assert_eq!(per_peer.count(&peer), 4);
+        drop(again);
+        assert_eq!(per_peer.count(&peer), 0);
     }
 }

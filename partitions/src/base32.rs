@@ -2,9 +2,23 @@
 //! and enrolment tokens. Easy to read aloud, safe in URLs, file names and
 //! shells. Decoding is strict: every character must be in the alphabet and
 //! the unused bits of the last character must be zero, so each byte string
-//! has exactly one text.
+//! has exactly one text. `data-encoding` does the work; this module names
+//! the alphabet and turns its errors into ours.
 
-const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+use std::sync::LazyLock;
+
+use data_encoding::{DecodeKind, Encoding, Specification};
+
+/// The alphabet, in value order (RFC 4648's, lowercase).
+const ALPHABET: &str = "abcdefghijklmnopqrstuvwxyz234567";
+
+/// No padding, trailing bits checked, nothing ignored: one text per value.
+static LOWER_NOPAD: LazyLock<Encoding> = LazyLock::new(|| {
+    let mut spec = Specification::new();
+    spec.symbols.push_str(ALPHABET);
+    spec.check_trailing_bits = true;
+    spec.encoding().expect("32 distinct ASCII symbols are a valid base32 specification")
+});
 
 /// Why a text is not base32.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,50 +37,22 @@ pub const fn encoded_len(bytes: usize) -> usize {
 }
 
 pub fn encode(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(encoded_len(bytes.len()));
-    let mut bits: u32 = 0;
-    let mut bit_count = 0u32;
-    for &byte in bytes {
-        bits = (bits << 8) | u32::from(byte);
-        bit_count += 8;
-        while bit_count >= 5 {
-            bit_count -= 5;
-            text.push(ALPHABET[((bits >> bit_count) & 31) as usize] as char);
-        }
-        bits &= (1 << bit_count) - 1;
-    }
-    if bit_count > 0 {
-        text.push(ALPHABET[((bits << (5 - bit_count)) & 31) as usize] as char);
-    }
-    text
+    LOWER_NOPAD.encode(bytes)
 }
 
 pub fn decode(text: &str) -> Result<Vec<u8>, Base32Error> {
-    // Lengths that leave 5 or more spare bits cannot come from `encode`.
-    if matches!(text.len() % 8, 1 | 3 | 6) {
-        return Err(Base32Error::Length { len: text.len() });
-    }
-    let mut out = Vec::with_capacity(text.len() * 5 / 8);
-    let mut bits: u32 = 0;
-    let mut bit_count = 0u32;
-    for (at, ch) in text.chars().enumerate() {
-        let value = match ch {
-            'a'..='z' => ch as u32 - 'a' as u32,
-            '2'..='7' => ch as u32 - '2' as u32 + 26,
-            _ => return Err(Base32Error::Character { ch, at }),
-        };
-        bits = (bits << 5) | value;
-        bit_count += 5;
-        if bit_count >= 8 {
-            bit_count -= 8;
-            out.push((bits >> bit_count) as u8);
-            bits &= (1 << bit_count) - 1;
+    LOWER_NOPAD.decode(text.as_bytes()).map_err(|e| match e.kind {
+        DecodeKind::Length => Base32Error::Length { len: text.len() },
+        DecodeKind::Trailing => Base32Error::NotCanonical,
+        // No padding is defined, so a padding error is a stray character too.
+        DecodeKind::Symbol | DecodeKind::Padding => {
+            // `position` is a byte offset at the start of the bad character
+            // (every symbol is ASCII); `at` counts characters.
+            let at = text.get(..e.position).map_or(e.position, |before| before.chars().count());
+            let ch = text.get(e.position..).and_then(|rest| rest.chars().next()).unwrap_or('\u{fffd}');
+            Base32Error::Character { ch, at }
         }
-    }
-    if bits != 0 {
-        return Err(Base32Error::NotCanonical);
-    }
-    Ok(out)
+    })
 }
 
 #[cfg(test)]
@@ -84,9 +70,27 @@ mod tests {
     }
 
     #[test]
+    fn base32_matches_the_rfc_4648_vectors_in_lowercase() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "my"),
+            ("fo", "mzxq"),
+            ("foo", "mzxw6"),
+            ("foob", "mzxw6yq"),
+            ("fooba", "mzxw6ytb"),
+            ("foobar", "mzxw6ytboi"),
+        ] {
+            assert_eq!(encode(plain.as_bytes()), encoded);
+            assert_eq!(decode(encoded), Ok(plain.as_bytes().to_vec()));
+        }
+    }
+
+    #[test]
     fn base32_rejects_non_canonical_and_foreign_text() {
         assert_eq!(decode("ab"), Err(Base32Error::NotCanonical));
         assert_eq!(decode("a"), Err(Base32Error::Length { len: 1 }));
         assert_eq!(decode("A2"), Err(Base32Error::Character { ch: 'A', at: 0 }));
+        assert_eq!(decode("mzé2"), Err(Base32Error::Character { ch: 'é', at: 2 }));
+        assert_eq!(decode("mz=q"), Err(Base32Error::Character { ch: '=', at: 2 }));
     }
 }

@@ -197,7 +197,7 @@ fn forge_bundle(device: &Home, org_id: &str, path: &std::path::Path) {
     let org = partitions::OrgId::parse(org_id).expect("org");
     let pem_path =
         std::fs::read_dir(device.dir.join("certs")).expect("certs").next().expect("a chain").expect("entry").path();
-    let chain = node::pem::decode_chain(&std::fs::read_to_string(pem_path).expect("pem")).expect("chain");
+    let chain = certs::pem::decode_chain(&std::fs::read_to_string(pem_path).expect("pem")).expect("chain");
     let author = InstanceId([0x77; 16]);
     let mut groups = Vec::new();
     for (counter, (partition, id)) in [("results:tc-1", "inside"), ("results:tc-2", "outside")].into_iter().enumerate()
@@ -230,7 +230,7 @@ fn forge_bundle(device: &Home, org_id: &str, path: &std::path::Path) {
     let header = serde_json::json!({
         "org": org_id,
         "exporter": partitions::hex::encode(&key.verifying_key().to_bytes()),
-        "credentials": node::pem::encode_base64(&chain),
+        "credentials": data_encoding::BASE64.encode(&chain),
         "filter": [format!("{org_id}:results")],
         "created_at_ms": node::node::now_ms(),
     });

@@ -31,7 +31,7 @@ impl Device {
         home.json(&["enroll", token]);
         let secret: [u8; 32] = std::fs::read(home.dir.join("node.key")).expect("key").try_into().expect("32 bytes");
         let pem = std::fs::read_dir(home.dir.join("certs")).expect("certs").next().expect("a chain").expect("entry");
-        let chain = node::pem::decode_chain(&std::fs::read_to_string(pem.path()).expect("pem")).expect("chain");
+        let chain = certs::pem::decode_chain(&std::fs::read_to_string(pem.path()).expect("pem")).expect("chain");
         Device { home, key: SigningKey::from_bytes(&secret), chain }
     }
 }
@@ -303,7 +303,7 @@ fn bad_credentials_are_refused_at_hello() {
     let central_key = SigningKey::from_bytes(&central_key);
     let pem = std::fs::read_dir(f.central.dir.join("certs")).expect("certs").next().expect("chain").expect("entry");
     let central_chain = certs::Chain::decode(
-        &node::pem::decode_chain(&std::fs::read_to_string(pem.path()).expect("pem")).expect("chain"),
+        &certs::pem::decode_chain(&std::fs::read_to_string(pem.path()).expect("pem")).expect("chain"),
     )
     .expect("chain");
     let issuer = certs::Issuer::new(central_chain.clone(), central_key.clone()).expect("issuer");
