@@ -1,0 +1,338 @@
+//! Records: put, get, delete, list, import, export, conflicts, resolve,
+//! check and the ledger, as the `ferry` command and the local API run them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Write};
+
+use anyhow::{Context, anyhow, bail};
+use engine::{LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey, Value, WriteRejection};
+use partitions::{OrgId, Partition, RecordType};
+use serde_json::json;
+
+use crate::identity::peer_id_of;
+use crate::json as j;
+use crate::parallel::ParallelSigner;
+
+use super::*;
+
+impl Node {
+    // -- records -------------------------------------------------------------
+
+    pub(super) fn author(&self, org: OrgId) -> anyhow::Result<LocalAuthor> {
+        let (_, _, authority) = self.local_scope(org)?;
+        Ok(LocalAuthor { key: self.identity.key.clone(), authority })
+    }
+
+    pub(super) fn write_one(&self, org: OrgId, write: LocalWrite) -> anyhow::Result<serde_json::Value> {
+        let record = write.record.clone();
+        let mut results =
+            self.store.write(&self.author(org)?, &[write], now_ms(), self.auth.as_ref(), &ParallelSigner)?;
+        match results.remove(0) {
+            Ok(written) => {
+                let mut value = j::record(&record, &written.view);
+                if written.unchanged {
+                    value["unchanged"] = json!(true);
+                }
+                Ok(value)
+            }
+            Err(WriteRejection::Denied(d)) => bail!("outside this node's write scope: {d}"),
+            Err(other) => bail!("{} {}: {other}", record.record_type, record.id),
+        }
+    }
+
+    /// Resolves a record type, id and optional partition to one record.
+    pub fn locate(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: Option<&str>,
+    ) -> anyhow::Result<RecordKey> {
+        let record_type = RecordType::parse(record_type)?;
+        let id = RecordId::parse(id)?;
+        if let Some(p) = partition {
+            return Ok(RecordKey { partition: Partition::resolve(org, p)?, record_type, id });
+        }
+        let found = self.store.find(&record_type, &id)?;
+        match found.len() {
+            0 => bail!("no record {record_type} {id}"),
+            1 => Ok(found.into_iter().next().expect("one")),
+            _ => bail!(
+                "{record_type} {id} exists in several partitions ({}): say which with --partition",
+                found.iter().map(|k| k.partition.relative().to_owned()).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    pub fn put(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: &str,
+        set: BTreeMap<String, Value>,
+        unset: BTreeSet<String>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let key = RecordKey {
+            partition: Partition::resolve(org, partition)?,
+            record_type: RecordType::parse(record_type)?,
+            id: RecordId::parse(id)?,
+        };
+        self.write_one(org, LocalWrite { record: key, op: LocalOp::Put { set, unset } })
+    }
+
+    pub fn get(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let key = self.locate(org, record_type, id, partition)?;
+        let view = self.store.view(&key)?.with_context(|| format!("no record {record_type} {id}"))?;
+        Ok(j::record(&key, &view))
+    }
+
+    pub fn delete(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let key = self.locate(org, record_type, id, partition)?;
+        self.write_one(org, LocalWrite { record: key, op: LocalOp::Delete })
+    }
+
+    pub fn list(
+        &self,
+        org: Option<OrgId>,
+        record_type: Option<&str>,
+        partition: Option<&str>,
+        include_deleted: bool,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let record_type = record_type.map(RecordType::parse).transpose()?;
+        let partition = match (partition, org) {
+            (Some(p), Some(org)) => Some(Partition::resolve(org, p)?),
+            (Some(p), None) => Some(Partition::parse(p)?),
+            (None, Some(org)) => Some(Partition::root(org)),
+            (None, None) => None,
+        };
+        let mut out = Vec::new();
+        self.store.list(partition.as_ref(), record_type.as_ref(), &mut |r| {
+            if r.view.exists || include_deleted {
+                out.push(j::record(&r.key, &r.view));
+            }
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// `ferry check [--repair]`: every entry's checksum, every record, every
+    /// retained signature; with `repair`, drops what is damaged and lowers
+    /// the frontiers that covered it so peers send it again.
+    pub fn check(&self, repair: bool) -> anyhow::Result<serde_json::Value> {
+        let verifier = crate::parallel::ParallelVerifier;
+        let report = if repair { self.store.repair(&verifier)? } else { self.store.check(&verifier)? };
+        let damaged: Vec<serde_json::Value> =
+            report.damaged.iter().map(|d| json!({ "what": d.what, "reason": d.reason })).collect();
+        Ok(json!({
+            "entries": report.entries,
+            "records": report.records,
+            "changes": report.changes,
+            "damaged": damaged,
+            "unsendable": report.unsendable,
+            "repaired": repair,
+            "removed": report.removed,
+            "refetch": report.refetched,
+        }))
+    }
+
+    /// `ferry import`: one record a line, written in signed batches.
+    pub fn import(
+        &self,
+        org: OrgId,
+        input: &mut dyn BufRead,
+        progress: &mut dyn FnMut(u64),
+    ) -> anyhow::Result<serde_json::Value> {
+        let author = self.author(org)?;
+        let (mut written, mut unchanged, mut rejected) = (0u64, 0u64, 0u64);
+        let mut reasons: Vec<String> = Vec::new();
+        let mut batch: Vec<LocalWrite> = Vec::new();
+        let mut flush = |batch: &mut Vec<LocalWrite>,
+                         written: &mut u64,
+                         unchanged: &mut u64,
+                         rejected: &mut u64,
+                         reasons: &mut Vec<String>|
+         -> anyhow::Result<()> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let results =
+                self.store.write_with(&author, batch, now_ms(), self.auth.as_ref(), &ParallelSigner, false)?;
+            for (write, result) in batch.iter().zip(results) {
+                match result {
+                    Ok(w) if w.unchanged => *unchanged += 1,
+                    Ok(_) => *written += 1,
+                    Err(e) => {
+                        *rejected += 1;
+                        if reasons.len() < 10 {
+                            reasons.push(format!("{} {}: {e}", write.record.record_type, write.record.id));
+                        }
+                    }
+                }
+            }
+            batch.clear();
+            progress(*written + *unchanged + *rejected);
+            Ok(())
+        };
+        for (n, line) in input.lines().enumerate() {
+            let line = line.context("cannot read the input")?;
+            // Editors on some systems start a UTF-8 file with a byte order mark.
+            let line = if n == 0 { line.strip_prefix('\u{feff}').unwrap_or(&line) } else { &line };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_import_line(org, line) {
+                Ok(write) => batch.push(write),
+                Err(e) => {
+                    rejected += 1;
+                    if reasons.len() < 10 {
+                        reasons.push(format!("line {}: {e}", n + 1));
+                    }
+                }
+            }
+            if batch.len() >= self.config.batch_changes {
+                flush(&mut batch, &mut written, &mut unchanged, &mut rejected, &mut reasons)?;
+            }
+        }
+        flush(&mut batch, &mut written, &mut unchanged, &mut rejected, &mut reasons)?;
+        // The reasons go to whoever asked (through `serve`, the client).
+        Ok(json!({ "written": written, "unchanged": unchanged, "rejected": rejected, "rejections": reasons }))
+    }
+
+    /// `ferry export`: live records, one JSON object a line.
+    pub fn export(
+        &self,
+        org: OrgId,
+        record_type: Option<&str>,
+        partition: Option<&str>,
+        out: &mut dyn Write,
+    ) -> anyhow::Result<u64> {
+        let record_type = record_type.map(RecordType::parse).transpose()?;
+        let partition = Partition::resolve(org, partition.unwrap_or(""))?;
+        let mut count = 0;
+        let mut failure = None;
+        self.store.list(Some(&partition), record_type.as_ref(), &mut |r| {
+            if !r.view.exists {
+                return true;
+            }
+            let mut line = j::record(&r.key, &r.view);
+            if let Some(object) = line.as_object_mut() {
+                object.remove("conflicts");
+                object.remove("deleted");
+            }
+            if let Err(e) = writeln!(out, "{line}") {
+                failure = Some(e);
+                return false;
+            }
+            count += 1;
+            true
+        })?;
+        if let Some(e) = failure {
+            return Err(e).context("cannot write the export");
+        }
+        Ok(count)
+    }
+
+    pub fn conflicts(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        self.store.conflicts(&mut |r| {
+            out.push(j::record(&r.key, &r.view));
+            true
+        })?;
+        Ok(out)
+    }
+
+    /// `ferry resolve`: take conflict N, or set fields; either way the write
+    /// has seen every retained value, so it supersedes them.
+    pub fn resolve(
+        &self,
+        org: OrgId,
+        record_type: &str,
+        id: &str,
+        partition: Option<&str>,
+        take: Option<usize>,
+        set: BTreeMap<String, Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let key = self.locate(org, record_type, id, partition)?;
+        let view = self.store.view(&key)?.with_context(|| format!("no record {record_type} {id}"))?;
+        let op = match take {
+            Some(n) => {
+                let conflict = view.conflicts.get(n.wrapping_sub(1)).with_context(|| {
+                    format!("{record_type} {id} has {} conflicts; --take counts from 1", view.conflicts.len())
+                })?;
+                match (&conflict.field, &conflict.value) {
+                    (Some(field), Some(value)) => {
+                        LocalOp::Put { set: BTreeMap::from([(field.clone(), value.clone())]), unset: BTreeSet::new() }
+                    }
+                    (Some(field), None) => {
+                        LocalOp::Put { set: BTreeMap::new(), unset: BTreeSet::from([field.clone()]) }
+                    }
+                    (None, None) => LocalOp::Delete,
+                    (None, Some(_)) if !view.exists => LocalOp::Restore,
+                    (None, Some(_)) => LocalOp::Put { set: BTreeMap::new(), unset: BTreeSet::new() },
+                }
+            }
+            None if set.is_empty() => bail!("say how to resolve: --take N or --set FIELD=VALUE"),
+            None => LocalOp::Put { set, unset: BTreeSet::new() },
+        };
+        self.write_one(org, LocalWrite { record: key, op })
+    }
+
+    pub fn history(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        Ok(self
+            .store
+            .history()?
+            .into_iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(&e).expect("ledger entries serialise");
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("started_at".into(), json!(iso8601_ms(e.started_at_ms)));
+                    if let Some(key) = partitions::hex::decode::<32>(&e.peer) {
+                        o.insert("peer".into(), json!(peer_id_of(&key).to_string()));
+                    }
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+pub(super) fn parse_import_line(org: OrgId, line: &str) -> anyhow::Result<LocalWrite> {
+    j::check_integers(line).map_err(|e| anyhow!(e))?;
+    let value: serde_json::Value = serde_json::from_str(line).context("not JSON")?;
+    let object = value.as_object().context("not a JSON object")?;
+    if let Some(unknown) = object.keys().find(|k| !IMPORT_KEYS.contains(&k.as_str())) {
+        bail!("unknown key {unknown:?} (a line has {})", IMPORT_KEYS.map(|k| format!("{k:?}")).join(", "));
+    }
+    let text = |k: &str| object.get(k).and_then(|v| v.as_str()).with_context(|| format!("missing \"{k}\""));
+    let record = RecordKey {
+        partition: Partition::resolve(org, text("partition")?)?,
+        record_type: RecordType::parse(text("type")?)?,
+        id: RecordId::parse(text("id")?)?,
+    };
+    if object.get("deleted").and_then(|d| d.as_bool()) == Some(true) {
+        return Ok(LocalWrite { record, op: LocalOp::Delete });
+    }
+    let fields = object.get("fields").and_then(|f| f.as_object()).context("missing \"fields\" object")?;
+    Ok(LocalWrite {
+        record,
+        op: LocalOp::Put { set: j::fields_of(fields).map_err(|e| anyhow!(e))?, unset: BTreeSet::new() },
+    })
+}
+
+/// The keys of an import line. `deleted` and `conflicts` are what `ferry
+/// --json get` prints besides the record: `"deleted": true` deletes it, and
+/// `conflicts` is ignored (conflicts stay with the nodes that hold them).
+pub(super) const IMPORT_KEYS: [&str; 6] = ["type", "id", "partition", "fields", "deleted", "conflicts"];
