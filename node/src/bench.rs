@@ -239,7 +239,7 @@ fn preload(home: &Home, org: OrgId, first: u64, count: u64, version: u64) -> any
 }
 
 fn sync_op(peer: &str, pull: bool, push: bool) -> Op {
-    Op::Sync { peer: peer.to_owned(), org: None, filters: vec![], pull, push }
+    Op::Sync(crate::ops::Sync { peer: peer.to_owned(), org: None, filters: vec![], pull, push })
 }
 
 /// Runs one sync on `device` and measures it, CPU time of both sides
@@ -343,7 +343,7 @@ async fn edit(node: &Proc, org: OrgId, seqs: &[u64], version: u64) -> anyhow::Re
         )?;
     }
     drop(file);
-    let result = node.op(&Op::Import { org: Some(org.to_string()), path }).await?;
+    let result = node.op(&Op::Import(crate::ops::Import { org: Some(org.to_string()), path })).await?;
     if result["rejected"].as_u64() != Some(0) {
         bail!("edits were rejected: {result}");
     }

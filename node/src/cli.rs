@@ -78,68 +78,15 @@ pub enum Command {
         org: Option<String>,
     },
     /// Bulk write, one JSON record a line (`-` for stdin).
-    Import {
-        /// An NDJSON file, or `-` for stdin.
-        file: String,
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-    },
+    Import(ops::Import),
     /// Bulk read, one JSON record a line.
-    Export {
-        /// Only records of this type.
-        #[arg(long = "type")]
-        record_type: Option<String>,
-        /// Only records in this partition and below.
-        #[arg(long)]
-        partition: Option<String>,
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-    },
+    Export(ops::Export),
     /// Read one record.
-    Get {
-        /// The record type.
-        #[arg(value_name = "TYPE")]
-        record_type: String,
-        /// The record id.
-        id: String,
-        /// The partition, when the id exists in several.
-        #[arg(long)]
-        partition: Option<String>,
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-    },
+    Get(ops::RecordRef),
     /// Delete one record.
-    Delete {
-        /// The record type.
-        #[arg(value_name = "TYPE")]
-        record_type: String,
-        /// The record id.
-        id: String,
-        /// The partition, when the id exists in several.
-        #[arg(long)]
-        partition: Option<String>,
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-    },
+    Delete(ops::RecordRef),
     /// List records.
-    List {
-        /// Only records of this type.
-        #[arg(long = "type")]
-        record_type: Option<String>,
-        /// Only records in this partition and below.
-        #[arg(long)]
-        partition: Option<String>,
-        /// Include deleted records.
-        #[arg(long)]
-        deleted: bool,
-        /// The org id (default: every org this node belongs to).
-        #[arg(long)]
-        org: Option<String>,
-    },
+    List(ops::List),
     /// Run the node: accept syncs and enrolments, serve the local API.
     Serve {
         /// An address to listen on (repeat for several; default: `listen` in ferry.toml).
@@ -150,36 +97,18 @@ pub enum Command {
         no_mdns: bool,
     },
     /// One sync with a peer (a multiaddr, or a peer id found by mDNS).
-    Sync {
-        /// A multiaddr (/ip4/…/tcp/…/p2p/…), or a peer id found on the LAN.
-        peer: String,
-        /// Sync only this partition and below (repeat, or separate with commas).
-        #[arg(long = "filter", value_name = "P")]
-        filter: Vec<String>,
-        /// Only receive the peer's changes.
-        #[arg(long, conflicts_with = "push_only")]
-        pull_only: bool,
-        /// Only send this node's changes.
-        #[arg(long)]
-        push_only: bool,
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-    },
+    Sync(ops::Sync),
     /// Peers found on the LAN.
     Peers,
+    /// What a serving node is doing: peers with their last sync, sessions in flight.
+    Status,
     /// The sync ledger.
     History,
     /// Records holding conflicts.
     Conflicts,
     /// Verify every stored value's checksum, every record and every retained
     /// signature; `--repair` drops what is damaged so peers send it again.
-    Check {
-        /// Drop damaged entries and lower the frontiers that covered them,
-        /// so the next sync fetches them again from any peer.
-        #[arg(long)]
-        repair: bool,
-    },
+    Check(ops::Check),
     /// Resolve a record's conflicts.
     Resolve {
         /// The record type.
@@ -216,50 +145,13 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum OrgCommand {
     /// Create an organisation held by this node.
-    Create {
-        /// The organisation's name.
-        name: String,
-        /// An authority tag for this node's own certificate (e.g. central).
-        #[arg(long)]
-        authority: Option<String>,
-    },
+    Create(ops::OrgCreate),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum CertCommand {
     /// Issue a certificate within this node's own scope.
-    Issue {
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-        /// The peer id of the node the certificate is for.
-        #[arg(long)]
-        subject: String,
-        /// Partitions it may read, comma-separated (`*`: the whole org).
-        #[arg(long)]
-        read: Option<String>,
-        /// Partitions it may write, comma-separated (`*`: the whole org).
-        #[arg(long)]
-        write: Option<String>,
-        /// Type modes, comma-separated TYPE=MODE (ro, update-only).
-        #[arg(long, default_value = "")]
-        types: String,
-        /// Days the certificate is valid (at least 1).
-        #[arg(long, default_value_t = 365)]
-        days: u64,
-        /// Let the subject issue certificates within its own scope.
-        #[arg(long)]
-        can_issue: bool,
-        /// An authority tag (merge policies can let its edits win).
-        #[arg(long)]
-        authority: Option<String>,
-        /// A name for the subject in the certificate.
-        #[arg(long)]
-        name: Option<String>,
-        /// Where to write the certificate chain (PEM).
-        #[arg(long)]
-        out: PathBuf,
-    },
+    Issue(ops::CertIssue),
     /// Hold a certificate issued to this node.
     Import {
         /// A PEM file written by `ferry cert issue`.
@@ -268,10 +160,7 @@ pub enum CertCommand {
     /// Certificates held and issued.
     List,
     /// Revoke a certificate this node issued.
-    Revoke {
-        /// The certificate id (as `ferry cert list` shows it).
-        certificate_id: String,
-    },
+    Revoke(ops::CertRevoke),
 }
 
 #[derive(Args, Debug)]
@@ -288,74 +177,17 @@ pub struct EnrollArgs {
 #[derive(Subcommand, Debug)]
 pub enum EnrollCommand {
     /// Print a one-time enrolment token (the issuer must be serving).
-    Token {
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-        /// Partitions the device may read, comma-separated (`*`: the whole org).
-        #[arg(long)]
-        read: Option<String>,
-        /// Partitions the device may write, comma-separated (`*`: the whole org).
-        #[arg(long)]
-        write: Option<String>,
-        /// Type modes, comma-separated TYPE=MODE (ro, update-only).
-        #[arg(long, default_value = "")]
-        types: String,
-        /// How long the token stays usable (30s, 15m, 2h, 7d).
-        #[arg(long, default_value = "1d")]
-        ttl: String,
-        /// How many nodes may enrol with it.
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
-        /// How long certificates issued with it are valid.
-        #[arg(long, default_value_t = 365)]
-        days: u64,
-        /// Let enrolled nodes issue certificates within their own scope.
-        #[arg(long)]
-        can_issue: bool,
-        /// An authority tag for the enrolled nodes' certificates.
-        #[arg(long)]
-        authority: Option<String>,
-    },
+    Token(ops::EnrollToken),
 }
 
 #[derive(Subcommand, Debug)]
 pub enum BundleCommand {
     /// Write the changes a peer lacks to a file.
-    Export {
-        /// The bundle file to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// From what we held in common after the last sync with this peer.
-        #[arg(long = "for", value_name = "PEER_ID", conflicts_with = "since")]
-        for_peer: Option<String>,
-        /// From a frontier file the receiver wrote (`ferry bundle frontier`).
-        #[arg(long, value_name = "FRONTIER_FILE")]
-        since: Option<PathBuf>,
-        /// Only this partition and below (repeat, or separate with commas).
-        #[arg(long = "filter", value_name = "P")]
-        filter: Vec<String>,
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-    },
+    Export(ops::BundleExport),
     /// Ingest a bundle exactly like a sync.
-    Import {
-        /// A bundle written by `ferry bundle export`.
-        file: PathBuf,
-    },
+    Import(ops::BundleImport),
     /// Write what this node holds, so the next bundle for it is a delta.
-    Frontier {
-        /// The frontier file to write.
-        #[arg(long)]
-        out: PathBuf,
-        /// Only this partition and below (repeat, or separate with commas).
-        #[arg(long = "filter", value_name = "P")]
-        filter: Vec<String>,
-        /// The org id (needed when this node belongs to several).
-        #[arg(long)]
-        org: Option<String>,
-    },
+    Frontier(ops::BundleFrontier),
 }
 
 fn parse_assignments(items: &[String]) -> anyhow::Result<BTreeMap<String, serde_json::Value>> {
@@ -369,77 +201,27 @@ fn parse_assignments(items: &[String]) -> anyhow::Result<BTreeMap<String, serde_
         .collect()
 }
 
-/// A `--read` or `--write` as given: absent is nothing, but an empty text
-/// given on purpose (`--read ""`) is refused, because it reads as "the whole
-/// org" and grants nothing.
-fn scope_arg(flag: &str, given: &Option<String>) -> anyhow::Result<String> {
-    match given {
-        None => Ok(String::new()),
-        Some(text) if text.split(',').all(|p| p.trim().is_empty()) => {
-            bail!(
-                "{flag} {text:?} names no partition: name some (results:tc-1,tests), or the whole org with {flag} '*'"
-            )
-        }
-        Some(text) => Ok(text.clone()),
-    }
-}
-
 /// Turns a command into the operation it performs (or `None` for those that
 /// run on their own: init, serve, demo, bench).
 fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
     Ok(Some(match command {
         Command::Init { .. } | Command::Serve { .. } | Command::Demo { .. } | Command::Bench(_) => return Ok(None),
         Command::Id => Op::Id,
-        Command::Org(OrgCommand::Create { name, authority }) => {
-            Op::OrgCreate { name: name.clone(), authority: authority.clone() }
-        }
-        Command::Cert(CertCommand::Issue {
-            org,
-            subject,
-            read,
-            write,
-            types,
-            days,
-            can_issue,
-            authority,
-            name,
-            out,
-        }) => Op::CertIssue {
-            org: org.clone(),
-            subject: subject.clone(),
-            read: scope_arg("--read", read)?,
-            write: scope_arg("--write", write)?,
-            types: types.clone(),
-            days: *days,
-            can_issue: *can_issue,
-            authority: authority.clone(),
-            name: name.clone(),
-            out: out.clone(),
-        },
+        Command::Org(OrgCommand::Create(args)) => Op::OrgCreate(args.clone()),
+        Command::Cert(CertCommand::Issue(args)) => Op::CertIssue(args.clone()),
         Command::Cert(CertCommand::Import { file }) => {
             let pem = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
             Op::CertImport { pem }
         }
         Command::Cert(CertCommand::List) => Op::CertList,
-        Command::Cert(CertCommand::Revoke { certificate_id }) => Op::CertRevoke { id: certificate_id.clone() },
-        Command::Enroll(EnrollArgs {
-            action: Some(EnrollCommand::Token { org, read, write, types, ttl, uses, days, can_issue, authority }),
-            ..
-        }) => Op::EnrollToken {
-            org: org.clone(),
-            read: scope_arg("--read", read)?,
-            write: scope_arg("--write", write)?,
-            types: types.clone(),
-            ttl_s: crate::config::parse_duration(ttl)?.as_secs(),
-            uses: *uses,
-            days: *days,
-            can_issue: *can_issue,
-            authority: authority.clone(),
-        },
+        Command::Cert(CertCommand::Revoke(args)) => Op::CertRevoke(args.clone()),
+        Command::Enroll(EnrollArgs { action: Some(EnrollCommand::Token(args)), .. }) => Op::EnrollToken(args.clone()),
         Command::Enroll(EnrollArgs { action: None, token: Some(token), name }) => {
             Op::Enroll { token: token.clone(), name: name.clone() }
         }
         Command::Enroll(_) => bail!("give a token (`ferry enroll TOKEN`) or make one (`ferry enroll token --org …`)"),
+        // `--set` and `--unset` are FIELD=VALUE texts here, a map and a set
+        // in the request.
         Command::Put { record_type, id, partition, set, unset, org } => Op::Put {
             org: org.clone(),
             record_type: record_type.clone(),
@@ -448,36 +230,17 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
             set: parse_assignments(set)?,
             unset: unset.iter().cloned().collect::<BTreeSet<_>>(),
         },
-        Command::Import { file, org } => Op::Import { org: org.clone(), path: PathBuf::from(file) },
-        Command::Export { record_type, partition, org } => {
-            Op::Export { org: org.clone(), record_type: record_type.clone(), partition: partition.clone() }
-        }
-        Command::Get { record_type, id, partition, org } => {
-            Op::Get { org: org.clone(), record_type: record_type.clone(), id: id.clone(), partition: partition.clone() }
-        }
-        Command::Delete { record_type, id, partition, org } => Op::Delete {
-            org: org.clone(),
-            record_type: record_type.clone(),
-            id: id.clone(),
-            partition: partition.clone(),
-        },
-        Command::List { record_type, partition, deleted, org } => Op::List {
-            org: org.clone(),
-            record_type: record_type.clone(),
-            partition: partition.clone(),
-            deleted: *deleted,
-        },
-        Command::Sync { peer, filter, pull_only, push_only, org } => Op::Sync {
-            peer: peer.clone(),
-            org: org.clone(),
-            filters: filter.clone(),
-            pull: !push_only,
-            push: !pull_only,
-        },
+        Command::Import(args) => Op::Import(args.clone()),
+        Command::Export(args) => Op::Export(args.clone()),
+        Command::Get(args) => Op::Get(args.clone()),
+        Command::Delete(args) => Op::Delete(args.clone()),
+        Command::List(args) => Op::List(args.clone()),
+        Command::Sync(args) => Op::Sync(args.clone()),
         Command::Peers => Op::Peers,
+        Command::Status => Op::Status,
         Command::History => Op::History,
         Command::Conflicts => Op::Conflicts,
-        Command::Check { repair } => Op::Check { repair: *repair },
+        Command::Check(args) => Op::Check(args.clone()),
         Command::Resolve { record_type, id, take, set, partition, org } => Op::Resolve {
             org: org.clone(),
             record_type: record_type.clone(),
@@ -486,17 +249,9 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
             take: *take,
             set: parse_assignments(set)?,
         },
-        Command::Bundle(BundleCommand::Export { out, for_peer, since, filter, org }) => Op::BundleExport {
-            org: org.clone(),
-            out: out.clone(),
-            for_peer: for_peer.clone(),
-            since: since.clone(),
-            filters: filter.clone(),
-        },
-        Command::Bundle(BundleCommand::Import { file }) => Op::BundleImport { path: file.clone() },
-        Command::Bundle(BundleCommand::Frontier { out, filter, org }) => {
-            Op::BundleFrontier { org: org.clone(), out: out.clone(), filters: filter.clone() }
-        }
+        Command::Bundle(BundleCommand::Export(args)) => Op::BundleExport(args.clone()),
+        Command::Bundle(BundleCommand::Import(args)) => Op::BundleImport(args.clone()),
+        Command::Bundle(BundleCommand::Frontier(args)) => Op::BundleFrontier(args.clone()),
     }))
 }
 
@@ -530,7 +285,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     // What an import reads goes through a temporary file the server can
     // read, unless it is a regular file (stdin, a pipe, /dev/stdin).
     let _buffered;
-    if let Op::Import { path, .. } = &mut op {
+    if let Op::Import(ops::Import { path, .. }) = &mut op {
         let (file, buffer) = import_source(&home, path)?;
         *path = file;
         _buffered = buffer;
@@ -570,7 +325,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         return Err(e).context(WRITE_FAILED);
     }
     output::print_op_result(&mut stdout, cli.json, &op, &result).and_then(|()| stdout.flush()).context(WRITE_FAILED)?;
-    if let Op::Check { repair: false } = op
+    if let Op::Check(ops::Check { repair: false }) = op
         && let Some(damaged) = result["damaged"].as_array().filter(|d| !d.is_empty())
     {
         bail!(
@@ -594,7 +349,7 @@ async fn run_here(
     on_line: &mut (dyn FnMut(serde_json::Value) + Send),
 ) -> anyhow::Result<serde_json::Value> {
     let net = if op.needs_network() {
-        let mdns = matches!(op, Op::Peers) || matches!(op, Op::Sync { peer, .. } if !peer.starts_with('/'));
+        let mdns = matches!(op, Op::Peers) || matches!(op, Op::Sync(ops::Sync { peer, .. }) if !peer.starts_with('/'));
         Some(Net::start(&node.identity, &[], mdns, None).await?)
     } else {
         None
@@ -606,7 +361,7 @@ async fn run_here(
         wait_for_discovery(net, op).await;
     }
     let lock = std::sync::Arc::new(std::sync::Mutex::new(()));
-    let ctx = Ctx { node, net: net.as_ref(), enrol_lock: &lock };
+    let ctx = Ctx { node, net: net.as_ref(), enrol_lock: &lock, status: None };
     let mut sink = |line: Line| on_line(serde_json::to_value(line).unwrap_or_default());
     let result = ops::execute(&ctx, op.clone(), &mut sink).await;
     if let Some(net) = net {
@@ -660,7 +415,7 @@ fn import_verdict(result: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 fn mdns_wait(op: &Op) -> bool {
-    matches!(op, Op::Peers) || matches!(op, Op::Sync { peer, .. } if !peer.starts_with('/'))
+    matches!(op, Op::Peers) || matches!(op, Op::Sync(ops::Sync { peer, .. }) if !peer.starts_with('/'))
 }
 
 /// How long a command that looks on the LAN waits for mDNS at most.
@@ -675,7 +430,7 @@ const DISCOVERY_QUIET: Duration = Duration::from_secs(1);
 async fn wait_for_discovery(net: &Net, op: &Op) {
     let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
     let mut discovered = net.watch_discovered();
-    if let Op::Sync { peer, .. } = op {
+    if let Op::Sync(ops::Sync { peer, .. }) = op {
         if let Ok(id) = crate::identity::parse_peer_id(peer) {
             let _ = tokio::time::timeout_at(deadline, discovered.wait_for(|found| found.contains_key(&id))).await;
         }
@@ -697,7 +452,18 @@ async fn wait_for_discovery(net: &Net, op: &Op) {
 
 /// `main`: parse, run, print a one-line error and exit non-zero on failure.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A value an argument's parser refused (an empty `--read`, a bad
+        // `--ttl`) is one line, like every other error.
+        Err(e) if e.kind() == clap::error::ErrorKind::ValueValidation => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            output::warn(&format!("ferry: {}", first.strip_prefix("error: ").unwrap_or(first)));
+            return std::process::ExitCode::FAILURE;
+        }
+        Err(e) => e.exit(),
+    };
     let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {

@@ -12,6 +12,8 @@
 //! running long hears `{"alive":true}` every second, so a client can time
 //! out on silence (a stopped or stuck node) and never on a long operation.
 
+use crate::event::NodeEvent;
+use crate::status::StatusBoard;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,7 +56,9 @@ pub struct Shared {
     pub net: Arc<Net>,
     pub enrol_lock: std::sync::Arc<std::sync::Mutex<()>>,
     /// Events for `watch` clients.
-    pub events: broadcast::Sender<serde_json::Value>,
+    pub events: broadcast::Sender<NodeEvent>,
+    /// What `status` answers.
+    pub status: Arc<StatusBoard>,
 }
 
 /// The places requests and watchers take.
@@ -157,7 +161,12 @@ async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow:
         Op::Put { .. } | Op::Delete { .. } | Op::Import { .. } | Op::Resolve { .. } | Op::BundleImport { .. }
     );
     let description = serde_json::to_value(&op).unwrap_or_default();
-    let ctx = Ctx { node: &shared.node, net: Some(&shared.net), enrol_lock: &shared.enrol_lock };
+    let ctx = Ctx {
+        node: &shared.node,
+        net: Some(&shared.net),
+        enrol_lock: &shared.enrol_lock,
+        status: Some(&shared.status),
+    };
     // Progress goes out while the operation runs (best effort: a slow
     // client misses some); records are kept and all written after.
     let mut records: Vec<String> = Vec::new();
@@ -179,7 +188,7 @@ async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow:
     let answer = match result {
         Ok(value) => {
             if announce {
-                let _ = shared.events.send(json!({ "event": "written", "request": description, "result": value }));
+                let _ = shared.events.send(NodeEvent::Written { request: description, result: value.clone() });
             }
             json!({ "ok": value })
         }
@@ -224,7 +233,7 @@ async fn watch(
                 Ok(_) => continue,
             },
             event = events.recv() => match event {
-                Ok(event) => json!({ "line": event }),
+                Ok(event) => json!({ "line": event.to_json() }),
                 Err(broadcast::error::RecvError::Lagged(n)) => json!({ "line": { "event": "lagged", "missed": n } }),
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },

@@ -56,6 +56,10 @@ impl Member {
             net: net.clone(),
             enrol_lock: Arc::new(std::sync::Mutex::new(())),
             events,
+            status: crate::status::StatusBoard::new(
+                self.node.identity.peer_id().to_string(),
+                self.node.store.instance().to_string(),
+            ),
         });
         let quiet: Report = Arc::new(|_| {});
         self.responders = Some(Responders::start(self.node.clone(), &net, shared, quiet)?);
@@ -77,7 +81,7 @@ impl Member {
 
     async fn sync(&self, address: &str, org: OrgId) -> anyhow::Result<SyncOutcome> {
         let net = self.net.as_ref().context("offline")?;
-        crate::protocols::sync(&self.node, net, address, org, None, true, true, &mut |_| {}).await
+        crate::protocols::sync(&self.node, net, address, org, None, true, true, None, &mut |_| {}).await
     }
 
     async fn put(

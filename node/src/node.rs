@@ -29,7 +29,7 @@ mod records;
 mod tokens;
 
 use credentials::*;
-pub use credentials::{NoChain, WHOLE_ORG, parse_scope};
+pub use credentials::{CertificateInfo, NoChain, WHOLE_ORG, parse_scope};
 pub use tokens::parse_token;
 
 pub struct Node {

@@ -4,170 +4,20 @@
 //! is (`control.rs`), which runs it here too. Either way the same code does
 //! the work and produces the same JSON.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use engine::{Direction, Event};
 use partitions::{Filter, OrgId, Partition};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use std::sync::Arc;
 
 use crate::net::Net;
+
+mod request;
 use crate::node::Node;
-
-/// One request of the local API (docs/api.md).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    Id,
-    OrgCreate {
-        name: String,
-        authority: Option<String>,
-    },
-    CertIssue {
-        org: Option<String>,
-        subject: String,
-        read: String,
-        write: String,
-        #[serde(default)]
-        types: String,
-        days: u64,
-        #[serde(default)]
-        can_issue: bool,
-        authority: Option<String>,
-        name: Option<String>,
-        out: PathBuf,
-    },
-    CertImport {
-        pem: String,
-    },
-    CertList,
-    CertRevoke {
-        id: String,
-    },
-    EnrollToken {
-        org: Option<String>,
-        read: String,
-        write: String,
-        #[serde(default)]
-        types: String,
-        ttl_s: u64,
-        uses: u32,
-        days: u64,
-        #[serde(default)]
-        can_issue: bool,
-        authority: Option<String>,
-    },
-    Enroll {
-        token: String,
-        name: Option<String>,
-    },
-    Put {
-        org: Option<String>,
-        #[serde(rename = "type")]
-        record_type: String,
-        id: String,
-        partition: String,
-        #[serde(default)]
-        set: BTreeMap<String, serde_json::Value>,
-        #[serde(default)]
-        unset: BTreeSet<String>,
-    },
-    Get {
-        org: Option<String>,
-        #[serde(rename = "type")]
-        record_type: String,
-        id: String,
-        partition: Option<String>,
-    },
-    Delete {
-        org: Option<String>,
-        #[serde(rename = "type")]
-        record_type: String,
-        id: String,
-        partition: Option<String>,
-    },
-    List {
-        org: Option<String>,
-        #[serde(rename = "type")]
-        record_type: Option<String>,
-        partition: Option<String>,
-        #[serde(default)]
-        deleted: bool,
-    },
-    Import {
-        org: Option<String>,
-        path: PathBuf,
-    },
-    Export {
-        org: Option<String>,
-        #[serde(rename = "type")]
-        record_type: Option<String>,
-        partition: Option<String>,
-    },
-    Conflicts,
-    /// `ferry check [--repair]`.
-    Check {
-        #[serde(default)]
-        repair: bool,
-    },
-    Resolve {
-        org: Option<String>,
-        #[serde(rename = "type")]
-        record_type: String,
-        id: String,
-        partition: Option<String>,
-        take: Option<usize>,
-        #[serde(default)]
-        set: BTreeMap<String, serde_json::Value>,
-    },
-    History,
-    Sync {
-        peer: String,
-        org: Option<String>,
-        #[serde(default)]
-        filters: Vec<String>,
-        #[serde(default = "yes")]
-        pull: bool,
-        #[serde(default = "yes")]
-        push: bool,
-    },
-    Peers,
-    BundleExport {
-        org: Option<String>,
-        out: PathBuf,
-        for_peer: Option<String>,
-        since: Option<PathBuf>,
-        #[serde(default)]
-        filters: Vec<String>,
-    },
-    BundleImport {
-        path: PathBuf,
-    },
-    BundleFrontier {
-        org: Option<String>,
-        out: PathBuf,
-        #[serde(default)]
-        filters: Vec<String>,
-    },
-    /// Serving nodes only: a stream of events until the client hangs up.
-    Watch,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// A line of output before the result: progress, or an exported record.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Line {
-    Progress { what: String, done: u64, total: u64 },
-    Record(serde_json::Value),
-}
+pub use request::*;
 
 /// What an operation may use.
 pub struct Ctx<'a> {
@@ -175,34 +25,8 @@ pub struct Ctx<'a> {
     /// The serving node's network, if serving.
     pub net: Option<&'a Net>,
     pub enrol_lock: &'a Arc<std::sync::Mutex<()>>,
-}
-
-impl Op {
-    /// Whether this operation needs the network (a temporary one is started
-    /// when no node is serving).
-    pub fn needs_network(&self) -> bool {
-        // Not EnrollToken: a token must name addresses of a node that stays
-        // up to answer it, so it needs `ferry serve`, not a passing network.
-        matches!(self, Op::Sync { .. } | Op::Peers | Op::Enroll { .. })
-    }
-
-    /// Paths in the request, made absolute (the server's working directory
-    /// is not the client's).
-    pub fn absolutize(&mut self) {
-        let fix = |p: &mut PathBuf| {
-            if let Ok(abs) = std::path::absolute(&*p) {
-                *p = abs;
-            }
-        };
-        match self {
-            Op::CertIssue { out, .. } | Op::BundleExport { out, .. } | Op::BundleFrontier { out, .. } => fix(out),
-            Op::Import { path, .. } | Op::BundleImport { path } => fix(path),
-            _ => {}
-        }
-        if let Op::BundleExport { since: Some(since), .. } = self {
-            fix(since);
-        }
-    }
+    /// The serving node's status board, if serving.
+    pub status: Option<&'a Arc<crate::status::StatusBoard>>,
 }
 
 fn filter(node: &Node, org: OrgId, filters: &[String]) -> anyhow::Result<Filter> {
@@ -243,7 +67,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
     let node = ctx.node;
     let org = |given: &Option<String>| node.org(given.as_deref());
     Ok(match op {
-        Op::EnrollToken { org: o, read, write, types, ttl_s, uses, days, can_issue, authority } => {
+        Op::EnrollToken(EnrollToken { org: o, read, write, types, ttl_s, uses, days, can_issue, authority }) => {
             let net =
                 ctx.net.context("the issuer must be serving to hand out tokens: start `ferry serve` on this home")?;
             let addresses = net.dialable();
@@ -256,6 +80,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             let (node, lock) = (node.clone(), ctx.enrol_lock.clone());
             crate::pool::blocking(move || {
                 let _guard = lock.lock().map_err(|_| anyhow::anyhow!("enrolment lock poisoned"))?;
+                let (read, write) = (read.unwrap_or_default(), write.unwrap_or_default());
                 node.create_token(org, &read, &write, &types, ttl_s, uses, days, can_issue, authority, addresses)
             })
             .await?
@@ -265,7 +90,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             let name = name.unwrap_or_else(|| format!("node {}", node.identity.peer_id()));
             crate::protocols::enroll(node, net, &token, &name).await?
         }
-        Op::Sync { peer, org: o, filters, pull, push } => {
+        Op::Sync(Sync { peer, org: o, filters, pull, push }) => {
             let net = ctx.net.context("sync needs the network")?;
             let org = org(&o)?;
             let filter = filter(node, org, &filters)?;
@@ -279,7 +104,8 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
                 }
             };
             let outcome =
-                crate::protocols::sync(node, net, &peer, org, Some(filter), pull, push, &mut on_event).await?;
+                crate::protocols::sync(node, net, &peer, org, Some(filter), pull, push, ctx.status, &mut on_event)
+                    .await?;
             outcome.to_json()
         }
         Op::Peers => {
@@ -295,6 +121,18 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             )
         }
         Op::Watch => bail!("watch is only served over the control socket of a running node"),
+        Op::Status => {
+            let board = ctx.status.context(
+                "the status is kept by a serving node: start `ferry serve` on this home (`ferry id` and `ferry history` work without it)",
+            )?;
+            let mut status = board.snapshot();
+            let node = node.clone();
+            status.certificates = crate::pool::blocking(move || {
+                node.own_chains().map(|chains| chains.iter().map(|(c, _)| node.certificate(c, true)).collect())
+            })
+            .await?;
+            serde_json::to_value(status)?
+        }
         op => {
             let listening = ctx.net.map(|n| n.dialable()).unwrap_or_default();
             let node = node.clone();
@@ -331,8 +169,20 @@ fn execute_local(
                 "store": node.store.kind().name(),
             })
         }
-        Op::OrgCreate { name, authority } => node.org_create(&name, authority)?,
-        Op::CertIssue { org: o, subject, read, write, types, days, can_issue, authority, name, out: path } => {
+        Op::OrgCreate(OrgCreate { name, authority }) => node.org_create(&name, authority)?,
+        Op::CertIssue(CertIssue {
+            org: o,
+            subject,
+            read,
+            write,
+            types,
+            days,
+            can_issue,
+            authority,
+            name,
+            out: path,
+        }) => {
+            let (read, write) = (read.unwrap_or_default(), write.unwrap_or_default());
             let (chain, described) =
                 node.cert_issue(org(&o)?, &subject, &read, &write, &types, days, can_issue, authority, name)?;
             crate::home::write_atomic(&path, certs::pem::encode_chain(&chain).as_bytes())?;
@@ -342,18 +192,18 @@ fn execute_local(
         }
         Op::CertImport { pem } => node.cert_import(&pem)?,
         Op::CertList => node.cert_list()?,
-        Op::CertRevoke { id } => node.cert_revoke(&id)?,
+        Op::CertRevoke(CertRevoke { id }) => node.cert_revoke(&id)?,
         Op::Put { org: o, record_type, id, partition, set, unset } => {
             let set = json_fields(&set)?;
             node.put(org(&o)?, &record_type, &id, &partition, set, unset)?
         }
-        Op::Get { org: o, record_type, id, partition } => {
+        Op::Get(RecordRef { org: o, record_type, id, partition }) => {
             node.get(org(&o)?, &record_type, &id, partition.as_deref())?
         }
-        Op::Delete { org: o, record_type, id, partition } => {
+        Op::Delete(RecordRef { org: o, record_type, id, partition }) => {
             node.delete(org(&o)?, &record_type, &id, partition.as_deref())?
         }
-        Op::List { org: o, record_type, partition, deleted } => {
+        Op::List(List { org: o, record_type, partition, deleted }) => {
             let org = match (&o, &partition) {
                 (None, Some(p)) if OrgId::parse(p.split(':').next().unwrap_or("")).is_ok() => None,
                 (None, None) if node.orgs()?.len() != 1 => None,
@@ -361,7 +211,7 @@ fn execute_local(
             };
             serde_json::Value::Array(node.list(org, record_type.as_deref(), partition.as_deref(), deleted)?)
         }
-        Op::Import { org: o, path } => {
+        Op::Import(Import { org: o, path }) => {
             let org = org(&o)?;
             let open = || std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()));
             // One quick pass for the total, so progress has one; only a
@@ -378,7 +228,7 @@ fn execute_local(
                 out(Line::Progress { what: "records".into(), done: records, total })
             })?
         }
-        Op::Export { org: o, record_type, partition } => {
+        Op::Export(Export { org: o, record_type, partition }) => {
             let org = org(&o)?;
             let mut lines = Vec::new();
             let count = node.export(org, record_type.as_deref(), partition.as_deref(), &mut lines)?;
@@ -388,16 +238,16 @@ fn execute_local(
             json!({ "exported": count })
         }
         Op::Conflicts => serde_json::Value::Array(node.conflicts()?),
-        Op::Check { repair } => node.check(repair)?,
+        Op::Check(Check { repair }) => node.check(repair)?,
         Op::Resolve { org: o, record_type, id, partition, take, set } => {
             let set = json_fields(&set)?;
             node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?
         }
         Op::History => serde_json::Value::Array(node.history()?),
-        Op::EnrollToken { .. } | Op::Enroll { .. } | Op::Sync { .. } | Op::Peers | Op::Watch => {
+        Op::EnrollToken { .. } | Op::Enroll { .. } | Op::Sync { .. } | Op::Peers | Op::Watch | Op::Status => {
             unreachable!("network operations run in `execute`")
         }
-        Op::BundleExport { org: o, out: path, for_peer, since, filters } => {
+        Op::BundleExport(BundleExport { org: o, out: path, for_peer, since, filters }) => {
             let org = org(&o)?;
             let filter = filter(node, org, &filters)?;
             let since = match (&for_peer, &since) {
@@ -411,10 +261,10 @@ fn execute_local(
             };
             crate::bundle::export(node, org, filter, since, &path)?
         }
-        Op::BundleImport { path } => crate::bundle::import(node, &path, &mut |done, total| {
+        Op::BundleImport(BundleImport { path }) => crate::bundle::import(node, &path, &mut |done, total| {
             out(Line::Progress { what: "received".into(), done, total })
         })?,
-        Op::BundleFrontier { org: o, out: path, filters } => {
+        Op::BundleFrontier(BundleFrontier { org: o, out: path, filters }) => {
             let org = org(&o)?;
             let filter = filter(node, org, &filters)?;
             crate::bundle::write_frontier(node, org, filter, &path)?

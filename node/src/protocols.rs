@@ -17,6 +17,7 @@ use crate::identity::{key_of, peer_id_of};
 use crate::net::{self, ENROL_PROTOCOL, Net, SYNC_PROTOCOL};
 use crate::node::{Node, now_ms};
 use crate::parallel::ParallelVerifier;
+use crate::status::StatusBoard;
 
 /// Streams opened for one sync before giving up on an unanswered peer.
 const STREAM_ATTEMPTS: u64 = 4;
@@ -182,9 +183,35 @@ pub async fn sync(
     filter: Option<Filter>,
     pull: bool,
     push: bool,
+    board: Option<&Arc<StatusBoard>>,
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> anyhow::Result<SyncOutcome> {
     let peer = net.connect(target).await?;
+    let watch = board.map(|b| b.session(peer, engine::Role::Initiator));
+    let mut on_event = |event: &Event| {
+        if let Some(watch) = &watch {
+            watch.event(event);
+        }
+        on_event(event);
+    };
+    let result = sync_with(node, net, peer, org, filter, pull, push, &mut on_event).await;
+    if let Some(watch) = watch {
+        watch.finished(result.as_ref().map(|o| &o.report));
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sync_with(
+    node: &Arc<Node>,
+    net: &Net,
+    peer: PeerId,
+    org: OrgId,
+    filter: Option<Filter>,
+    pull: bool,
+    push: bool,
+    on_event: &mut (dyn FnMut(&Event) + Send),
+) -> anyhow::Result<SyncOutcome> {
     let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
     // A busy peer may drop a new stream before its accept loop takes it
     // (libp2p-stream hands over one stream at a time). Nothing was said on
@@ -249,6 +276,27 @@ async fn linger(stream: &mut libp2p::Stream) {
 
 /// Answers a session a peer starts on `stream`.
 pub async fn answer_sync(
+    node: &Arc<Node>,
+    peer: PeerId,
+    stream: libp2p::Stream,
+    board: Option<&Arc<StatusBoard>>,
+    on_event: &mut (dyn FnMut(&Event) + Send),
+) -> Result<SyncOutcome, String> {
+    let watch = board.map(|b| b.session(peer, engine::Role::Responder));
+    let mut on_event = |event: &Event| {
+        if let Some(watch) = &watch {
+            watch.event(event);
+        }
+        on_event(event);
+    };
+    let result = answer(node, peer, stream, &mut on_event).await;
+    if let Some(watch) = watch {
+        watch.finished(result.as_ref().map(|o| &o.report));
+    }
+    result
+}
+
+async fn answer(
     node: &Arc<Node>,
     peer: PeerId,
     mut stream: libp2p::Stream,

@@ -15,16 +15,17 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId};
-use serde_json::json;
 use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::parse_duration;
 use crate::control::{self, Shared};
+use crate::event::NodeEvent;
 use crate::home::Home;
 use crate::net::{ENROL_PROTOCOL, Net, NetEvent, SYNC_PROTOCOL};
 use crate::node::Node;
+use crate::status::StatusBoard;
 
 /// Sessions a node answers at once, and per peer.
 const SESSIONS_MAX: usize = 64;
@@ -46,8 +47,9 @@ impl Printer {
         Printer { json }
     }
 
-    pub fn event(&self, value: serde_json::Value) {
+    pub fn event(&self, event: &NodeEvent) {
         use std::io::Write;
+        let value = event.to_json();
         let mut out = std::io::stdout().lock();
         if self.json {
             let _ = writeln!(out, "{value}");
@@ -90,26 +92,33 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
     // Announced once the local API answers, so whoever waits for this line
     // can use both.
     for address in net.dialable() {
-        printer.event(json!({ "event": "listening", "address": address }));
+        printer.event(&NodeEvent::Listening { address });
     }
 
-    // Network events: print them.
+    // Network events: print them, and keep the status current.
     let p = printer.clone();
     let events_for_net = events.clone();
+    let board = shared.status.clone();
+    board.listening(net.dialable());
     let net_events = tokio::spawn(async move {
         while let Some(event) = net_rx.recv().await {
-            let value = match event {
+            let event = match event {
                 NetEvent::Listening(_) => continue,
                 NetEvent::Discovered(peer, address) => {
-                    json!({ "event": "discovered", "peer": peer.to_string(), "address": address.to_string() })
+                    board.discovered(&peer, &address);
+                    NodeEvent::Discovered { peer, address }
                 }
                 NetEvent::Connected(peer, address) => {
-                    json!({ "event": "connected", "peer": peer.to_string(), "address": address.to_string() })
+                    board.connected(&peer, &address);
+                    NodeEvent::Connected { peer, address }
                 }
-                NetEvent::Disconnected(peer) => json!({ "event": "disconnected", "peer": peer.to_string() }),
+                NetEvent::Disconnected(peer) => {
+                    board.disconnected(&peer);
+                    NodeEvent::Disconnected { peer }
+                }
             };
-            let _ = events_for_net.send(value.clone());
-            p.event(value);
+            p.event(&event);
+            let _ = events_for_net.send(event);
         }
     });
 
@@ -118,6 +127,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
     // Automatic syncs (SENAITE's auto-sync, TAO's cron).
     for (peer, every) in every {
         let (node, net, printer, events) = (node.clone(), net.clone(), printer.clone(), events.clone());
+        let board = shared.status.clone();
         tasks.spawn(async move {
             let mut timer = tokio::time::interval(every.max(Duration::from_secs(1)));
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -127,8 +137,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
                 let org = match node.org(peer.org.as_deref()) {
                     Ok(org) => org,
                     Err(e) => {
-                        printer
-                            .event(json!({ "event": "auto_sync_failed", "peer": peer.name, "reason": e.to_string() }));
+                        printer.event(&NodeEvent::AutoSyncFailed { name: peer.name.clone(), reason: e.to_string() });
                         continue;
                     }
                 };
@@ -141,8 +150,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
                     Ok(list) if !list.is_empty() => Some(partitions::Filter::new(list)),
                     Ok(_) => None,
                     Err(e) => {
-                        printer
-                            .event(json!({ "event": "auto_sync_failed", "peer": peer.name, "reason": e.to_string() }));
+                        printer.event(&NodeEvent::AutoSyncFailed { name: peer.name.clone(), reason: e.to_string() });
                         continue;
                     }
                 };
@@ -154,26 +162,22 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
                     filter,
                     peer.pull,
                     peer.push,
+                    Some(&board),
                     &mut |_| {},
                 )
                 .await
                 {
-                    Ok(outcome) => {
-                        let mut value = outcome.to_json();
-                        value["event"] = json!("auto_synced");
-                        value["name"] = json!(peer.name);
-                        value
-                    }
-                    Err(e) => json!({ "event": "auto_sync_failed", "peer": peer.name, "reason": format!("{e:#}") }),
+                    Ok(outcome) => NodeEvent::AutoSynced { name: peer.name.clone(), outcome },
+                    Err(e) => NodeEvent::AutoSyncFailed { name: peer.name.clone(), reason: format!("{e:#}") },
                 };
-                let _ = events.send(event.clone());
-                printer.event(event);
+                printer.event(&event);
+                let _ = events.send(event);
             }
         });
     }
 
     wait_for_signal().await;
-    printer.event(json!({ "event": "stopping" }));
+    printer.event(&NodeEvent::Stopping);
     // Stop accepting, and wait until the stopped tasks have let go of the node.
     for task in [control_task, net_events] {
         task.abort();
@@ -184,7 +188,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
     let _ = std::fs::remove_file(home.control_socket());
     // Sessions in flight may finish, for a while.
     if !responders.stop(SHUTDOWN_GRACE).await {
-        printer.event(json!({ "event": "abandoned", "reason": "a session did not finish in time" }));
+        printer.event(&NodeEvent::Abandoned { reason: "a session did not finish in time".into() });
     }
     drop(shared);
     if let Ok(net) = Arc::try_unwrap(net) {
@@ -193,11 +197,11 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
     match Arc::try_unwrap(node) {
         Ok(node) => {
             crate::pool::blocking(move || node.close()).await?;
-            printer.event(json!({ "event": "stopped" }));
+            printer.event(&NodeEvent::Stopped { note: None });
         }
-        Err(_) => printer.event(
-            json!({ "event": "stopped", "note": "a session was abandoned; the store will start a fresh instance" }),
-        ),
+        Err(_) => printer.event(&NodeEvent::Stopped {
+            note: Some("a session was abandoned; the store will start a fresh instance".into()),
+        }),
     }
     Ok(())
 }
@@ -207,7 +211,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
 struct Started {
     net: Arc<Net>,
     net_rx: mpsc::Receiver<NetEvent>,
-    events: broadcast::Sender<serde_json::Value>,
+    events: broadcast::Sender<NodeEvent>,
     shared: Arc<Shared>,
     control_task: tokio::task::JoinHandle<()>,
     responders: Responders,
@@ -246,6 +250,7 @@ async fn start(
         net: net.clone(),
         enrol_lock: Arc::new(std::sync::Mutex::new(())),
         events: events.clone(),
+        status: StatusBoard::new(node.identity.peer_id().to_string(), node.store.instance().to_string()),
     });
     let control_task = match control::serve(&home.control_socket(), shared.clone()).await {
         Ok(task) => task,
@@ -257,9 +262,9 @@ async fn start(
     };
     let report_printer = printer.clone();
     let report_events = events.clone();
-    let report: Report = Arc::new(move |event: serde_json::Value| {
-        let _ = report_events.send(event.clone());
-        report_printer.event(event);
+    let report: Report = Arc::new(move |event: NodeEvent| {
+        report_printer.event(&event);
+        let _ = report_events.send(event);
     });
     let responders = match Responders::start(node.clone(), &net, shared.clone(), report) {
         Ok(responders) => responders,
@@ -275,8 +280,8 @@ async fn start(
     Ok(Started { net, net_rx, events, shared, control_task, responders, every })
 }
 
-/// Where responders report what happened (one JSON object per event).
-pub type Report = Arc<dyn Fn(serde_json::Value) + Send + Sync>;
+/// Where responders report what happened.
+pub type Report = Arc<dyn Fn(NodeEvent) + Send + Sync>;
 
 /// The tasks that answer peers: syncs they start and enrolments, with
 /// limits on sessions in total and per peer.
@@ -296,6 +301,7 @@ impl Responders {
         let mut incoming = net.accept(SYNC_PROTOCOL)?;
         let mut enrolments = net.accept(ENROL_PROTOCOL)?;
         let (s_report, s_limit, s_sessions) = (report.clone(), limit.clone(), sessions.clone());
+        let s_board = shared.status.clone();
         let syncs = tokio::spawn(async move {
             while let Some((peer, stream)) = incoming.next().await {
                 let slot = per_peer.admit(peer);
@@ -306,7 +312,7 @@ impl Responders {
                         let reason =
                             if slot.is_some() { "too many sessions" } else { "too many sessions from this peer" };
                         drop(slot);
-                        s_report(json!({ "event": "refused", "peer": peer.to_string(), "reason": reason }));
+                        s_report(NodeEvent::Refused { peer, reason: reason.into() });
                         // Say why and record it, a few refusals at a time;
                         // beyond that a flood's streams are just dropped.
                         if let Ok(refusing) = refusals.clone().try_acquire_owned() {
@@ -328,17 +334,14 @@ impl Responders {
                         continue;
                     }
                 };
-                let (node, report) = (node.clone(), s_report.clone());
+                let (node, report, board) = (node.clone(), s_report.clone(), s_board.clone());
                 s_sessions.spawn(async move {
                     // Given back when the task ends, whichever way it does.
                     let _held = (slot, permit);
-                    let event = match crate::protocols::answer_sync(&node, peer, stream, &mut |_| {}).await {
-                        Ok(outcome) => {
-                            let mut value = outcome.to_json();
-                            value["event"] = json!("synced");
-                            value
-                        }
-                        Err(reason) => json!({ "event": "sync_failed", "peer": peer.to_string(), "reason": reason }),
+                    let result = crate::protocols::answer_sync(&node, peer, stream, Some(&board), &mut |_| {}).await;
+                    let event = match result {
+                        Ok(outcome) => NodeEvent::Synced(outcome),
+                        Err(reason) => NodeEvent::SyncFailed { peer, reason },
                     };
                     report(event);
                 });
@@ -348,7 +351,7 @@ impl Responders {
         let enrols = tokio::spawn(async move {
             while let Some((peer, stream)) = enrolments.next().await {
                 let Ok(permit) = e_limit.clone().try_acquire_owned() else {
-                    e_report(json!({ "event": "refused", "peer": peer.to_string(), "reason": "too many sessions" }));
+                    e_report(NodeEvent::Refused { peer, reason: "too many sessions".into() });
                     continue;
                 };
                 let (shared, report) = (shared.clone(), e_report.clone());
@@ -356,10 +359,8 @@ impl Responders {
                     let _permit = permit;
                     let event =
                         match crate::protocols::answer_enrol(&shared.node, &shared.enrol_lock, peer, stream).await {
-                            Ok(_) => json!({ "event": "enrolled", "peer": peer.to_string() }),
-                            Err(reason) => {
-                                json!({ "event": "enrolment_refused", "peer": peer.to_string(), "reason": reason })
-                            }
+                            Ok(_) => NodeEvent::Enrolled { peer },
+                            Err(reason) => NodeEvent::EnrolmentRefused { peer, reason },
                         };
                     report(event);
                 });

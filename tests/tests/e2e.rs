@@ -459,3 +459,36 @@ impl Drop for Namespaces {
         let _ = std::process::Command::new(Self::script()).args(["down", &self.tag]).output();
     }
 }
+
+/// `ferry status` on a serving node: who it is, its certificate, and each
+/// peer that synced with it with that sync's outcome and counts; no
+/// session is left in flight. A node that is not serving says how to get
+/// a status instead.
+#[test]
+fn status_shows_each_peer_with_its_last_sync() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    let org_id = org(&central);
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    enrol(&device, &token(&central, "results:tc-1", "results:tc-1", &[]));
+    central.ok(&["put", "result", "r1", "--partition", "results:tc-1", "--set", "score=0.5"]);
+    let pulled = sync(&device, &server.address, &["--pull-only"]);
+    assert_eq!(pulled["received"], 1, "{pulled}");
+
+    let status = central.json(&["status"]);
+    assert_eq!(status["peer_id"], central.peer_id(), "{status}");
+    assert!(status["listening"].as_array().is_some_and(|l| l.iter().any(|a| a == &server.address)), "{status}");
+    let certificates = status["certificates"].as_array().expect("certificates");
+    assert!(certificates.iter().any(|c| c["org_id"] == org_id.as_str()), "{status}");
+    let peer = &status["peers"][device.peer_id()];
+    assert_eq!(peer["last_sync"]["outcome"], "completed", "{status}");
+    assert_eq!(peer["last_sync"]["report"]["sent"], 1, "the central sent the device one record: {status}");
+    assert_eq!(status["sessions"], serde_json::json!([]), "{status}");
+    let text = central.ok(&["status"]);
+    assert!(text.contains(&format!("peer {}", device.peer_id())) && text.contains("completed"), "{text}");
+
+    let refused = device.fails(&["status"]);
+    assert!(refused.contains("ferry serve"), "{refused}");
+    server.stop();
+}

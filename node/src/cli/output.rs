@@ -102,7 +102,8 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
             }
             write_fields(out, &value)
         }
-        Op::Check { repair } => write_check(out, *repair, value),
+        Op::Check(crate::ops::Check { repair }) => write_check(out, *repair, value),
+        Op::Status => write_status(out, value),
         Op::Peers => {
             let list = value.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
@@ -113,6 +114,50 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
         }
         _ => write_fields(out, value),
     }
+}
+
+/// `ferry status`: who, where, the peers with their last sync, the
+/// sessions in flight.
+fn write_status(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+    writeln!(out, "peer id: {}", text(&value["peer_id"]))?;
+    writeln!(out, "instance: {}", text(&value["instance_id"]))?;
+    writeln!(out, "listening: {}", join(&value["listening"]))?;
+    for c in value["certificates"].as_array().into_iter().flatten() {
+        let until = c["not_after"].as_u64().map_or("?".into(), |s| crate::node::iso8601_ms(s.saturating_mul(1000)));
+        writeln!(out, "certificate {} of org {} until {until}", text(&c["certificate_id"]), text(&c["org_id"]))?;
+    }
+    for (peer, p) in value["peers"].as_object().into_iter().flatten() {
+        let connected = if p["connected"].as_bool() == Some(true) { "connected" } else { "not connected" };
+        let last = match p["last_sync"].as_object() {
+            Some(last) => {
+                let counts = last
+                    .get("report")
+                    .and_then(|r| r.as_object())
+                    .map_or(String::new(), |r| format!(" (sent {}, received {})", r["sent"], r["received"]));
+                format!("last sync {} {}{counts}", text(&last["at"]), text(&last["outcome"]))
+            }
+            None => "no sync yet".to_owned(),
+        };
+        writeln!(out, "peer {peer}: {connected}, {last}")?;
+    }
+    let sessions = value["sessions"].as_array().cloned().unwrap_or_default();
+    if sessions.is_empty() {
+        writeln!(out, "no session in flight")?;
+    }
+    for s in sessions {
+        let part = |p: &serde_json::Value| format!("{}/{}", p["changes_done"], p["changes_total"]);
+        writeln!(
+            out,
+            "session {} with {} ({}): sent {}, received {}",
+            s["key"],
+            text(&s["peer"]),
+            text(&s["role"]),
+            part(&s["sent"]),
+            part(&s["received"])
+        )?;
+    }
+    Ok(())
 }
 
 /// `ferry check`: what was read, what is damaged, what was repaired.

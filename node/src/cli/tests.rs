@@ -106,6 +106,7 @@ fn every_command_parses_into_its_request() {
             }),
         ),
         (vec!["ferry", "peers"], json!({ "op": "peers" })),
+        (vec!["ferry", "status"], json!({ "op": "status" })),
         (vec!["ferry", "history"], json!({ "op": "history" })),
         (vec!["ferry", "conflicts"], json!({ "op": "conflicts" })),
         (

@@ -19,6 +19,24 @@ use crate::own::OwnChain;
 
 use super::*;
 
+/// A certificate as a node describes it (`Node::certificate`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CertificateInfo {
+    pub certificate_id: String,
+    pub org_id: String,
+    pub subject: String,
+    pub name: String,
+    pub read: Vec<String>,
+    pub write: Vec<String>,
+    pub types: BTreeMap<String, String>,
+    pub authority: Option<String>,
+    pub can_issue: bool,
+    pub not_before: u64,
+    pub not_after: u64,
+    pub revoked: bool,
+    pub held: bool,
+}
+
 impl Node {
     // -- certificates --------------------------------------------------------
 
@@ -203,27 +221,33 @@ impl Node {
         Ok(json!({ "certificate_id": chain.leaf().id().to_string(), "org_id": chain.org().to_string() }))
     }
 
-    pub fn describe(&self, chain: &Chain, held: bool) -> serde_json::Value {
+    /// What a certificate chain says, as `cert list`, `id` and `status` show it.
+    pub fn certificate(&self, chain: &Chain, held: bool) -> CertificateInfo {
         let leaf = chain.leaf();
         let info = leaf.info();
         let revoked = chain
             .verify(None, now_s().clamp(leaf.not_before(), leaf.not_after()), &self.auth.revocations(chain.org()))
             .is_err_and(|e| matches!(e, certs::VerifyError::Revoked { .. }));
-        json!({
-            "certificate_id": leaf.id().to_string(),
-            "org_id": chain.org().to_string(),
-            "subject": peer_id_of(leaf.subject_key()).to_string(),
-            "name": info.name,
-            "read": info.scope.read.prefixes().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            "write": info.scope.write.prefixes().iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            "types": info.scope.types.iter().map(|(t, m)| (t.to_string(), m.to_string())).collect::<BTreeMap<_, _>>(),
-            "authority": info.authority,
-            "can_issue": leaf.is_ca(),
-            "not_before": leaf.not_before(),
-            "not_after": leaf.not_after(),
-            "revoked": revoked,
-            "held": held,
-        })
+        CertificateInfo {
+            certificate_id: leaf.id().to_string(),
+            org_id: chain.org().to_string(),
+            subject: peer_id_of(leaf.subject_key()).to_string(),
+            name: info.name.clone(),
+            read: info.scope.read.prefixes().iter().map(|p| p.to_string()).collect(),
+            write: info.scope.write.prefixes().iter().map(|p| p.to_string()).collect(),
+            types: info.scope.types.iter().map(|(t, m)| (t.to_string(), m.to_string())).collect(),
+            authority: info.authority.clone(),
+            can_issue: leaf.is_ca(),
+            not_before: leaf.not_before(),
+            not_after: leaf.not_after(),
+            revoked,
+            held,
+        }
+    }
+
+    /// `certificate`, in the JSON the command and the local API print.
+    pub fn describe(&self, chain: &Chain, held: bool) -> serde_json::Value {
+        serde_json::to_value(self.certificate(chain, held)).expect("a certificate's description serialises")
     }
 
     /// `ferry cert list`: held, then issued.

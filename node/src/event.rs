@@ -1,0 +1,113 @@
+//! `NodeEvent`: what a serving node reports, to its log (`ferry serve`
+//! prints each) and to watchers (`ferry watch`, the local API's `watch`),
+//! through one broadcast channel. Typed inside; `to_json` is the one
+//! rendering, whose field names docs/api.md lists.
+
+use libp2p::{Multiaddr, PeerId};
+use serde_json::json;
+
+use crate::protocols::SyncOutcome;
+
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    Listening {
+        address: String,
+    },
+    Discovered {
+        peer: PeerId,
+        address: Multiaddr,
+    },
+    Connected {
+        peer: PeerId,
+        address: Multiaddr,
+    },
+    Disconnected {
+        peer: PeerId,
+    },
+    /// A session a peer started ended well.
+    Synced(SyncOutcome),
+    SyncFailed {
+        peer: PeerId,
+        reason: String,
+    },
+    /// A sync `ferry.toml` schedules (`[[peer]]` with `every`).
+    AutoSynced {
+        name: String,
+        outcome: SyncOutcome,
+    },
+    AutoSyncFailed {
+        name: String,
+        reason: String,
+    },
+    /// A session or enrolment turned away before it began.
+    Refused {
+        peer: PeerId,
+        reason: String,
+    },
+    Enrolled {
+        peer: PeerId,
+    },
+    EnrolmentRefused {
+        peer: PeerId,
+        reason: String,
+    },
+    /// A write through the local API: the request and its answer.
+    Written {
+        request: serde_json::Value,
+        result: serde_json::Value,
+    },
+    Stopping,
+    /// Sessions that did not finish within the shutdown grace.
+    Abandoned {
+        reason: String,
+    },
+    Stopped {
+        note: Option<String>,
+    },
+}
+
+impl NodeEvent {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            NodeEvent::Listening { address } => json!({ "event": "listening", "address": address }),
+            NodeEvent::Discovered { peer, address } => {
+                json!({ "event": "discovered", "peer": peer.to_string(), "address": address.to_string() })
+            }
+            NodeEvent::Connected { peer, address } => {
+                json!({ "event": "connected", "peer": peer.to_string(), "address": address.to_string() })
+            }
+            NodeEvent::Disconnected { peer } => json!({ "event": "disconnected", "peer": peer.to_string() }),
+            NodeEvent::Synced(outcome) => {
+                let mut value = outcome.to_json();
+                value["event"] = json!("synced");
+                value
+            }
+            NodeEvent::SyncFailed { peer, reason } => {
+                json!({ "event": "sync_failed", "peer": peer.to_string(), "reason": reason })
+            }
+            NodeEvent::AutoSynced { name, outcome } => {
+                let mut value = outcome.to_json();
+                value["event"] = json!("auto_synced");
+                value["name"] = json!(name);
+                value
+            }
+            NodeEvent::AutoSyncFailed { name, reason } => {
+                json!({ "event": "auto_sync_failed", "peer": name, "reason": reason })
+            }
+            NodeEvent::Refused { peer, reason } => {
+                json!({ "event": "refused", "peer": peer.to_string(), "reason": reason })
+            }
+            NodeEvent::Enrolled { peer } => json!({ "event": "enrolled", "peer": peer.to_string() }),
+            NodeEvent::EnrolmentRefused { peer, reason } => {
+                json!({ "event": "enrolment_refused", "peer": peer.to_string(), "reason": reason })
+            }
+            NodeEvent::Written { request, result } => {
+                json!({ "event": "written", "request": request, "result": result })
+            }
+            NodeEvent::Stopping => json!({ "event": "stopping" }),
+            NodeEvent::Abandoned { reason } => json!({ "event": "abandoned", "reason": reason }),
+            NodeEvent::Stopped { note: None } => json!({ "event": "stopped" }),
+            NodeEvent::Stopped { note: Some(note) } => json!({ "event": "stopped", "note": note }),
+        }
+    }
+}
