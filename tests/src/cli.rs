@@ -198,6 +198,19 @@ impl Server {
         }
     }
 
+    /// Waits for the first event `wanted` accepts (others are skipped).
+    pub fn wait_until(&self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            let event = self
+                .events
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{}: no event {what} within 60 s", self.name));
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+
     /// Sends a signal by name (`STOP`, `CONT`, …) to the serving process.
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
