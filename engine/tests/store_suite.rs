@@ -1,12 +1,10 @@
-//! One store test suite, run against both backends: local write semantics,
-//! the instance rule, a model test against a `BTreeMap`, and a crash test
-//! that kills a child process with SIGKILL while it writes.
+//! One store test suite, run against every backend: local write semantics,
+//! the instance rule and a model test against a `BTreeMap`. The crash test
+//! that kills a writing child process with SIGKILL is `store_crash.rs`.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 
 use common::*;
 use engine::backend::BackendKind;
@@ -300,105 +298,6 @@ fn store_matches_a_model_under_random_operations() {
                     store = Store::open(dir.path(), kind, InstanceId([2; 16]), T0).expect("reopen").0;
                 }
             }
-            store.close().expect("close");
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Crash test: a child process writes batches and reports each acknowledged
-// one; the parent kills it with SIGKILL at a random point and checks the
-// store it left behind.
-
-const CHILD_DIR: &str = "FERRY_CRASH_CHILD_DIR";
-const CHILD_KIND: &str = "FERRY_CRASH_CHILD_KIND";
-const RECORDS_PER_BATCH: usize = 10;
-
-/// Not a test of its own: the body of the child process (does nothing unless
-/// the crash test started it).
-#[test]
-fn crash_child() {
-    let (Ok(dir), Ok(kind)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_KIND)) else {
-        return;
-    };
-    let kind = BackendKind::parse(&kind).expect("kind");
-    let auth = StaticAuthorizer::new();
-    auth.grant(author_key(1), Scope::full(org()), None);
-    let author = engine::LocalAuthor { key: key(1), authority: None };
-    let (store, _) = Store::open(std::path::Path::new(&dir), kind, InstanceId([0xcc; 16]), T0).expect("open");
-    let start = store.counter();
-    let mut out = std::io::stdout().lock();
-    for batch in 0..100_000u64 {
-        let writes: Vec<LocalWrite> = (0..RECORDS_PER_BATCH)
-            .map(|i| LocalWrite {
-                record: record("results", "result", &format!("b{batch}-{i}")),
-                op: put_op(&[("batch", Value::Int(batch as i64)), ("pad", Value::Text("x".repeat(200)))], &[]),
-            })
-            .collect();
-        store.write(&author, &writes, T0 + batch, &auth, &SerialSigner).expect("write");
-        writeln!(out, "acked {batch} {start}").expect("stdout");
-        out.flush().expect("flush");
-    }
-}
-
-#[test]
-fn crash_at_random_points_loses_no_acknowledged_write() {
-    let rounds: u64 = std::env::var("FERRY_CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(4);
-    let exe = std::env::current_exe().expect("test binary");
-    for kind in FILE_KINDS {
-        let mut rng = StdRng::seed_from_u64(42);
-        for round in 0..rounds {
-            let dir = tempfile::tempdir().expect("dir");
-            let kill_after = rng.random_range(1..40u64);
-            let mut child = Command::new(&exe)
-                .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-                .env(CHILD_DIR, dir.path())
-                .env(CHILD_KIND, kind.name())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn child");
-            let mut acked = Vec::new();
-            let reader = BufReader::new(child.stdout.take().expect("stdout"));
-            for line in reader.lines() {
-                let line = line.expect("line");
-                if let Some(rest) = line.strip_prefix("acked ") {
-                    let batch: u64 = rest.split(' ').next().and_then(|b| b.parse().ok()).expect("batch number");
-                    acked.push(batch);
-                    if acked.len() as u64 >= kill_after {
-                        break;
-                    }
-                }
-            }
-            child.kill().expect("SIGKILL");
-            child.wait().expect("reap");
-            let (store, opened) =
-                Store::open(dir.path(), kind, InstanceId([0xdd; 16]), T0).expect("reopen after crash");
-            assert!(opened.fresh_instance.is_some(), "{kind:?} round {round}: a crash must start a new instance");
-            let mut batches: BTreeMap<i64, usize> = BTreeMap::new();
-            store
-                .list(None, None, &mut |r| {
-                    if let Some(Value::Int(b)) = r.view.fields.get("batch") {
-                        *batches.entry(*b).or_default() += 1;
-                    }
-                    true
-                })
-                .expect("list");
-            for batch in &acked {
-                assert_eq!(
-                    batches.get(&(*batch as i64)),
-                    Some(&RECORDS_PER_BATCH),
-                    "{kind:?} round {round}: acknowledged batch {batch} lost"
-                );
-            }
-            for (batch, count) in &batches {
-                assert_eq!(*count, RECORDS_PER_BATCH, "{kind:?} round {round}: batch {batch} half applied");
-            }
-            // The frontier holds exactly what the store holds.
-            let heads = store.heads(&engine::Region::of(partitions::Filter::org(org()))).expect("heads");
-            let held: u64 = batches.values().map(|c| *c as u64).sum();
-            let max_head = heads.iter().map(|h| h.counter).max().unwrap_or(0);
-            assert_eq!(max_head, held, "{kind:?} round {round}: frontier and store disagree");
             store.close().expect("close");
         }
     }

@@ -7,22 +7,59 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// The `ferry` binary Cargo built next to this test (built on demand when a
-/// test is run on its own).
+/// The `ferry` binary next to this test binary, built once per test process
+/// (a no-op when it is fresh, a rebuild when it is stale). Cargo sets
+/// `CARGO_BIN_EXE_ferry` only for the `node` package's own tests, so this
+/// builds into the target directory and profile this test binary was built
+/// with, wherever `--target-dir` or `CARGO_TARGET_DIR` put them.
 pub fn ferry_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_ferry).clone()
+}
+
+fn build_ferry() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
-    let binary = profile_dir.join("ferry");
-    if !binary.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = profile_dir.ends_with("release");
-        let mut build = Command::new(cargo);
-        build.args(["build", "-p", "node", "--bin", "ferry"]);
-        if release {
+    let binary = profile_dir.join(format!("ferry{}", std::env::consts::EXE_SUFFIX));
+    // `<target>/<profile>`, or `<target>/<triple>/<profile>` for a build with
+    // `--target`; Cargo marks the target directory itself with CACHEDIR.TAG.
+    let above = profile_dir.parent().expect("a target directory");
+    let (target_dir, triple) = if above.join("CACHEDIR.TAG").exists() || above.parent().is_none() {
+        (above, None)
+    } else {
+        (above.parent().expect("checked"), above.file_name())
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "node", "--bin", "ferry", "--target-dir"]).arg(target_dir);
+    // What Cargo sets for this test process describes this package, not
+    // the build: a build script that watches one of these (ring watches
+    // CARGO_MANIFEST_DIR) would see it change and rebuild half the graph.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_BIN_NAME"].contains(&&*name)
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&&*name)
+        {
+            build.env_remove(&*name);
+        }
+    }
+    match profile_dir.file_name().and_then(|p| p.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
             build.arg("--release");
         }
-        assert!(build.status().expect("cargo build").success(), "could not build ferry");
+        Some(custom) => {
+            build.args(["--profile", custom]);
+        }
+        None => panic!("no profile directory in {}", exe.display()),
     }
+    if let Some(triple) = triple {
+        build.arg("--target").arg(triple);
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "could not build ferry: {build:?}");
+    assert!(binary.exists(), "{build:?} left no {}", binary.display());
     binary
 }
 
@@ -156,6 +193,19 @@ impl Server {
                 .recv_timeout(Duration::from_secs(60))
                 .unwrap_or_else(|_| panic!("{}: no {kind} event", self.name));
             if event["event"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// Waits for the first event `wanted` accepts (others are skipped).
+    pub fn wait_until(&self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            let event = self
+                .events
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("{}: no event {what} within 60 s", self.name));
+            if wanted(&event) {
                 return event;
             }
         }

@@ -3,6 +3,7 @@
 //! reports what the other side answered. Used by `tests/hostile.rs` against
 //! a real `ferry serve`.
 
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -21,6 +22,35 @@ pub struct Hostile {
     rt: tokio::runtime::Runtime,
     net: Net,
     pub key: SigningKey,
+    opened: Opened,
+}
+
+/// How many sync streams a hostile peer has opened, for a thread that waits
+/// until it has opened one more (something to do while a hostile session is
+/// under way).
+#[derive(Clone, Default)]
+pub struct Opened {
+    count: Arc<(Mutex<u64>, Condvar)>,
+}
+
+impl Opened {
+    pub fn count(&self) -> u64 {
+        *self.count.0.lock().expect("never poisoned")
+    }
+
+    /// Waits until more than `seen` streams are open, at most `within`;
+    /// returns whether they are.
+    pub fn wait_beyond(&self, seen: u64, within: Duration) -> bool {
+        let (count, opened) = &*self.count;
+        let guard = count.lock().expect("never poisoned");
+        let (guard, _) = opened.wait_timeout_while(guard, within, |n| *n <= seen).expect("never poisoned");
+        *guard > seen
+    }
+
+    fn add_one(&self) {
+        *self.count.0.lock().expect("never poisoned") += 1;
+        self.count.1.notify_all();
+    }
 }
 
 impl Hostile {
@@ -29,11 +59,16 @@ impl Hostile {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
         let identity = Identity { key: key.clone() };
         let net = rt.block_on(Net::start(&identity, &[], false, None)).expect("start libp2p");
-        Hostile { rt, net, key }
+        Hostile { rt, net, key, opened: Opened::default() }
     }
 
     pub fn peer_id(&self) -> String {
         self.net.peer_id.to_string()
+    }
+
+    /// The count of sync streams this peer opened, shared with other threads.
+    pub fn opened(&self) -> Opened {
+        self.opened.clone()
     }
 
     pub fn author_key(&self) -> AuthorKey {
@@ -46,6 +81,7 @@ impl Hostile {
             let peer = self.net.connect(address).await.expect("connect");
             self.net.open(peer, SYNC_PROTOCOL).await.expect("open a sync stream")
         });
+        self.opened.add_one();
         Conn { rt: &self.rt, stream }
     }
 }

@@ -6,6 +6,12 @@
 //! sync completes, converges and leaves frontiers that agree (a further sync
 //! is a no-op).
 //!
+//! A kill is placed by what the process reports, never by the clock: it is
+//! sent the moment the process prints its k-th trace point (progress line),
+//! k seeded, so whether it lands inside the operation does not depend on the
+//! machine's speed. Each test prints how many kills landed after each trace
+//! point (the lines the process had printed when it died).
+//!
 //! `FERRY_CRASH_POINTS` (default 50) sets how many kills must land inside
 //! each operation (points where the operation finished first do not count),
 //! `FERRY_CRASH_SEED` the seed.
@@ -44,21 +50,24 @@ struct Killed {
     /// The highest total announced per kind.
     totals: BTreeMap<String, u64>,
     killed: bool,
+    /// The trace points (progress lines) the command had reported when it
+    /// died: where the kill landed.
+    landed_at: usize,
 }
 
-/// Runs `command`; after its `k`-th progress line (or at once for 0) and a
-/// further `delay`, SIGKILLs it, or `server` instead when given.
-fn run_and_kill(mut command: Command, k: usize, delay: Duration, server: Option<Server>) -> Killed {
+/// Runs `command` and SIGKILLs it, or `server` instead when given, the
+/// moment it reports its `k`-th trace point (a progress line, printed after
+/// a durable commit), or at once for 0. Kills are placed by what the
+/// process reports, not by the clock, so whether they land inside the
+/// operation does not depend on the machine's speed.
+fn run_and_kill(mut command: Command, k: usize, server: Option<Server>) -> Killed {
     let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn ferry");
     let stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let mut server = server;
-    let mut kill = |child: &mut std::process::Child| {
-        std::thread::sleep(delay);
-        match server.take() {
-            Some(s) => s.kill(),
-            None => {
-                let _ = child.kill();
-            }
+    let mut kill = |child: &mut std::process::Child| match server.take() {
+        Some(s) => s.kill(),
+        None => {
+            let _ = child.kill();
         }
     };
     let mut acked: BTreeMap<String, u64> = BTreeMap::new();
@@ -69,6 +78,8 @@ fn run_and_kill(mut command: Command, k: usize, delay: Duration, server: Option<
         kill(&mut child);
         killed = true;
     }
+    // After the kill, the lines the command wrote before it died are still
+    // read: they say where it was.
     for line in stderr.lines().map_while(Result::ok) {
         if std::env::var_os("FERRY_CRASH_TRACE").is_some() {
             println!("  {line}");
@@ -92,7 +103,25 @@ fn run_and_kill(mut command: Command, k: usize, delay: Duration, server: Option<
     }
     let status = child.wait().expect("reap ferry");
     // A command that ended on its own was not interrupted.
-    Killed { acked, totals, killed: killed && !status.success() }
+    Killed { acked, totals, killed: killed && !status.success(), landed_at: seen }
+}
+
+/// How many kills landed at each trace point of an operation, printed at the
+/// end of its test: the seeded points spread over the whole operation.
+#[derive(Default)]
+struct Landings(BTreeMap<usize, usize>);
+
+impl Landings {
+    fn record(&mut self, killed: &Killed) {
+        if killed.killed {
+            *self.0.entry(killed.landed_at).or_default() += 1;
+        }
+    }
+
+    fn print(&self, operation: &str) {
+        let table: Vec<String> = self.0.iter().map(|(at, kills)| format!("{at}: {kills}")).collect();
+        println!("{operation}: kills landed after this many trace points (points: kills): {}", table.join(", "));
+    }
 }
 
 fn write_ndjson(path: &Path, lines: impl Iterator<Item = serde_json::Value>) {
@@ -137,6 +166,7 @@ fn kill_9_during_an_import() {
     let file = file.to_str().expect("path");
     let mut rng = rng(1);
     let mut interrupted = 0;
+    let mut landings = Landings::default();
     // Until `points()` kills have landed inside the import (a kill can also
     // come after the end), with a bound.
     for point in 0..points() * 3 {
@@ -150,13 +180,13 @@ fn kill_9_during_an_import() {
         // `ferry import` process itself.
         let server = (point % 2 == 1).then(|| home.serve());
         let k = rng.random_range(0..RECORDS / CHUNK) as usize;
-        let delay = Duration::from_millis(rng.random_range(0..5));
-        let killed = run_and_kill(home.command(&["--progress", "import", file]), k, delay, server);
+        let killed = run_and_kill(home.command(&["--progress", "import", file]), k, server);
         interrupted += usize::from(killed.killed);
+        landings.record(&killed);
         let acked = killed.acked.get("records").copied().unwrap_or(0);
         let held = records(&home);
         let n = held.len() as u64;
-        let at = format!("point {point} (k {k}, delay {delay:?}, acked {acked}, held {n})");
+        let at = format!("point {point} (k {k}, landed at {}, acked {acked}, held {n})", killed.landed_at);
         assert!(n >= acked, "{at}: acknowledged records lost");
         assert!(n.is_multiple_of(CHUNK) || n == RECORDS, "{at}: a commit was half applied");
         for (id, fields) in &held {
@@ -173,6 +203,7 @@ fn kill_9_during_an_import() {
         assert_eq!(records(&home).len() as u64, RECORDS, "{at}");
         std::fs::remove_dir_all(&home.dir).expect("clean up");
     }
+    landings.print("import");
     assert_eq!(interrupted, points(), "too few kills landed inside the import");
 }
 
@@ -212,6 +243,7 @@ fn kill_9_during_a_sync() {
     enrol_and_pull(&central, &device, &server.address);
     let mut rng = rng(2);
     let mut interrupted = 0;
+    let mut landings = Landings::default();
     for point in 1..=points() as u64 * 3 {
         if interrupted == points() {
             break;
@@ -240,16 +272,16 @@ fn kill_9_during_a_sync() {
         // Kill the device's `ferry sync` or the central's `ferry serve`.
         let kill_server = rng.random_bool(0.5);
         let k = rng.random_range(0..16);
-        let delay = Duration::from_millis(rng.random_range(0..10));
         let address = server.address.clone();
         let killed = if kill_server {
-            let killed = run_and_kill(device.command(&["--progress", "sync", &address]), k, delay, Some(server));
+            let killed = run_and_kill(device.command(&["--progress", "sync", &address]), k, Some(server));
             server = central.serve();
             killed
         } else {
-            run_and_kill(device.command(&["--progress", "sync", &address]), k, delay, None)
+            run_and_kill(device.command(&["--progress", "sync", &address]), k, None)
         };
         interrupted += usize::from(killed.killed);
+        landings.record(&killed);
         let on_device = records(&device);
         let on_central = records(&central);
         let pulled = count_round(&on_device, point, "c");
@@ -262,8 +294,9 @@ fn kill_9_during_a_sync() {
         let acked_in = killed.acked.get("received").copied().unwrap_or(0).saturating_sub(relayed_in);
         let acked_out = killed.acked.get("sent").copied().unwrap_or(0).saturating_sub(relayed_out);
         let at = format!(
-            "point {point} (kill {}, k {k}, delay {delay:?}; device applied {pulled}, acked {acked_in}; central applied {pushed_held}, acked {acked_out})",
-            if kill_server { "serve" } else { "sync" }
+            "point {point} (kill {}, k {k}, landed at {}; device applied {pulled}, acked {acked_in}; central applied {pushed_held}, acked {acked_out})",
+            if kill_server { "serve" } else { "sync" },
+            killed.landed_at
         );
         assert!(pulled >= acked_in, "{at}: the device lost acknowledged changes");
         assert!(pushed_held >= acked_out, "{at}: the central lost acknowledged changes");
@@ -299,6 +332,7 @@ fn kill_9_during_a_sync() {
         assert_eq!(again["noop"], true, "{at}: frontiers disagree after the resumed sync: {again}");
         assert_eq!(records(&device), records(&central), "{at}: the nodes did not converge");
     }
+    landings.print("sync");
     assert_eq!(interrupted, points(), "too few kills landed inside the sync");
     server.stop();
 }
@@ -319,6 +353,7 @@ fn kill_9_during_a_bundle_import() {
     let (frontier_s, bundle_s) = (frontier.to_str().expect("path"), bundle.to_str().expect("path"));
     let mut rng = rng(3);
     let mut interrupted = 0;
+    let mut landings = Landings::default();
     for point in 1..=points() as u64 * 3 {
         if interrupted == points() {
             break;
@@ -337,12 +372,12 @@ fn kill_9_during_a_bundle_import() {
         // points the `ferry bundle import` process.
         let server = (point % 2 == 1).then(|| device.serve());
         let k = rng.random_range(0..(UPDATES / 10) as usize);
-        let delay = Duration::from_micros(rng.random_range(0..3000));
-        let killed = run_and_kill(device.command(&["--progress", "bundle", "import", bundle_s]), k, delay, server);
+        let killed = run_and_kill(device.command(&["--progress", "bundle", "import", bundle_s]), k, server);
         interrupted += usize::from(killed.killed);
+        landings.record(&killed);
         let applied = count_round(&records(&device), point, "c");
         let acked = killed.acked.get("received").copied().unwrap_or(0);
-        let at = format!("point {point} (k {k}, delay {delay:?}, acked {acked}, applied {applied})");
+        let at = format!("point {point} (k {k}, landed at {}, acked {acked}, applied {applied})", killed.landed_at);
         assert!(applied >= acked, "{at}: acknowledged changes lost");
         assert!(applied.is_multiple_of(10), "{at}: a batch was half applied");
         let again = device.json(&["bundle", "import", bundle_s]);
@@ -353,5 +388,6 @@ fn kill_9_during_a_bundle_import() {
         );
         assert_eq!(records(&device), records(&central), "{at}: the nodes did not converge");
     }
+    landings.print("bundle import");
     assert_eq!(interrupted, points(), "too few kills landed inside the bundle import");
 }

@@ -439,15 +439,23 @@ impl Namespaces {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("netns/two-lans.sh")
     }
 
-    /// `None` (the test is skipped) where the machine does not allow
-    /// network namespaces: the script then exits 77.
+    /// `None` (the test is skipped, saying why) when the test is not root:
+    /// `ip netns` needs root. As root (CI) the namespaces must come up: a
+    /// machine that refuses them (the script exits 77) fails the test.
     fn create() -> Option<Namespaces> {
-        let tag = format!("e{}", std::process::id());
-        let out = std::process::Command::new(Self::script()).args(["up", &tag]).output().expect("run two-lans.sh");
-        if out.status.code() == Some(77) {
-            println!("skipping mDNS across namespaces: {}", String::from_utf8_lossy(&out.stderr).trim());
+        let uid = std::process::Command::new("id").arg("-u").output().expect("run id -u");
+        let uid = String::from_utf8_lossy(&uid.stdout).trim().to_owned();
+        if uid != "0" {
+            println!("skipping mDNS across namespaces: `ip netns` needs root, and this test runs as uid {uid}");
             return None;
         }
+        let tag = format!("e{}", std::process::id());
+        let out = std::process::Command::new(Self::script()).args(["up", &tag]).output().expect("run two-lans.sh");
+        assert!(
+            out.status.code() != Some(77),
+            "running as root, yet two-lans.sh cannot create network namespaces: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         assert!(out.status.success(), "two-lans.sh up failed: {}", String::from_utf8_lossy(&out.stderr));
         let names = [format!("ferry-a-{tag}"), format!("ferry-b-{tag}")];
         Some(Namespaces { tag, names, addresses: ["10.213.0.1", "10.213.0.2"] })

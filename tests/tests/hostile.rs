@@ -96,18 +96,22 @@ impl Fixture {
         self.central.json(&["history"]).as_array().expect("ledger").clone()
     }
 
-    /// Runs one hostile case while the honest device syncs, then checks the
-    /// daemon served it, the records did not change and the ledger has an
-    /// entry for `peer` that mentions `expected`.
-    fn case(&self, name: &str, peer: &str, expected: &str, hostile: impl FnOnce()) {
+    /// Runs one case of `peer`'s while the honest device syncs, then checks
+    /// the daemon served it, the records did not change and the ledger has
+    /// an entry for `peer` that mentions `expected`.
+    fn case(&self, name: &str, peer: &Hostile, expected: &str, hostile: impl FnOnce()) {
         let before = self.records();
         let ledger_before = self.ledger().len();
         let started = Instant::now();
         let (honest_home, address) = (&self.honest.home, &self.server.address);
+        let (opened, seen) = (peer.opened(), peer.opened().count());
+        let peer_id = peer.peer_id();
+        let peer = peer_id.as_str();
         std::thread::scope(|s| {
             let honest = s.spawn(move || {
-                // Give the hostile peer a head start, then sync in the middle of it.
-                std::thread::sleep(Duration::from_millis(50));
+                // Sync in the middle of the hostile session: once it has
+                // opened its stream (if it never does, the case fails anyway).
+                opened.wait_beyond(seen, tests::hostile::ANSWER_WAIT);
                 let out = honest_home.run(&["--json", "sync", address]);
                 assert!(
                     out.status.success(),
@@ -180,10 +184,9 @@ fn push_batch(conn: &mut Conn<'_>, chain: &[u8], filter: &Filter, message: &Mess
 fn forged_unauthorised_and_equivocating_changes_are_refused() {
     let f = Fixture::new(0);
     let m = Hostile::new(f.mallory.key.clone());
-    let peer = m.peer_id();
     let org = f.org;
 
-    f.case("forged signature", &peer, "bad signature", || {
+    f.case("forged signature", &m, "bad signature", || {
         let mut forged = change(&m.key, fresh_instance(), 1, org, "results:tc-1", "forged", 5);
         forged.signature[10] ^= 1;
         let answer = push_batch(
@@ -195,7 +198,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
         assert_eq!(answer, Ok(1), "one change refused");
     });
 
-    f.case("outside the pushing peer's scope", &peer, "outside what this peer may send here", || {
+    f.case("outside the pushing peer's scope", &m, "outside what this peer may send here", || {
         let outside = change(&m.key, fresh_instance(), 1, org, "results:tc-2", "sneaky", 5);
         let filter = Filter::new(vec![Partition::resolve(org, "results").expect("p")]);
         let answer = push_batch(
@@ -210,7 +213,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
     // Bob may write only his own partition; Mallory relays a change Bob
     // signed for another one, inside what Mallory may send.
     let bob = Device::enrol(f.root.path(), "bob", &f.token("results:tc-1:u1", "results:tc-1:u1", &[]));
-    f.case("outside the author's write scope", &peer, "author may not write this", || {
+    f.case("outside the author's write scope", &m, "author may not write this", || {
         let stray = change(&bob.key, fresh_instance(), 1, org, "results:tc-1:u2", "stray", 5);
         let answer = push_batch(
             &mut m.open(&f.server.address),
@@ -224,10 +227,14 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
     // Rex is revoked; Mallory relays a change Rex signed afterwards.
     let rex = Device::enrol(f.root.path(), "rex", &f.token("results:tc-1", "results:tc-1", &[]));
     let rex_cert = rex.home.json(&["cert", "list"])[0]["certificate_id"].as_str().expect("id").to_owned();
-    f.central.json(&["cert", "revoke", &rex_cert]);
-    std::thread::sleep(Duration::from_millis(1100));
-    f.case("a revoked author's change, relayed", &peer, "revoked", || {
-        let late = change(&rex.key, fresh_instance(), 1, org, "results:tc-1", "late", 5);
+    let revoked = f.central.json(&["cert", "revoke", &rex_cert]);
+    let revoked_at = revoked["revoked_at"].as_u64().expect("revoked_at");
+    f.case("a revoked author's change, relayed", &m, "revoked", || {
+        // Signed afterwards: dated the second after the revocation took
+        // effect, whatever the clock reads now.
+        let mut late = change(&rex.key, fresh_instance(), 1, org, "results:tc-1", "late", 5);
+        late.hlc = engine::Hlc::from_parts((revoked_at + 1) * 1000, 0);
+        late.sign(&rex.key);
         let answer = push_batch(
             &mut m.open(&f.server.address),
             &f.mallory.chain,
@@ -237,7 +244,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
         assert_eq!(answer, Ok(1));
     });
 
-    f.case("counters going backwards in a group", &peer, "counter 1 out of order in its group", || {
+    f.case("counters going backwards in a group", &m, "counter 1 out of order in its group", || {
         let instance = fresh_instance();
         // Counter 2, then counter 1: the second is refused as out of order.
         // (The first carries a bad signature, so the store stays unchanged.)
@@ -253,7 +260,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
         assert_eq!(answer, Ok(2));
     });
 
-    f.case("a group that skips counters", &peer, "starts after counter 5", || {
+    f.case("a group that skips counters", &m, "starts after counter 5", || {
         let ahead = change(&m.key, fresh_instance(), 6, org, "results:tc-1", "ahead", 5);
         let answer = push_batch(
             &mut m.open(&f.server.address),
@@ -278,7 +285,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
     assert_eq!(answer, Ok(0));
     f.case(
         "the same (instance, counter) with other content",
-        &peer,
+        &m,
         "signed two different changes with counter 1",
         || {
             let twin = change(&m.key, instance, 1, org, "results:tc-1", "eq", 2);
@@ -352,7 +359,7 @@ fn bad_credentials_are_refused_at_hello() {
     let der = certs::build(&template, Some(sub.leaf()), &sub_key).expect("build");
     let widened = sub.with(certs::Certificate::from_der(&der).expect("cert")).expect("chain").encode();
     let wide = Hostile::new(wide_key);
-    f.case("a chain that widens scope", &wide.peer_id(), "is wider than its issuer", || {
+    f.case("a chain that widens scope", &wide, "is wider than its issuer", || {
         let mut conn = wide.open(&f.server.address);
         conn.send(&hello(&widened, &f.filter));
         let reason = conn.expect_abort();
@@ -361,7 +368,7 @@ fn bad_credentials_are_refused_at_hello() {
     });
 
     let stranger = Hostile::new(SigningKey::from_bytes(&rand::random()));
-    f.case("a chain for another key", &stranger.peer_id(), "the chain belongs to key", || {
+    f.case("a chain for another key", &stranger, "the chain belongs to key", || {
         let mut conn = stranger.open(&f.server.address);
         conn.send(&hello(&f.mallory.chain, &f.filter));
         let reason = conn.expect_abort();
@@ -386,7 +393,7 @@ fn bad_credentials_are_refused_at_hello() {
         .expect("expired certificate")
         .encode();
     let old = Hostile::new(old_key);
-    f.case("an expired chain", &old.peer_id(), "expired at", || {
+    f.case("an expired chain", &old, "expired at", || {
         let mut conn = old.open(&f.server.address);
         conn.send(&hello(&expired, &f.filter));
         let reason = conn.expect_abort();
@@ -408,12 +415,11 @@ fn hello(chain: &[u8], filter: &Filter) -> Message {
 fn bad_bytes_and_bad_order_end_only_that_session() {
     let f = Fixture::new(0);
     let m = Hostile::new(f.mallory.key.clone());
-    let peer = m.peer_id();
     let org = f.org;
     let chain = &f.mallory.chain;
     let address = &f.server.address;
 
-    f.case("an oversized frame", &peer, "more than the", || {
+    f.case("an oversized frame", &m, "more than the", || {
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, false, true);
         conn.send_raw(&0xffff_ff00u32.to_be_bytes());
@@ -421,7 +427,7 @@ fn bad_bytes_and_bad_order_end_only_that_session() {
         conn.closes_within(tests::hostile::ANSWER_WAIT);
     });
 
-    f.case("a zstd bomb announcing its size", &peer, "more than the 25165824 allowed", || {
+    f.case("a zstd bomb announcing its size", &m, "more than the 25165824 allowed", || {
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, false, true);
         let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).expect("compress");
@@ -430,7 +436,7 @@ fn bad_bytes_and_bad_order_end_only_that_session() {
         assert!(reason.starts_with("bad message from the peer: payload would decompress"), "{reason}");
     });
 
-    f.case("a zstd bomb lying about its size", &peer, "bad message from the peer: payload", || {
+    f.case("a zstd bomb lying about its size", &m, "bad message from the peer: payload", || {
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, false, true);
         let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).expect("compress");
@@ -457,7 +463,7 @@ fn bad_bytes_and_bad_order_end_only_that_session() {
     }
     assert!(malformed.len() >= 8, "levels: {}", malformed.len());
     for (level, bad) in &malformed {
-        f.case(&format!("malformed CBOR, {level}"), &peer, "bad message from the peer", || {
+        f.case(&format!("malformed CBOR, {level}"), &m, "bad message from the peer", || {
             let mut conn = m.open(address);
             conn.handshake(chain, &f.filter, false, true);
             conn.send_frame(bad);
@@ -468,7 +474,7 @@ fn bad_bytes_and_bad_order_end_only_that_session() {
     // A malformed Hello, before any session exists.
     let hello_frame = wire::encode_message(&hello(chain, &f.filter));
     let (_, bad_hello) = corrupt_each_level(&hello_frame[1..]).into_iter().nth(2).expect("a nested item");
-    f.case("malformed CBOR in Hello", &peer, "refused: bad message", || {
+    f.case("malformed CBOR in Hello", &m, "refused: bad message", || {
         let mut conn = m.open(address);
         let mut frame = vec![hello_frame[0]];
         frame.extend_from_slice(&bad_hello);
@@ -479,12 +485,12 @@ fn bad_bytes_and_bad_order_end_only_that_session() {
 
     // Messages out of order.
     let one = |n| batch(n, vec![group(&[change(&m.key, fresh_instance(), 1, org, "results:tc-1", "o", 1)], 0)], vec![]);
-    f.case("a Batch before Hello", &peer, "the first message must be Hello", || {
+    f.case("a Batch before Hello", &m, "the first message must be Hello", || {
         let mut conn = m.open(address);
         conn.send(&one(0));
         assert_eq!(conn.expect_abort(), "the first message must be Hello");
     });
-    f.case("a Batch before the frontiers", &peer, "Batch before the frontiers were exchanged", || {
+    f.case("a Batch before the frontiers", &m, "Batch before the frontiers were exchanged", || {
         let mut conn = m.open(address);
         conn.send(&hello(chain, &f.filter));
         conn.expect_message();
@@ -493,19 +499,19 @@ fn bad_bytes_and_bad_order_end_only_that_session() {
     });
     // Batch 1 before batch 0 lies within the window (a resend would fix
     // it); batch 2 first cannot happen with an honest sender.
-    f.case("batch 2 before batch 0", &peer, "batch 2 arrived before batch 0", || {
+    f.case("batch 2 before batch 0", &m, "batch 2 arrived before batch 0", || {
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, false, true);
         conn.send(&one(2));
         assert!(conn.expect_abort().contains("batch 2 arrived before batch 0"));
     });
-    f.case("End claiming batches never sent", &peer, "End after 5 batches, but only 0 arrived", || {
+    f.case("End claiming batches never sent", &m, "End after 5 batches, but only 0 arrived", || {
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, false, true);
         conn.send(&Message::End { batches: 5 });
         assert!(conn.expect_abort().contains("End after 5 batches, but only 0 arrived"));
     });
-    f.case("a Welcome sent to the responder", &peer, "Welcome sent to the responder", || {
+    f.case("a Welcome sent to the responder", &m, "Welcome sent to the responder", || {
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, false, true);
         conn.send(&Message::Welcome(wire::Welcome {
@@ -515,7 +521,7 @@ fn bad_bytes_and_bad_order_end_only_that_session() {
         }));
         assert!(conn.expect_abort().contains("Welcome sent to the responder"));
     });
-    f.case("an Ack for nothing sent", &peer, "Ack for a direction that is not sending", || {
+    f.case("an Ack for nothing sent", &m, "Ack for a direction that is not sending", || {
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, false, true);
         conn.send(&Message::Ack { seq: 3, rejected: 0 });
@@ -533,7 +539,7 @@ fn floods_stalls_and_lies_cost_the_daemon_nothing() {
     let chain = &f.mallory.chain;
     let address = &f.server.address;
 
-    f.case("a flood of sessions", &peer, "refused: too many sessions from this peer", || {
+    f.case("a flood of sessions", &m, "refused: too many sessions from this peer", || {
         let mut conns: Vec<Conn<'_>> = (0..40).map(|_| m.open(address)).collect();
         // Four are admitted and wait for a Hello; the rest are refused.
         let mut refused = 0;
@@ -554,7 +560,7 @@ fn floods_stalls_and_lies_cost_the_daemon_nothing() {
         }
     });
 
-    f.case("a peer that stalls mid-frame", &peer, "failed: no answer from the peer for", || {
+    f.case("a peer that stalls mid-frame", &m, "failed: no answer from the peer for", || {
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, false, true);
         let started = Instant::now();
@@ -564,12 +570,19 @@ fn floods_stalls_and_lies_cost_the_daemon_nothing() {
         assert!(started.elapsed() >= Duration::from_secs(TIMEOUT_S), "closed before the timeout");
     });
 
-    f.case("a peer that stops reading", &peer, "failed:", || {
+    f.case("a peer that stops reading", &m, "failed:", || {
+        // Earlier cases' events are in by now: each case waited for its
+        // ledger entry, and the daemon prints a session's event right after.
+        f.server.events.try_iter().for_each(drop);
         let mut conn = m.open(address);
         conn.handshake(chain, &f.filter, true, false);
-        // Read the first bytes of the first batch, then nothing.
+        // Read the first bytes of the first batch, then nothing, holding the
+        // stream open until the daemon gives up on it.
         assert!(conn.read_some(Duration::from_secs(10)) > 0);
-        std::thread::sleep(Duration::from_secs(TIMEOUT_S + 3));
+        f.server.wait_until("sync_failed from the peer that stopped reading", |e| {
+            e["event"] == "sync_failed" && e["peer"] == peer.as_str()
+        });
+        drop(conn);
     });
 
     // A frontier claiming counters of the central's own instance that it
@@ -577,7 +590,7 @@ fn floods_stalls_and_lies_cost_the_daemon_nothing() {
     // instance so that no counter can be used twice.
     let central_instance = f.central.json(&["id"])["instance_id"].as_str().expect("instance").to_owned();
     let instance = InstanceId::parse(&central_instance).expect("instance id");
-    f.case("a frontier that claims what it lacks", &peer, "holds counter 1000000 of this instance", || {
+    f.case("a frontier that claims what it lacks", &m, "holds counter 1000000 of this instance", || {
         let mut conn = m.open(address);
         conn.send(&hello(chain, &f.filter));
         conn.expect_message();
