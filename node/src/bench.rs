@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
-use engine::{BackendKind, LocalAuthor, RecordId, workload};
+use engine::{BackendKind, LocalAuthor, workload};
 use partitions::{OrgId, Partition, RecordType};
 use serde_json::{Value as Json, json};
 
@@ -27,7 +27,10 @@ use crate::node::Node;
 use crate::ops::Op;
 use crate::parallel::ParallelSigner;
 
-const SEED: u64 = 42;
+mod scenarios;
+use scenarios::*;
+
+pub(super) const SEED: u64 = 42;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -117,7 +120,7 @@ impl Figure {
 }
 
 /// A `ferry serve` process.
-struct Proc {
+pub(super) struct Proc {
     child: Child,
     home: Home,
     address: String,
@@ -173,14 +176,14 @@ impl Drop for Proc {
     }
 }
 
-fn init(root: &Path, name: &str, backend: BackendKind) -> anyhow::Result<Home> {
+pub(super) fn init(root: &Path, name: &str, backend: BackendKind) -> anyhow::Result<Home> {
     let home = Home::resolve(Some(root.join(name)));
     crate::node::init(&home, Some(backend))?;
     Ok(home)
 }
 
 /// A central with an org, and devices holding certificates for `results`.
-fn district(root: &Path, backend: BackendKind, devices: u64) -> anyhow::Result<(Home, OrgId, Vec<Home>)> {
+pub(super) fn district(root: &Path, backend: BackendKind, devices: u64) -> anyhow::Result<(Home, OrgId, Vec<Home>)> {
     let central = init(root, "central", backend)?;
     let node = Node::open(central.clone())?;
     let org =
@@ -210,7 +213,7 @@ fn district(root: &Path, backend: BackendKind, devices: u64) -> anyhow::Result<(
 
 /// Writes `count` workload records (from `first`) into a home that is not
 /// serving, as signed local writes in batches.
-fn preload(home: &Home, org: OrgId, first: u64, count: u64, version: u64) -> anyhow::Result<Duration> {
+pub(super) fn preload(home: &Home, org: OrgId, first: u64, count: u64, version: u64) -> anyhow::Result<Duration> {
     let node = Node::open(home.clone())?;
     let (_, _, authority) = node.local_scope(org)?;
     let author = LocalAuthor { key: node.identity.key.clone(), authority };
@@ -238,13 +241,13 @@ fn preload(home: &Home, org: OrgId, first: u64, count: u64, version: u64) -> any
     Ok(elapsed)
 }
 
-fn sync_op(peer: &str, pull: bool, push: bool) -> Op {
+pub(super) fn sync_op(peer: &str, pull: bool, push: bool) -> Op {
     Op::Sync(crate::ops::Sync { peer: peer.to_owned(), org: None, filters: vec![], pull, push })
 }
 
 /// Runs one sync on `device` and measures it, CPU time of both sides
 /// included.
-async fn measured(
+pub(super) async fn measured(
     scenario: &str,
     backend: BackendKind,
     records: u64,
@@ -260,7 +263,14 @@ async fn measured(
     Ok((result, f))
 }
 
-fn figure(scenario: &str, backend: BackendKind, records: u64, result: &Json, central: &Proc, device: &Proc) -> Figure {
+pub(super) fn figure(
+    scenario: &str,
+    backend: BackendKind,
+    records: u64,
+    result: &Json,
+    central: &Proc,
+    device: &Proc,
+) -> Figure {
     let u = |k: &str| result[k].as_u64().unwrap_or(0);
     Figure {
         scenario: scenario.to_owned(),
@@ -276,322 +286,9 @@ fn figure(scenario: &str, backend: BackendKind, records: u64, result: &Json, cen
         ..Figure::default()
     }
 }
-
-/// Initial, no-op, incremental and bidirectional syncs at one store size.
-async fn sync_scenarios(
-    root: &Path,
-    backend: BackendKind,
-    records: u64,
-    changed: u64,
-    out: &mut dyn FnMut(Figure),
-) -> anyhow::Result<()> {
-    let dir = root.join(format!("{}-{records}", backend.name()));
-    let (central_home, org, devices) = district(&dir, backend, 1)?;
-    preload(&central_home, org, 0, records, 0)?;
-    let central = Proc::start(&central_home)?;
-    let device = Proc::start(&devices[0])?;
-
-    let (initial, f) =
-        measured("initial", backend, records, &sync_op(&central.address, true, false), &central, &device).await?;
-    if initial["received"].as_u64() != Some(records) {
-        bail!("initial sync moved {} of {records} records", initial["received"]);
-    }
-    out(f);
-
-    let (noop, f) =
-        measured("no-op", backend, records, &sync_op(&central.address, true, true), &central, &device).await?;
-    if noop["noop"] != true {
-        bail!("the second sync was not a no-op: {noop}");
-    }
-    out(f);
-
-    // The central changes `changed` records spread over the store.
-    let step = (records / changed.max(1)).max(1);
-    let edits: Vec<u64> = (0..changed.min(records)).map(|i| i * step).collect();
-    edit(&central, org, &edits, 1).await?;
-    let (_, f) =
-        measured("incremental", backend, records, &sync_op(&central.address, true, false), &central, &device).await?;
-    out(f);
-
-    // Both sides edit: half of the device's edits touch the central's records.
-    edit(&central, org, &edits, 2).await?;
-    let device_edits: Vec<u64> = edits.iter().enumerate().map(|(i, &s)| if i % 2 == 0 { s } else { s + 1 }).collect();
-    edit(&device, org, &device_edits, 3).await?;
-    let (both, mut f) =
-        measured("bidirectional", backend, records, &sync_op(&central.address, true, true), &central, &device).await?;
-    f.note = format!("{} conflicts kept", both["conflicts"]);
-    out(f);
-
-    central.stop();
-    device.stop();
-    Ok(())
-}
-
-/// Edits records through a serving node's control socket (one import).
-async fn edit(node: &Proc, org: OrgId, seqs: &[u64], version: u64) -> anyhow::Result<()> {
-    let path = node.home.dir.join(format!("edits-{version}.ndjson"));
-    let mut file = std::fs::File::create(&path)?;
-    for &s in seqs {
-        let fields: serde_json::Map<String, Json> = workload::result_fields(SEED, s, version)
-            .iter()
-            .map(|(k, v)| (k.clone(), crate::json::to_json(v)))
-            .collect();
-        writeln!(
-            file,
-            "{}",
-            json!({ "type": workload::RECORD_TYPE, "id": workload::record_id(SEED, s).as_str(), "partition": workload::PARTITION, "fields": fields })
-        )?;
-    }
-    drop(file);
-    let result = node.op(&Op::Import(crate::ops::Import { org: Some(org.to_string()), path })).await?;
-    if result["rejected"].as_u64() != Some(0) {
-        bail!("edits were rejected: {result}");
-    }
-    Ok(())
-}
-
-/// `ferry import` of `count` NDJSON records, as a user runs it.
-fn import_scenario(root: &Path, backend: BackendKind, count: u64) -> anyhow::Result<Figure> {
-    let dir = root.join(format!("{}-import", backend.name()));
-    let (home, _, _) = district(&dir, backend, 0)?;
-    let path = dir.join("records.ndjson");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
-    for s in 0..count {
-        let fields: serde_json::Map<String, Json> =
-            workload::result_fields(SEED, s, 0).iter().map(|(k, v)| (k.clone(), crate::json::to_json(v))).collect();
-        let id: RecordId = workload::record_id(SEED, s);
-        writeln!(
-            file,
-            "{}",
-            json!({ "type": workload::RECORD_TYPE, "id": id.as_str(), "partition": workload::PARTITION, "fields": fields })
-        )?;
-    }
-    file.flush()?;
-    drop(file);
-    let exe = std::env::current_exe()?;
-    let started = Instant::now();
-    let child = Command::new(exe)
-        .arg("--home")
-        .arg(&home.dir)
-        .args(["--json", "import"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let cpu = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let watch = {
-        let (peak, cpu) = (peak.clone(), cpu.clone());
-        std::thread::spawn(move || {
-            // Sample the importer's peak memory and CPU time until it exits.
-            while let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-                if let Some(kb) = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                {
-                    peak.store(kb, std::sync::atomic::Ordering::Relaxed);
-                }
-                cpu.fetch_max(cpu_ms(pid), std::sync::atomic::Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-    };
-    let output = child.wait_with_output()?;
-    let elapsed = started.elapsed();
-    let _ = watch.join();
-    let result: Json = serde_json::from_slice(&output.stdout).context("ferry import printed no result")?;
-    if result["written"].as_u64() != Some(count) {
-        bail!("import wrote {} of {count}", result["written"]);
-    }
-    Ok(Figure {
-        scenario: "import".into(),
-        backend: backend.name().into(),
-        records: count,
-        changes: count,
-        duration_ms: elapsed.as_secs_f64() * 1000.0,
-        rss_b_kb: peak.load(std::sync::atomic::Ordering::Relaxed),
-        cpu_b_ms: cpu.load(std::sync::atomic::Ordering::Relaxed),
-        note: "whole command: start, parse, sign, write, exit".into(),
-        ..Figure::default()
-    })
-}
-
-/// A central serving `devices` devices that all sync at once.
-async fn fanout(root: &Path, backend: BackendKind, devices: u64, records: u64) -> anyhow::Result<Figure> {
-    let dir = root.join(format!("{}-fanout-{devices}", backend.name()));
-    let (central_home, org, homes) = district(&dir, backend, devices)?;
-    preload(&central_home, org, 0, records, 0)?;
-    let central = Proc::start(&central_home)?;
-    let procs: Vec<Proc> = homes.iter().map(Proc::start).collect::<anyhow::Result<_>>()?;
-    let cpu_before = (central.cpu_ms(), procs.iter().map(Proc::cpu_ms).sum::<u64>());
-    let started = Instant::now();
-    let op = sync_op(&central.address, true, false);
-    let syncs = procs.iter().map(|p| p.op(&op));
-    let results = futures::future::join_all(syncs).await;
-    let elapsed = started.elapsed();
-    let mut figure = Figure {
-        scenario: format!("{devices} devices at once"),
-        backend: backend.name().into(),
-        records,
-        duration_ms: elapsed.as_secs_f64() * 1000.0,
-        rss_a_kb: central.peak_rss_kb(),
-        rss_b_kb: procs.iter().map(Proc::peak_rss_kb).max().unwrap_or(0),
-        cpu_a_ms: central.cpu_ms().saturating_sub(cpu_before.0),
-        cpu_b_ms: procs.iter().map(Proc::cpu_ms).sum::<u64>().saturating_sub(cpu_before.1),
-        ..Figure::default()
-    };
-    let mut slowest: f64 = 0.0;
-    for result in results {
-        let result = result?;
-        if result["received"].as_u64() != Some(records) {
-            bail!("a device received {} of {records}", result["received"]);
-        }
-        figure.changes += records;
-        figure.bytes_sent += result["bytes_sent"].as_u64().unwrap_or(0);
-        figure.bytes_received += result["bytes_received"].as_u64().unwrap_or(0);
-        figure.round_trips += result["round_trips"].as_u64().unwrap_or(0);
-        slowest = slowest.max(result["duration_ms"].as_f64().unwrap_or(0.0));
-    }
-    figure.note = format!("{records} records to each; slowest device {slowest:.0} ms; rates count all devices");
-    central.stop();
-    for p in procs {
-        p.stop();
-    }
-    Ok(figure)
-}
-
-/// Records each device writes per round of the load scenario, and records
-/// the central writes every `LOAD_WRITE_EVERY`.
-const LOAD_DEVICE_WRITES: u64 = 5;
-const LOAD_CENTRAL_WRITES: u64 = 20;
-const LOAD_WRITE_EVERY: Duration = Duration::from_millis(100);
-
-/// A central under many devices that sync over and over, with a steady
-/// stream of local writes, for `seconds`; then every device syncs until all
-/// agree, checked by a final round in which every sync must be a no-op.
-async fn load(root: &Path, backend: BackendKind, devices: u64, seconds: u64, records: u64) -> anyhow::Result<Figure> {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-    let dir = root.join(format!("{}-load-{devices}", backend.name()));
-    let (central_home, org, homes) = district(&dir, backend, devices)?;
-    preload(&central_home, org, 0, records, 0)?;
-    let central = Proc::start(&central_home)?;
-    let procs: Vec<Proc> = homes.iter().map(Proc::start).collect::<anyhow::Result<_>>()?;
-    let both = sync_op(&central.address, true, true);
-    for result in futures::future::join_all(procs.iter().map(|p| p.op(&both))).await {
-        result?;
-    }
-    let stop = AtomicBool::new(false);
-    let (syncs, moved, written) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-    let (bytes_sent, bytes_received) = (AtomicU64::new(0), AtomicU64::new(0));
-    let cpu_before = (central.cpu_ms(), procs.iter().map(Proc::cpu_ms).sum::<u64>());
-    let started = Instant::now();
-    // The central's own writes: a steady stream through its local API.
-    let writer = async {
-        let mut version = 1;
-        let mut next = 0;
-        while !stop.load(Relaxed) {
-            let seqs: Vec<u64> = (0..LOAD_CENTRAL_WRITES).map(|i| (next + i) % records.max(1)).collect();
-            next += LOAD_CENTRAL_WRITES;
-            version += 1;
-            edit(&central, org, &seqs, version).await?;
-            written.fetch_add(LOAD_CENTRAL_WRITES, Relaxed);
-            tokio::time::sleep(LOAD_WRITE_EVERY).await;
-        }
-        anyhow::Ok(())
-    };
-    // Each device: write a few of its own records, sync, pause, again.
-    let device_loops = procs.iter().enumerate().map(|(d, p)| {
-        let (stop, syncs, moved, both) = (&stop, &syncs, &moved, &both);
-        let (bytes_sent, bytes_received) = (&bytes_sent, &bytes_received);
-        async move {
-            let first = 10_000_000 + d as u64 * 1_000_000;
-            let mut round = 0;
-            while !stop.load(Relaxed) {
-                let seqs: Vec<u64> = (0..LOAD_DEVICE_WRITES).map(|i| first + round * LOAD_DEVICE_WRITES + i).collect();
-                edit(p, org, &seqs, 1).await?;
-                let result = p.op(both).await.with_context(|| format!("device {d}, round {round}"))?;
-                syncs.fetch_add(1, Relaxed);
-                bytes_sent.fetch_add(result["bytes_sent"].as_u64().unwrap_or(0), Relaxed);
-                bytes_received.fetch_add(result["bytes_received"].as_u64().unwrap_or(0), Relaxed);
-                moved.fetch_add(
-                    result["sent"].as_u64().unwrap_or(0) + result["received"].as_u64().unwrap_or(0),
-                    Relaxed,
-                );
-                round += 1;
-                tokio::time::sleep(Duration::from_millis(crate::random::bytes::<1>()[0] as u64 * 2)).await;
-            }
-            anyhow::Ok(())
-        }
-    });
-    // Memory of the central over time, to show it stays bounded.
-    let samples = std::sync::Mutex::new(Vec::new());
-    let sampler = async {
-        while !stop.load(Relaxed) {
-            samples.lock().expect("samples").push(rss_kb(central.child.id(), "VmRSS:"));
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    };
-    let timer = async {
-        tokio::time::sleep(Duration::from_secs(seconds)).await;
-        stop.store(true, Relaxed);
-    };
-    let (w, devices_done, (), ()) = futures::join!(writer, futures::future::join_all(device_loops), sampler, timer);
-    w?;
-    for result in devices_done {
-        result?;
-    }
-    let elapsed = started.elapsed();
-    // Settle: everyone syncs twice (the second round carries what others
-    // pushed in the first), then a round that must change nothing.
-    for _ in 0..2 {
-        for result in futures::future::join_all(procs.iter().map(|p| p.op(&both))).await {
-            result?;
-        }
-    }
-    for (d, result) in futures::future::join_all(procs.iter().map(|p| p.op(&both))).await.into_iter().enumerate() {
-        let result = result?;
-        if result["noop"] != true {
-            bail!("device {d} had not converged after the load: {result}");
-        }
-    }
-    let samples = samples.into_inner().expect("samples");
-    let half = samples.len() / 2;
-    let first_half = samples[..half].iter().max().copied().unwrap_or(0);
-    let second_half = samples[half..].iter().max().copied().unwrap_or(0);
-    let figure = Figure {
-        scenario: format!("load: {devices} devices, {seconds} s"),
-        backend: backend.name().into(),
-        records,
-        changes: moved.load(Relaxed),
-        bytes_sent: bytes_sent.load(Relaxed),
-        bytes_received: bytes_received.load(Relaxed),
-        duration_ms: elapsed.as_secs_f64() * 1000.0,
-        rss_a_kb: central.peak_rss_kb(),
-        rss_b_kb: procs.iter().map(Proc::peak_rss_kb).max().unwrap_or(0),
-        cpu_a_ms: central.cpu_ms().saturating_sub(cpu_before.0),
-        cpu_b_ms: procs.iter().map(Proc::cpu_ms).sum::<u64>().saturating_sub(cpu_before.1),
-        note: format!(
-            "{} syncs, none failed; central wrote {} records ({:.0}/s); central RSS max {} MiB in the first half, {} MiB in the second; all converged",
-            syncs.load(Relaxed),
-            written.load(Relaxed),
-            written.load(Relaxed) as f64 / elapsed.as_secs_f64(),
-            first_half / 1024,
-            second_half / 1024
-        ),
-        ..Figure::default()
-    };
-    central.stop();
-    for p in procs {
-        p.stop();
-    }
-    Ok(figure)
-}
-
 /// User plus system CPU time of a process, from /proc/PID/stat (fields 14
 /// and 15, in USER_HZ ticks, which Linux fixes at 100 per second).
-fn cpu_ms(pid: u32) -> u64 {
+pub(super) fn cpu_ms(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The command name (field 2) may hold spaces; count from after it.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -602,7 +299,7 @@ fn cpu_ms(pid: u32) -> u64 {
 }
 
 /// A field of /proc/PID/status in KiB (`VmRSS:`, `VmHWM:`).
-fn rss_kb(pid: u32, field: &str) -> u64 {
+pub(super) fn rss_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()

@@ -93,11 +93,14 @@ impl Member {
         fields: BTreeMap<String, Value>,
     ) -> anyhow::Result<serde_json::Value> {
         let id = id.to_owned();
-        self.store(move |node| node.put(org, record_type, &id, partition, fields, BTreeSet::new())).await
+        self.store(move |node| node.put(org, record_type, &id, partition, fields, BTreeSet::new()))
+            .await
+            .map(|r| crate::json::record_result(&r))
     }
 
     async fn records(&self, org: OrgId) -> anyhow::Result<Vec<serde_json::Value>> {
-        self.store(move |node| node.list(Some(org), None, None, true)).await
+        let listed = self.store(move |node| node.list(Some(org), None, None, true)).await?;
+        Ok(listed.iter().map(|r| crate::json::record(&r.key, &r.view)).collect())
     }
 }
 
@@ -136,7 +139,10 @@ fn describe(outcome: &SyncOutcome) -> String {
 }
 
 async fn score_of(member: &Member, org: OrgId, id: &'static str) -> anyhow::Result<serde_json::Value> {
-    member.store(move |node| node.get(org, "result", id, Some("results:tc-1"))).await
+    member
+        .store(move |node| node.get(org, "result", id, Some("results:tc-1")))
+        .await
+        .map(|r| crate::json::record_result(&r))
 }
 
 pub async fn run(keep: bool) -> anyhow::Result<()> {
@@ -300,7 +306,8 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     step(8, "The district resolves the conflict on the central (it takes tablet-a's score) and the tablets sync.");
     let resolved = central
         .store(move |node| node.resolve(org, "result", "r07", Some("results:tc-1"), Some(1), BTreeMap::new()))
-        .await?;
+        .await
+        .map(|r| crate::json::record_result(&r))?;
     line(format!(
         "central: r07 score = {}, conflicts left: {}",
         resolved["fields"]["score"],

@@ -169,6 +169,44 @@ pub fn record(key: &RecordKey, view: &View) -> serde_json::Value {
     })
 }
 
+/// A record a command returns; after a write that changed nothing, says so.
+pub fn record_result(r: &crate::node::RecordResult) -> serde_json::Value {
+    let mut value = record(&r.key, &r.view);
+    if r.unchanged {
+        value["unchanged"] = json!(true);
+    }
+    value
+}
+
+/// `ferry check`'s report.
+pub fn check(report: &engine::store::CheckReport, repair: bool) -> serde_json::Value {
+    let damaged: Vec<serde_json::Value> =
+        report.damaged.iter().map(|d| json!({ "what": d.what, "reason": d.reason })).collect();
+    json!({
+        "entries": report.entries,
+        "records": report.records,
+        "changes": report.changes,
+        "damaged": damaged,
+        "unsendable": report.unsendable,
+        "repaired": repair,
+        "removed": report.removed,
+        "refetch": report.refetched,
+    })
+}
+
+/// A ledger entry as `ferry history` shows it: its stored fields, the
+/// start in ISO 8601, and a peer's key as its peer id.
+pub fn ledger_entry(e: &engine::LedgerEntry) -> serde_json::Value {
+    let mut v = serde_json::to_value(e).expect("ledger entries serialise");
+    if let Some(o) = v.as_object_mut() {
+        o.insert("started_at".into(), json!(crate::node::iso8601_ms(e.started_at_ms)));
+        if let Some(key) = partitions::hex::decode::<32>(&e.peer) {
+            o.insert("peer".into(), json!(crate::identity::peer_id_of(&key).to_string()));
+        }
+    }
+    v
+}
+
 /// Fields of an NDJSON import line.
 pub fn fields_of(object: &Map<String, serde_json::Value>) -> Result<BTreeMap<String, Value>, String> {
     object.iter().map(|(k, v)| Ok((k.clone(), from_json(v).map_err(|e| format!("field {k:?}: {e}"))?))).collect()

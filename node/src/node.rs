@@ -30,6 +30,7 @@ mod tokens;
 
 use credentials::*;
 pub use credentials::{CertificateInfo, NoChain, WHOLE_ORG, parse_scope};
+pub use records::{ImportReport, RecordResult};
 pub use tokens::parse_token;
 
 pub struct Node {

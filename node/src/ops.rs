@@ -13,6 +13,7 @@ use serde_json::json;
 
 use std::sync::Arc;
 
+use crate::json as j;
 use crate::net::Net;
 
 mod request;
@@ -195,13 +196,13 @@ fn execute_local(
         Op::CertRevoke(CertRevoke { id }) => node.cert_revoke(&id)?,
         Op::Put { org: o, record_type, id, partition, set, unset } => {
             let set = json_fields(&set)?;
-            node.put(org(&o)?, &record_type, &id, &partition, set, unset)?
+            j::record_result(&node.put(org(&o)?, &record_type, &id, &partition, set, unset)?)
         }
         Op::Get(RecordRef { org: o, record_type, id, partition }) => {
-            node.get(org(&o)?, &record_type, &id, partition.as_deref())?
+            j::record_result(&node.get(org(&o)?, &record_type, &id, partition.as_deref())?)
         }
         Op::Delete(RecordRef { org: o, record_type, id, partition }) => {
-            node.delete(org(&o)?, &record_type, &id, partition.as_deref())?
+            j::record_result(&node.delete(org(&o)?, &record_type, &id, partition.as_deref())?)
         }
         Op::List(List { org: o, record_type, partition, deleted }) => {
             let org = match (&o, &partition) {
@@ -209,7 +210,8 @@ fn execute_local(
                 (None, None) if node.orgs()?.len() != 1 => None,
                 _ => Some(org(&o)?),
             };
-            serde_json::Value::Array(node.list(org, record_type.as_deref(), partition.as_deref(), deleted)?)
+            let listed = node.list(org, record_type.as_deref(), partition.as_deref(), deleted)?;
+            listed.iter().map(|r| j::record(&r.key, &r.view)).collect()
         }
         Op::Import(Import { org: o, path }) => {
             let org = org(&o)?;
@@ -224,9 +226,10 @@ fn execute_local(
                 0
             };
             let mut reader = std::io::BufReader::new(open()?);
-            node.import(org, &mut reader, &mut |records| {
+            let report = node.import(org, &mut reader, &mut |records| {
                 out(Line::Progress { what: "records".into(), done: records, total })
-            })?
+            })?;
+            serde_json::to_value(report)?
         }
         Op::Export(Export { org: o, record_type, partition }) => {
             let org = org(&o)?;
@@ -237,13 +240,13 @@ fn execute_local(
             }
             json!({ "exported": count })
         }
-        Op::Conflicts => serde_json::Value::Array(node.conflicts()?),
-        Op::Check(Check { repair }) => node.check(repair)?,
+        Op::Conflicts => node.conflicts()?.iter().map(|r| j::record(&r.key, &r.view)).collect(),
+        Op::Check(Check { repair }) => j::check(&node.check(repair)?, repair),
         Op::Resolve { org: o, record_type, id, partition, take, set } => {
             let set = json_fields(&set)?;
-            node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?
+            j::record_result(&node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?)
         }
-        Op::History => serde_json::Value::Array(node.history()?),
+        Op::History => node.history()?.iter().map(j::ledger_entry).collect(),
         Op::EnrollToken { .. } | Op::Enroll { .. } | Op::Sync { .. } | Op::Peers | Op::Watch | Op::Status => {
             unreachable!("network operations run in `execute`")
         }

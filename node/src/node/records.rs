@@ -5,15 +5,35 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Write};
 
 use anyhow::{Context, anyhow, bail};
-use engine::{LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey, Value, WriteRejection};
+use engine::store::CheckReport;
+use engine::{
+    LedgerEntry, LocalAuthor, LocalOp, LocalWrite, RecordId, RecordKey, RecordView, Value, View, WriteRejection,
+};
 use partitions::{OrgId, Partition, RecordType};
-use serde_json::json;
 
-use crate::identity::peer_id_of;
 use crate::json as j;
 use crate::parallel::ParallelSigner;
 
 use super::*;
+
+/// A record as a command returns it: after a write, whether the write
+/// changed nothing (it set what the record already showed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordResult {
+    pub key: RecordKey,
+    pub view: View,
+    pub unchanged: bool,
+}
+
+/// What `ferry import` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ImportReport {
+    pub written: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+    /// The first reasons (`rejected` is exact).
+    pub rejections: Vec<String>,
+}
 
 impl Node {
     // -- records -------------------------------------------------------------
@@ -23,18 +43,12 @@ impl Node {
         Ok(LocalAuthor { key: self.identity.key.clone(), authority })
     }
 
-    pub(super) fn write_one(&self, org: OrgId, write: LocalWrite) -> anyhow::Result<serde_json::Value> {
+    pub(super) fn write_one(&self, org: OrgId, write: LocalWrite) -> anyhow::Result<RecordResult> {
         let record = write.record.clone();
         let mut results =
             self.store.write(&self.author(org)?, &[write], now_ms(), self.auth.as_ref(), &ParallelSigner)?;
         match results.remove(0) {
-            Ok(written) => {
-                let mut value = j::record(&record, &written.view);
-                if written.unchanged {
-                    value["unchanged"] = json!(true);
-                }
-                Ok(value)
-            }
+            Ok(written) => Ok(RecordResult { key: record, view: written.view, unchanged: written.unchanged }),
             Err(WriteRejection::Denied(d)) => bail!("outside this node's write scope: {d}"),
             Err(other) => bail!("{} {}: {other}", record.record_type, record.id),
         }
@@ -72,7 +86,7 @@ impl Node {
         partition: &str,
         set: BTreeMap<String, Value>,
         unset: BTreeSet<String>,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<RecordResult> {
         let key = RecordKey {
             partition: Partition::resolve(org, partition)?,
             record_type: RecordType::parse(record_type)?,
@@ -87,10 +101,10 @@ impl Node {
         record_type: &str,
         id: &str,
         partition: Option<&str>,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<RecordResult> {
         let key = self.locate(org, record_type, id, partition)?;
         let view = self.store.view(&key)?.with_context(|| format!("no record {record_type} {id}"))?;
-        Ok(j::record(&key, &view))
+        Ok(RecordResult { key, view, unchanged: false })
     }
 
     pub fn delete(
@@ -99,7 +113,7 @@ impl Node {
         record_type: &str,
         id: &str,
         partition: Option<&str>,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<RecordResult> {
         let key = self.locate(org, record_type, id, partition)?;
         self.write_one(org, LocalWrite { record: key, op: LocalOp::Delete })
     }
@@ -110,7 +124,7 @@ impl Node {
         record_type: Option<&str>,
         partition: Option<&str>,
         include_deleted: bool,
-    ) -> anyhow::Result<Vec<serde_json::Value>> {
+    ) -> anyhow::Result<Vec<RecordView>> {
         let record_type = record_type.map(RecordType::parse).transpose()?;
         let partition = match (partition, org) {
             (Some(p), Some(org)) => Some(Partition::resolve(org, p)?),
@@ -121,7 +135,7 @@ impl Node {
         let mut out = Vec::new();
         self.store.list(partition.as_ref(), record_type.as_ref(), &mut |r| {
             if r.view.exists || include_deleted {
-                out.push(j::record(&r.key, &r.view));
+                out.push(r);
             }
             true
         })?;
@@ -131,21 +145,9 @@ impl Node {
     /// `ferry check [--repair]`: every entry's checksum, every record, every
     /// retained signature; with `repair`, drops what is damaged and lowers
     /// the frontiers that covered it so peers send it again.
-    pub fn check(&self, repair: bool) -> anyhow::Result<serde_json::Value> {
+    pub fn check(&self, repair: bool) -> anyhow::Result<CheckReport> {
         let verifier = crate::parallel::ParallelVerifier;
-        let report = if repair { self.store.repair(&verifier)? } else { self.store.check(&verifier)? };
-        let damaged: Vec<serde_json::Value> =
-            report.damaged.iter().map(|d| json!({ "what": d.what, "reason": d.reason })).collect();
-        Ok(json!({
-            "entries": report.entries,
-            "records": report.records,
-            "changes": report.changes,
-            "damaged": damaged,
-            "unsendable": report.unsendable,
-            "repaired": repair,
-            "removed": report.removed,
-            "refetch": report.refetched,
-        }))
+        Ok(if repair { self.store.repair(&verifier)? } else { self.store.check(&verifier)? })
     }
 
     /// `ferry import`: one record a line, written in signed batches.
@@ -154,7 +156,7 @@ impl Node {
         org: OrgId,
         input: &mut dyn BufRead,
         progress: &mut dyn FnMut(u64),
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<ImportReport> {
         let author = self.author(org)?;
         let (mut written, mut unchanged, mut rejected) = (0u64, 0u64, 0u64);
         let mut reasons: Vec<String> = Vec::new();
@@ -208,7 +210,7 @@ impl Node {
         }
         flush(&mut batch, &mut written, &mut unchanged, &mut rejected, &mut reasons)?;
         // The reasons go to whoever asked (through `serve`, the client).
-        Ok(json!({ "written": written, "unchanged": unchanged, "rejected": rejected, "rejections": reasons }))
+        Ok(ImportReport { written, unchanged, rejected, rejections: reasons })
     }
 
     /// `ferry export`: live records, one JSON object a line.
@@ -245,10 +247,10 @@ impl Node {
         Ok(count)
     }
 
-    pub fn conflicts(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+    pub fn conflicts(&self) -> anyhow::Result<Vec<RecordView>> {
         let mut out = Vec::new();
         self.store.conflicts(&mut |r| {
-            out.push(j::record(&r.key, &r.view));
+            out.push(r);
             true
         })?;
         Ok(out)
@@ -264,7 +266,7 @@ impl Node {
         partition: Option<&str>,
         take: Option<usize>,
         set: BTreeMap<String, Value>,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<RecordResult> {
         let key = self.locate(org, record_type, id, partition)?;
         let view = self.store.view(&key)?.with_context(|| format!("no record {record_type} {id}"))?;
         let op = match take {
@@ -290,22 +292,8 @@ impl Node {
         self.write_one(org, LocalWrite { record: key, op })
     }
 
-    pub fn history(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        Ok(self
-            .store
-            .history()?
-            .into_iter()
-            .map(|e| {
-                let mut v = serde_json::to_value(&e).expect("ledger entries serialise");
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("started_at".into(), json!(iso8601_ms(e.started_at_ms)));
-                    if let Some(key) = partitions::hex::decode::<32>(&e.peer) {
-                        o.insert("peer".into(), json!(peer_id_of(&key).to_string()));
-                    }
-                }
-                v
-            })
-            .collect())
+    pub fn history(&self) -> anyhow::Result<Vec<LedgerEntry>> {
+        Ok(self.store.history()?)
     }
 }
 
