@@ -201,6 +201,28 @@ struct Outgoing {
     end_frame: Option<Vec<u8>>,
 }
 
+impl Outgoing {
+    /// Nothing planned yet: the plan comes with the peer's frontier.
+    fn new(region: Region) -> Outgoing {
+        Outgoing {
+            region,
+            work: Vec::new(),
+            cursor: 0,
+            position: 0,
+            next_seq: 0,
+            inflight: VecDeque::new(),
+            prepared: None,
+            exhausted: false,
+            chains_sent: BTreeSet::new(),
+            plan: Plan::default(),
+            planned: false,
+            changes_done: 0,
+            bytes_done: 0,
+            end_frame: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Work {
     partition: partitions::Partition,

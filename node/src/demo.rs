@@ -95,7 +95,7 @@ impl Member {
         let id = id.to_owned();
         self.store(move |node| node.put(org, record_type, &id, partition, fields, BTreeSet::new()))
             .await
-            .map(|r| crate::json::record_result(&r))
+            .map(|r| r.to_json())
     }
 
     async fn records(&self, org: OrgId) -> anyhow::Result<Vec<serde_json::Value>> {
@@ -139,10 +139,7 @@ fn describe(outcome: &SyncOutcome) -> String {
 }
 
 async fn score_of(member: &Member, org: OrgId, id: &'static str) -> anyhow::Result<serde_json::Value> {
-    member
-        .store(move |node| node.get(org, "result", id, Some("results:tc-1")))
-        .await
-        .map(|r| crate::json::record_result(&r))
+    member.store(move |node| node.get(org, "result", id, Some("results:tc-1"))).await.map(|r| r.to_json())
 }
 
 pub async fn run(keep: bool) -> anyhow::Result<()> {
@@ -307,7 +304,7 @@ pub async fn run(keep: bool) -> anyhow::Result<()> {
     let resolved = central
         .store(move |node| node.resolve(org, "result", "r07", Some("results:tc-1"), Some(1), BTreeMap::new()))
         .await
-        .map(|r| crate::json::record_result(&r))?;
+        .map(|r| r.to_json())?;
     line(format!(
         "central: r07 score = {}, conflicts left: {}",
         resolved["fields"]["score"],

@@ -170,9 +170,9 @@ pub fn record(key: &RecordKey, view: &View) -> serde_json::Value {
 }
 
 /// A record a command returns; after a write that changed nothing, says so.
-pub fn record_result(r: &crate::node::RecordResult) -> serde_json::Value {
-    let mut value = record(&r.key, &r.view);
-    if r.unchanged {
+pub fn record_result(key: &RecordKey, view: &View, unchanged: bool) -> serde_json::Value {
+    let mut value = record(key, view);
+    if unchanged {
         value["unchanged"] = json!(true);
     }
     value
@@ -199,7 +199,7 @@ pub fn check(report: &engine::store::CheckReport, repair: bool) -> serde_json::V
 pub fn ledger_entry(e: &engine::LedgerEntry) -> serde_json::Value {
     let mut v = serde_json::to_value(e).expect("ledger entries serialise");
     if let Some(o) = v.as_object_mut() {
-        o.insert("started_at".into(), json!(crate::node::iso8601_ms(e.started_at_ms)));
+        o.insert("started_at".into(), json!(engine::hlc::rfc3339(e.started_at_ms)));
         if let Some(key) = partitions::hex::decode::<32>(&e.peer) {
             o.insert("peer".into(), json!(crate::identity::peer_id_of(&key).to_string()));
         }

@@ -196,13 +196,13 @@ fn execute_local(
         Op::CertRevoke(CertRevoke { id }) => node.cert_revoke(&id)?,
         Op::Put { org: o, record_type, id, partition, set, unset } => {
             let set = json_fields(&set)?;
-            j::record_result(&node.put(org(&o)?, &record_type, &id, &partition, set, unset)?)
+            node.put(org(&o)?, &record_type, &id, &partition, set, unset)?.to_json()
         }
         Op::Get(RecordRef { org: o, record_type, id, partition }) => {
-            j::record_result(&node.get(org(&o)?, &record_type, &id, partition.as_deref())?)
+            node.get(org(&o)?, &record_type, &id, partition.as_deref())?.to_json()
         }
         Op::Delete(RecordRef { org: o, record_type, id, partition }) => {
-            j::record_result(&node.delete(org(&o)?, &record_type, &id, partition.as_deref())?)
+            node.delete(org(&o)?, &record_type, &id, partition.as_deref())?.to_json()
         }
         Op::List(List { org: o, record_type, partition, deleted }) => {
             let org = match (&o, &partition) {
@@ -244,7 +244,7 @@ fn execute_local(
         Op::Check(Check { repair }) => j::check(&node.check(repair)?, repair),
         Op::Resolve { org: o, record_type, id, partition, take, set } => {
             let set = json_fields(&set)?;
-            j::record_result(&node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?)
+            node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?.to_json()
         }
         Op::History => node.history()?.iter().map(j::ledger_entry).collect(),
         Op::EnrollToken { .. } | Op::Enroll { .. } | Op::Sync { .. } | Op::Peers | Op::Watch | Op::Status => {

@@ -2,7 +2,7 @@
 //! no-op fast path (Done), and the exchange of frontiers (Heads) that
 //! settles what each side sends.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 
 use partitions::Scope;
 
@@ -192,22 +192,7 @@ impl Session {
             Role::Initiator => self.pull,
             Role::Responder => self.push,
         };
-        self.out = sends.then(|| Outgoing {
-            region: out_region,
-            work: Vec::new(),
-            cursor: 0,
-            position: 0,
-            next_seq: 0,
-            inflight: VecDeque::new(),
-            prepared: None,
-            exhausted: false,
-            chains_sent: BTreeSet::new(),
-            plan: Plan::default(),
-            planned: false,
-            changes_done: 0,
-            bytes_done: 0,
-            end_frame: None,
-        });
+        self.out = sends.then(|| Outgoing::new(out_region));
         self.inc = receives.then(|| Incoming {
             region: in_region,
             positions: BTreeMap::new(),

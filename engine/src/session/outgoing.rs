@@ -2,7 +2,7 @@
 //! region (from its frontier), and each next batch, read through the
 //! `SessionStore` seam. `delta_frames` runs the same for bundles.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 
 use crate::ids::Counter;
 use crate::region::Region;
@@ -22,22 +22,7 @@ pub fn delta_frames(
     batch_bytes: usize,
     emit: &mut dyn FnMut(Vec<u8>, u64) -> Result<(), String>,
 ) -> Result<Plan, String> {
-    let mut out = Outgoing {
-        region,
-        work: Vec::new(),
-        cursor: 0,
-        position: 0,
-        next_seq: 0,
-        inflight: VecDeque::new(),
-        prepared: None,
-        exhausted: false,
-        chains_sent: BTreeSet::new(),
-        plan: Plan::default(),
-        planned: false,
-        changes_done: 0,
-        bytes_done: 0,
-        end_frame: None,
-    };
+    let mut out = Outgoing::new(region);
     plan(&mut out, their_heads, store)?;
     while !out.exhausted {
         prepare(&mut out, batch_changes, batch_bytes, store)?;

@@ -25,6 +25,13 @@ pub struct RecordResult {
     pub unchanged: bool,
 }
 
+impl RecordResult {
+    /// As the command and the local API print it (`json::record_result`).
+    pub fn to_json(&self) -> serde_json::Value {
+        j::record_result(&self.key, &self.view, self.unchanged)
+    }
+}
+
 /// What `ferry import` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ImportReport {
