@@ -221,7 +221,9 @@ async fn sync_with(
     let (session, result) = loop {
         attempt += 1;
         let mut stream = net.open(peer, SYNC_PROTOCOL).await?;
-        let mut config = node.session_config(org, peer_key, crate::random::bytes())?;
+        let on_pool = node.clone();
+        let mut config =
+            crate::pool::blocking(move || on_pool.session_config(org, peer_key, crate::random::bytes())).await?;
         if let Some(filter) = &filter {
             config.filter = filter.clone();
         }
@@ -328,8 +330,13 @@ async fn answer(
             match (orgs.len(), key_of(&peer)) {
                 (1, Some(peer_key)) => {
                     let org = *orgs.iter().next().expect("one org");
+                    let on_pool = node.clone();
+                    let configured = crate::pool::blocking(move || {
+                        on_pool.session_config(org, AuthorKey(peer_key), hello.session)
+                    })
+                    .await;
                     // Said to the peer, so it names which side lacks what.
-                    match node.session_config(org, AuthorKey(peer_key), hello.session) {
+                    match configured {
                         Ok(config) => Ok(config),
                         Err(e) => {
                             Err(e.downcast_ref::<crate::node::NoChain>().map_or(e.to_string(), |n| n.describe(true)))
