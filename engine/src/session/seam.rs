@@ -3,7 +3,7 @@
 //! `Env`, so the state machine itself does no IO. `Store` implements it on
 //! any backend; the simulator drives sessions over stores on the in-memory
 //! backend, and node calls the session from tokio's blocking pool, never
-//! from a worker thread (node/src/net/session.rs).
+//! from a worker thread (`drive` in node/src/protocols.rs).
 
 use std::collections::BTreeMap;
 
