@@ -129,7 +129,7 @@ pub fn decode_file(input: &mut dyn Read) -> anyhow::Result<FileContents> {
 }
 
 /// `ferry bundle frontier --out FILE`: what this node holds in `filter`.
-pub fn write_frontier(node: &Node, org: OrgId, filter: Filter, path: &Path) -> anyhow::Result<serde_json::Value> {
+pub fn write_frontier(node: &Node, org: OrgId, filter: Filter, path: &Path) -> anyhow::Result<FrontierWritten> {
     let (scope, _, _) = node.local_scope(org)?;
     let region = Region::of(filter.intersection(&scope.read.union(&scope.write)));
     let entries = node.store.heads(&region)?;
@@ -141,7 +141,7 @@ pub fn write_frontier(node: &Node, org: OrgId, filter: Filter, path: &Path) -> a
         &wire::encode_message(&Message::Heads(Heads { pull: true, push: true, entries: entries.clone() })),
     )?;
     crate::home::write_atomic(path, &out)?;
-    Ok(serde_json::json!({ "frontier": path.display().to_string(), "entries": entries.len() }))
+    Ok(FrontierWritten { frontier: path.display().to_string(), entries: entries.len() as u64 })
 }
 
 /// Where the bundle's receiver stands, and what it may read.
@@ -154,14 +154,32 @@ pub enum Since<'a> {
     Peer(AuthorKey),
 }
 
+/// What `ferry bundle export` wrote.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BundleWritten {
+    pub changes: u64,
+    /// Batches of changes (the end marker not counted).
+    pub batches: u64,
+    pub bytes: u64,
+    pub bundle: String,
+}
+
+/// What `ferry bundle frontier` wrote.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct FrontierWritten {
+    pub frontier: String,
+    pub entries: u64,
+}
+
+/// What `ferry bundle import` applied, and from whom.
+#[derive(Clone, Debug)]
+pub struct BundleImported {
+    pub exporter: libp2p::PeerId,
+    pub report: SyncReport,
+}
+
 /// `ferry bundle export`.
-pub fn export(
-    node: &Node,
-    org: OrgId,
-    filter: Filter,
-    since: Since<'_>,
-    path: &Path,
-) -> anyhow::Result<serde_json::Value> {
+pub fn export(node: &Node, org: OrgId, filter: Filter, since: Since<'_>, path: &Path) -> anyhow::Result<BundleWritten> {
     let now_s = now_ms() / 1000;
     let (local, _, _) = node.local_scope(org)?;
     let mut receiver_scope = None;
@@ -224,13 +242,11 @@ pub fn export(
     )
     .map_err(|e| anyhow!("cannot export: {e}"))?;
     crate::home::write_atomic(path, &out)?;
-    Ok(
-        serde_json::json!({ "changes": changes, "batches": batches - 1, "bytes": out.len(), "bundle": path.display().to_string() }),
-    )
+    Ok(BundleWritten { changes, batches: batches - 1, bytes: out.len() as u64, bundle: path.display().to_string() })
 }
 
 /// `ferry bundle import FILE`: exactly like receiving a sync.
-pub fn import(node: &Node, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<serde_json::Value> {
+pub fn import(node: &Node, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<BundleImported> {
     let started = now_ms();
     import_file(node, path, started, progress).inspect_err(|e| {
         // A refused or damaged bundle is in the ledger too (batches applied
@@ -260,7 +276,7 @@ fn import_file(
     path: &Path,
     started: u64,
     progress: &mut dyn FnMut(u64, u64),
-) -> anyhow::Result<serde_json::Value> {
+) -> anyhow::Result<BundleImported> {
     let mut input =
         std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
     let (header, org, exporter, credentials, filter) = read_header(&mut input, BUNDLE_MAGIC)?;
@@ -320,5 +336,5 @@ fn import_file(
     node.store.record_session(&entry)?;
     // Revocations the bundle carried apply from now on: the authorizer's
     // hook re-read them when the batch holding them was committed.
-    Ok(crate::json::report(&crate::identity::peer_id_of(&exporter.0).to_string(), &entry.report))
+    Ok(BundleImported { exporter: crate::identity::peer_id_of(&exporter.0), report: entry.report })
 }

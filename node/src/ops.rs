@@ -192,7 +192,7 @@ fn execute_local(
             described
         }
         Op::CertImport { pem } => node.cert_import(&pem)?,
-        Op::CertList => node.cert_list()?,
+        Op::CertList => serde_json::to_value(node.cert_list()?)?,
         Op::CertRevoke(CertRevoke { id }) => node.cert_revoke(&id)?,
         Op::Put { org: o, record_type, id, partition, set, unset } => {
             let set = json_fields(&set)?;
@@ -262,15 +262,18 @@ fn execute_local(
                 (None, Some(file)) => crate::bundle::Since::File(file),
                 (None, None) => crate::bundle::Since::Nothing,
             };
-            crate::bundle::export(node, org, filter, since, &path)?
+            serde_json::to_value(crate::bundle::export(node, org, filter, since, &path)?)?
         }
-        Op::BundleImport(BundleImport { path }) => crate::bundle::import(node, &path, &mut |done, total| {
-            out(Line::Progress { what: "received".into(), done, total })
-        })?,
+        Op::BundleImport(BundleImport { path }) => {
+            let imported = crate::bundle::import(node, &path, &mut |done, total| {
+                out(Line::Progress { what: "received".into(), done, total })
+            })?;
+            j::report(&imported.exporter.to_string(), &imported.report)
+        }
         Op::BundleFrontier(BundleFrontier { org: o, out: path, filters }) => {
             let org = org(&o)?;
             let filter = filter(node, org, &filters)?;
-            crate::bundle::write_frontier(node, org, filter, &path)?
+            serde_json::to_value(crate::bundle::write_frontier(node, org, filter, &path)?)?
         }
     })
 }

@@ -331,10 +331,9 @@ async fn answer(
                 (1, Some(peer_key)) => {
                     let org = *orgs.iter().next().expect("one org");
                     let on_pool = node.clone();
-                    let configured = crate::pool::blocking(move || {
-                        on_pool.session_config(org, AuthorKey(peer_key), hello.session)
-                    })
-                    .await;
+                    let configured =
+                        crate::pool::blocking(move || on_pool.session_config(org, AuthorKey(peer_key), hello.session))
+                            .await;
                     // Said to the peer, so it names which side lacks what.
                     match configured {
                         Ok(config) => Ok(config),

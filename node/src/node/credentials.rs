@@ -251,15 +251,15 @@ impl Node {
     }
 
     /// `ferry cert list`: held, then issued.
-    pub fn cert_list(&self) -> anyhow::Result<serde_json::Value> {
+    pub fn cert_list(&self) -> anyhow::Result<Vec<CertificateInfo>> {
         let mut out = Vec::new();
         for (chain, _) in self.own_chains()? {
-            out.push(self.describe(&chain, true));
+            out.push(self.certificate(&chain, true));
         }
         for (chain, _) in read_chains(&self.home.issued_dir())? {
-            out.push(self.describe(&chain, false));
+            out.push(self.certificate(&chain, false));
         }
-        Ok(serde_json::Value::Array(out))
+        Ok(out)
     }
 
     /// `ferry cert revoke CERT_ID`: writes a signed revocation record, which
