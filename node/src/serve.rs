@@ -336,9 +336,12 @@ impl Responders {
                 };
                 let (node, report, board) = (node.clone(), s_report.clone(), s_board.clone());
                 s_sessions.spawn(async move {
-                    // Given back when the task ends, whichever way it does.
-                    let _held = (slot, permit);
+                    // Given back when the task ends, whichever way it does;
+                    // when it ends well, before the event says so, so that
+                    // whoever hears of it may start the next session.
+                    let held = (slot, permit);
                     let result = crate::protocols::answer_sync(&node, peer, stream, Some(&board), &mut |_| {}).await;
+                    drop(held);
                     let event = match result {
                         Ok(outcome) => NodeEvent::Synced(outcome),
                         Err(reason) => NodeEvent::SyncFailed { peer, reason },
