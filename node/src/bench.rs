@@ -27,6 +27,7 @@ use crate::node::Node;
 use crate::ops::Op;
 use crate::parallel::ParallelSigner;
 
+mod primitives;
 mod scenarios;
 use scenarios::*;
 
@@ -89,6 +90,8 @@ pub struct Figure {
     pub cpu_a_ms: u64,
     pub cpu_b_ms: u64,
     pub note: String,
+    /// The primitives measured in the same run, for the fractions.
+    pub limits: Option<primitives::Primitives>,
 }
 
 impl Figure {
@@ -98,6 +101,18 @@ impl Figure {
 
     fn per_record(&self) -> f64 {
         if self.changes == 0 { 0.0 } else { (self.bytes_sent + self.bytes_received) as f64 / self.changes as f64 }
+    }
+
+    /// The figure as a fraction of each primitive's rate (records per
+    /// second over operations per second), to compare across days.
+    fn fractions(&self) -> Option<Json> {
+        let limits = self.limits?;
+        let of = |per_s: f64| if per_s > 0.0 { (self.rate() / per_s * 1000.0).round() / 1000.0 } else { 0.0 };
+        Some(json!({
+            "sign": of(limits.sign_per_s),
+            "verify": of(limits.verify_per_s),
+            "insert": of(limits.inserts_per_s),
+        }))
     }
 
     pub fn to_json(&self) -> Json {
@@ -115,6 +130,7 @@ impl Figure {
             "peak_rss_kb": { "central": self.rss_a_kb, "device": self.rss_b_kb },
             "cpu_ms": { "central": self.cpu_a_ms, "device": self.cpu_b_ms },
             "note": self.note,
+            "of_primitives": self.fractions(),
         })
     }
 }
@@ -327,18 +343,24 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
     };
     let root = tempfile::Builder::new().prefix("ferry-bench-").tempdir()?;
     let mut all = Vec::new();
-    let mut print = |figure: Figure| {
+    // The primitives of the backend being measured; every scenario's figure
+    // is also given as a fraction of them.
+    let limits = std::cell::Cell::new(None);
+    let mut print = |mut figure: Figure| {
+        if !figure.scenario.starts_with("primitive:") {
+            figure.limits = limits.get();
+        }
         if json_output {
             println!("{}", figure.to_json());
         } else {
             if all.is_empty() {
                 println!(
-                    "| scenario | backend | store | changes | ms | records/s | bytes sent | bytes received | bytes/record | round trips | peak RSS central / device (MiB) | CPU s central / device | note |"
+                    "| scenario | backend | store | changes | ms | records/s | bytes sent | bytes received | bytes/record | round trips | peak RSS central / device (MiB) | CPU s central / device | of sign / verify / insert | note |"
                 );
-                println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+                println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             }
             println!(
-                "| {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {} | {:.0} / {:.0} | {:.2} / {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {:.1} | {} | {:.0} / {:.0} | {:.2} / {:.2} | {} | {} |",
                 figure.scenario,
                 figure.backend,
                 figure.records,
@@ -353,6 +375,9 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
                 figure.rss_b_kb as f64 / 1024.0,
                 figure.cpu_a_ms as f64 / 1000.0,
                 figure.cpu_b_ms as f64 / 1000.0,
+                figure
+                    .fractions()
+                    .map_or(String::new(), |f| format!("{} / {} / {}", f["sign"], f["verify"], f["insert"])),
                 figure.note
             );
         }
@@ -361,6 +386,13 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
     };
     let result: anyhow::Result<()> = async {
         for &backend in &backends {
+            let inserts = if args.quick { 2_000 } else { 100_000 };
+            let (dir, measured) = (root.path().to_path_buf(), backend);
+            let (found, figures) = crate::pool::blocking(move || primitives::measure(&dir, measured, inserts)).await?;
+            for figure in figures {
+                print(figure);
+            }
+            limits.set(Some(found));
             if args.load_seconds > 0 {
                 print(load(root.path(), backend, args.load_devices, args.load_seconds, args.device_records).await?);
             }
