@@ -135,7 +135,11 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             serde_json::to_value(status)?
         }
         op => {
-            let listening = ctx.net.map(|n| n.dialable()).unwrap_or_default();
+            // Only `id` shows where the serving node listens.
+            let listening = match (&op, ctx.net) {
+                (Op::Id, Some(net)) => net.dialable(),
+                _ => Vec::new(),
+            };
             let node = node.clone();
             crate::pool::blocking_reporting(move |out| execute_local(&node, op, listening, out), out).await?
         }
@@ -143,7 +147,8 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
 }
 
 /// The operations that need only the store and the home, run on the
-/// blocking pool. `listening`: the addresses the serving node dials on.
+/// blocking pool. `listening`: the addresses the serving node dials on
+/// (given for `id` only).
 fn execute_local(
     node: &Node,
     op: Op,
