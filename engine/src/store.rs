@@ -214,9 +214,15 @@ impl Store {
 
     /// Marks the store cleanly closed and makes everything durable.
     pub fn close(self) -> Result<(), StoreError> {
-        // A store never marked open (full disk) is still marked closed.
+        // A store never marked open (full disk) is still marked closed. On
+        // a full disk the mark may not fit: the store then stays marked
+        // open, and the next open continues under a fresh instance, which
+        // is always safe; what was read is not failed for it.
         if self.pending_open.lock().expect("open-mark lock").is_none() {
-            self.backend.commit(&[(keys::meta("state"), Some(b"closed".to_vec()))])?;
+            match self.backend.commit(&[(keys::meta("state"), Some(b"closed".to_vec()))]) {
+                Err(e) if e.is_no_space() => {}
+                other => other?,
+            }
         }
         self.backend.close()?;
         Ok(())

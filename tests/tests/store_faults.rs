@@ -169,6 +169,19 @@ fn a_full_disk_is_one_line_reads_still_work_and_the_node_recovers_without_a_rest
     assert_eq!(records(&home), 6);
     server.stop();
     assert_eq!(home.json(&["id"])["instance_id"], instance, "no fresh instance: the store stayed clean");
+    // A node killed while serving leaves its store marked open; on a full
+    // disk the next command must still read it (it could not, when opening
+    // an uncleanly closed store had to commit the fresh instance first),
+    // and the fresh instance is taken once space returns.
+    home.serve().kill();
+    let filler = disk.fill();
+    assert_eq!(records(&home), 6, "list works on a full disk after an unclean stop");
+    let reason = home.fails(&["put", "sample", "after", "--partition", "samples", "--set", &format!("a={big}")]);
+    assert!(reason.contains("no space left on device"), "{reason}");
+    std::fs::remove_file(&filler).expect("free space");
+    home.ok(&["put", "sample", "after", "--partition", "samples", "--set", "a=3"]);
+    assert_eq!(records(&home), 7);
+    assert_ne!(home.json(&["id"])["instance_id"], instance, "an unclean stop continues under a fresh instance");
 }
 
 /// Damaged pages once made redb panic ("entered unreachable code", exit
