@@ -18,6 +18,7 @@ use partitions::{Partition, RecordType, WriteKind};
 
 use crate::ids::{AuthorKey, Counter, Dot, Hlc, InstanceId, RecordId};
 use crate::limits::{AUTHORITY_BYTES_MAX, FIELD_NAME_BYTES_MAX, FIELDS_MAX, RECORD_BYTES_MAX, VALUE_DEPTH_MAX};
+use crate::seal::Seal;
 use crate::value::Value;
 use crate::vector::VersionVector;
 
@@ -80,7 +81,8 @@ pub struct Change {
     pub authority: Option<String>,
     pub seen: VersionVector,
     pub op: Op,
-    pub signature: [u8; 64],
+    /// How the author vouches for the change (`seal.rs`).
+    pub seal: Seal,
 }
 
 /// Why a change is malformed, independent of who sent it.
@@ -104,6 +106,16 @@ pub enum ChangeError {
     Authority { len: usize, max: usize },
     #[error("bad signature")]
     Signature,
+    /// The run's signature does not verify over the root its changes and
+    /// proof rebuild.
+    #[error(
+        "the signature of its run does not verify over its changes and proof (a change altered or moved between runs, or a forged proof)"
+    )]
+    RunSignature,
+    #[error("it names a run of another author")]
+    RunAuthor,
+    #[error("{0}")]
+    Proof(#[from] crate::seal::ProofError),
 }
 
 impl Change {
@@ -163,12 +175,20 @@ impl Change {
         signing::change_signing_bytes(self)
     }
 
-    /// Signs the change; returns the length of its signing bytes.
+    /// Seals the change alone with its own signature (`Seal::Single`);
+    /// returns the length of its signing bytes. Local writes seal runs
+    /// instead (`Store::write`).
     pub fn sign(&mut self, key: &SigningKey) -> usize {
         debug_assert_eq!(key.verifying_key().to_bytes(), self.author_key.0);
         let bytes = self.signing_bytes();
-        self.signature = key.sign(&bytes).to_bytes();
+        self.seal = Seal::Single(key.sign(&bytes).to_bytes());
         bytes.len()
+    }
+
+    /// The length of its signing bytes and its leaf hash in a run.
+    pub fn leaf(&self) -> (usize, crate::seal::Hash) {
+        let bytes = self.signing_bytes();
+        (bytes.len(), crate::seal::leaf_hash(&bytes))
     }
 
     /// An upper bound on the length of `signing_bytes`, computed without
@@ -196,10 +216,14 @@ impl Change {
         FIXED + key + author + seen + op
     }
 
-    /// Verifies the signature alone (strictly: no small-order keys, no
-    /// malleable signatures).
+    /// Verifies a change sealed alone (strictly: no small-order keys, no
+    /// malleable signatures). A change sealed in a run verifies with its
+    /// run (`Store::verify_change`).
     pub fn verify(&self) -> Result<(), ChangeError> {
-        verify_strict(&self.author_key, &self.signing_bytes(), &self.signature)
+        match &self.seal {
+            Seal::Single(signature) => verify_strict(&self.author_key, &self.signing_bytes(), signature),
+            Seal::Run { .. } => Err(ChangeError::Signature),
+        }
     }
 
     /// Checks the form of the change: everything that can be wrong with it

@@ -35,6 +35,16 @@ pub enum DecodeError {
     ChainTooLarge { len: usize, max: usize },
     #[error("heads list {count} entries, more than the {max} allowed")]
     TooManyHeads { count: usize, max: usize },
+    #[error("batch carries proofs for {count} runs, more than the {max} allowed")]
+    TooManyRuns { count: usize, max: usize },
+    #[error(
+        "a run claims {count} changes with {proof} proof hashes; a run holds 1 to {max} changes and a proof no more hashes than changes"
+    )]
+    RunShape { count: u32, proof: usize, max: usize },
+    #[error("run from counter {first} is listed twice in one batch")]
+    RunTwice { first: u64 },
+    #[error("a change names run {place} of a batch that lists {runs}")]
+    RunIndex { place: u64, runs: usize },
     #[error("abort reason is {len} bytes, more than the {max} allowed")]
     ReasonTooLong { len: usize, max: usize },
 }
@@ -120,5 +130,43 @@ impl<'de> Deserialize<'de> for ByteBuf {
             }
         }
         d.deserialize_byte_buf(Visitor)
+    }
+}
+
+/// A seal as the store and the wire write it: a change's own signature (a
+/// 64-byte string) or a number, which names its run (the run's first
+/// counter in the store, the run's place in the batch on the wire). A store
+/// from protocol 1 holds only signatures, so it reads unchanged.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SealField {
+    Single([u8; 64]),
+    Run(u64),
+}
+
+impl Serialize for SealField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SealField::Single(signature) => s.serialize_bytes(signature),
+            SealField::Run(n) => s.serialize_u64(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SealField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = SealField;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 64-byte signature or a run number")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<SealField, E> {
+                v.try_into().map(SealField::Single).map_err(|_| E::invalid_length(v.len(), &self))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<SealField, E> {
+                Ok(SealField::Run(v))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }

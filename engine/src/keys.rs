@@ -18,6 +18,7 @@ pub const AUTHOR_CHAINS: u8 = b'a';
 pub const CONFLICTS: u8 = b'x';
 pub const LEDGER: u8 = b'l';
 pub const PEERS: u8 = b'p';
+pub const RUNS: u8 = b'g';
 
 pub fn meta(name: &str) -> Vec<u8> {
     let mut key = vec![META];
@@ -63,6 +64,15 @@ pub fn change(partition: &Partition, record_type: &RecordType, instance: &Instan
     key.extend_from_slice(&type_prefix(partition, record_type));
     key.extend_from_slice(&instance.0);
     key.extend_from_slice(&counter.to_be_bytes());
+    key
+}
+
+/// `RUNS ‖ instance ‖ first counter (u64 BE)`: what is known of a signed
+/// run (`seal::RunKnown`).
+pub fn run(instance: &InstanceId, first: Counter) -> Vec<u8> {
+    let mut key = vec![RUNS];
+    key.extend_from_slice(&instance.0);
+    key.extend_from_slice(&first.to_be_bytes());
     key
 }
 
@@ -128,6 +138,11 @@ pub fn describe(key: &[u8]) -> String {
         CHAINS | AUTHOR_CHAINS => "a stored certificate chain".to_owned(),
         LEDGER => "a sync ledger entry".to_owned(),
         PEERS => "a note kept about a peer".to_owned(),
+        RUNS if rest.len() == 24 => {
+            let first = u64::from_be_bytes(rest[16..].try_into().expect("8 bytes"));
+            format!("the signature and hashes of the run from counter {first}")
+        }
+        RUNS => "a run entry whose key is damaged".to_owned(),
         other => format!("an entry of unknown table {other:#04x}"),
     }
 }

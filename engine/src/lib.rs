@@ -20,6 +20,7 @@ pub mod merge;
 pub mod policy;
 pub mod region;
 pub mod report;
+pub mod seal;
 pub mod session;
 pub mod store;
 pub mod stored;
@@ -36,6 +37,7 @@ pub use ledger::LedgerEntry;
 pub use merge::{Conflict, Outcome, RecordState, View};
 pub use region::Region;
 pub use report::SyncReport;
+pub use seal::Seal;
 pub use session::{Direction, Env, Event, Role, Session, SessionConfig, SessionError, SessionStore};
 pub use store::{
     ApplyHook, LocalAuthor, LocalOp, LocalWrite, Opened, RecordView, SerialSigner, Signer, Store, StoreError,

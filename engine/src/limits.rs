@@ -32,6 +32,13 @@ pub const AUTHORITY_BYTES_MAX: usize = 64;
 /// resend.
 pub const BATCH_CHANGES_MAX: usize = 4096;
 
+/// Changes one run signature covers (`seal.rs`); a local write of more
+/// seals several runs.
+pub const RUN_LEAVES_MAX: usize = 4096;
+
+/// Runs one batch may carry proofs for.
+pub const BATCH_RUNS_MAX: usize = BATCH_CHANGES_MAX;
+
 /// Uncompressed bytes of one batch body, and the most a batch may
 /// decompress to (the zip-bomb bound).
 pub const DECOMPRESSED_BYTES_MAX: usize = 24 * 1024 * 1024;

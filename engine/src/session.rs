@@ -48,7 +48,7 @@ mod outgoing;
 mod seam;
 mod transfer;
 
-pub use outgoing::delta_frames;
+pub use outgoing::{delta_frames, prove_runs};
 use outgoing::{plan_outgoing, prepare_batch};
 pub use seam::SessionStore;
 

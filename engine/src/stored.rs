@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::change::signing::{OpSer, OpWire};
 use crate::change::{Change, RecordKey};
-use crate::codec::{Bytes16, Bytes32, Bytes64, DecodeError, cbor_decode};
+use crate::codec::{Bytes16, Bytes32, DecodeError, SealField, cbor_decode};
 use crate::ids::{AuthorKey, Hlc, InstanceId};
 use crate::merge::{Knowledge, RecordState};
+use crate::seal::Seal;
 use crate::vector::VersionVector;
 
 #[derive(Serialize, Deserialize)]
@@ -41,7 +42,7 @@ struct StoredChangeSer<'a> {
     authority: &'a Option<String>,
     seen: &'a VersionVector,
     op: OpSer<'a>,
-    signature: Bytes64,
+    seal: SealField,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -53,7 +54,7 @@ struct StoredChange {
     authority: Option<String>,
     seen: VersionVector,
     op: OpWire,
-    signature: Bytes64,
+    seal: SealField,
 }
 
 /// Encodes a record's state for the store (the key holds partition, type, id).
@@ -74,7 +75,10 @@ pub fn encode_record(state: &RecordState) -> Vec<u8> {
                 authority: &c.authority,
                 seen: &c.seen,
                 op: OpSer(&c.op),
-                signature: Bytes64(c.signature),
+                seal: match c.seal {
+                    Seal::Single(signature) => SealField::Single(signature),
+                    Seal::Run { first } => SealField::Run(first),
+                },
             })
             .collect(),
     };
@@ -99,7 +103,10 @@ pub fn decode_record(key: &RecordKey, bytes: &[u8]) -> Result<RecordState, Decod
                 authority: c.authority,
                 seen: c.seen,
                 op: c.op.into_op(),
-                signature: c.signature.0,
+                seal: match c.seal {
+                    SealField::Single(signature) => Seal::Single(signature),
+                    SealField::Run(first) => Seal::Run { first },
+                },
             })
             .collect(),
     })

@@ -10,6 +10,7 @@
 //! checked before decompressing, and decompression bounded by that length.
 //! docs/protocol.md specifies the messages field by field.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use partitions::{Filter, Partition, RecordType};
@@ -17,18 +18,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::change::signing::{OpSer, OpWire};
 use crate::change::{Change, Op, RecordKey};
-use crate::codec::{ByteBuf, ByteBufRef, Bytes16, Bytes32, Bytes64, cbor_decode, truncate_utf8};
-use crate::ids::{AuthorKey, Hlc, InstanceId, RecordId};
+use crate::codec::{ByteBuf, ByteBufRef, Bytes16, Bytes32, Bytes64, SealField, cbor_decode, truncate_utf8};
+use crate::ids::{AuthorKey, Counter, Hlc, InstanceId, RecordId};
 use crate::limits::{
-    BATCH_CHAINS_MAX, BATCH_CHANGES_MAX, CREDENTIALS_BYTES_MAX, DECOMPRESSED_BYTES_MAX, HEADS_ENTRIES_MAX,
-    MESSAGE_BYTES_MAX, REASON_BYTES_MAX,
+    BATCH_CHAINS_MAX, BATCH_CHANGES_MAX, BATCH_RUNS_MAX, CREDENTIALS_BYTES_MAX, DECOMPRESSED_BYTES_MAX,
+    HEADS_ENTRIES_MAX, MESSAGE_BYTES_MAX, REASON_BYTES_MAX, RUN_LEAVES_MAX,
 };
+use crate::seal::Seal;
 use crate::vector::VersionVector;
 
 pub use crate::codec::DecodeError;
 
 /// The protocol version this engine speaks: the first byte of every frame.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// Version 2 seals changes in runs (`seal.rs`): one signature and a proof
+/// per run in a batch, where version 1 carried a signature per change.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// zstd level for batches. On Morango-shaped records level 1 gives 141 wire
 /// bytes a record against 138 at level 3, and an in-process sync 24% faster
@@ -134,6 +138,20 @@ pub struct Batch {
     pub groups: Vec<Group>,
     /// Certificate chains of authors in this batch the receiver may lack.
     pub chains: Vec<Vec<u8>>,
+    /// The runs the batch's run-sealed changes belong to, each once.
+    pub runs: Vec<RunProof>,
+}
+
+/// A run some of whose changes a batch carries: its signature and the
+/// hashes that, with those changes, rebuild the root it signs (`seal.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunProof {
+    pub author: InstanceId,
+    pub author_key: AuthorKey,
+    pub first: Counter,
+    pub count: u32,
+    pub signature: [u8; 64],
+    pub proof: Vec<[u8; 32]>,
 }
 
 /// A run of changes by one author to one type in one partition: every change
@@ -160,7 +178,7 @@ pub struct GroupChange {
     pub authority: Option<String>,
     pub seen: VersionVector,
     pub op: Op,
-    pub signature: [u8; 64],
+    pub seal: Seal,
 }
 
 impl Group {
@@ -179,7 +197,7 @@ impl Group {
             authority: c.authority.clone(),
             seen: c.seen.clone(),
             op: c.op.clone(),
-            signature: c.signature,
+            seal: c.seal,
         }
     }
 }
@@ -193,7 +211,7 @@ impl GroupChange {
             authority: c.authority.clone(),
             seen: c.seen.clone(),
             op: c.op.clone(),
-            signature: c.signature,
+            seal: c.seal,
         }
     }
 }
@@ -238,6 +256,17 @@ struct HeadsBody {
 struct BatchBody {
     groups: Vec<GroupWire>,
     chains: Vec<ByteBuf>,
+    runs: Vec<RunWire>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RunWire {
+    author: Bytes16,
+    author_key: Bytes32,
+    first: u64,
+    count: u32,
+    signature: Bytes64,
+    proof: Vec<Bytes32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -254,6 +283,7 @@ struct GroupWire {
 struct BatchBodySer<'a> {
     groups: Vec<GroupWireSer<'a>>,
     chains: Vec<ByteBufRef<'a>>,
+    runs: Vec<RunWire>,
 }
 
 #[derive(Serialize)]
@@ -274,7 +304,7 @@ struct GroupChangeSer<'a> {
     authority: &'a Option<String>,
     seen: &'a VersionVector,
     op: OpSer<'a>,
-    signature: Bytes64,
+    seal: SealField,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -285,7 +315,7 @@ struct GroupChangeWire {
     authority: Option<String>,
     seen: VersionVector,
     op: OpWire,
-    signature: Bytes64,
+    seal: SealField,
 }
 
 /// Encodes a message as one frame.
@@ -364,6 +394,10 @@ pub fn encode_batch_body(b: &Batch) -> Vec<u8> {
 }
 
 fn batch_body(b: &Batch) -> BatchBodySer<'_> {
+    // A run-sealed change names its run by its place in `runs`; one the
+    // batch lacks gets a place past the end, which the receiver refuses.
+    let places: BTreeMap<(InstanceId, Counter), u64> =
+        b.runs.iter().enumerate().map(|(i, r)| ((r.author, r.first), i as u64)).collect();
     BatchBodySer {
         groups: b
             .groups
@@ -384,12 +418,29 @@ fn batch_body(b: &Batch) -> BatchBodySer<'_> {
                         authority: &c.authority,
                         seen: &c.seen,
                         op: OpSer(&c.op),
-                        signature: Bytes64(c.signature),
+                        seal: match c.seal {
+                            Seal::Single(signature) => SealField::Single(signature),
+                            Seal::Run { first } => {
+                                SealField::Run(places.get(&(g.author, first)).copied().unwrap_or(b.runs.len() as u64))
+                            }
+                        },
                     })
                     .collect(),
             })
             .collect(),
         chains: b.chains.iter().map(|c| ByteBufRef(c)).collect(),
+        runs: b
+            .runs
+            .iter()
+            .map(|r| RunWire {
+                author: Bytes16(r.author.0),
+                author_key: Bytes32(r.author_key.0),
+                first: r.first,
+                count: r.count,
+                signature: Bytes64(r.signature),
+                proof: r.proof.iter().map(|h| Bytes32(*h)).collect(),
+            })
+            .collect(),
     }
 }
 
@@ -462,35 +513,61 @@ fn decode_batch_body(seq: u64, plan: Plan, body: &Compressed) -> Result<Batch, D
     if let Some(chain) = body.chains.iter().find(|c| c.0.len() > CREDENTIALS_BYTES_MAX) {
         return Err(DecodeError::ChainTooLarge { len: chain.0.len(), max: CREDENTIALS_BYTES_MAX });
     }
-    Ok(Batch {
-        seq,
-        plan,
-        groups: body
-            .groups
-            .into_iter()
-            .map(|g| Group {
-                partition: g.partition,
-                record_type: g.record_type,
-                author: InstanceId(g.author.0),
-                author_key: AuthorKey(g.author_key.0),
-                after: g.after,
-                changes: g
-                    .changes
-                    .into_iter()
-                    .map(|c| GroupChange {
-                        id: c.id,
-                        counter: c.counter,
-                        hlc: Hlc(c.hlc),
-                        authority: c.authority,
-                        seen: c.seen,
-                        op: c.op.into_op(),
-                        signature: c.signature.0,
-                    })
-                    .collect(),
-            })
-            .collect(),
-        chains: body.chains.into_iter().map(|c| c.0).collect(),
-    })
+    if body.runs.len() > BATCH_RUNS_MAX {
+        return Err(DecodeError::TooManyRuns { count: body.runs.len(), max: BATCH_RUNS_MAX });
+    }
+    let mut named = BTreeSet::new();
+    for r in &body.runs {
+        if r.count == 0 || r.count as usize > RUN_LEAVES_MAX || r.proof.len() > r.count as usize {
+            return Err(DecodeError::RunShape { count: r.count, proof: r.proof.len(), max: RUN_LEAVES_MAX });
+        }
+        if !named.insert((r.author.0, r.first)) {
+            return Err(DecodeError::RunTwice { first: r.first });
+        }
+    }
+    let runs: Vec<RunProof> = body
+        .runs
+        .into_iter()
+        .map(|r| RunProof {
+            author: InstanceId(r.author.0),
+            author_key: AuthorKey(r.author_key.0),
+            first: r.first,
+            count: r.count,
+            signature: r.signature.0,
+            proof: r.proof.into_iter().map(|h| h.0).collect(),
+        })
+        .collect();
+    let seal = |field: SealField| match field {
+        SealField::Single(signature) => Ok(Seal::Single(signature)),
+        SealField::Run(place) => match runs.get(place as usize) {
+            Some(run) => Ok(Seal::Run { first: run.first }),
+            None => Err(DecodeError::RunIndex { place, runs: runs.len() }),
+        },
+    };
+    let mut groups = Vec::with_capacity(body.groups.len());
+    for g in body.groups {
+        let mut changes = Vec::with_capacity(g.changes.len());
+        for c in g.changes {
+            changes.push(GroupChange {
+                id: c.id,
+                counter: c.counter,
+                hlc: Hlc(c.hlc),
+                authority: c.authority,
+                seen: c.seen,
+                op: c.op.into_op(),
+                seal: seal(c.seal)?,
+            });
+        }
+        groups.push(Group {
+            partition: g.partition,
+            record_type: g.record_type,
+            author: InstanceId(g.author.0),
+            author_key: AuthorKey(g.author_key.0),
+            after: g.after,
+            changes,
+        });
+    }
+    Ok(Batch { seq, plan, groups, chains: body.chains.into_iter().map(|c| c.0).collect(), runs })
 }
 
 impl From<&Credentials> for CredentialsWire {

@@ -78,7 +78,7 @@ fn history(steps: &[Step], writers: usize) -> Vec<Change> {
             authority: (writer == 0).then(|| "central".to_owned()),
             seen: replicas[writer].vv.clone(),
             op,
-            signature: [0; 64],
+            seal: engine::Seal::Single([0; 64]),
         };
         replicas[writer].apply(change.clone()).expect("own change merges");
         all.push(change);
@@ -183,7 +183,7 @@ fn concurrent_edits_of_different_fields_both_survive() {
                 ("last_login".to_owned(), Some(Value::Int(1))),
             ]),
         },
-        signature: [0; 64],
+        seal: engine::Seal::Single([0; 64]),
     };
     let mut seen = engine::VersionVector::new();
     seen.add(base.dot());
@@ -223,7 +223,7 @@ fn same_field_conflict_keeps_the_loser_and_authority_wins() {
         authority: authority.map(str::to_owned),
         seen: Default::default(),
         op: Op::Put { replace: false, fields: BTreeMap::from([("score".to_owned(), Some(Value::from(value)))]) },
-        signature: [0; 64],
+        seal: engine::Seal::Single([0; 64]),
     };
     let central = mk(1, 10, "from central", Some("central"));
     let device = mk(2, 20, "from device", None);
@@ -249,7 +249,7 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
         authority: None,
         seen: Default::default(),
         op: Op::Put { replace: true, fields: BTreeMap::from([("a".to_owned(), Some(Value::Int(1)))]) },
-        signature: [0; 64],
+        seal: engine::Seal::Single([0; 64]),
     };
     let mut seen = engine::VersionVector::new();
     seen.add(create.dot());

@@ -163,36 +163,35 @@ fn forged_and_out_of_scope_changes_are_rejected_and_the_rest_applies() {
         outside.record = record("results:tc-2", "result", "sneaky");
         outside.counter = 3;
         outside.sign(&key(1));
-        let batch = Batch {
-            seq: 0,
-            plan: Plan::default(),
-            groups: vec![
-                Group {
-                    partition: partition("results:tc-1"),
-                    record_type: good.record.record_type.clone(),
-                    author: good.author,
-                    author_key: good.author_key,
-                    after: 0,
-                    changes,
-                },
-                Group {
-                    partition: partition("results:tc-2"),
-                    record_type: good.record.record_type.clone(),
-                    author: good.author,
-                    author_key: good.author_key,
-                    after: 0,
-                    changes: vec![GroupChange::from_change(&outside)],
-                },
-            ],
-            chains: vec![],
-        };
+        let mut groups = vec![
+            Group {
+                partition: partition("results:tc-1"),
+                record_type: good.record.record_type.clone(),
+                author: good.author,
+                author_key: good.author_key,
+                after: 0,
+                changes,
+            },
+            Group {
+                partition: partition("results:tc-2"),
+                record_type: good.record.record_type.clone(),
+                author: good.author,
+                author_key: good.author_key,
+                after: 0,
+                changes: vec![GroupChange::from_change(&outside)],
+            },
+        ];
+        let runs = engine::session::prove_runs(&mut groups, &writer.store).expect("runs");
+        let batch = Batch { seq: 0, plan: Plan::default(), groups, chains: vec![], runs };
         let mut positions = BTreeMap::new();
         let applied = receiver
             .store
             .apply_batch(&batch, &Region::of(Filter::org(org())), &mut positions, &auth, &SerialVerifier, T0)
             .expect("applies");
         assert_eq!((applied.received, applied.updated, applied.rejected), (3, 1, 2), "{kind:?}: {applied:?}");
-        assert!(applied.rejections.iter().any(|r| r.contains("bad signature")));
+        // The tampered change no longer hashes to its leaf: the root its run
+        // signed is not rebuilt.
+        assert!(applied.rejections.iter().any(|r| r.contains("forged: the signature of its run does not verify")));
         assert!(applied.rejections.iter().any(|r| r.contains("may not")));
         assert!(receiver.fields(&record("results:tc-1", "result", "good")).is_some());
         assert!(receiver.fields(&record("results:tc-1", "result", "forged")).is_none());
@@ -227,18 +226,17 @@ fn an_equivocating_author_is_refused_below_the_head() {
         let key_a = record("results:tc-1", "result", "a");
         writer.put(&auth, &key_a, &[("score", Value::Int(1))], T0);
         let first = writer.store.record(&key_a).expect("read").expect("held").changes[0].clone();
-        let group = |changes: Vec<GroupChange>| Batch {
-            seq: 0,
-            plan: Plan::default(),
-            groups: vec![Group {
+        let group = |changes: Vec<GroupChange>| {
+            let mut groups = vec![Group {
                 partition: first.record.partition.clone(),
                 record_type: first.record.record_type.clone(),
                 author: first.author,
                 author_key: first.author_key,
                 after: 0,
                 changes,
-            }],
-            chains: vec![],
+            }];
+            let runs = engine::session::prove_runs(&mut groups, &writer.store).expect("runs");
+            Batch { seq: 0, plan: Plan::default(), groups, chains: vec![], runs }
         };
         let region = Region::of(Filter::org(org()));
         let apply = |batch: &Batch| {
@@ -359,7 +357,7 @@ fn legacy_put(node: &Node, key: &engine::RecordKey, value: Value, counter: u64) 
         authority: None,
         seen: VersionVector::default(),
         op: Op::Put { replace: true, fields: [("payload".to_owned(), Some(value))].into_iter().collect() },
-        signature: [0; 64],
+        seal: engine::Seal::Single([0; 64]),
     };
     let len = change.sign(&common::key(node.seed));
     let mut state = RecordState::default();

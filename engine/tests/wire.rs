@@ -32,7 +32,7 @@ fn sample_batch() -> Batch {
                 ("nested".to_owned(), Some(Value::Array(vec![Value::Int(-1), Value::Bytes(vec![0, 255])]))),
             ]),
         },
-        signature: [7; 64],
+        seal: engine::Seal::Single([7; 64]),
     };
     Batch {
         seq: 4,
@@ -43,9 +43,20 @@ fn sample_batch() -> Batch {
             author: InstanceId([1; 16]),
             author_key: AuthorKey([2; 32]),
             after: 11,
-            changes: vec![change.clone(), GroupChange { counter: 13, op: Op::Delete, ..change }],
+            changes: vec![
+                change.clone(),
+                GroupChange { counter: 13, op: Op::Delete, seal: engine::Seal::Run { first: 13 }, ..change },
+            ],
         }],
         chains: vec![vec![1, 2, 3]],
+        runs: vec![engine::wire::RunProof {
+            author: InstanceId([1; 16]),
+            author_key: AuthorKey([2; 32]),
+            first: 13,
+            count: 3,
+            signature: [9; 64],
+            proof: vec![[4; 32], [5; 32]],
+        }],
     }
 }
 
@@ -109,8 +120,27 @@ fn truncated_and_flipped_frames_never_panic() {
 fn bad_frames_get_their_own_errors() {
     assert_eq!(wire::decode_message(&[]), Err(DecodeError::Empty));
     let mut frame = wire::encode_message(&Message::Done);
-    frame[0] = 2;
-    assert_eq!(wire::decode_message(&frame), Err(DecodeError::Version { found: 2, supported: 1 }));
+    // A protocol 1 peer (a signature per change) is told what it speaks.
+    frame[0] = 1;
+    assert_eq!(wire::decode_message(&frame), Err(DecodeError::Version { found: 1, supported: 2 }));
+    // Runs: a change naming a run the batch does not list, a run listed
+    // twice, a run claiming no changes or more proof hashes than changes.
+    let mut batch = sample_batch();
+    let run = batch.runs.pop().expect("one run");
+    let unlisted = wire::encode_message(&Message::Batch(batch.clone()));
+    assert_eq!(wire::decode_message(&unlisted), Err(DecodeError::RunIndex { place: 0, runs: 0 }));
+    batch.runs = vec![run.clone(), run.clone()];
+    let twice = wire::encode_message(&Message::Batch(batch.clone()));
+    assert_eq!(wire::decode_message(&twice), Err(DecodeError::RunTwice { first: 13 }));
+    for (count, proof) in [(0u32, 0usize), (4097, 0), (1, 2)] {
+        batch.runs = vec![engine::wire::RunProof { count, proof: vec![[0; 32]; proof], ..run.clone() }];
+        let bad = wire::encode_message(&Message::Batch(batch.clone()));
+        assert_eq!(
+            wire::decode_message(&bad),
+            Err(DecodeError::RunShape { count, proof, max: engine::limits::RUN_LEAVES_MAX }),
+            "count {count}, {proof} hashes"
+        );
+    }
     let huge = vec![1u8; engine::limits::MESSAGE_BYTES_MAX + 1];
     assert!(matches!(wire::decode_message(&huge), Err(DecodeError::TooLarge { .. })));
     // A zstd bomb: 64 MiB of zeros compresses to a few KiB, but the frame

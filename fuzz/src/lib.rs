@@ -108,6 +108,48 @@ pub fn stored_record(data: &[u8]) {
     }
 }
 
+/// Run proofs (`engine::seal`): a run's size, the leaves a batch holds and
+/// the proof hashes, as a receiver rebuilds a root from them; and what the
+/// store keeps of a run.
+///
+/// Input: count (u16 LE), leaf count k (u8), k leaf indexes (u16 LE each),
+/// then 32-byte proof hashes. A proof that rebuilds a root must be the one
+/// proof of those leaves: what the receiver learns from it proves the same
+/// leaves with the same hashes and rebuilds the same root.
+pub fn run_proof(data: &[u8]) {
+    use engine::seal::{self, RunKnown};
+    if let Ok(run) = seal::decode_run(data) {
+        let _ = run.root();
+        assert_eq!(seal::decode_run(&seal::encode_run(&run)).as_ref(), Ok(&run));
+    }
+    if data.len() < 3 {
+        return;
+    }
+    let count = u32::from(u16::from_le_bytes([data[0], data[1]]));
+    let k = usize::from(data[2]);
+    let rest = &data[3..];
+    if rest.len() < 2 * k {
+        return;
+    }
+    let mut present: Vec<u32> =
+        rest[..2 * k].chunks(2).map(|c| u32::from(u16::from_le_bytes([c[0], c[1]]))).filter(|i| *i < count).collect();
+    present.sort_unstable();
+    present.dedup();
+    let leaves: Vec<(u32, [u8; 32])> = present.iter().map(|i| (*i, seal::leaf_hash(&i.to_le_bytes()))).collect();
+    let proof: Vec<[u8; 32]> = rest[2 * k..].chunks_exact(32).map(|c| c.try_into().expect("32-byte chunks")).collect();
+    let Ok((root, learnt)) = seal::rebuild(count, &leaves, &proof) else {
+        return;
+    };
+    let known = RunKnown {
+        author_key: engine::AuthorKey([0; 32]),
+        count,
+        signature: [0; 64],
+        spans: learnt.into_iter().collect(),
+    };
+    assert_eq!(known.root(), Some(root), "what a proof teaches rebuilds its root");
+    assert_eq!(known.proof(&present).as_deref(), Some(proof.as_slice()), "a subset has one proof");
+}
+
 /// Bundle and frontier files.
 pub fn bundle_file(data: &[u8]) {
     let _ = node::bundle::decode_file(&mut std::io::Cursor::new(data));

@@ -207,6 +207,47 @@ fn stored_record_holds_on_real_records() {
 }
 
 #[test]
+fn run_proof_holds_on_real_proofs_and_runs() {
+    // Proofs for subsets of runs of several sizes, in the target's input
+    // form, and the runs a real store keeps.
+    let mut samples = Vec::new();
+    for (count, present) in
+        [(1u16, vec![0u16]), (7, vec![2, 3]), (13, vec![0, 12]), (100, vec![5]), (4096, vec![0, 4095])]
+    {
+        let leaves: Vec<[u8; 32]> = (0..u32::from(count)).map(|i| engine::seal::leaf_hash(&i.to_le_bytes())).collect();
+        let run = engine::seal::RunKnown::whole(engine::AuthorKey([0; 32]), [0; 64], &leaves);
+        let indexes: Vec<u32> = present.iter().map(|i| u32::from(*i)).collect();
+        let proof = run.proof(&indexes).expect("whole");
+        let mut sample = count.to_le_bytes().to_vec();
+        sample.push(present.len() as u8);
+        for i in &present {
+            sample.extend_from_slice(&i.to_le_bytes());
+        }
+        for hash in &proof {
+            sample.extend_from_slice(hash);
+        }
+        samples.push(sample);
+    }
+    let (_dir, store) = fuzz::session::peer_store();
+    let mut runs = 0;
+    store
+        .backend()
+        .scan(&[engine::keys::RUNS], Some(&[engine::keys::RUNS + 1]), &mut |_, v| {
+            samples.push(v.to_vec());
+            runs += 1;
+            true
+        })
+        .expect("scan");
+    assert!(runs >= 1, "a real store keeps its runs");
+    write_seeds("run_proof", &samples);
+    for sample in &samples {
+        for input in variations(sample) {
+            fuzz::run_proof(&input);
+        }
+    }
+}
+
+#[test]
 fn bundle_file_holds_on_a_real_bundle() {
     let sample = fuzz::session::bundle_sample();
     let contents = node::bundle::decode_file(&mut std::io::Cursor::new(&sample)).expect("a real bundle decodes");
@@ -312,7 +353,7 @@ type Target = fn(&[u8]);
 /// `fuzz/regressions/<target>/` and replayed here: each must now pass.
 #[test]
 fn every_kept_crash_input_now_passes() {
-    let targets: [(&str, Target); 12] = [
+    let targets: [(&str, Target); 13] = [
         ("partitions_parse", fuzz::partitions_parse),
         ("cert_chain", fuzz::cert_chain),
         ("enrol_token", fuzz::enrol_token),
@@ -320,6 +361,7 @@ fn every_kept_crash_input_now_passes() {
         ("batch_body", fuzz::batch_body),
         ("zstd_frame", fuzz::zstd_frame),
         ("stored_record", fuzz::stored_record),
+        ("run_proof", fuzz::run_proof),
         ("bundle_file", fuzz::bundle_file),
         ("local_api", fuzz::local_api),
         ("config_file", fuzz::config_file),

@@ -1,8 +1,7 @@
-//! Signature work spread over the machine's cores. The engine has no
-//! threads; it asks these for signing and verification, which dominate the
-//! CPU cost of imports and syncs.
+//! Signature and hashing work spread over the machine's cores. The engine
+//! has no threads; it asks these to verify signatures and to encode and
+//! hash the changes a local write seals in runs.
 
-use ed25519_dalek::SigningKey;
 use engine::authorize::{Signed, Verifier, verify_chunk};
 use engine::{Change, Signer};
 
@@ -32,18 +31,18 @@ impl Verifier for ParallelVerifier {
 pub struct ParallelSigner;
 
 impl Signer for ParallelSigner {
-    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) -> Vec<usize> {
+    fn leaves(&self, changes: &[Change]) -> Vec<(usize, [u8; 32])> {
         let threads = threads();
         if changes.len() < PARALLEL_MIN || threads == 1 {
-            return changes.iter_mut().map(|c| c.sign(key)).collect();
+            return changes.iter().map(Change::leaf).collect();
         }
         let chunk = changes.len().div_ceil(threads);
         std::thread::scope(|scope| {
             let handles: Vec<_> = changes
-                .chunks_mut(chunk)
-                .map(|part| scope.spawn(move || part.iter_mut().map(|c| c.sign(key)).collect::<Vec<_>>()))
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || part.iter().map(Change::leaf).collect::<Vec<_>>()))
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().expect("signing does not panic")).collect()
+            handles.into_iter().flat_map(|h| h.join().expect("hashing does not panic")).collect()
         })
     }
 }

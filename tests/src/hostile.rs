@@ -7,7 +7,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use engine::wire::{self, Batch, Credentials, Group, GroupChange, HeadEntry, Heads, Hello, Message, Plan, Welcome};
+use engine::wire::{
+    self, Batch, Credentials, Group, GroupChange, HeadEntry, Heads, Hello, Message, Plan, RunProof, Welcome,
+};
 use engine::{AuthorKey, Change, Hlc, InstanceId, Op, RecordId, RecordKey, Value};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use node::identity::Identity;
@@ -223,7 +225,7 @@ pub fn change(
         authority: None,
         seen: Default::default(),
         op: Op::Put { replace: true, fields: [("score".to_owned(), Some(Value::Int(score)))].into() },
-        signature: [0; 64],
+        seal: engine::Seal::Single([0; 64]),
     };
     change.sign(key);
     change
@@ -244,7 +246,20 @@ pub fn group(changes: &[Change], after: u64) -> Group {
 }
 
 pub fn batch(seq: u64, groups: Vec<Group>, chains: Vec<Vec<u8>>) -> Message {
-    Message::Batch(Batch { seq, plan: Plan::default(), groups, chains })
+    batch_with_runs(seq, groups, chains, Vec::new())
+}
+
+pub fn batch_with_runs(seq: u64, groups: Vec<Group>, chains: Vec<Vec<u8>>, runs: Vec<RunProof>) -> Message {
+    Message::Batch(Batch { seq, plan: Plan::default(), groups, chains, runs })
+}
+
+/// Seals `changes` (consecutive counters of one instance) as one run, the
+/// way a local write does; returns what is known of the run, to build
+/// proofs from (`RunKnown::proof_for`).
+pub fn seal_run(key: &SigningKey, changes: &mut [Change]) -> engine::seal::RunKnown {
+    let leaves: Vec<[u8; 32]> = changes.iter().map(|c| c.leaf().1).collect();
+    let author = changes[0].author;
+    engine::seal::seal_run(key, &author, changes, &leaves)
 }
 
 /// The offset and nesting depth of every data item in one CBOR item, in

@@ -177,7 +177,7 @@ pub fn morango_144(kind: BackendKind) -> Result<(), String> {
     }
     let state = store.record(&key).map_err(|e| e.to_string())?.ok_or("no state")?;
     for change in &state.changes {
-        change.verify().map_err(|e| format!("the relayed change does not verify: {e}"))?;
+        store.verify_change(change).map_err(|e| format!("the relayed change does not verify: {e}"))?;
         if change.author_key != AuthorKey(world.key(user).verifying_key().to_bytes()) {
             return Err("the relayed change is not the single-user device's".into());
         }
@@ -904,9 +904,9 @@ impl World {
             for key in keys {
                 let state = store.record(&key).map_err(|e| self.fail(e.to_string()))?.expect("listed");
                 for change in &state.changes {
-                    if change.verify().is_err() {
+                    if let Err(e) = store.verify_change(change) {
                         return Err(self.fail(format!(
-                            "{}: stored change {:?} does not verify",
+                            "{}: stored change {:?} does not verify: {e}",
                             self.nodes[i].name,
                             change.dot()
                         )));

@@ -215,7 +215,7 @@ fn forge_bundle(device: &Home, org_id: &str, path: &std::path::Path) {
             authority: None,
             seen: Default::default(),
             op: Op::Put { replace: true, fields: BTreeMap::from([("score".to_owned(), Some(Value::Int(1)))]) },
-            signature: [0; 64],
+            seal: engine::Seal::Single([0; 64]),
         };
         change.sign(&key);
         groups.push(Group {
@@ -245,6 +245,7 @@ fn forge_bundle(device: &Home, org_id: &str, path: &std::path::Path) {
         plan: Plan::default(),
         groups,
         chains: vec![chain.clone()],
+        runs: Vec::new(),
     })));
     frame(&engine::wire::encode_message(&Message::End { batches: 1 }));
     std::fs::write(path, out).expect("write bundle");

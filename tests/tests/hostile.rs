@@ -14,7 +14,7 @@ use engine::InstanceId;
 use engine::wire::{self, HeadEntry, Heads, Message};
 use partitions::{Filter, OrgId, Partition};
 use tests::cli::{Home, Server};
-use tests::hostile::{Conn, Hostile, Received, batch, change, corrupt_each_level, group};
+use tests::hostile::{Conn, Hostile, Received, batch, batch_with_runs, change, corrupt_each_level, group};
 
 const TIMEOUT_S: u64 = 3;
 
@@ -158,6 +158,14 @@ fn import_padded(central: &Home, dir: &std::path::Path, n: usize) {
     central.json(&["import", path.to_str().expect("path")]);
 }
 
+/// Breaks a change's own signature.
+fn flip_signature(change: &mut engine::Change, byte: usize) {
+    match &mut change.seal {
+        engine::Seal::Single(signature) => signature[byte] ^= 1,
+        engine::Seal::Run { .. } => panic!("tests::hostile::change seals a change alone"),
+    }
+}
+
 fn fresh_instance() -> InstanceId {
     InstanceId(rand::random())
 }
@@ -188,7 +196,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
 
     f.case("forged signature", &m, "bad signature", || {
         let mut forged = change(&m.key, fresh_instance(), 1, org, "results:tc-1", "forged", 5);
-        forged.signature[10] ^= 1;
+        flip_signature(&mut forged, 10);
         let answer = push_batch(
             &mut m.open(&f.server.address),
             &f.mallory.chain,
@@ -249,7 +257,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
         // Counter 2, then counter 1: the second is refused as out of order.
         // (The first carries a bad signature, so the store stays unchanged.)
         let mut second = change(&m.key, instance, 2, org, "results:tc-1", "x2", 5);
-        second.signature[0] ^= 1;
+        flip_signature(&mut second, 0);
         let first = change(&m.key, instance, 1, org, "results:tc-1", "x1", 5);
         let answer = push_batch(
             &mut m.open(&f.server.address),
@@ -258,6 +266,63 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
             &batch(0, vec![group(&[second, first], 0)], vec![]),
         );
         assert_eq!(answer, Ok(2));
+    });
+
+    // Runs: one signature over several changes, and a proof per batch.
+    f.case("a forged run proof", &m, "the signature of its run does not verify", || {
+        let instance = fresh_instance();
+        let mut changes: Vec<_> =
+            (1..=3).map(|i| change(&m.key, instance, i, org, "results:tc-1", &format!("r{i}"), 5)).collect();
+        let run = tests::hostile::seal_run(&m.key, &mut changes);
+        // Changes 1 and 3 travel; the proof holds the hash of leaf 2.
+        let mut proof = run.proof_for(instance, 1, &[1, 3]).expect("proof");
+        assert_eq!(proof.proof.len(), 1);
+        proof.proof[0][7] ^= 1;
+        let sent = [changes[0].clone(), changes[2].clone()];
+        let answer = push_batch(
+            &mut m.open(&f.server.address),
+            &f.mallory.chain,
+            &f.filter,
+            &batch_with_runs(0, vec![group(&sent, 0)], vec![], vec![proof]),
+        );
+        assert_eq!(answer, Ok(2), "both changes of the run refused");
+    });
+
+    f.case("a change moved into another run", &m, "counter 2 is outside its run (counters 3 to 4)", || {
+        let instance = fresh_instance();
+        let mut changes: Vec<_> =
+            (1..=4).map(|i| change(&m.key, instance, i, org, "results:tc-1", &format!("m{i}"), 5)).collect();
+        let (a, b) = changes.split_at_mut(2);
+        tests::hostile::seal_run(&m.key, a);
+        let run_b = tests::hostile::seal_run(&m.key, b);
+        // Counter 2 of run A, claimed as part of run B, whose proof travels.
+        let mut moved = changes[1].clone();
+        moved.seal = engine::Seal::Run { first: 3 };
+        let proofs = vec![run_b.proof_for(instance, 3, &[]).expect("proof")];
+        let answer = push_batch(
+            &mut m.open(&f.server.address),
+            &f.mallory.chain,
+            &f.filter,
+            &batch_with_runs(0, vec![group(&[moved], 0)], vec![], proofs),
+        );
+        assert_eq!(answer, Ok(1));
+    });
+
+    f.case("a truncated run proof", &m, "its run's proof is missing hashes (truncated)", || {
+        let instance = fresh_instance();
+        let mut changes: Vec<_> =
+            (1..=4).map(|i| change(&m.key, instance, i, org, "results:tc-1", &format!("t{i}"), 5)).collect();
+        let run = tests::hostile::seal_run(&m.key, &mut changes);
+        let mut proof = run.proof_for(instance, 1, &[1]).expect("proof");
+        assert_eq!(proof.proof.len(), 2);
+        proof.proof.pop();
+        let answer = push_batch(
+            &mut m.open(&f.server.address),
+            &f.mallory.chain,
+            &f.filter,
+            &batch_with_runs(0, vec![group(&changes[..1], 0)], vec![], vec![proof]),
+        );
+        assert_eq!(answer, Ok(1));
     });
 
     f.case("a group that skips counters", &m, "starts after counter 5", || {

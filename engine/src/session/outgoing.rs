@@ -2,12 +2,13 @@
 //! region (from its frontier), and each next batch, read through the
 //! `SessionStore` seam. `delta_frames` runs the same for bundles.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ids::Counter;
+use crate::ids::{Counter, InstanceId};
 use crate::region::Region;
+use crate::seal::Seal;
 use crate::store::Triple;
-use crate::wire::{self, Batch, Group, GroupChange, HeadEntry, Message, Plan};
+use crate::wire::{self, Batch, Group, GroupChange, HeadEntry, Message, Plan, RunProof};
 
 use super::{Env, Outgoing, SessionConfig, SessionStore, Work};
 
@@ -139,8 +140,61 @@ pub(super) fn prepare(
             chains.extend(store.chains_of(&group.author_key).map_err(|e| e.to_string())?);
         }
     }
-    let batch = Batch { seq: out.next_seq, plan: out.plan, groups, chains };
+    let runs = prove_runs(&mut groups, store)?;
+    let batch = Batch { seq: out.next_seq, plan: out.plan, groups, chains, runs };
     let frame = wire::encode_message(&Message::Batch(batch));
     out.prepared = Some((frame, count as u64, bytes));
     Ok(())
+}
+
+/// The proofs for the run-sealed changes of `groups`, one per run: its
+/// signature and the hashes that rebuild its root from the changes the
+/// batch holds (`seal.rs`). A change whose run this node does not hold
+/// whole (only a damaged store lacks one; `ferry check` names it) cannot be
+/// proved and is left out.
+pub fn prove_runs(groups: &mut Vec<Group>, store: &dyn SessionStore) -> Result<Vec<RunProof>, String> {
+    let mut present: BTreeMap<(InstanceId, Counter), Vec<u32>> = BTreeMap::new();
+    let mut unprovable: BTreeSet<(InstanceId, Counter)> = BTreeSet::new();
+    for group in groups.iter() {
+        for change in &group.changes {
+            if let Seal::Run { first } = change.seal {
+                match change.counter.checked_sub(first).and_then(|i| u32::try_from(i).ok()) {
+                    Some(index) => present.entry((group.author, first)).or_default().push(index),
+                    None => {
+                        unprovable.insert((group.author, first));
+                    }
+                }
+            }
+        }
+    }
+    let mut runs = Vec::with_capacity(present.len());
+    for ((author, first), mut leaves) in present {
+        leaves.sort_unstable();
+        leaves.dedup();
+        let known = store.run(&author, first).map_err(|e| e.to_string())?;
+        let proof = known.as_ref().filter(|k| leaves.last().is_some_and(|l| *l < k.count)).and_then(|k| {
+            Some(RunProof {
+                author,
+                author_key: k.author_key,
+                first,
+                count: k.count,
+                signature: k.signature,
+                proof: k.proof(&leaves)?,
+            })
+        });
+        match proof {
+            Some(proof) if !unprovable.contains(&(author, first)) => runs.push(proof),
+            _ => {
+                unprovable.insert((author, first));
+            }
+        }
+    }
+    if !unprovable.is_empty() {
+        for group in groups.iter_mut() {
+            let author = group.author;
+            group.changes.retain(|c| !matches!(c.seal, Seal::Run { first } if unprovable.contains(&(author, first))));
+        }
+        groups.retain(|g| !g.changes.is_empty());
+    }
+    Ok(runs)
 }

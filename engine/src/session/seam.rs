@@ -15,10 +15,11 @@ use crate::ids::{AuthorKey, Counter, InstanceId};
 use crate::ledger::LedgerEntry;
 use crate::region::Region;
 use crate::report::SyncReport;
+use crate::seal::RunKnown;
 use crate::store::{ApplyError, ScanEnd, Store, StoreError, Triple};
 use crate::wire::{Batch, HeadEntry};
 
-/// What a session reads and writes. Every method is one store operation,
+/// What a session reads and writes (eleven operations). Every method is one store operation,
 /// atomic and durable when it writes.
 pub trait SessionStore: Sync {
     /// A certificate chain by its hash, if held.
@@ -60,6 +61,9 @@ pub trait SessionStore: Sync {
         max_bytes: u64,
         out: &mut Vec<Change>,
     ) -> Result<ScanEnd, StoreError>;
+    /// What is known of a signed run (`Store::run`), to prove the changes a
+    /// batch carries of it.
+    fn run(&self, author: &InstanceId, first: Counter) -> Result<Option<RunKnown>, StoreError>;
     /// Checks and applies a received batch (`Store::apply_batch`).
     fn apply_batch(
         &self,
@@ -127,6 +131,10 @@ impl SessionStore for Store {
         out: &mut Vec<Change>,
     ) -> Result<ScanEnd, StoreError> {
         Store::scan_group(self, partition, record_type, instance, after, upto, max_changes, max_bytes, out)
+    }
+
+    fn run(&self, author: &InstanceId, first: Counter) -> Result<Option<RunKnown>, StoreError> {
+        Store::run(self, author, first)
     }
 
     fn apply_batch(

@@ -12,11 +12,12 @@ use std::collections::BTreeMap;
 
 use crate::authorize::{Authorizer, Signed, Verifier};
 use crate::change::{Change, ChangeError, RecordKey};
-use crate::ids::{AuthorKey, Counter};
+use crate::ids::{AuthorKey, Counter, InstanceId};
 use crate::keys;
 use crate::merge::{MergeError, Outcome, RecordState};
 use crate::region::Region;
 use crate::report::SyncReport;
+use crate::seal::{self, Hash, RunKnown, Seal, Span};
 use crate::wire::{Batch, Group};
 
 use super::{ApplyError, IndexEntry, Pending, Store, StoreError, Triple, parse_index_value};
@@ -29,6 +30,9 @@ struct Checked<'b> {
     report: SyncReport,
     /// One entry per group, in order.
     groups: Vec<CheckedGroup<'b>>,
+    /// For each run of the batch whose signature verified, the spans of its
+    /// tree the batch taught (`RunKnown::learn`).
+    runs: Vec<Option<Vec<(Span, Hash)>>>,
 }
 
 struct CheckedGroup<'b> {
@@ -43,12 +47,20 @@ struct CheckedChange {
     change: Change,
     /// The length of its signing bytes (the size the change index keeps).
     signing_len: usize,
-    /// Whether its signature verifies, or why it was refused before that.
+    /// Whether its seal verifies, or why it was refused before that.
     verdict: Result<bool, String>,
+    /// The batch's run that seals it.
+    run: Option<usize>,
 }
 
+/// A leaf of a run in a batch: its index, its hash and, when the change it
+/// hashes is being checked, where that change sits (group, change).
+type Leaf = (u32, Hash, Option<(usize, usize)>);
+
 /// Builds and checks every change of `batch` that lies in `region`: form,
-/// the author's scope at the change's time, then every signature in one
+/// the author's scope at the change's time, then every seal: each run's
+/// root is rebuilt from its changes' hashes and its proof, and every
+/// signature (one per run, one per change sealed alone) is verified in one
 /// call to `verifier`. Reads no store and takes no lock.
 fn check_batch<'b>(
     batch: &'b Batch,
@@ -65,54 +77,149 @@ fn check_batch<'b>(
             Err(denied) => report.reject(format!("certificate chain refused: {denied}")),
         }
     }
+    let places: BTreeMap<(InstanceId, Counter), usize> =
+        batch.runs.iter().enumerate().map(|(i, r)| ((r.author, r.first), i)).collect();
+    // Each run's leaves: (leaf index, hash, the change it is, if checked).
+    let mut leaves: Vec<Vec<Leaf>> = vec![Vec::new(); batch.runs.len()];
     let mut groups = Vec::with_capacity(batch.groups.len());
     let mut messages: Vec<Vec<u8>> = Vec::new();
-    let mut to_verify: Vec<(usize, usize)> = Vec::new();
+    let mut singles: Vec<(usize, usize)> = Vec::new();
     for group in &batch.groups {
         let in_region = region.contains(&group.partition, &group.record_type);
         let mut changes = Vec::new();
-        if in_region {
-            for gc in &group.changes {
-                let change = group.change(gc);
-                let message = change.signing_bytes();
-                let signing_len = message.len();
-                let verdict = match change.check_form(signing_len) {
-                    Err(e) => Err(format!("{}: {e}", change.record)),
-                    Ok(()) => match auth.may_write(
-                        &change.author_key,
-                        change.authority.as_deref(),
-                        &change.record.partition,
-                        &change.record.record_type,
-                        change.write_kind(),
-                        change.hlc.seconds(),
-                    ) {
-                        Err(denied) => Err(format!("{}: author may not write this: {denied}", change.record)),
-                        Ok(()) => {
-                            to_verify.push((groups.len(), changes.len()));
-                            messages.push(message);
-                            Ok(false)
+        for gc in &group.changes {
+            let change = group.change(gc);
+            let message = change.signing_bytes();
+            let signing_len = message.len();
+            // Where a run-sealed change sits in its run. Every such change
+            // is a leaf, even one refused for its form or scope, so that the
+            // rest of its run still verifies.
+            let mut run = None;
+            let placed = match change.seal {
+                Seal::Single(_) => Ok(None),
+                Seal::Run { first } => match places.get(&(group.author, first)) {
+                    None => Err(format!("{}: its run (from counter {first}) is not in the batch", change.record)),
+                    Some(&place) if batch.runs[place].author_key != change.author_key => {
+                        Err(format!("{}: {}", change.record, ChangeError::RunAuthor))
+                    }
+                    Some(&place) => match seal::leaf_index(change.counter, first, batch.runs[place].count) {
+                        Err(e) => Err(format!("{}: {}", change.record, ChangeError::Proof(e))),
+                        Ok(index) => {
+                            run = Some(place);
+                            Ok(Some((place, index, seal::leaf_hash(&message))))
                         }
                     },
-                };
-                changes.push(CheckedChange { change, signing_len, verdict });
+                },
+            };
+            if !in_region {
+                if let Ok(Some((place, index, hash))) = placed {
+                    leaves[place].push((index, hash, None));
+                }
+                continue;
             }
+            let at = (groups.len(), changes.len());
+            let verdict = match change.check_form(signing_len) {
+                Err(e) => Err(format!("{}: {e}", change.record)),
+                Ok(()) => match auth.may_write(
+                    &change.author_key,
+                    change.authority.as_deref(),
+                    &change.record.partition,
+                    &change.record.record_type,
+                    change.write_kind(),
+                    change.hlc.seconds(),
+                ) {
+                    Err(denied) => Err(format!("{}: author may not write this: {denied}", change.record)),
+                    Ok(()) => Ok(false),
+                },
+            };
+            let verdict = match (verdict, &placed) {
+                (_, Err(reason)) => Err(reason.clone()),
+                (Err(reason), Ok(Some((place, index, hash)))) => {
+                    leaves[*place].push((*index, *hash, None));
+                    Err(reason)
+                }
+                (Err(reason), Ok(None)) => Err(reason),
+                (Ok(_), Ok(Some((place, index, hash)))) => {
+                    leaves[*place].push((*index, *hash, Some(at)));
+                    Ok(false)
+                }
+                (Ok(_), Ok(None)) => {
+                    singles.push(at);
+                    messages.push(message);
+                    Ok(false)
+                }
+            };
+            changes.push(CheckedChange { change, signing_len, verdict, run });
         }
         groups.push(CheckedGroup { group, in_region, changes });
     }
-    let items: Vec<Signed<'_>> = to_verify
-        .iter()
-        .zip(&messages)
-        .map(|(&(g, c), message)| {
-            let change = &groups[g].changes[c].change;
-            Signed { message, signature: &change.signature, key: &change.author_key }
-        })
-        .collect();
+    // Rebuild each run's root; a run whose changes and proof do not fit
+    // together refuses all its changes with the reason.
+    let mut rebuilt: Vec<Option<Vec<(Span, Hash)>>> = vec![None; batch.runs.len()];
+    let mut run_messages: Vec<(usize, Vec<u8>)> = Vec::new();
+    for (place, run_leaves) in leaves.iter_mut().enumerate() {
+        if run_leaves.is_empty() {
+            continue;
+        }
+        let run = &batch.runs[place];
+        run_leaves.sort_by_key(|(index, _, _)| *index);
+        let twice = run_leaves.windows(2).find(|w| w[0].0 == w[1].0).map(|w| run.first + u64::from(w[0].0));
+        let outcome = match twice {
+            Some(counter) => Err(seal::ProofError::Twice(counter)),
+            None => {
+                let given: Vec<(u32, Hash)> = run_leaves.iter().map(|(i, h, _)| (*i, *h)).collect();
+                seal::rebuild(run.count, &given, &run.proof)
+            }
+        };
+        match outcome {
+            Ok((root, learnt)) => {
+                run_messages
+                    .push((place, seal::run_message(&run.author_key, &run.author, run.first, run.count, &root)));
+                rebuilt[place] = Some(learnt);
+            }
+            Err(e) => {
+                for (_, _, at) in run_leaves.iter() {
+                    if let Some((g, c)) = at {
+                        let checked = &mut groups[*g].changes[*c];
+                        checked.verdict = Err(format!("{}: {}", checked.change.record, ChangeError::Proof(e.clone())));
+                    }
+                }
+            }
+        }
+    }
+    let mut items: Vec<Signed<'_>> = Vec::with_capacity(singles.len() + run_messages.len());
+    for (&(g, c), message) in singles.iter().zip(&messages) {
+        let change = &groups[g].changes[c].change;
+        let Seal::Single(signature) = &change.seal else { unreachable!("only changes sealed alone are listed") };
+        items.push(Signed { message, signature, key: &change.author_key });
+    }
+    for (place, message) in &run_messages {
+        let run = &batch.runs[*place];
+        items.push(Signed { message, signature: &run.signature, key: &run.author_key });
+    }
     let valid = verifier.verify_all(&items);
     drop(items);
-    for ((g, c), ok) in to_verify.into_iter().zip(valid) {
-        groups[g].changes[c].verdict = Ok(ok);
+    let (single_valid, run_valid) = valid.split_at(singles.len());
+    for (&(g, c), ok) in singles.iter().zip(single_valid) {
+        groups[g].changes[c].verdict = Ok(*ok);
     }
-    Checked { chains, report, groups }
+    let mut runs: Vec<Option<Vec<(Span, Hash)>>> = vec![None; batch.runs.len()];
+    for ((place, _), ok) in run_messages.iter().zip(run_valid) {
+        for (_, _, at) in &leaves[*place] {
+            if let Some((g, c)) = at {
+                let checked = &mut groups[*g].changes[*c];
+                checked.verdict = if *ok {
+                    Ok(true)
+                } else {
+                    Err(format!("{}: {}", checked.change.record, ChangeError::RunSignature))
+                };
+            }
+        }
+        if *ok {
+            runs[*place] = rebuilt[*place].take();
+        }
+    }
+    Checked { chains, report, groups, runs }
 }
 
 impl Store {
@@ -132,6 +239,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<SyncReport, ApplyError> {
         let checked = check_batch(batch, region, auth, verifier, now_ms / 1000);
+        let mut learnt_runs = checked.runs;
         let mut applied = checked.report;
         let mut pending = Pending::default();
         for (author, chain) in &checked.chains {
@@ -147,6 +255,7 @@ impl Store {
             /// compared with what is held (equivocation).
             held: bool,
             valid: bool,
+            run: Option<usize>,
         }
         let mut candidates: Vec<Candidate> = Vec::new();
         // Where this session stands in each triple: the head when the
@@ -179,7 +288,7 @@ impl Store {
                 continue;
             }
             let mut last = position;
-            for CheckedChange { change, signing_len, verdict } in changes {
+            for CheckedChange { change, signing_len, verdict, run } in changes {
                 let held = change.counter <= position;
                 if change.counter <= last && !held {
                     // Out of order within the group, or repeated.
@@ -189,11 +298,46 @@ impl Store {
                 last = last.max(change.counter);
                 match verdict {
                     Err(reason) => applied.reject(reason),
-                    Ok(valid) => candidates.push(Candidate { change, signing_len, held, valid }),
+                    Ok(valid) => candidates.push(Candidate { change, signing_len, held, valid, run }),
                 }
             }
             moved.insert(triple, last);
         }
+        // What this node already knows of each verified run. An author that
+        // signed two different runs from one counter equivocates: the
+        // second run's changes are refused.
+        let mut runs: BTreeMap<usize, RunKnown> = BTreeMap::new();
+        let mut equivocal: BTreeMap<usize, String> = BTreeMap::new();
+        for (place, learnt) in learnt_runs.iter().enumerate() {
+            if learnt.is_none() {
+                continue;
+            }
+            let run = &batch.runs[place];
+            let fresh = RunKnown {
+                author_key: run.author_key,
+                count: run.count,
+                signature: run.signature,
+                spans: BTreeMap::new(),
+            };
+            match self.run(&run.author, run.first)? {
+                Some(held) if held.count != run.count || held.signature != run.signature => {
+                    equivocal.insert(
+                        place,
+                        format!(
+                            "instance {} signed two different runs from counter {} (equivocation)",
+                            run.author, run.first
+                        ),
+                    );
+                }
+                Some(held) => {
+                    runs.insert(place, held);
+                }
+                None => {
+                    runs.insert(place, fresh);
+                }
+            }
+        }
+        let mut used_runs: Vec<usize> = Vec::new();
         let mut prefetched = self.load_states(candidates.iter().filter(|c| c.valid).map(|c| &c.change.record))?;
         let mut states: BTreeMap<RecordKey, (RecordState, bool, bool)> = BTreeMap::new();
         let mut observed = self.observe();
@@ -201,6 +345,10 @@ impl Store {
             let change = candidate.change;
             if !candidate.valid {
                 applied.reject(format!("{}: {}", change.record, ChangeError::Signature));
+                continue;
+            }
+            if let Some(reason) = candidate.run.and_then(|place| equivocal.get(&place)) {
+                applied.reject(format!("{}: {reason}", change.record));
                 continue;
             }
             let key = change.record.clone();
@@ -250,6 +398,7 @@ impl Store {
                     }
                     if outcome != Outcome::Skipped {
                         pending.index(index);
+                        used_runs.extend(candidate.run);
                     }
                     pending.drop_changes(&key, &dropped);
                     *touched = true;
@@ -262,6 +411,15 @@ impl Store {
                 continue;
             }
             self.persist(&mut pending, &mut observed, key, state, *existed);
+        }
+        used_runs.sort_unstable();
+        used_runs.dedup();
+        for place in used_runs {
+            if let (Some(known), Some(learnt)) = (runs.get_mut(&place), learnt_runs[place].take()) {
+                known.learn(learnt);
+                let run = &batch.runs[place];
+                pending.put(keys::run(&run.author, run.first), seal::encode_run(known));
+            }
         }
         pending.put(keys::meta("hlc"), local.clock.last().0.to_be_bytes().to_vec());
         {

@@ -1,10 +1,13 @@
 //! What the store keeps besides records: certificate chains (by hash and by
-//! author), the sync ledger (bounded) and small notes per peer.
+//! author), what is known of signed runs, the sync ledger (bounded) and
+//! small notes per peer.
 
-use crate::ids::AuthorKey;
+use crate::change::Change;
+use crate::ids::{AuthorKey, Counter, InstanceId};
 use crate::keys;
 use crate::ledger::LedgerEntry;
 use crate::limits::LEDGER_ENTRIES_MAX;
+use crate::seal::{self, RunKnown, Seal};
 use crate::stored;
 
 use super::{Pending, Store, StoreError, corrupt};
@@ -38,6 +41,38 @@ impl Store {
         let mut key = vec![keys::CHAINS];
         key.extend_from_slice(hash);
         Ok(self.backend.get(&key)?)
+    }
+
+    /// What this node knows of the run `author` sealed from counter
+    /// `first` (`seal::RunKnown`).
+    pub fn run(&self, author: &InstanceId, first: Counter) -> Result<Option<RunKnown>, StoreError> {
+        let key = keys::run(author, first);
+        match self.backend.get(&key)? {
+            None => Ok(None),
+            Some(bytes) => seal::decode_run(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", keys::describe(&key)))),
+        }
+    }
+
+    /// Verifies a held change's seal: its own signature, or its leaf in a
+    /// run this node keeps and that run's signature over the root.
+    pub fn verify_change(&self, change: &Change) -> Result<(), String> {
+        let Seal::Run { first } = change.seal else {
+            return change.verify().map_err(|e| e.to_string());
+        };
+        let run = self.run(&change.author, first).map_err(|e| e.to_string())?.ok_or("its run is not held")?;
+        let index = seal::leaf_index(change.counter, first, run.count).map_err(|e| e.to_string())?;
+        if run.leaf(index) != Some(change.leaf().1) {
+            return Err("its hash is not the one its run holds".to_owned());
+        }
+        let root = run.root().ok_or("its run's hashes do not cover the run")?;
+        let message = seal::run_message(&run.author_key, &change.author, first, run.count, &root);
+        if run.author_key != change.author_key {
+            return Err(crate::change::ChangeError::RunAuthor.to_string());
+        }
+        crate::change::verify_strict(&run.author_key, &message, &run.signature)
+            .map_err(|_| crate::change::ChangeError::RunSignature.to_string())
     }
 
     /// Every chain stored for `author`.

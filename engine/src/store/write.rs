@@ -10,11 +10,12 @@ use partitions::WriteKind;
 
 use crate::authorize::{Authorizer, Denied};
 use crate::change::{Change, ChangeError, Op, RecordKey, is_field_name};
-use crate::ids::{AuthorKey, Dot, Hlc};
+use crate::ids::{AuthorKey, Counter, Dot, Hlc};
 use crate::keys;
-use crate::limits::{FIELDS_MAX, RECORD_BYTES_MAX};
+use crate::limits::{FIELDS_MAX, RECORD_BYTES_MAX, RUN_LEAVES_MAX};
 use crate::merge::{RecordState, View};
 use crate::policy::TypePolicy;
+use crate::seal::{Hash, RunKnown, Seal, encode_run, seal_run};
 use crate::value::Value;
 
 use super::{Pending, Store, StoreError, corrupt};
@@ -75,20 +76,37 @@ pub struct LocalAuthor {
     pub authority: Option<String>,
 }
 
-/// Signs freshly made changes; drivers with threads sign in parallel.
-/// Returns the length of each change's signing bytes (the stored size the
-/// change index records).
+/// Hashes freshly made changes for the runs that seal them; drivers with
+/// threads hash in parallel. Returns, for each change in order, the length
+/// of its signing bytes (the stored size the change index records) and its
+/// leaf hash (`Change::leaf`).
 pub trait Signer: Sync {
-    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) -> Vec<usize>;
+    fn leaves(&self, changes: &[Change]) -> Vec<(usize, Hash)>;
 }
 
-/// Signs on the calling thread.
+/// Hashes on the calling thread.
 pub struct SerialSigner;
 
 impl Signer for SerialSigner {
-    fn sign_all(&self, key: &SigningKey, changes: &mut [Change]) -> Vec<usize> {
-        changes.iter_mut().map(|change| change.sign(key)).collect()
+    fn leaves(&self, changes: &[Change]) -> Vec<(usize, Hash)> {
+        changes.iter().map(Change::leaf).collect()
     }
+}
+
+/// Seals `changes` (consecutive counters of one author) in runs of at most
+/// `RUN_LEAVES_MAX`: one signature each. Returns each run's first counter
+/// and what the store keeps of it.
+fn seal_runs(
+    key: &SigningKey,
+    author: &crate::ids::InstanceId,
+    changes: &mut [Change],
+    leaves: &[Hash],
+) -> Vec<(Counter, RunKnown)> {
+    changes
+        .chunks_mut(RUN_LEAVES_MAX)
+        .zip(leaves.chunks(RUN_LEAVES_MAX))
+        .map(|(part, hashes)| (part[0].counter, seal_run(key, author, part, hashes)))
+        .collect()
 }
 
 impl Store {
@@ -175,7 +193,7 @@ impl Store {
                 authority: author.authority.clone(),
                 seen: state.vv.clone(),
                 op,
-                signature: [0; 64],
+                seal: Seal::Single([0; 64]),
             };
             if let Err(denied) = auth.may_write(
                 &author_key,
@@ -207,19 +225,23 @@ impl Store {
             results[i] = Some(Ok(Written { dot: change.dot(), view: View::default(), unchanged: false }));
             changes.push(change);
         }
-        let lengths = signer.sign_all(&author.key, &mut changes);
+        let (lengths, leaves): (Vec<usize>, Vec<Hash>) = signer.leaves(&changes).into_iter().unzip();
+        let runs = seal_runs(&author.key, &local.instance, &mut changes, &leaves);
 
         let mut pending = Pending::default();
+        for (first, known) in &runs {
+            pending.put(keys::run(&local.instance, *first), encode_run(known));
+        }
         let mut retained: BTreeSet<Dot> = BTreeSet::new();
-        let signatures: BTreeMap<Dot, [u8; 64]> = changes.iter().map(|c| (c.dot(), c.signature)).collect();
+        let signatures: BTreeMap<Dot, Seal> = changes.iter().map(|c| (c.dot(), c.seal)).collect();
         let changed: BTreeSet<&RecordKey> = changes.iter().map(|c| &c.record).collect();
         for (key, (state, existed)) in states.iter_mut() {
             if !changed.contains(key) {
                 continue;
             }
             for held in state.changes.iter_mut() {
-                if let Some(signature) = signatures.get(&held.dot()) {
-                    held.signature = *signature;
+                if let Some(seal) = signatures.get(&held.dot()) {
+                    held.seal = *seal;
                     retained.insert(held.dot());
                 }
             }
