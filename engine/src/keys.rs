@@ -34,19 +34,17 @@ pub fn record(partition: &Partition, record_type: &RecordType, id: &RecordId) ->
     key
 }
 
-/// `BY_ID ‖ type ‖ 0x00 ‖ id ‖ 0x00 ‖ partition`
+/// `BY_ID ‖ type ‖ 0x00 ‖ id ‖ 0x00 ‖ partition`: the index by id that
+/// stores before protocol 2 kept for every record. No longer written or
+/// read (`Store::find` asks the frontier); repair still removes a damaged
+/// record's entry.
 pub fn by_id(partition: &Partition, record_type: &RecordType, id: &RecordId) -> Vec<u8> {
-    let mut key = by_id_prefix(record_type, id);
-    partition.write_key(&mut key);
-    key
-}
-
-pub fn by_id_prefix(record_type: &RecordType, id: &RecordId) -> Vec<u8> {
     let mut key = vec![BY_ID];
     key.extend_from_slice(record_type.as_str().as_bytes());
     key.push(0);
     key.extend_from_slice(id.as_str().as_bytes());
     key.push(0);
+    partition.write_key(&mut key);
     key
 }
 
@@ -134,7 +132,7 @@ pub fn describe(key: &[u8]) -> String {
             None => "a frontier entry whose key is damaged".to_owned(),
         },
         META => format!("the store's {:?} setting", String::from_utf8_lossy(rest)),
-        BY_ID => "the index of records by id".to_owned(),
+        BY_ID => "the index of records by id (kept by older versions)".to_owned(),
         CHAINS | AUTHOR_CHAINS => "a stored certificate chain".to_owned(),
         LEDGER => "a sync ledger entry".to_owned(),
         PEERS => "a note kept about a peer".to_owned(),

@@ -156,8 +156,8 @@ pub struct Store {
 const EPOCH_FILE: &str = "epoch";
 
 impl Store {
-    /// Adds a changed record to `pending`: its state, its id entry when it
-    /// is new; tells the hooks and forgets a cached profile it replaces.
+    /// Adds a changed record to `pending`: its state and conflict marker;
+    /// tells the hooks and forgets a cached profile it replaces.
     fn persist(
         &self,
         pending: &mut Pending,
@@ -167,9 +167,6 @@ impl Store {
         existed: bool,
     ) {
         observed.persisted(key, state);
-        if !existed {
-            pending.put(keys::by_id(&key.partition, &key.record_type, &key.id), Vec::new());
-        }
         pending.record(key, state, existed);
         if key.record_type.as_str() == crate::policy::PROFILE_TYPE {
             self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());

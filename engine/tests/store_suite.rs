@@ -423,3 +423,33 @@ fn restore_in_place(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// `find` names every partition that holds a record of the type with the
+/// id, whoever wrote it, and nothing else: with the index by id gone it
+/// asks the frontier, which must know every such partition.
+#[test]
+fn find_names_every_partition_holding_the_id_and_no_other() {
+    for kind in KINDS {
+        let auth = StaticAuthorizer::new();
+        let a = full_node(kind, 1, &auth);
+        let b = full_node(kind, 2, &auth);
+        a.put(&auth, &record("results:tc-1", "result", "r1"), &[("s", Value::Int(1))], T0);
+        a.put(&auth, &record("results:tc-2", "result", "other"), &[("s", Value::Int(1))], T0);
+        a.put(&auth, &record("results:tc-3", "note", "r1"), &[("s", Value::Int(1))], T0);
+        // Written by another node in another partition, then synced in.
+        b.put(&auth, &record("results:tc-2:u9", "result", "r1"), &[("s", Value::Int(2))], T0);
+        sync(&a, &b, &auth, a.config(&b, 1), T0 + 1);
+        let id = engine::RecordId::parse("r1").expect("id");
+        let mut found = a.store.find(&RecordType::parse("result").expect("type"), &id).expect("find");
+        found.sort();
+        let mut expected = vec![record("results:tc-1", "result", "r1"), record("results:tc-2:u9", "result", "r1")];
+        expected.sort();
+        assert_eq!(found, expected, "{kind:?}");
+        // A deleted record is still held, and still found (to restore it).
+        a.delete(&auth, &record("results:tc-1", "result", "r1"), T0 + 2);
+        assert_eq!(a.store.find(&RecordType::parse("result").expect("type"), &id).expect("find").len(), 2, "{kind:?}");
+        let none =
+            a.store.find(&RecordType::parse("result").expect("type"), &engine::RecordId::parse("nope").expect("id"));
+        assert_eq!(none.expect("find"), Vec::new(), "{kind:?}");
+    }
+}

@@ -61,22 +61,38 @@ impl Store {
         Ok(Some(state.view(&self.policy(&key.partition, &key.record_type)?)))
     }
 
-    /// The records of a type with this id, in any partition.
+    /// The records of a type with this id, in any partition. There is no
+    /// index by id (it cost a B-tree insert per new record, at a random
+    /// place): the frontier names every partition holding records of the
+    /// type, and each is asked for the id. Its cost is the number of
+    /// frontier entries, never the number of records.
     pub fn find(&self, record_type: &RecordType, id: &RecordId) -> Result<Vec<RecordKey>, StoreError> {
-        let prefix = keys::by_id_prefix(record_type, id);
-        let mut out = Vec::new();
+        let mut partitions: Vec<Partition> = Vec::new();
         let mut bad = false;
-        self.scan_prefix(&prefix, &mut |k, _| {
-            match Partition::from_key(&k[prefix.len()..]) {
-                Ok(partition) => out.push(RecordKey { partition, record_type: record_type.clone(), id: id.clone() }),
-                Err(_) => bad = true,
+        self.scan_prefix(&[keys::HEADS], &mut |k, _| {
+            match keys::split_typed(&k[1..]) {
+                Some((partition, t, _)) if &t == record_type => {
+                    if partitions.last() != Some(&partition) {
+                        partitions.push(partition);
+                    }
+                }
+                Some(_) => {}
+                None => bad = true,
             }
             true
         })?;
         if bad {
-            return Err(corrupt("id index entry"));
+            return Err(corrupt("head entry"));
         }
-        Ok(out)
+        partitions.dedup();
+        let keys: Vec<RecordKey> = partitions
+            .into_iter()
+            .map(|partition| RecordKey { partition, record_type: record_type.clone(), id: id.clone() })
+            .collect();
+        let held = self
+            .backend
+            .get_many(&keys.iter().map(|k| keys::record(&k.partition, &k.record_type, &k.id)).collect::<Vec<_>>())?;
+        Ok(keys.into_iter().zip(held).filter_map(|(key, value)| value.map(|_| key)).collect())
     }
 
     /// Visits records under `partition` (everything when `None`), of
