@@ -182,6 +182,21 @@ pub struct GroupChange {
 }
 
 impl Group {
+    /// The full change `c` of this group, moving what it holds.
+    pub fn into_change(&self, c: GroupChange) -> Change {
+        Change {
+            record: RecordKey { partition: self.partition.clone(), record_type: self.record_type.clone(), id: c.id },
+            author: self.author,
+            author_key: self.author_key,
+            counter: c.counter,
+            hlc: c.hlc,
+            authority: c.authority,
+            seen: c.seen,
+            op: c.op,
+            seal: c.seal,
+        }
+    }
+
     /// The full change at `index`.
     pub fn change(&self, c: &GroupChange) -> Change {
         Change {

@@ -294,9 +294,10 @@ fn import_file(
     while let Some(frame) = read_frame(&mut input, engine::limits::MESSAGE_BYTES_MAX)? {
         match wire::decode_message(&frame).map_err(|e| anyhow!("the bundle is damaged: {e}"))? {
             Message::Batch(batch) => {
+                let planned = batch.plan.changes;
                 let applied = node
                     .store
-                    .apply_batch(&batch, &region, &mut positions, node.auth.as_ref(), &ParallelVerifier, now_ms())
+                    .apply_batch(batch, &region, &mut positions, node.auth.as_ref(), &ParallelVerifier, now_ms())
                     .map_err(|e| match e {
                         engine::store::ApplyError::Gap { .. } => anyhow!(
                             "this bundle continues from a frontier this node does not hold ({e}): ask for a bundle made with this node's frontier file, or a full one"
@@ -305,7 +306,7 @@ fn import_file(
                     })?;
                 report.absorb(applied);
                 batches += 1;
-                progress(report.received, batch.plan.changes);
+                progress(report.received, planned);
             }
             Message::End { batches: sent } => {
                 if sent != batches {

@@ -67,7 +67,7 @@ pub trait SessionStore: Sync {
     /// Checks and applies a received batch (`Store::apply_batch`).
     fn apply_batch(
         &self,
-        batch: &Batch,
+        batch: Batch,
         region: &Region,
         positions: &mut BTreeMap<Triple, Counter>,
         auth: &dyn Authorizer,
@@ -139,7 +139,7 @@ impl SessionStore for Store {
 
     fn apply_batch(
         &self,
-        batch: &Batch,
+        batch: Batch,
         region: &Region,
         positions: &mut BTreeMap<Triple, Counter>,
         auth: &dyn Authorizer,

@@ -109,15 +109,15 @@ impl Session {
             )));
         }
         inc.plan = batch.plan;
+        let (seq, count) = (batch.seq, batch.groups.iter().map(|g| g.changes.len() as u64).sum::<u64>());
         let applied = env
             .store
-            .apply_batch(&batch, &inc.region, &mut inc.positions, env.auth, env.verifier, now_ms)
+            .apply_batch(batch, &inc.region, &mut inc.positions, env.auth, env.verifier, now_ms)
             .map_err(|e| match e {
                 ApplyError::Gap { .. } => SessionError::Protocol(e.to_string()),
                 ApplyError::Store(e) => SessionError::Store(e.to_string()),
             })?;
         inc.expected_seq += 1;
-        let count: u64 = batch.groups.iter().map(|g| g.changes.len() as u64).sum();
         inc.changes_done += count;
         // Sizes are announced uncompressed; count this side the same way.
         let _ = frame_len;
@@ -132,7 +132,7 @@ impl Session {
             bytes_done: inc.bytes_done,
             bytes_total: inc.plan.bytes.max(inc.bytes_done),
         });
-        let ack = wire::encode_message(&Message::Ack { seq: batch.seq, rejected });
+        let ack = wire::encode_message(&Message::Ack { seq, rejected });
         inc.last_ack = Some(ack.clone());
         self.send(ack);
         Ok(())

@@ -12,13 +12,13 @@ use std::collections::BTreeMap;
 
 use crate::authorize::{Authorizer, Signed, Verifier};
 use crate::change::{Change, ChangeError, RecordKey};
-use crate::ids::{AuthorKey, Counter, InstanceId};
+use crate::ids::{AuthorKey, Counter, InstanceId, RecordId};
 use crate::keys;
 use crate::merge::{MergeError, Outcome, RecordState};
 use crate::region::Region;
 use crate::report::SyncReport;
 use crate::seal::{self, Hash, RunKnown, Seal, Span};
-use crate::wire::{Batch, Group};
+use crate::wire::{Batch, Group, GroupChange};
 
 use super::{ApplyError, IndexEntry, Pending, Store, StoreError, Triple, parse_index_value};
 
@@ -36,11 +36,16 @@ struct Checked<'b> {
 }
 
 struct CheckedGroup<'b> {
+    /// The group's partition, type, author and start (its changes were
+    /// taken out of it, to be moved into the store rather than copied).
     group: &'b Group,
+    /// How many changes it carried.
+    count: usize,
     /// Inside the region this peer may send: only then are its changes
-    /// checked (`changes` is empty otherwise).
+    /// checked (`changes` is empty otherwise, and `outside` names them).
     in_region: bool,
     changes: Vec<CheckedChange>,
+    outside: Vec<RecordId>,
 }
 
 struct CheckedChange {
@@ -64,6 +69,7 @@ type Leaf = (u32, Hash, Option<(usize, usize)>);
 /// call to `verifier`. Reads no store and takes no lock.
 fn check_batch<'b>(
     batch: &'b Batch,
+    taken: Vec<Vec<GroupChange>>,
     region: &Region,
     auth: &dyn Authorizer,
     verifier: &dyn Verifier,
@@ -84,11 +90,13 @@ fn check_batch<'b>(
     let mut groups = Vec::with_capacity(batch.groups.len());
     let mut messages: Vec<Vec<u8>> = Vec::new();
     let mut singles: Vec<(usize, usize)> = Vec::new();
-    for group in &batch.groups {
+    for (group, group_changes) in batch.groups.iter().zip(taken) {
         let in_region = region.contains(&group.partition, &group.record_type);
+        let count = group_changes.len();
         let mut changes = Vec::new();
-        for gc in &group.changes {
-            let change = group.change(gc);
+        let mut outside = Vec::new();
+        for gc in group_changes {
+            let change = group.into_change(gc);
             let message = change.signing_bytes();
             let signing_len = message.len();
             // Where a run-sealed change sits in its run. Every such change
@@ -115,6 +123,7 @@ fn check_batch<'b>(
                 if let Ok(Some((place, index, hash))) = placed {
                     leaves[place].push((index, hash, None));
                 }
+                outside.push(change.record.id);
                 continue;
             }
             let at = (groups.len(), changes.len());
@@ -151,7 +160,7 @@ fn check_batch<'b>(
             };
             changes.push(CheckedChange { change, signing_len, verdict, run });
         }
-        groups.push(CheckedGroup { group, in_region, changes });
+        groups.push(CheckedGroup { group, count, in_region, changes, outside });
     }
     // Rebuild each run's root; a run whose changes and proof do not fit
     // together refuses all its changes with the reason.
@@ -231,14 +240,19 @@ impl Store {
     /// nothing. The checks run before the write lock is taken.
     pub fn apply_batch(
         &self,
-        batch: &Batch,
+        batch: Batch,
         region: &Region,
         positions: &mut BTreeMap<Triple, Counter>,
         auth: &dyn Authorizer,
         verifier: &dyn Verifier,
         now_ms: u64,
     ) -> Result<SyncReport, ApplyError> {
-        let checked = check_batch(batch, region, auth, verifier, now_ms / 1000);
+        // The changes are moved out of the batch into the store's records,
+        // never copied.
+        let mut batch = batch;
+        let taken: Vec<Vec<GroupChange>> = batch.groups.iter_mut().map(|g| std::mem::take(&mut g.changes)).collect();
+        let batch = &batch;
+        let checked = check_batch(batch, taken, region, auth, verifier, now_ms / 1000);
         let mut learnt_runs = checked.runs;
         let mut applied = checked.report;
         let mut pending = Pending::default();
@@ -262,7 +276,7 @@ impl Store {
         // session first met it, then the last counter it was sent. A group
         // must continue from there, so batches apply in order or not at all.
         let mut moved: BTreeMap<Triple, Counter> = BTreeMap::new();
-        for CheckedGroup { group, in_region, changes } in checked.groups {
+        for CheckedGroup { group, count, in_region, changes, outside } in checked.groups {
             let triple = (group.partition.clone(), group.record_type.clone(), group.author);
             let position = match moved.get(&triple).or_else(|| positions.get(&triple)) {
                 Some(p) => *p,
@@ -277,12 +291,12 @@ impl Store {
                     after: group.after,
                 });
             }
-            applied.received += group.changes.len() as u64;
+            applied.received += count as u64;
             if !in_region {
-                for c in &group.changes {
+                for id in &outside {
                     applied.reject(format!(
-                        "{}/{}/{}: outside what this peer may send here",
-                        group.partition, group.record_type, c.id
+                        "{}/{}/{id}: outside what this peer may send here",
+                        group.partition, group.record_type
                     ));
                 }
                 continue;
