@@ -6,7 +6,7 @@
 //! listen = ["/ip4/0.0.0.0/tcp/4040", "/ip4/0.0.0.0/udp/4040/quic-v1"]
 //! mdns = true
 //! store = "redb"              # or "sled"
-//! batch_changes = 2048
+//! batch_changes = 4096
 //! window = 1                  # batches in flight when sending: 1 or 2
 //!
 //! [[peers]]
