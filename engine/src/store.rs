@@ -140,8 +140,8 @@ pub struct Store {
     ledger_len: Mutex<Option<usize>>,
     /// Set while the store could not be marked open (the disk was full when
     /// it opened): reads work, and the next commit first marks it open.
-    /// Holds the epoch to write then.
-    pending_open: Mutex<Option<u64>>,
+    /// Holds what to write then.
+    pending_open: Mutex<Option<PendingOpen>>,
     /// Triples whose head `ferry check --repair` lowered, with the head they
     /// had (docs/storage.md, "Repair"); loaded at open.
     floors: Mutex<BTreeMap<Triple, Counter>>,
@@ -154,6 +154,14 @@ pub struct Store {
 }
 
 const EPOCH_FILE: &str = "epoch";
+
+/// What `open` could not commit on a full disk: the marks of an open store
+/// (and, after an unclean close, the fresh instance it continues under).
+/// The next commit writes them first; until then the store only reads.
+struct PendingOpen {
+    epoch: u64,
+    writes: Vec<WriteOp>,
+}
 
 impl Store {
     /// Adds a changed record to `pending`: its state and conflict marker;
@@ -193,12 +201,9 @@ impl Store {
     /// full disk kept `open` from doing so.
     fn commit(&self, writes: &[WriteOp]) -> Result<(), StoreError> {
         let mut pending_open = self.pending_open.lock().expect("open-mark lock");
-        if let Some(epoch) = *pending_open {
-            self.backend.commit(&[
-                (keys::meta("state"), Some(b"open".to_vec())),
-                (keys::meta("epoch"), Some(epoch.to_be_bytes().to_vec())),
-            ])?;
-            if let Err(e) = write_epoch_file(&self.dir, epoch) {
+        if let Some(PendingOpen { epoch, writes }) = pending_open.as_ref() {
+            self.backend.commit(writes)?;
+            if let Err(e) = write_epoch_file(&self.dir, *epoch) {
                 let _ = self.backend.commit(&[(keys::meta("state"), Some(b"closed".to_vec()))]);
                 return Err(StoreError::Epoch(e));
             }

@@ -14,7 +14,7 @@ use crate::hlc::Clock;
 use crate::ids::{Counter, Hlc, InstanceId};
 use crate::keys;
 
-use super::{EPOCH_FILE, Local, Opened, Store, StoreError, Triple, be_u64, corrupt};
+use super::{EPOCH_FILE, Local, Opened, PendingOpen, Store, StoreError, Triple, be_u64, corrupt};
 
 impl Store {
     /// Opens or creates the store in `dir`. `fresh` is a random instance id
@@ -107,9 +107,11 @@ impl Store {
             value.extend_from_slice(reason.as_bytes());
             writes.push((key, Some(value)));
         }
-        // On a full disk a store that was closed cleanly still opens for
-        // reading (a user must be able to list and export to rescue data);
-        // it is marked open by its first commit, once space returns.
+        // On a full disk a store still opens for reading (a user must be
+        // able to list and export to rescue data), even one that was not
+        // closed cleanly; it is marked open, under the fresh instance if it
+        // needs one, by its first commit, once space returns. Nothing is
+        // written under the new instance before that.
         let mut pending_open = None;
         match backend.commit(&writes) {
             Ok(()) => {
@@ -123,10 +125,14 @@ impl Store {
                     if crate::backend::io_kind(&e) != FailureKind::NoSpace || backend.commit(&undo).is_err() {
                         return Err(StoreError::Epoch(e));
                     }
-                    pending_open = Some(epoch);
+                    let marks = vec![
+                        (keys::meta("state"), Some(b"open".to_vec())),
+                        (keys::meta("epoch"), Some(epoch.to_be_bytes().to_vec())),
+                    ];
+                    pending_open = Some(PendingOpen { epoch, writes: marks });
                 }
             }
-            Err(e) if e.is_no_space() && reason.is_none() => pending_open = Some(epoch),
+            Err(e) if e.is_no_space() => pending_open = Some(PendingOpen { epoch, writes }),
             Err(e) => return Err(e.into()),
         }
         // A damaged floor is reported by `ferry check`; until it is
