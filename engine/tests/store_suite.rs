@@ -453,3 +453,22 @@ fn find_names_every_partition_holding_the_id_and_no_other() {
         assert_eq!(none.expect("find"), Vec::new(), "{kind:?}");
     }
 }
+
+/// sled writes large values (a run's hashes can be 160 KB) to files in
+/// `blobs/` and deletes a replaced value's file in the background; a commit
+/// that made the blobs durable listed the directory and then opened each
+/// file, and failed ("No such file or directory") when one was deleted in
+/// between. Replacing a large value many times must never fail a commit.
+#[test]
+fn replacing_large_values_never_fails_a_sled_commit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let backend = BackendKind::Sled.open(dir.path()).expect("open");
+    for i in 0..300u32 {
+        let value = vec![(i % 251) as u8; 160 * 1024];
+        let other = vec![(i % 13) as u8; 120 * 1024];
+        backend
+            .commit(&[(b"run".to_vec(), Some(value)), (format!("k{}", i % 7).into_bytes(), Some(other))])
+            .unwrap_or_else(|e| panic!("commit {i}: {e}"));
+    }
+    assert_eq!(backend.get(b"run").expect("get").map(|v| v.len()), Some(160 * 1024));
+}

@@ -93,7 +93,13 @@ impl SledBackend {
             let blobs = self.dir.join("blobs");
             if blobs.is_dir() {
                 for entry in std::fs::read_dir(&blobs).map_err(err)? {
-                    File::open(entry.map_err(err)?.path()).and_then(|f| f.sync_all()).map_err(err)?;
+                    match File::open(entry.map_err(err)?.path()).and_then(|f| f.sync_all()) {
+                        // sled deletes a replaced value's blob in the
+                        // background: one gone since the listing is no
+                        // longer part of the store.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        other => other.map_err(err)?,
+                    }
                 }
                 File::open(&blobs).and_then(|f| f.sync_all()).map_err(err)?;
             }
