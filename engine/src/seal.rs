@@ -20,10 +20,8 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::change::Change;
 use crate::codec::{Bytes16, Bytes32};
 use crate::ids::{AuthorKey, Counter, InstanceId};
 use crate::limits::RUN_LEAVES_MAX;
@@ -228,42 +226,6 @@ impl RunKnown {
     /// Adds spans learnt from a proof of the same run.
     pub fn learn(&mut self, learnt: impl IntoIterator<Item = (Span, Hash)>) {
         self.spans.extend(learnt);
-    }
-}
-
-/// Seals `changes`, the consecutive counters of one run of `author`, with
-/// one signature; `leaves` are their hashes (`Change::leaf`). Sets each
-/// change's seal and returns what is known of the run (all of it).
-pub fn seal_run(key: &SigningKey, author: &InstanceId, changes: &mut [Change], leaves: &[Hash]) -> RunKnown {
-    assert!(!changes.is_empty() && changes.len() <= RUN_LEAVES_MAX && changes.len() == leaves.len());
-    let author_key = AuthorKey(key.verifying_key().to_bytes());
-    let first = changes[0].counter;
-    let mut known = RunKnown::whole(author_key, [0; 64], leaves);
-    let root = known.root().expect("a whole run has every leaf");
-    let message = run_message(&author_key, author, first, leaves.len() as u32, &root);
-    known.signature = key.sign(&message).to_bytes();
-    for change in changes.iter_mut() {
-        change.seal = Seal::Run { first };
-    }
-    known
-}
-
-impl RunKnown {
-    /// The proof of a batch holding the changes with counters `counters`
-    /// of the run from `first` by `author`.
-    pub fn proof_for(&self, author: InstanceId, first: Counter, counters: &[Counter]) -> Option<crate::wire::RunProof> {
-        let mut leaves: Vec<u32> =
-            counters.iter().map(|c| leaf_index(*c, first, self.count).ok()).collect::<Option<_>>()?;
-        leaves.sort_unstable();
-        leaves.dedup();
-        Some(crate::wire::RunProof {
-            author,
-            author_key: self.author_key,
-            first,
-            count: self.count,
-            signature: self.signature,
-            proof: self.proof(&leaves)?,
-        })
     }
 }
 

@@ -44,7 +44,9 @@ use hook::Observed;
 use open::{count_records, write_epoch_file};
 use pending::{IndexEntry, Pending, counter_of, parse_index_value};
 pub use read::profile_key;
-pub use write::{LocalAuthor, LocalOp, LocalWrite, SerialSigner, Signer, WriteRejection, Written, local_write_kind};
+pub use write::{
+    LocalAuthor, LocalOp, LocalWrite, SerialSigner, Signer, WriteRejection, Written, local_write_kind, seal_run,
+};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

@@ -24,7 +24,7 @@ use crate::limits::{
     BATCH_CHAINS_MAX, BATCH_CHANGES_MAX, BATCH_RUNS_MAX, CREDENTIALS_BYTES_MAX, DECOMPRESSED_BYTES_MAX,
     HEADS_ENTRIES_MAX, MESSAGE_BYTES_MAX, REASON_BYTES_MAX, RUN_LEAVES_MAX,
 };
-use crate::seal::Seal;
+use crate::seal::{self, RunKnown, Seal};
 use crate::vector::VersionVector;
 
 pub use crate::codec::DecodeError;
@@ -152,6 +152,26 @@ pub struct RunProof {
     pub count: u32,
     pub signature: [u8; 64],
     pub proof: Vec<[u8; 32]>,
+}
+
+impl RunProof {
+    /// The proof of a batch holding the changes with counters `counters`
+    /// of the run `known` from `first` by `author`; `None` when a counter
+    /// is outside the run or a span it needs is not known.
+    pub fn of(known: &RunKnown, author: InstanceId, first: Counter, counters: &[Counter]) -> Option<RunProof> {
+        let mut leaves: Vec<u32> =
+            counters.iter().map(|c| seal::leaf_index(*c, first, known.count).ok()).collect::<Option<_>>()?;
+        leaves.sort_unstable();
+        leaves.dedup();
+        Some(RunProof {
+            author,
+            author_key: known.author_key,
+            first,
+            count: known.count,
+            signature: known.signature,
+            proof: known.proof(&leaves)?,
+        })
+    }
 }
 
 /// A run of changes by one author to one type in one partition: every change

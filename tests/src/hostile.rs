@@ -255,11 +255,11 @@ pub fn batch_with_runs(seq: u64, groups: Vec<Group>, chains: Vec<Vec<u8>>, runs:
 
 /// Seals `changes` (consecutive counters of one instance) as one run, the
 /// way a local write does; returns what is known of the run, to build
-/// proofs from (`RunKnown::proof_for`).
+/// proofs from (`RunProof::of`).
 pub fn seal_run(key: &SigningKey, changes: &mut [Change]) -> engine::seal::RunKnown {
     let leaves: Vec<[u8; 32]> = changes.iter().map(|c| c.leaf().1).collect();
     let author = changes[0].author;
-    engine::seal::seal_run(key, &author, changes, &leaves)
+    engine::store::seal_run(key, &author, changes, &leaves)
 }
 
 /// The offset and nesting depth of every data item in one CBOR item, in

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use engine::InstanceId;
-use engine::wire::{self, HeadEntry, Heads, Message};
+use engine::wire::{self, HeadEntry, Heads, Message, RunProof};
 use partitions::{Filter, OrgId, Partition};
 use tests::cli::{Home, Server};
 use tests::hostile::{Conn, Hostile, Received, batch, batch_with_runs, change, corrupt_each_level, group};
@@ -275,7 +275,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
             (1..=3).map(|i| change(&m.key, instance, i, org, "results:tc-1", &format!("r{i}"), 5)).collect();
         let run = tests::hostile::seal_run(&m.key, &mut changes);
         // Changes 1 and 3 travel; the proof holds the hash of leaf 2.
-        let mut proof = run.proof_for(instance, 1, &[1, 3]).expect("proof");
+        let mut proof = RunProof::of(&run, instance, 1, &[1, 3]).expect("proof");
         assert_eq!(proof.proof.len(), 1);
         proof.proof[0][7] ^= 1;
         let sent = [changes[0].clone(), changes[2].clone()];
@@ -298,7 +298,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
         // Counter 2 of run A, claimed as part of run B, whose proof travels.
         let mut moved = changes[1].clone();
         moved.seal = engine::Seal::Run { first: 3 };
-        let proofs = vec![run_b.proof_for(instance, 3, &[]).expect("proof")];
+        let proofs = vec![RunProof::of(&run_b, instance, 3, &[]).expect("proof")];
         let answer = push_batch(
             &mut m.open(&f.server.address),
             &f.mallory.chain,
@@ -313,7 +313,7 @@ fn forged_unauthorised_and_equivocating_changes_are_refused() {
         let mut changes: Vec<_> =
             (1..=4).map(|i| change(&m.key, instance, i, org, "results:tc-1", &format!("t{i}"), 5)).collect();
         let run = tests::hostile::seal_run(&m.key, &mut changes);
-        let mut proof = run.proof_for(instance, 1, &[1]).expect("proof");
+        let mut proof = RunProof::of(&run, instance, 1, &[1]).expect("proof");
         assert_eq!(proof.proof.len(), 2);
         proof.proof.pop();
         let answer = push_batch(

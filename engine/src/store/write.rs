@@ -10,12 +10,13 @@ use partitions::WriteKind;
 
 use crate::authorize::{Authorizer, Denied};
 use crate::change::{Change, ChangeError, Op, RecordKey, is_field_name};
+use crate::ids::InstanceId;
 use crate::ids::{AuthorKey, Counter, Dot, Hlc};
 use crate::keys;
 use crate::limits::{FIELDS_MAX, RECORD_BYTES_MAX, RUN_LEAVES_MAX};
 use crate::merge::{RecordState, View};
 use crate::policy::TypePolicy;
-use crate::seal::{Hash, RunKnown, Seal, encode_run, seal_run};
+use crate::seal::{Hash, RunKnown, Seal, encode_run, run_message};
 use crate::value::Value;
 
 use super::{Pending, Store, StoreError, corrupt};
@@ -93,12 +94,29 @@ impl Signer for SerialSigner {
     }
 }
 
+/// Seals `changes`, the consecutive counters of one run of `author`, with
+/// one signature; `leaves` are their hashes (`Change::leaf`). Sets each
+/// change's seal and returns what is known of the run (all of it).
+pub fn seal_run(key: &SigningKey, author: &InstanceId, changes: &mut [Change], leaves: &[Hash]) -> RunKnown {
+    assert!(!changes.is_empty() && changes.len() <= RUN_LEAVES_MAX && changes.len() == leaves.len());
+    let author_key = AuthorKey(key.verifying_key().to_bytes());
+    let first = changes[0].counter;
+    let mut known = RunKnown::whole(author_key, [0; 64], leaves);
+    let root = known.root().expect("a whole run has every leaf");
+    let message = run_message(&author_key, author, first, leaves.len() as u32, &root);
+    known.signature = ed25519_dalek::Signer::sign(key, &message).to_bytes();
+    for change in changes.iter_mut() {
+        change.seal = Seal::Run { first };
+    }
+    known
+}
+
 /// Seals `changes` (consecutive counters of one author) in runs of at most
 /// `RUN_LEAVES_MAX`: one signature each. Returns each run's first counter
 /// and what the store keeps of it.
 fn seal_runs(
     key: &SigningKey,
-    author: &crate::ids::InstanceId,
+    author: &InstanceId,
     changes: &mut [Change],
     leaves: &[Hash],
 ) -> Vec<(Counter, RunKnown)> {
