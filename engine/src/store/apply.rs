@@ -327,12 +327,6 @@ impl Store {
                 continue;
             }
             let run = &batch.runs[place];
-            let fresh = RunKnown {
-                author_key: run.author_key,
-                count: run.count,
-                signature: run.signature,
-                spans: BTreeMap::new(),
-            };
             match self.run(&run.author, run.first)? {
                 Some(held) if held.count != run.count || held.signature != run.signature => {
                     equivocal.insert(
@@ -347,6 +341,12 @@ impl Store {
                     runs.insert(place, held);
                 }
                 None => {
+                    let fresh = RunKnown {
+                        author_key: run.author_key,
+                        count: run.count,
+                        signature: run.signature,
+                        spans: BTreeMap::new(),
+                    };
                     runs.insert(place, fresh);
                 }
             }

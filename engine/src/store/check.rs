@@ -20,7 +20,7 @@ use crate::authorize::{Signed, Verifier};
 use crate::change::{Change, RecordKey};
 use crate::ids::{Counter, InstanceId, RecordId};
 use crate::keys;
-use crate::seal::{self, RunKnown, Seal};
+use crate::seal::{RunKnown, Seal};
 use crate::stored;
 
 /// Changes verified in one call to the verifier.
@@ -53,21 +53,6 @@ pub struct Damage {
 }
 
 impl Store {
-    /// A held run whose signature verifies over the root its hashes
-    /// rebuild, or why not (for `check`).
-    fn verified_run(&self, change: &Change, first: Counter) -> Result<RunKnown, String> {
-        let run = match self.run(&change.author, first) {
-            Ok(Some(run)) => run,
-            Ok(None) => return Err(format!("names run {first}, which this store does not hold")),
-            Err(e) => return Err(format!("names run {first}, which cannot be read: {e}")),
-        };
-        let root = run.root().ok_or_else(|| format!("names run {first}, whose hashes do not cover it"))?;
-        let message = seal::run_message(&run.author_key, &change.author, first, run.count, &root);
-        crate::change::verify_strict(&run.author_key, &message, &run.signature)
-            .map_err(|_| format!("names run {first}, whose signature does not verify"))?;
-        Ok(run)
-    }
-
     /// Reads and checks everything; changes nothing.
     pub fn check(&self, verifier: &dyn Verifier) -> Result<CheckReport, StoreError> {
         let mut report = CheckReport::default();
@@ -76,9 +61,7 @@ impl Store {
         // checked once, then every change sealed in it against its leaf.
         let mut runs: BTreeMap<(InstanceId, Counter), Result<RunKnown, String>> = BTreeMap::new();
         let mut flush = |pending: &mut Vec<(Vec<u8>, Change, Vec<u8>)>, report: &mut CheckReport| {
-            let singles: Vec<&(Vec<u8>, Change, Vec<u8>)> =
-                pending.iter().filter(|(_, c, _)| matches!(c.seal, Seal::Single(_))).collect();
-            let items: Vec<Signed<'_>> = singles
+            let items: Vec<Signed<'_>> = pending
                 .iter()
                 .filter_map(|(_, c, m)| match &c.seal {
                     Seal::Single(signature) => Some(Signed { message: m, signature, key: &c.author_key }),
@@ -87,7 +70,6 @@ impl Store {
                 .collect();
             let mut valid = verifier.verify_all(&items).into_iter();
             drop(items);
-            drop(singles);
             let mut seen = BTreeSet::new();
             for (key, change, message) in pending.drain(..) {
                 let verdict = match change.seal {
@@ -100,11 +82,7 @@ impl Store {
                             runs.entry((change.author, first)).or_insert_with(|| self.verified_run(&change, first));
                         match run {
                             Err(e) => Err(e.clone()),
-                            Ok(run) => match seal::leaf_index(change.counter, first, run.count) {
-                                Err(e) => Err(e.to_string()),
-                                Ok(index) if run.leaf(index) == Some(seal::leaf_hash(&message)) => Ok(()),
-                                Ok(_) => Err("is not the change its run signed".to_owned()),
-                            },
+                            Ok(run) => super::meta::run_holds(run, &change, first, &message),
                         }
                     }
                 };

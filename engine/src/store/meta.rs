@@ -61,18 +61,26 @@ impl Store {
         let Seal::Run { first } = change.seal else {
             return change.verify().map_err(|e| e.to_string());
         };
-        let run = self.run(&change.author, first).map_err(|e| e.to_string())?.ok_or("its run is not held")?;
-        let index = seal::leaf_index(change.counter, first, run.count).map_err(|e| e.to_string())?;
-        if run.leaf(index) != Some(change.leaf().1) {
-            return Err("its hash is not the one its run holds".to_owned());
-        }
-        let root = run.root().ok_or("its run's hashes do not cover the run")?;
-        let message = seal::run_message(&run.author_key, &change.author, first, run.count, &root);
+        let run = self.verified_run(change, first)?;
         if run.author_key != change.author_key {
             return Err(crate::change::ChangeError::RunAuthor.to_string());
         }
+        run_holds(&run, change, first, &change.signing_bytes())
+    }
+
+    /// A held run whose signature verifies over the root its hashes
+    /// rebuild, or why not.
+    pub(super) fn verified_run(&self, change: &Change, first: Counter) -> Result<RunKnown, String> {
+        let run = match self.run(&change.author, first) {
+            Ok(Some(run)) => run,
+            Ok(None) => return Err(format!("names run {first}, which this store does not hold")),
+            Err(e) => return Err(format!("names run {first}, which cannot be read: {e}")),
+        };
+        let root = run.root().ok_or_else(|| format!("names run {first}, whose hashes do not cover it"))?;
+        let message = seal::run_message(&run.author_key, &change.author, first, run.count, &root);
         crate::change::verify_strict(&run.author_key, &message, &run.signature)
-            .map_err(|_| crate::change::ChangeError::RunSignature.to_string())
+            .map_err(|_| format!("names run {first}, whose signature does not verify"))?;
+        Ok(run)
     }
 
     /// Every chain stored for `author`.
@@ -163,4 +171,15 @@ fn peer_key(peer: &AuthorKey, name: &str) -> Vec<u8> {
     key.extend_from_slice(&peer.0);
     key.extend_from_slice(name.as_bytes());
     key
+}
+
+/// Whether `run` (from counter `first`) holds `change`, whose signing bytes
+/// are `message`, as the leaf at its counter.
+pub(super) fn run_holds(run: &RunKnown, change: &Change, first: Counter, message: &[u8]) -> Result<(), String> {
+    let index = seal::leaf_index(change.counter, first, run.count).map_err(|e| e.to_string())?;
+    if run.leaf(index) == Some(seal::leaf_hash(message)) {
+        Ok(())
+    } else {
+        Err("is not the change its run signed".to_owned())
+    }
 }

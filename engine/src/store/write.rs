@@ -237,8 +237,8 @@ impl Store {
             }
             counter += 1;
             clock = trial;
-            // Merge before signing (the signature plays no part in merging);
-            // the signatures are filled in below.
+            // Merge before sealing (the seal plays no part in merging); the
+            // seals are filled in below.
             state.apply(change.clone()).map_err(|e| corrupt(&format!("own change does not merge: {e}")))?;
             results[i] = Some(Ok(Written { dot: change.dot(), view: View::default(), unchanged: false }));
             changes.push(change);
@@ -251,14 +251,14 @@ impl Store {
             pending.put(keys::run(&local.instance, *first), encode_run(known));
         }
         let mut retained: BTreeSet<Dot> = BTreeSet::new();
-        let signatures: BTreeMap<Dot, Seal> = changes.iter().map(|c| (c.dot(), c.seal)).collect();
+        let seals: BTreeMap<Dot, Seal> = changes.iter().map(|c| (c.dot(), c.seal)).collect();
         let changed: BTreeSet<&RecordKey> = changes.iter().map(|c| &c.record).collect();
         for (key, (state, existed)) in states.iter_mut() {
             if !changed.contains(key) {
                 continue;
             }
             for held in state.changes.iter_mut() {
-                if let Some(seal) = signatures.get(&held.dot()) {
+                if let Some(seal) = seals.get(&held.dot()) {
                     held.seal = *seal;
                     retained.insert(held.dot());
                 }
