@@ -19,6 +19,7 @@ pub const CONFLICTS: u8 = b'x';
 pub const LEDGER: u8 = b'l';
 pub const PEERS: u8 = b'p';
 pub const RUNS: u8 = b'g';
+pub const BLOB_REFS: u8 = b'b';
 
 pub fn meta(name: &str) -> Vec<u8> {
     let mut key = vec![META];
@@ -71,6 +72,22 @@ pub fn run(instance: &InstanceId, first: Counter) -> Vec<u8> {
     let mut key = vec![RUNS];
     key.extend_from_slice(&instance.0);
     key.extend_from_slice(&first.to_be_bytes());
+    key
+}
+
+/// `BLOB_REFS ‖ hash ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ id`, holding the
+/// blob's size (u64 BE): a record whose retained changes reference the
+/// blob (`blob::refs_of`).
+pub fn blob_ref(
+    hash: &crate::blob::BlobHash,
+    partition: &Partition,
+    record_type: &RecordType,
+    id: &RecordId,
+) -> Vec<u8> {
+    let mut key = vec![BLOB_REFS];
+    key.extend_from_slice(&hash.0);
+    key.extend_from_slice(&type_prefix(partition, record_type));
+    key.extend_from_slice(id.as_str().as_bytes());
     key
 }
 
@@ -141,6 +158,15 @@ pub fn describe(key: &[u8]) -> String {
             format!("the signature and hashes of the run from counter {first}")
         }
         RUNS => "a run entry whose key is damaged".to_owned(),
+        BLOB_REFS if rest.len() > 32 => match split_typed(&rest[32..]) {
+            Some((partition, record_type, id)) => format!(
+                "the reference of record {record_type}/{} in {partition} to blob {}",
+                String::from_utf8_lossy(id),
+                partitions::hex::encode(&rest[..32])
+            ),
+            None => "a blob reference whose key is damaged".to_owned(),
+        },
+        BLOB_REFS => "a blob reference whose key is damaged".to_owned(),
         other => format!("an entry of unknown table {other:#04x}"),
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod authorize;
 pub mod backend;
+pub mod blob;
 pub mod change;
 pub mod codec;
 pub mod hlc;

@@ -99,3 +99,24 @@ const _: () = assert!(RETRANSMIT_MS < SESSION_IDLE_TIMEOUT_MS);
 
 /// Ledger entries a store keeps; older ones are dropped.
 pub const LEDGER_ENTRIES_MAX: usize = 10_000;
+
+/// Bytes of one blob. TAO delivery packages are tens of megabytes, Kolibri
+/// content videos a few gigabytes; a blob's outline is then at most
+/// 512 KiB, which one message carries.
+pub const BLOB_BYTES_MAX: u64 = 4 * 1024 * 1024 * 1024;
+
+/// Bytes of one verified block of a blob: 256 BLAKE3 chunks, so a block at
+/// a multiple of its size is a subtree of BLAKE3's tree (`blob.rs`). An
+/// interrupted transfer resends at most one block; a receiver holds one.
+pub const BLOB_BLOCK_BYTES: u64 = 256 * 1024;
+
+/// Blob hashes in one message of the blob protocol (`Lacks`, `Wants`).
+pub const BLOB_HASHES_MAX: usize = 4096;
+
+/// Bytes of one message of the blob protocol: the largest outline
+/// (32 bytes per block of the largest blob) with room for its envelope.
+pub const BLOB_MESSAGE_BYTES_MAX: usize = (BLOB_BYTES_MAX / BLOB_BLOCK_BYTES) as usize * 34 + 4096;
+
+const _: () = assert!(BLOB_BLOCK_BYTES as usize + 4096 <= BLOB_MESSAGE_BYTES_MAX);
+const _: () = assert!(BLOB_HASHES_MAX * 34 + 4096 <= BLOB_MESSAGE_BYTES_MAX);
+const _: () = assert!(BLOB_BLOCK_BYTES.is_power_of_two() && BLOB_BLOCK_BYTES >= 1024);

@@ -194,6 +194,14 @@ impl RecordState {
         self.changes.iter().filter(|c| !self.known.exists.covers(c.dot()))
     }
 
+    /// Whether some latest write of the record's existence is a put: the
+    /// record is shown, or shown as a conflict of a delete. A record that
+    /// is only deleted references no blob (`blob::refs_of`).
+    pub fn put_survives(&self) -> bool {
+        let any_put = self.existence_writers().any(|c| !c.is_delete());
+        any_put || (self.existence_writers().next().is_none() && self.changes.iter().any(|c| !c.is_delete()))
+    }
+
     /// Whether the record is shown (not deleted), under `policy`.
     pub fn exists(&self, policy: &TypePolicy) -> bool {
         let any_put = self.existence_writers().any(|c| !c.is_delete());

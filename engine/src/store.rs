@@ -28,6 +28,7 @@ use crate::merge::{RecordState, View};
 use crate::policy::Profile;
 
 mod apply;
+mod blobs;
 mod check;
 mod frontier;
 mod hook;
@@ -37,6 +38,7 @@ mod pending;
 mod read;
 mod write;
 
+pub use blobs::Referenced;
 pub use check::{CheckReport, Damage};
 pub use frontier::ScanEnd;
 pub use hook::ApplyHook;
@@ -176,7 +178,14 @@ impl Store {
         state: &RecordState,
         existed: bool,
     ) {
-        observed.persisted(key, state);
+        let refs = observed.persisted(key, state);
+        for r in refs.removed {
+            pending.delete(keys::blob_ref(&r.hash, &key.partition, &key.record_type, &key.id));
+        }
+        for r in refs.added {
+            pending
+                .put(keys::blob_ref(&r.hash, &key.partition, &key.record_type, &key.id), r.size.to_be_bytes().to_vec());
+        }
         pending.record(key, state, existed);
         if key.record_type.as_str() == crate::policy::PROFILE_TYPE {
             self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());

@@ -73,10 +73,16 @@ pub enum Command {
         /// A field to remove (repeat for several).
         #[arg(long = "unset", value_name = "FIELD")]
         unset: Vec<String>,
+        /// FIELD=PATH: store the file as a blob and set FIELD to its reference.
+        #[arg(long = "attach", value_name = "FIELD=PATH")]
+        attach: Vec<String>,
         /// The org id (needed when this node belongs to several).
         #[arg(long)]
         org: Option<String>,
     },
+    /// Files records reference: write one out, list them, remove unreferenced ones.
+    #[command(subcommand)]
+    Blob(BlobCommand),
     /// Bulk write, one JSON record a line (`-` for stdin).
     Import(ops::Import),
     /// Bulk read, one JSON record a line.
@@ -181,6 +187,16 @@ pub enum EnrollCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum BlobCommand {
+    /// Write a held blob to a file (checked against its hash on the way).
+    Get(ops::BlobGet),
+    /// Every blob referenced or held: hash, size, state, records referencing it.
+    List,
+    /// Remove the blobs no record references any more.
+    Gc,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum BundleCommand {
     /// Write the changes a peer lacks to a file.
     Export(ops::BundleExport),
@@ -199,6 +215,39 @@ fn parse_assignments(items: &[String]) -> anyhow::Result<BTreeMap<String, serde_
             Ok((k.to_owned(), crate::json::to_json(&value)))
         })
         .collect()
+}
+
+/// `put --attach FIELD=PATH`: stores each file in the home's blob store
+/// (any process may: blobs are named by their hash and renamed into place
+/// whole) and sets FIELD to its reference.
+async fn attach_files(
+    home: &Home,
+    attach: &[String],
+    set: &mut BTreeMap<String, serde_json::Value>,
+    progress: &mut output::Progress,
+) -> anyhow::Result<()> {
+    for item in attach {
+        let (field, path) = item.split_once('=').with_context(|| format!("--attach {item:?}: expected FIELD=PATH"))?;
+        if set.contains_key(field) {
+            bail!("--attach {field}: the field is also given with --set");
+        }
+        let (blobs, path) = (crate::blobs::Blobs::new(home.blobs_dir()), PathBuf::from(path));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, u64)>(16);
+        let adding = crate::pool::blocking(move || {
+            blobs.add_file(&path, &mut |done, total| {
+                let _ = tx.try_send((done, total));
+            })
+        });
+        tokio::pin!(adding);
+        let reference = loop {
+            tokio::select! {
+                result = &mut adding => break result.with_context(|| format!("--attach {field}"))?,
+                Some((done, total)) = rx.recv() => progress.update("attached bytes", done, total),
+            }
+        };
+        set.insert(field.to_owned(), crate::json::to_json(&reference.to_value()));
+    }
+    Ok(())
 }
 
 /// Turns a command into the operation it performs (or `None` for those that
@@ -222,7 +271,7 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         Command::Enroll(_) => bail!("give a token (`ferry enroll TOKEN`) or make one (`ferry enroll token --org …`)"),
         // `--set` and `--unset` are FIELD=VALUE texts here, a map and a set
         // in the request.
-        Command::Put { record_type, id, partition, set, unset, org } => Op::Put {
+        Command::Put { record_type, id, partition, set, unset, org, .. } => Op::Put {
             org: org.clone(),
             record_type: record_type.clone(),
             id: id.clone(),
@@ -252,6 +301,9 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         Command::Bundle(BundleCommand::Export(args)) => Op::BundleExport(args.clone()),
         Command::Bundle(BundleCommand::Import(args)) => Op::BundleImport(args.clone()),
         Command::Bundle(BundleCommand::Frontier(args)) => Op::BundleFrontier(args.clone()),
+        Command::Blob(BlobCommand::Get(args)) => Op::BlobGet(args.clone()),
+        Command::Blob(BlobCommand::List) => Op::BlobList,
+        Command::Blob(BlobCommand::Gc) => Op::BlobGc,
     }))
 }
 
@@ -292,6 +344,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     op.absolutize();
     let mut progress = output::Progress::new(cli.json, cli.progress);
+    if let (Command::Put { attach, .. }, Op::Put { set, .. }) = (&cli.command, &mut op) {
+        attach_files(&home, attach, set, &mut progress).await?;
+    }
     // A write that fails (other than a closed pipe) is kept, the operation
     // finishes and the store closes, then the failure is the command's.
     let mut write_failure: Option<std::io::Error> = None;

@@ -40,6 +40,9 @@ impl Home {
     pub fn store_dir(&self) -> PathBuf {
         self.dir.join("store")
     }
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.dir.join("blobs")
+    }
     pub fn certs_dir(&self) -> PathBuf {
         self.dir.join("certs")
     }

@@ -24,10 +24,12 @@ const CLOCK_SKEW_S: u64 = 60;
 /// refused before a use of the token is spent.
 pub const ENROL_CLOCK_BEHIND_MAX_S: u64 = 86_400;
 
+mod blobs;
 mod credentials;
 mod records;
 mod tokens;
 
+pub use blobs::{BlobEntry, GcReport};
 use credentials::*;
 pub use credentials::{CertificateInfo, NoChain, WHOLE_ORG, parse_scope};
 pub use records::{ImportReport, RecordResult};
@@ -40,6 +42,8 @@ pub struct Node {
     pub store: Arc<Store>,
     pub auth: Arc<CertAuthorizer>,
     pub opened: Opened,
+    /// The home's blob store (`blobs.rs`).
+    pub blobs: crate::blobs::Blobs,
     /// The chains in `certs/`, verified when they change, not at each use.
     own: OwnChains,
     /// Held until the node is dropped, after the store has closed.
@@ -121,7 +125,8 @@ impl Node {
         }
         let store = Arc::new(store);
         let auth = CertAuthorizer::watching(store.clone());
-        let node = Node { home, identity, config, store, auth, opened, own, _lock: lock };
+        let blobs = crate::blobs::Blobs::new(home.blobs_dir());
+        let node = Node { home, identity, config, store, auth, opened, blobs, own, _lock: lock };
         for (_, bytes) in node.own_chains()? {
             node.store.put_chain(&node.identity.author_key(), &bytes)?;
             let _ = node.auth.know(&bytes);

@@ -280,6 +280,14 @@ fn execute_local(
             let filter = filter(node, org, &filters)?;
             serde_json::to_value(crate::bundle::write_frontier(node, org, filter, &path)?)?
         }
+        Op::BlobGet(BlobGet { hash, out: path }) => {
+            let hash = engine::blob::BlobHash::parse(&hash)
+                .with_context(|| format!("{hash:?} is not a blob hash (64 hex digits, as `ferry blob list` shows)"))?;
+            let size = node.blobs.export(&hash, &path)?;
+            json!({ "hash": hash.to_hex(), "size": size, "out": path.display().to_string() })
+        }
+        Op::BlobList => serde_json::to_value(node.blob_list()?)?,
+        Op::BlobGc => serde_json::to_value(node.blob_gc(std::time::Duration::ZERO)?)?,
     })
 }
 

@@ -6,11 +6,12 @@
 //! is the first user (node/src/authority.rs); the change feed of the HTTP
 //! API is the next.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use partitions::{Partition, RecordType};
 
+use crate::blob::{self, BlobRef};
 use crate::change::RecordKey;
 use crate::merge::RecordState;
 
@@ -36,6 +37,17 @@ pub(super) struct Observed {
     before: BTreeMap<RecordKey, Option<RecordState>>,
     /// Which hooks saw a change (and so hear of the commit).
     saw: Vec<bool>,
+    /// The blobs each record loaded references (only those that reference
+    /// any), kept as the commit changes them, so `persisted` knows which
+    /// entries of the blob index to add and remove.
+    blob_refs: BTreeMap<RecordKey, BTreeSet<BlobRef>>,
+}
+
+/// What a persisted record changes in the blob index.
+#[derive(Default)]
+pub(super) struct RefChanges {
+    pub(super) added: Vec<BlobRef>,
+    pub(super) removed: Vec<BlobRef>,
 }
 
 impl Observed {
@@ -45,13 +57,28 @@ impl Observed {
 
     /// A record as it was read before the commit changes it.
     pub(super) fn loaded(&mut self, key: &RecordKey, state: Option<&RecordState>) {
+        if let Some(state) = state {
+            let refs = blob::refs_of(state);
+            if !refs.is_empty() {
+                self.blob_refs.insert(key.clone(), refs);
+            }
+        }
         if !self.hooks.is_empty() && self.wanted(key) {
             self.before.insert(key.clone(), state.cloned());
         }
     }
 
-    /// A record as the commit will store it.
-    pub(super) fn persisted(&mut self, key: &RecordKey, after: &RecordState) {
+    /// A record as the commit will store it; returns what that changes in
+    /// the blob index.
+    pub(super) fn persisted(&mut self, key: &RecordKey, after: &RecordState) -> RefChanges {
+        let refs = blob::refs_of(after);
+        let before =
+            if refs.is_empty() { self.blob_refs.remove(key) } else { self.blob_refs.insert(key.clone(), refs.clone()) };
+        let before = before.unwrap_or_default();
+        let changes = RefChanges {
+            added: refs.difference(&before).copied().collect(),
+            removed: before.difference(&refs).copied().collect(),
+        };
         for (hook, saw) in self.hooks.iter().zip(self.saw.iter_mut()) {
             if hook.wants(&key.partition, &key.record_type) {
                 let before = self.before.get(key).and_then(Option::as_ref);
@@ -59,6 +86,7 @@ impl Observed {
                 *saw = true;
             }
         }
+        changes
     }
 
     /// The commit is durable: tells the hooks that saw a change.
@@ -80,6 +108,6 @@ impl Store {
     pub(super) fn observe(&self) -> Observed {
         let hooks = self.hooks.read().expect("hook list lock").clone();
         let saw = vec![false; hooks.len()];
-        Observed { hooks, before: BTreeMap::new(), saw }
+        Observed { hooks, before: BTreeMap::new(), saw, blob_refs: BTreeMap::new() }
     }
 }

@@ -50,7 +50,32 @@ impl Node {
         Ok(LocalAuthor { key: self.identity.key.clone(), authority })
     }
 
+    /// Refuses a write whose fields hold a malformed blob reference, or
+    /// reference a blob this home does not hold whole: its peers could
+    /// never fetch it.
+    pub fn check_blob_refs(&self, op: &LocalOp) -> anyhow::Result<()> {
+        let LocalOp::Put { set, .. } = op else { return Ok(()) };
+        for (field, value) in set {
+            let mut refs = BTreeSet::new();
+            engine::blob::refs_in(value, &mut refs).map_err(|e| anyhow!("field {field}: {e}"))?;
+            for r in refs {
+                match self.blobs.state(&r.hash) {
+                    crate::blobs::BlobState::Complete { size } if size == r.size => {}
+                    crate::blobs::BlobState::Complete { size } => {
+                        bail!("field {field}: blob {} is {size} bytes, not the {} the reference says", r.hash, r.size)
+                    }
+                    _ => bail!(
+                        "field {field}: blob {} is not held whole in this home: attach the file with --attach {field}=PATH, or sync with a peer that holds it first",
+                        r.hash
+                    ),
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn write_one(&self, org: OrgId, write: LocalWrite) -> anyhow::Result<RecordResult> {
+        self.check_blob_refs(&write.op)?;
         let record = write.record.clone();
         let mut results =
             self.store.write(&self.author(org)?, &[write], now_ms(), self.auth.as_ref(), &ParallelSigner)?;
@@ -202,7 +227,7 @@ impl Node {
             if line.trim().is_empty() {
                 continue;
             }
-            match parse_import_line(org, line) {
+            match parse_import_line(org, line).and_then(|w| self.check_blob_refs(&w.op).map(|()| w)) {
                 Ok(write) => batch.push(write),
                 Err(e) => {
                     rejected += 1;

@@ -62,6 +62,9 @@ pub enum Op {
     BundleExport(BundleExport),
     BundleImport(BundleImport),
     BundleFrontier(BundleFrontier),
+    BlobGet(BlobGet),
+    BlobList,
+    BlobGc,
     /// Serving nodes only: a stream of events until the client hangs up.
     Watch,
     /// Serving nodes only: identity, certificates, peers with their last
@@ -288,6 +291,16 @@ pub struct BundleFrontier {
     pub filters: Vec<String>,
 }
 
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct BlobGet {
+    /// The blob's hash (64 hex digits, as `ferry blob list` shows it).
+    #[arg(value_name = "HASH")]
+    pub hash: String,
+    /// The file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
 fn yes() -> bool {
     true
 }
@@ -334,7 +347,8 @@ impl Op {
         match self {
             Op::CertIssue(CertIssue { out, .. })
             | Op::BundleExport(BundleExport { out, .. })
-            | Op::BundleFrontier(BundleFrontier { out, .. }) => fix(out),
+            | Op::BundleFrontier(BundleFrontier { out, .. })
+            | Op::BlobGet(BlobGet { out, .. }) => fix(out),
             Op::Import(Import { path, .. }) | Op::BundleImport(BundleImport { path }) => fix(path),
             _ => {}
         }
