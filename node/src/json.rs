@@ -142,6 +142,14 @@ pub fn report(peer: &str, r: &engine::SyncReport) -> serde_json::Value {
     })
 }
 
+/// Adds the fields of `more` (an object) to `summary` (the blob counters
+/// of a sync to its summary).
+pub fn add_fields(summary: &mut serde_json::Value, more: serde_json::Value) {
+    if let (Some(out), serde_json::Value::Object(fields)) = (summary.as_object_mut(), more) {
+        out.extend(fields);
+    }
+}
+
 pub fn record(key: &RecordKey, view: &View) -> serde_json::Value {
     let fields: Map<String, serde_json::Value> = view.fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect();
     let conflicts: Vec<serde_json::Value> = view

@@ -7,6 +7,7 @@
 
 pub mod authority;
 pub mod bench;
+pub mod blob_sync;
 pub mod blobs;
 pub mod bundle;
 pub mod cli;

@@ -24,6 +24,7 @@ pub type Stream = libp2p::Stream;
 
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/sync/1");
 pub const ENROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/enrol/1");
+pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/blob/1");
 
 /// Connections in total, and per peer (two: both sides may dial at once).
 const CONNECTIONS_MAX: u32 = 512;

@@ -95,18 +95,38 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             let net = ctx.net.context("sync needs the network")?;
             let org = org(&o)?;
             let filter = filter(node, org, &filters)?;
+            // Progress of records and of blobs goes out on the same lines.
+            let out = std::sync::Mutex::new(out);
+            let line = |l: Line| {
+                if let Ok(mut out) = out.lock() {
+                    (*out)(l)
+                }
+            };
             let mut on_event = |event: &Event| {
                 if let Event::Progress { direction, changes_done, changes_total, .. } = event {
                     let what = match direction {
                         Direction::Outgoing => "sent",
                         Direction::Incoming => "received",
                     };
-                    out(Line::Progress { what: what.into(), done: *changes_done, total: *changes_total });
+                    line(Line::Progress { what: what.into(), done: *changes_done, total: *changes_total });
                 }
             };
-            let outcome =
-                crate::protocols::sync(node, net, &peer, org, Some(filter), pull, push, ctx.status, &mut on_event)
-                    .await?;
+            let mut on_blob = |what: &str, done: u64, total: u64| {
+                line(Line::Progress { what: what.into(), done, total });
+            };
+            let outcome = crate::protocols::sync(
+                node,
+                net,
+                &peer,
+                org,
+                Some(filter),
+                pull,
+                push,
+                ctx.status,
+                &mut on_event,
+                &mut on_blob,
+            )
+            .await?;
             outcome.to_json()
         }
         Op::Peers => {

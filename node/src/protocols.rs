@@ -35,11 +35,15 @@ const ENROL_ANSWER_MAX: usize = 2 * 1024 * 1024;
 pub struct SyncOutcome {
     pub peer: PeerId,
     pub report: SyncReport,
+    /// The blobs moved after the records (the initiator's side).
+    pub blobs: crate::blob_sync::BlobReport,
 }
 
 impl SyncOutcome {
     pub fn to_json(&self) -> serde_json::Value {
-        crate::json::report(&self.peer.to_string(), &self.report)
+        let mut out = crate::json::report(&self.peer.to_string(), &self.report);
+        crate::json::add_fields(&mut out, serde_json::to_value(&self.blobs).unwrap_or_default());
+        out
     }
 }
 
@@ -185,6 +189,7 @@ pub async fn sync(
     push: bool,
     board: Option<&Arc<StatusBoard>>,
     on_event: &mut (dyn FnMut(&Event) + Send),
+    on_blob: crate::blob_sync::BlobProgress<'_>,
 ) -> anyhow::Result<SyncOutcome> {
     let peer = net.connect(target).await?;
     let watch = board.map(|b| b.session(peer, engine::Role::Initiator));
@@ -195,6 +200,16 @@ pub async fn sync(
         on_event(event);
     };
     let result = sync_with(node, net, peer, org, filter, pull, push, &mut on_event).await;
+    let result = match result {
+        Ok((mut outcome, peer_scope)) => {
+            outcome.blobs = crate::blob_sync::exchange(node, net, peer, org, peer_scope, pull, push, on_blob).await;
+            if outcome.report.received > 0 || outcome.blobs.blobs_received > 0 {
+                crate::blob_sync::gc_after_sync(node).await;
+            }
+            Ok(outcome)
+        }
+        Err(e) => Err(e),
+    };
     if let Some(watch) = watch {
         watch.finished(result.as_ref().map(|o| &o.report));
     }
@@ -211,7 +226,7 @@ async fn sync_with(
     pull: bool,
     push: bool,
     on_event: &mut (dyn FnMut(&Event) + Send),
-) -> anyhow::Result<SyncOutcome> {
+) -> anyhow::Result<(SyncOutcome, Option<partitions::Scope>)> {
     let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
     // A busy peer may drop a new stream before its accept loop takes it
     // (libp2p-stream hands over one stream at a time). Nothing was said on
@@ -250,6 +265,7 @@ async fn sync_with(
         session = step(node, session, move |s, env| s.abandon(now_ms(), reason, env)).await;
     }
     let report = result.map_err(|e| anyhow!("sync with {peer} failed: {e}"))?;
+    let peer_scope = session.peer_scope().cloned();
     let after = node.clone();
     crate::pool::blocking(move || {
         after.note_peer_has_credentials(org, &peer_key)?;
@@ -257,7 +273,7 @@ async fn sync_with(
         anyhow::Ok(())
     })
     .await?;
-    Ok(SyncOutcome { peer, report })
+    Ok((SyncOutcome { peer, report, blobs: Default::default() }, peer_scope))
 }
 
 /// After a session completes, waits (briefly) for the peer to close its
@@ -376,7 +392,10 @@ async fn answer(
         let after = node.clone();
         crate::pool::blocking(move || remember_frontier(&after, org, &session, &AuthorKey(peer_key))).await;
     }
-    result.map(|report| SyncOutcome { peer, report })
+    if result.as_ref().is_ok_and(|r| r.received > 0) {
+        crate::blob_sync::gc_after_sync(node).await;
+    }
+    result.map(|report| SyncOutcome { peer, report, blobs: Default::default() })
 }
 
 /// After a completed sync both sides hold the same changes in the region

@@ -30,6 +30,11 @@ use crate::status::StatusBoard;
 /// Sessions a node answers at once, and per peer.
 const SESSIONS_MAX: usize = 64;
 const SESSIONS_PER_PEER_MAX: usize = 4;
+/// Blob streams a node answers at once: each holds a block or two in
+/// memory (`engine::limits::BLOB_BLOCK_BYTES`), so this bounds what blobs
+/// cost a central with many devices. A stream beyond it is dropped; the
+/// device's next sync resumes after its last verified block.
+const BLOB_STREAMS_MAX: usize = 16;
 /// Refused streams told why at once, and how long telling one may take.
 const REFUSALS_MAX: usize = 8;
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -164,6 +169,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
                     peer.push,
                     Some(&board),
                     &mut |_| {},
+                    &mut |_, _, _| {},
                 )
                 .await
                 {
@@ -300,6 +306,8 @@ impl Responders {
         // leaves nothing holding the node.
         let mut incoming = net.accept(SYNC_PROTOCOL)?;
         let mut enrolments = net.accept(ENROL_PROTOCOL)?;
+        let mut blob_streams = net.accept(crate::net::BLOB_PROTOCOL)?;
+        let b_node = shared.node.clone();
         let (s_report, s_limit, s_sessions) = (report.clone(), limit.clone(), sessions.clone());
         let s_board = shared.status.clone();
         let syncs = tokio::spawn(async move {
@@ -369,7 +377,32 @@ impl Responders {
                 });
             }
         });
-        Ok(Responders { accepting: vec![syncs, enrols], sessions })
+        let b_sessions = sessions.clone();
+        let blob_limit = Arc::new(Semaphore::new(BLOB_STREAMS_MAX));
+        let blobs = tokio::spawn(async move {
+            while let Some((peer, stream)) = blob_streams.next().await {
+                let Ok(permit) = blob_limit.clone().try_acquire_owned() else {
+                    tracing::info!(%peer, "too many blob transfers at once: a stream dropped");
+                    continue;
+                };
+                let node = b_node.clone();
+                b_sessions.spawn(async move {
+                    let _permit = permit;
+                    match crate::blob_sync::answer(&node, peer, stream).await {
+                        Ok(report) => {
+                            if report.blobs_received > 0 {
+                                crate::blob_sync::gc_after_sync(&node).await;
+                            }
+                            if report.blobs_sent + report.blobs_received > 0 {
+                                tracing::info!(%peer, sent = report.blobs_sent, bytes_sent = report.blob_bytes_sent, received = report.blobs_received, bytes_received = report.blob_bytes_received, "blobs moved");
+                            }
+                        }
+                        Err(e) => tracing::warn!(%peer, "blob transfer failed: {e:#}"),
+                    }
+                });
+            }
+        });
+        Ok(Responders { accepting: vec![syncs, enrols, blobs], sessions })
     }
 
     /// Stops accepting, lets sessions in flight finish within `grace`, and
