@@ -100,7 +100,9 @@ pub enum ChangeError {
     FieldName { name: String },
     #[error("field {field:?} nests {depth} deep, more than the {max} levels a value may have")]
     TooDeep { field: String, depth: usize, max: usize },
-    #[error("the change is {len} bytes, more than the {max} a record may hold")]
+    #[error(
+        "the change is {len} bytes, more than the {max} a record may hold; store files and large values as blobs (ferry put … --attach FIELD=PATH)"
+    )]
     TooLarge { len: usize, max: usize },
     #[error("authority tag is {len} bytes, more than the {max} allowed")]
     Authority { len: usize, max: usize },

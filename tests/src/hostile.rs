@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
+use engine::blob::message::{self as blob_message, BlobMessage};
 use engine::wire::{
     self, Batch, Credentials, Group, GroupChange, HeadEntry, Heads, Hello, Message, Plan, RunProof, Welcome,
 };
@@ -85,6 +86,48 @@ impl Hostile {
         });
         self.opened.add_one();
         Conn { rt: &self.rt, stream }
+    }
+}
+
+impl Hostile {
+    /// Opens a blob stream (`/ferry/blob/1`) to `address`.
+    pub fn open_blobs(&self, address: &str) -> BlobConn<'_> {
+        let stream = self.rt.block_on(async {
+            let peer = self.net.connect(address).await.expect("connect");
+            self.net.open(peer, node::net::BLOB_PROTOCOL).await.expect("open a blob stream")
+        });
+        BlobConn { rt: &self.rt, stream }
+    }
+}
+
+/// One blob stream, written by hand.
+pub struct BlobConn<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    stream: node::net::Stream,
+}
+
+impl BlobConn<'_> {
+    pub fn send(&mut self, message: &BlobMessage) {
+        let _ = self.rt.block_on(node::net::write_frame(&mut self.stream, &blob_message::encode(message)));
+    }
+
+    /// The next message, or `None` when the stream ends or stays silent
+    /// for `ANSWER_WAIT`.
+    pub fn recv(&mut self) -> Option<BlobMessage> {
+        let read = node::net::read_frame(&mut self.stream, engine::limits::BLOB_MESSAGE_BYTES_MAX);
+        match self.rt.block_on(async { tokio::time::timeout(ANSWER_WAIT, read).await }) {
+            Ok(Ok(Some(frame))) => Some(blob_message::decode(&frame).expect("ferry sends valid blob frames")),
+            _ => None,
+        }
+    }
+
+    /// Hello with `chain`; panics unless the answer is Ready.
+    pub fn hello(&mut self, chain: &[u8]) {
+        self.send(&BlobMessage::Hello { credentials: chain.to_vec() });
+        match self.recv() {
+            Some(BlobMessage::Ready) => {}
+            other => panic!("expected Ready, got {other:?}"),
+        }
     }
 }
 

@@ -80,6 +80,7 @@ fn a_record_over_the_size_limit_is_refused_locally_with_a_message() {
     let (imported, said) = import(&device, root.path(), &[line("big", "payload", &big), line("small", "payload", "1")]);
     assert_eq!((imported["written"].as_u64(), imported["rejected"].as_u64()), (Some(1), Some(1)), "{imported}");
     assert!(said.contains("1048576"), "the reason names the limit: {said}");
+    assert!(said.contains("--attach FIELD=PATH"), "the reason points to blobs: {said}");
     // Through the serving central's local API the same (a command line
     // cannot carry 2 MiB, so import it there too).
     let (imported, _) = import(&central, root.path(), &[line("big", "payload", &big)]);
