@@ -159,7 +159,12 @@ fn visit(value: &Value, found: &mut dyn FnMut(Result<BlobRef, RefError>)) {
 
 /// The references of a change's fields.
 pub fn refs_of_change(change: &Change, out: &mut BTreeSet<BlobRef>) {
-    if let Op::Put { fields, .. } = &change.op {
+    refs_of_op(&change.op, out);
+}
+
+/// The references of the fields an operation sets.
+pub fn refs_of_op(op: &Op, out: &mut BTreeSet<BlobRef>) {
+    if let Op::Put { fields, .. } = op {
         for value in fields.values().flatten() {
             let _ = refs_in(value, out);
         }

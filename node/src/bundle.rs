@@ -8,7 +8,13 @@
 //!                     "filter" [partitions], "created_at_ms"}
 //! frame: Batch … (the engine's wire frames, unchanged)
 //! frame: End
+//! then, for each blob its records reference that the receiver lacks:
+//! frame: Offer {hash, outline}   (the blob protocol's messages)
+//! frame: Data …                  (every block, in order)
 //! ```
+//!
+//! A reader that stops at End (a version without blobs) still imports the
+//! records. The blobs are checked block by block as on the network.
 //!
 //! where a frame is a u32 big-endian length and its bytes (`frame.rs`, the
 //! framing of the network too). Importing checks everything a network sync
@@ -23,6 +29,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
+use engine::blob::message::{self as blob_message, BlobMessage};
 use engine::wire::{self, HeadEntry, Heads, Message};
 use engine::{AuthorKey, LedgerEntry, Region, SyncReport};
 use partitions::{Filter, OrgId, Partition};
@@ -160,6 +167,9 @@ pub struct BundleWritten {
     pub changes: u64,
     /// Batches of changes (the end marker not counted).
     pub batches: u64,
+    /// Blobs carried (referenced by its changes, not known to be held by
+    /// the receiver).
+    pub blobs: u64,
     pub bytes: u64,
     pub bundle: String,
 }
@@ -176,6 +186,9 @@ pub struct FrontierWritten {
 pub struct BundleImported {
     pub exporter: libp2p::PeerId,
     pub report: SyncReport,
+    /// Blobs stored from the bundle, and their bytes.
+    pub blobs_received: u64,
+    pub blob_bytes_received: u64,
 }
 
 /// `ferry bundle export`.
@@ -183,6 +196,10 @@ pub fn export(node: &Node, org: OrgId, filter: Filter, since: Since<'_>, path: &
     let now_s = now_ms() / 1000;
     let (local, _, _) = node.local_scope(org)?;
     let mut receiver_scope = None;
+    let receiver_key = match since {
+        Since::Peer(peer) => Some(peer),
+        _ => None,
+    };
     let heads: Vec<HeadEntry> = match since {
         Since::Nothing => Vec::new(),
         Since::File(file) => {
@@ -223,11 +240,19 @@ pub fn export(node: &Node, org: OrgId, filter: Filter, since: Since<'_>, path: &
         Some(receiver) => Region::between(&filter, &local, receiver),
         None => Region::of(filter.intersection(&local.read.union(&local.write))),
     };
-    let mut out = Vec::new();
-    out.extend_from_slice(BUNDLE_MAGIC);
+    // Written to a temporary file beside the bundle (blobs make bundles
+    // far larger than memory should hold), renamed into place when whole.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let temporary = tempfile::Builder::new()
+        .prefix(".ferry-bundle.")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let mut out = std::io::BufWriter::new(temporary);
+    out.write_all(BUNDLE_MAGIC)?;
     write_frame(&mut out, &serde_json::to_vec(&header(node, org, &filter)?)?)?;
     let mut changes = 0;
     let mut batches = 0;
+    let mut refs = std::collections::BTreeSet::new();
     engine::session::delta_frames(
         node.store.as_ref(),
         region,
@@ -237,12 +262,86 @@ pub fn export(node: &Node, org: OrgId, filter: Filter, since: Since<'_>, path: &
         &mut |frame, n| {
             changes += n;
             batches += 1;
+            if n > 0
+                && let Ok(Message::Batch(batch)) = wire::decode_message(&frame)
+            {
+                for change in batch.groups.iter().flat_map(|g| &g.changes) {
+                    engine::blob::refs_of_op(&change.op, &mut refs);
+                }
+            }
             write_frame(&mut out, &frame).map_err(|e| e.to_string())
         },
     )
     .map_err(|e| anyhow!("cannot export: {e}"))?;
-    crate::home::write_atomic(path, &out)?;
-    Ok(BundleWritten { changes, batches: batches - 1, bytes: out.len() as u64, bundle: path.display().to_string() })
+    let mut blobs = 0u64;
+    for r in refs {
+        let known_held = receiver_key.is_some_and(|peer| {
+            node.store.peer_note(&peer, &format!("blob:{}", r.hash.to_hex())).ok().flatten().is_some()
+        });
+        if known_held || !node.blobs.has(&r.hash) {
+            continue;
+        }
+        write_blob(node, &mut out, &r.hash)?;
+        blobs += 1;
+    }
+    let file = out.into_inner().map_err(|e| anyhow!("cannot write {}: {}", path.display(), e.error()))?;
+    file.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
+    let bytes = file.as_file().metadata().map_or(0, |m| m.len());
+    file.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(BundleWritten { changes, batches: batches - 1, blobs, bytes, bundle: path.display().to_string() })
+}
+
+/// Appends a held blob: its outline, then every block.
+fn write_blob(node: &Node, out: &mut dyn Write, hash: &engine::blob::BlobHash) -> anyhow::Result<()> {
+    let outline = node.blobs.outline(hash)?;
+    write_frame(out, &blob_message::encode(&BlobMessage::Offer { hash: *hash, outline: outline.clone() }))?;
+    let mut file = node.blobs.open(hash)?;
+    for index in 0..outline.blocks() {
+        let block = crate::blobs::Blobs::read_block(&mut file, &outline, index)
+            .with_context(|| format!("cannot read blob {hash}"))?;
+        write_frame(out, &blob_message::encode_data(&block))?;
+    }
+    Ok(())
+}
+
+/// Reads the blobs after a bundle's End: each checked against its outline
+/// and the hash, block by block, and kept only if a record held here
+/// references it. Returns (blobs stored, bytes stored).
+fn read_blobs(node: &Node, input: &mut dyn Read) -> anyhow::Result<(u64, u64)> {
+    let (mut stored, mut bytes) = (0u64, 0u64);
+    let next = |input: &mut dyn Read| -> anyhow::Result<Option<BlobMessage>> {
+        read_frame(input, engine::limits::BLOB_MESSAGE_BYTES_MAX)?
+            .map(|f| blob_message::decode(&f).map_err(|e| anyhow!("the bundle's blobs are damaged: {e}")))
+            .transpose()
+    };
+    while let Some(message) = next(input)? {
+        let BlobMessage::Offer { hash, outline } = message else {
+            bail!("the bundle's blobs are damaged: a blob does not start with its outline");
+        };
+        let wanted = !node.blobs.has(&hash)
+            && node.store.blob_referrers(&hash)?.iter().any(|(_, size)| outline.check(&hash, *size).is_ok());
+        let mut receiving = if wanted { node.blobs.receive(&hash, &outline)? } else { None };
+        let resumed_at = receiving.as_ref().map_or(0, |r| r.held_bytes());
+        for index in 0..outline.blocks() {
+            let Some(BlobMessage::Data(block)) = next(input)? else {
+                bail!("the bundle is truncated inside blob {hash}");
+            };
+            if let Some(r) = receiving.as_mut()
+                && index == r.next_block()
+            {
+                r.accept(&block).map_err(|e| {
+                    anyhow!("{e}; the bundle's records were imported: sync with a peer to fetch the blob")
+                })?;
+            }
+        }
+        if let Some(r) = receiving {
+            let size = r.outline.size;
+            node.blobs.complete(r)?;
+            stored += 1;
+            bytes += size - resumed_at;
+        }
+    }
+    Ok((stored, bytes))
 }
 
 /// `ferry bundle import FILE`: exactly like receiving a sync.
@@ -335,7 +434,15 @@ fn import_file(
         report,
     };
     node.store.record_session(&entry)?;
+    // The records stand (and are in the ledger) whatever the blobs after
+    // them hold.
+    let (blobs_received, blob_bytes_received) = read_blobs(node, &mut input)?;
     // Revocations the bundle carried apply from now on: the authorizer's
     // hook re-read them when the batch holding them was committed.
-    Ok(BundleImported { exporter: crate::identity::peer_id_of(&exporter.0), report: entry.report })
+    Ok(BundleImported {
+        exporter: crate::identity::peer_id_of(&exporter.0),
+        report: entry.report,
+        blobs_received,
+        blob_bytes_received,
+    })
 }

@@ -293,7 +293,12 @@ fn execute_local(
             let imported = crate::bundle::import(node, &path, &mut |done, total| {
                 out(Line::Progress { what: "received".into(), done, total })
             })?;
-            j::report(&imported.exporter.to_string(), &imported.report)
+            let mut summary = j::report(&imported.exporter.to_string(), &imported.report);
+            j::add_fields(
+                &mut summary,
+                json!({ "blobs_received": imported.blobs_received, "blob_bytes_received": imported.blob_bytes_received }),
+            );
+            summary
         }
         Op::BundleFrontier(BundleFrontier { org: o, out: path, filters }) => {
             let org = org(&o)?;

@@ -409,3 +409,46 @@ fn gc_removes_unreferenced_blobs_and_keeps_referenced_ones() {
         home.fails(&["put", "delivery", "z", "--partition", "tests", "--set", "package={\"$blob\":{\"hash\":\"12\"}}"]);
     assert!(said.contains("a blob reference is"), "{said}");
 }
+
+#[test]
+fn a_bundle_carries_its_records_blobs_checked_block_by_block() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let server = central.serve();
+    let [a, b] = ["centre-a", "centre-b"].map(|n| Home::init(root.path(), n));
+    for device in [&a, &b] {
+        enrol(&central, device, "tests", "");
+    }
+    server.stop();
+    let bytes = noise(3 * MIB + 17, 10);
+    let package = write_file(root.path(), "package.zip", &bytes);
+    let hash = attach(&central, "p1", "tests", &package);
+    let bundle = root.path().join("to-centres.bundle");
+    let written = central.json(&["bundle", "export", "--out", bundle.to_str().expect("path")]);
+    assert_eq!(written["blobs"], 1, "{written}");
+    assert!(written["bytes"].as_u64().expect("bytes") > bytes.len() as u64, "{written}");
+    let imported = a.json(&["bundle", "import", bundle.to_str().expect("path")]);
+    assert_eq!((imported["received"].as_u64(), imported["blobs_received"].as_u64()), (Some(1), Some(1)), "{imported}");
+    let out = root.path().join("a.zip");
+    a.json(&["blob", "get", &hash, "--out", out.to_str().expect("path")]);
+    assert_eq!(sha256(&out), sha256(&package));
+    // Importing it again stores nothing twice.
+    let again = a.json(&["bundle", "import", bundle.to_str().expect("path")]);
+    assert_eq!(again["blob_bytes_received"], 0, "{again}");
+    // A byte flipped in the blob's last whole block (block 11; block 12
+    // holds the last 17 bytes), on the way to B: the record is imported,
+    // the blob refused at that block, and only the blocks before it kept.
+    let mut damaged = std::fs::read(&bundle).expect("read");
+    let at = damaged.len() - 100;
+    damaged[at] ^= 1;
+    let damaged_path = write_file(root.path(), "damaged.bundle", &damaged);
+    let said = b.fails(&["bundle", "import", damaged_path.to_str().expect("path")]);
+    assert!(said.contains("block 11 ") && said.contains("records were imported"), "{said}");
+    assert_eq!(b.json(&["get", "delivery", "p1"])["fields"]["package"]["$blob"]["hash"], hash.as_str());
+    assert_eq!(blob_state(&b, &hash), ("partial".to_owned(), 11 * BLOB_BLOCK_BYTES));
+    // The good bundle then finishes it from there.
+    let healed = b.json(&["bundle", "import", bundle.to_str().expect("path")]);
+    assert_eq!(healed["blob_bytes_received"], bytes.len() as u64 - 11 * BLOB_BLOCK_BYTES, "{healed}");
+    assert_eq!(blob_state(&b, &hash), ("complete".to_owned(), bytes.len() as u64));
+}
