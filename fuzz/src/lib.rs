@@ -108,6 +108,30 @@ pub fn stored_record(data: &[u8]) {
     }
 }
 
+/// The blob protocol's messages (`engine::blob::message::decode`): what
+/// decodes encodes back to the same message; an outline that decodes is
+/// checked against a hash and its first block without panicking, and the
+/// bytes of a one-block blob verify exactly when they are the hash's.
+pub fn blob_message(data: &[u8]) {
+    use engine::blob::message::{self, BlobMessage};
+    use engine::blob::{BlobHash, Outline};
+    let Ok(decoded) = message::decode(data) else { return };
+    assert_eq!(message::decode(&message::encode(&decoded)).as_ref(), Ok(&decoded));
+    let outline: Option<(BlobHash, &Outline)> = match &decoded {
+        BlobMessage::Have(outline) => Some((BlobHash::of(data), outline)),
+        BlobMessage::Offer { hash, outline } => Some((*hash, outline)),
+        _ => None,
+    };
+    if let Some((hash, outline)) = outline {
+        let _ = outline.check(&hash, outline.size);
+        let _ = outline.verify_block(&hash, 0, &data[..data.len().min(outline.size as usize)]);
+        if outline.cvs.is_empty() && outline.size as usize <= data.len() {
+            let bytes = &data[..outline.size as usize];
+            assert_eq!(outline.verify_block(&BlobHash::of(bytes), 0, bytes), Ok(()));
+        }
+    }
+}
+
 /// Run proofs (`engine::seal`): a run's size, the leaves a batch holds and
 /// the proof hashes, as a receiver rebuilds a root from them; and what the
 /// store keeps of a run.

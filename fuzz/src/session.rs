@@ -269,5 +269,12 @@ pub fn bundle_sample() -> Vec<u8> {
         Ok(())
     })
     .expect("delta");
+    // A blob after End, as `ferry bundle export` appends one.
+    let bytes = b"a small report".to_vec();
+    let mut builder = engine::blob::OutlineBuilder::new();
+    builder.update(&bytes);
+    let (hash, outline) = builder.finish();
+    frame(&mut out, &engine::blob::message::encode(&engine::blob::message::BlobMessage::Offer { hash, outline }));
+    frame(&mut out, &engine::blob::message::encode_data(&bytes));
     out
 }

@@ -248,11 +248,44 @@ fn run_proof_holds_on_real_proofs_and_runs() {
 }
 
 #[test]
+fn blob_message_holds_on_every_message() {
+    use engine::blob::message::{self, BlobMessage};
+    use engine::blob::{BlobHash, OutlineBuilder};
+    let mut builder = OutlineBuilder::new();
+    builder.update(&vec![5u8; 3 * engine::limits::BLOB_BLOCK_BYTES as usize + 9]);
+    let (hash, outline) = builder.finish();
+    let samples: Vec<Vec<u8>> = [
+        BlobMessage::Hello { credentials: vec![1; 300] },
+        BlobMessage::Ready,
+        BlobMessage::Refused { reason: "no".into() },
+        BlobMessage::Get { hash, size: outline.size },
+        BlobMessage::Have(outline.clone()),
+        BlobMessage::Missing,
+        BlobMessage::From { block: 2 },
+        BlobMessage::Data(vec![7; 5000]),
+        BlobMessage::Lacks { hashes: vec![hash, BlobHash([1; 32])] },
+        BlobMessage::Wants { hashes: vec![hash] },
+        BlobMessage::Offer { hash, outline },
+        BlobMessage::Declined,
+    ]
+    .iter()
+    .map(message::encode)
+    .collect();
+    write_seeds("blob_message", &samples);
+    for sample in &samples {
+        for input in variations(sample) {
+            fuzz::blob_message(&input);
+        }
+    }
+}
+
+#[test]
 fn bundle_file_holds_on_a_real_bundle() {
     let sample = fuzz::session::bundle_sample();
     let contents = node::bundle::decode_file(&mut std::io::Cursor::new(&sample)).expect("a real bundle decodes");
     assert!(contents.bundle);
     assert!(contents.messages.len() >= 3, "batches and End");
+    assert_eq!(contents.blobs.len(), 2, "a blob's outline and its block");
     write_seeds("bundle_file", std::slice::from_ref(&sample));
     for input in variations(&sample) {
         fuzz::bundle_file(&input);
@@ -353,7 +386,8 @@ type Target = fn(&[u8]);
 /// `fuzz/regressions/<target>/` and replayed here: each must now pass.
 #[test]
 fn every_kept_crash_input_now_passes() {
-    let targets: [(&str, Target); 13] = [
+    let targets: [(&str, Target); 14] = [
+        ("blob_message", fuzz::blob_message),
         ("partitions_parse", fuzz::partitions_parse),
         ("cert_chain", fuzz::cert_chain),
         ("enrol_token", fuzz::enrol_token),

@@ -113,6 +113,8 @@ pub struct FileContents {
     pub credentials: Vec<u8>,
     pub filter: Filter,
     pub messages: Vec<Message>,
+    /// The blob messages after End (outlines and blocks).
+    pub blobs: Vec<BlobMessage>,
 }
 
 /// Decodes a whole bundle or frontier file, checking every bound.
@@ -130,9 +132,18 @@ pub fn decode_file(input: &mut dyn Read) -> anyhow::Result<FileContents> {
     let (_, org, holder, credentials, filter) = read_header(&mut rest, full)?;
     let mut messages = Vec::new();
     while let Some(frame) = read_frame(&mut rest, engine::limits::MESSAGE_BYTES_MAX)? {
-        messages.push(wire::decode_message(&frame).map_err(|e| anyhow!("the file is damaged: {e}"))?);
+        let message = wire::decode_message(&frame).map_err(|e| anyhow!("the file is damaged: {e}"))?;
+        let end = matches!(message, Message::End { .. });
+        messages.push(message);
+        if end && bundle {
+            break;
+        }
     }
-    Ok(FileContents { bundle, org, holder, credentials, filter, messages })
+    let mut blobs = Vec::new();
+    while let Some(frame) = read_frame(&mut rest, engine::limits::BLOB_MESSAGE_BYTES_MAX)? {
+        blobs.push(blob_message::decode(&frame).map_err(|e| anyhow!("the file's blobs are damaged: {e}"))?);
+    }
+    Ok(FileContents { bundle, org, holder, credentials, filter, messages, blobs })
 }
 
 /// `ferry bundle frontier --out FILE`: what this node holds in `filter`.
