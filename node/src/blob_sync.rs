@@ -31,6 +31,8 @@ use crate::identity::key_of;
 use crate::net::{self, Net};
 use crate::node::{Node, now_s};
 
+/// Blob streams opened before giving up on a peer that drops them unanswered.
+const STREAM_ATTEMPTS: u64 = 4;
 /// How long either side waits for the other's next message.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a blob unreferenced may sit before the gc after a sync removes
@@ -179,16 +181,31 @@ async fn exchange_on_stream(
     report: &mut BlobReport,
     progress: BlobProgress<'_>,
 ) -> anyhow::Result<()> {
-    let mut stream = net.open(peer, net::BLOB_PROTOCOL).await?;
     let credentials = {
         let node = node.clone();
         crate::pool::blocking(move || node.local_scope(org).map(|(_, c, _)| c)).await?
     };
-    send(&mut stream, &BlobMessage::Hello { credentials }).await?;
-    match recv(&mut stream).await? {
-        BlobMessage::Ready => {}
-        other => bail!("the peer answered hello with {}", name(&other)),
-    }
+    // A busy peer may drop a new stream before its accept loop takes it
+    // (as for sync streams): nothing was said on it, so open another.
+    let mut attempt = 0;
+    let mut stream = loop {
+        attempt += 1;
+        let mut stream = net.open(peer, net::BLOB_PROTOCOL).await?;
+        let answer = match send(&mut stream, &BlobMessage::Hello { credentials: credentials.clone() }).await {
+            Ok(()) => recv_or_end(&mut stream).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Some(BlobMessage::Ready)) => break stream,
+            Ok(Some(BlobMessage::Refused { reason })) => bail!("the peer refused: {reason}"),
+            Ok(Some(other)) => bail!("the peer answered hello with {}", name(&other)),
+            Ok(None) | Err(_) if attempt < STREAM_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Ok(None) => bail!("the peer closed the blob stream {attempt} times without answering"),
+            Err(e) => return Err(e.context(format!("no answer to a blob stream, {attempt} times"))),
+        }
+    };
     let total_in: u64 = wanted.iter().map(|(_, size)| size).sum();
     let mut done_in = 0u64;
     for (hash, size) in wanted {
