@@ -63,6 +63,15 @@ pub struct BenchArgs {
     /// Only the load scenario.
     #[arg(long)]
     pub load_only: bool,
+    /// Blob sizes in MiB for the blob scenario (comma-separated; empty: skip).
+    #[arg(long, value_delimiter = ',', default_value = "50,500")]
+    pub blob_mib: Vec<u64>,
+    /// Devices fetching each blob at once (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,10")]
+    pub blob_devices: Vec<u64>,
+    /// Only the blob scenario.
+    #[arg(long)]
+    pub blobs_only: bool,
     /// Tiny sizes, for a smoke run (what CI runs).
     #[arg(long)]
     pub quick: bool,
@@ -172,6 +181,17 @@ impl Proc {
     /// Peak resident memory so far, in KiB.
     fn peak_rss_kb(&self) -> u64 {
         rss_kb(self.child.id(), "VmHWM:")
+    }
+
+    /// Resident memory now, in KiB.
+    fn rss_now_kb(&self) -> u64 {
+        rss_kb(self.child.id(), "VmRSS:")
+    }
+
+    /// Resets the peak to the memory held now (Linux: `5` to clear_refs),
+    /// so a peak read later is the peak of what came after.
+    fn reset_peak(&self) {
+        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
     }
 
     /// CPU time used so far, in milliseconds.
@@ -334,6 +354,8 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
         args.device_records = 100;
         args.load_seconds = 3;
         args.load_devices = args.load_devices.min(3);
+        args.blob_mib = vec![4];
+        args.blob_devices = vec![1, 2];
     }
     let backends = match args.backend.as_str() {
         "both" => vec![BackendKind::Redb, BackendKind::Sled],
@@ -347,7 +369,7 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
     // is also given as a fraction of them.
     let limits = std::cell::Cell::new(None);
     let mut print = |mut figure: Figure| {
-        if !figure.scenario.starts_with("primitive:") {
+        if !figure.scenario.starts_with("primitive:") && !figure.scenario.starts_with("blob ") {
             figure.limits = limits.get();
         }
         if json_output {
@@ -397,6 +419,14 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
                 print(load(root.path(), backend, args.load_devices, args.load_seconds, args.device_records).await?);
             }
             if args.load_only {
+                continue;
+            }
+            for &mib in args.blob_mib.iter().filter(|m| **m > 0) {
+                for &devices in args.blob_devices.iter().filter(|d| **d > 0) {
+                    print(blob_fanout(root.path(), backend, mib, devices).await?);
+                }
+            }
+            if args.blobs_only {
                 continue;
             }
             for &records in &args.records {

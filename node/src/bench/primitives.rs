@@ -84,6 +84,35 @@ pub fn inserts(dir: &Path, backend: BackendKind, count: usize) -> anyhow::Result
     Ok(rate)
 }
 
+/// MiB/s of one core for (BLAKE3 of a whole blob, building its outline,
+/// checking every block against it): what verified streaming costs on top
+/// of plain hashing. Medians of five runs over 64 MiB.
+pub fn blob_hashing() -> (f64, f64, f64) {
+    use engine::blob::{BlobHash, OutlineBuilder};
+    const BYTES: usize = 64 * 1024 * 1024;
+    let data: Vec<u8> = (0..BYTES).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1]).collect();
+    let mib_s = |started: Instant| BYTES as f64 / (1024.0 * 1024.0) / started.elapsed().as_secs_f64().max(1e-9);
+    let (mut plain, mut outline, mut check) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let started = Instant::now();
+        let hash = BlobHash::of(&data);
+        plain.push(mib_s(started));
+        let started = Instant::now();
+        let mut builder = OutlineBuilder::new();
+        builder.update(&data);
+        let (built, o) = builder.finish();
+        outline.push(mib_s(started));
+        assert_eq!(built, hash, "an outline makes BLAKE3's hash");
+        let started = Instant::now();
+        o.check(&hash, BYTES as u64).expect("checks");
+        for (i, block) in data.chunks(engine::limits::BLOB_BLOCK_BYTES as usize).enumerate() {
+            o.verify_block(&hash, i as u64, block).expect("verifies");
+        }
+        check.push(mib_s(started));
+    }
+    (median(plain), median(outline), median(check))
+}
+
 /// The primitives, and the figures that report them.
 pub fn measure(dir: &Path, backend: BackendKind, inserts_count: usize) -> anyhow::Result<(Primitives, Vec<Figure>)> {
     let (sign_per_s, verify_per_s) = signatures();
@@ -96,7 +125,29 @@ pub fn measure(dir: &Path, backend: BackendKind, inserts_count: usize) -> anyhow
         note: note.to_owned(),
         ..Figure::default()
     };
-    let figures = vec![
+    let (plain, outline, check) = blob_hashing();
+    let mib = |scenario: &str, rate: f64, note: &str| Figure {
+        scenario: scenario.to_owned(),
+        backend: backend.name().to_owned(),
+        changes: 64,
+        duration_ms: 64.0 / rate * 1000.0,
+        note: format!("{rate:.0} MiB/s; {note}"),
+        ..Figure::default()
+    };
+    let mut figures = vec![
+        mib("primitive: BLAKE3 of a blob, one core", plain, "64 MiB hashed whole (records/s column: MiB/s)"),
+        mib(
+            "primitive: blob outline, one core",
+            outline,
+            "the same 64 MiB cut into 256 KiB blocks, chaining values merged to the hash",
+        ),
+        mib(
+            "primitive: blob verification, one core",
+            check,
+            "the same 64 MiB checked block by block, as a receiver does",
+        ),
+    ];
+    figures.extend(vec![
         figure("primitive: Ed25519 signing, one core", MESSAGES, sign_per_s, "signatures/s, 400-byte messages"),
         figure(
             "primitive: Ed25519 batch verification, one core",
@@ -110,6 +161,6 @@ pub fn measure(dir: &Path, backend: BackendKind, inserts_count: usize) -> anyhow
             inserts_per_s,
             "400-byte values, checksummed, 1000 per durable commit",
         ),
-    ];
+    ]);
     Ok((Primitives { sign_per_s, verify_per_s, inserts_per_s }, figures))
 }

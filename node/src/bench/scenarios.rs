@@ -334,3 +334,94 @@ pub(super) async fn load(
     }
     Ok(figure)
 }
+
+/// A blob of `mib` MiB on the central, fetched by `devices` devices at
+/// once after the one record naming it; then a second sync that must move
+/// no blob byte. Memory is each side's peak during the sync above what it
+/// held before it (VmHWM is reset to VmRSS first, where Linux allows).
+pub(super) async fn blob_fanout(root: &Path, backend: BackendKind, mib: u64, devices: u64) -> anyhow::Result<Figure> {
+    let dir = root.join(format!("{}-blob-{mib}-{devices}", backend.name()));
+    let (central_home, org, homes) = district(&dir, backend, devices)?;
+    let size = mib * 1024 * 1024;
+    let file = dir.join("package.bin");
+    write_noise(&file, size)?;
+    {
+        let node = crate::node::Node::open(central_home.clone())?;
+        let reference = node.blobs.add_file(&file, &mut |_, _| {})?;
+        let set = [("package".to_owned(), reference.to_value())].into_iter().collect();
+        node.put(org, workload::RECORD_TYPE, "package", workload::PARTITION, set, Default::default())?;
+        node.close()?;
+    }
+    std::fs::remove_file(&file)?;
+    let central = Proc::start(&central_home)?;
+    let procs: Vec<Proc> = homes.iter().map(Proc::start).collect::<anyhow::Result<_>>()?;
+    let before = (central.rss_now_kb(), procs.iter().map(Proc::rss_now_kb).collect::<Vec<_>>());
+    central.reset_peak();
+    procs.iter().for_each(Proc::reset_peak);
+    let cpu_before = (central.cpu_ms(), procs.iter().map(Proc::cpu_ms).sum::<u64>());
+    let op = sync_op(&central.address, true, false);
+    let started = Instant::now();
+    let results = futures::future::join_all(procs.iter().map(|p| p.op(&op))).await;
+    let elapsed = started.elapsed();
+    let mut moved = 0u64;
+    for result in results {
+        let result = result?;
+        if result["blob_bytes_received"].as_u64() != Some(size) {
+            bail!("a device received {} blob bytes of {size}: {result}", result["blob_bytes_received"]);
+        }
+        moved += size;
+    }
+    let growth = |peak: u64, before: u64| peak.saturating_sub(before);
+    let device_growth = procs.iter().zip(&before.1).map(|(p, b)| growth(p.peak_rss_kb(), *b)).max().unwrap_or(0);
+    let central_growth = growth(central.peak_rss_kb(), before.0);
+    let mut figure = Figure {
+        scenario: format!("blob {mib} MiB to {devices} device{}", if devices == 1 { "" } else { "s" }),
+        backend: backend.name().into(),
+        records: 1,
+        changes: devices,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        bytes_received: moved,
+        rss_a_kb: central_growth,
+        rss_b_kb: device_growth,
+        cpu_a_ms: central.cpu_ms().saturating_sub(cpu_before.0),
+        cpu_b_ms: procs.iter().map(Proc::cpu_ms).sum::<u64>().saturating_sub(cpu_before.1),
+        ..Figure::default()
+    };
+    // Held now: a second sync moves no blob byte.
+    let again = procs[0].op(&op).await?;
+    if again["blob_bytes_received"].as_u64() != Some(0) {
+        bail!("a blob already held was sent again: {again}");
+    }
+    let mib_per_s = moved as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9);
+    figure.note = format!(
+        "{mib_per_s:.0} MiB/s in all, whole sync from the command; memory columns are growth during the sync (central {:.0} MiB, largest device {:.0} MiB); a second sync moved 0 blob bytes",
+        central_growth as f64 / 1024.0,
+        device_growth as f64 / 1024.0
+    );
+    central.stop();
+    for p in procs {
+        p.stop();
+    }
+    Ok(figure)
+}
+
+/// Writes `size` bytes no compressor shrinks.
+fn write_noise(path: &Path, size: u64) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < size {
+        for chunk in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = (size - written).min(block.len() as u64) as usize;
+        out.write_all(&block[..n])?;
+        written += n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}

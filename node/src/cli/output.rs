@@ -104,6 +104,15 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
         }
         Op::Check(crate::ops::Check { repair }) => write_check(out, *repair, value),
         Op::Status => write_status(out, value),
+        Op::BlobList => write_blob_list(out, value),
+        Op::BlobGc => writeln!(
+            out,
+            "removed {} blob{} ({} bytes); kept {} that records reference",
+            value["removed"],
+            if value["removed"] == 1 { "" } else { "s" },
+            value["bytes_freed"],
+            value["kept"]
+        ),
         Op::Peers => {
             let list = value.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
@@ -276,6 +285,52 @@ fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value) -> std::io::R
 }
 
 fn write_summary(out: &mut dyn Write, op: &Op, value: &serde_json::Value) -> std::io::Result<()> {
+    write_records_summary(out, op, value)?;
+    write_blobs_summary(out, value)
+}
+
+/// The blobs a sync or bundle moved, and why any did not.
+fn write_blobs_summary(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
+    let n = |k: &str| value[k].as_u64().unwrap_or(0);
+    if n("blobs_received") + n("blobs_sent") + n("blob_bytes_received") + n("blob_bytes_sent") > 0 {
+        writeln!(
+            out,
+            "  blobs: received {} ({} bytes), sent {} ({} bytes)",
+            n("blobs_received"),
+            n("blob_bytes_received"),
+            n("blobs_sent"),
+            n("blob_bytes_sent")
+        )?;
+    }
+    value["blob_errors"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .try_for_each(|e| writeln!(out, "  blob not moved: {}", e.as_str().unwrap_or("?")))
+}
+
+/// `ferry blob list`: one line a blob.
+fn write_blob_list(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
+    let list = value.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return writeln!(out, "(no blobs)");
+    }
+    for b in &list {
+        let state = b["state"].as_str().unwrap_or("?");
+        let held = if state == "partial" { format!(" ({} bytes held)", b["held"]) } else { String::new() };
+        let records = b["referenced_by"].as_u64().unwrap_or(0);
+        writeln!(
+            out,
+            "{} {} bytes {state}{held}, referenced by {records} record{}",
+            b["hash"].as_str().unwrap_or("?"),
+            b["size"],
+            if records == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(())
+}
+
+fn write_records_summary(out: &mut dyn Write, op: &Op, value: &serde_json::Value) -> std::io::Result<()> {
     let peer = value["peer"].as_str().unwrap_or("?");
     if value["noop"].as_bool().unwrap_or(false) {
         return writeln!(
