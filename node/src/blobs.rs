@@ -360,9 +360,15 @@ impl Blobs {
             }
             verified += 1;
         }
-        file.set_len((verified * BLOB_BLOCK_BYTES).min(outline.size)).map_err(|e| disk_error(e, &dir))?;
         let needed = outline.size.saturating_sub(verified * BLOB_BLOCK_BYTES);
-        self.check_space(needed)?;
+        if let Err(e) = self.check_space(needed) {
+            if verified == 0 {
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+            }
+            return Err(e);
+        }
+        file.set_len((verified * BLOB_BLOCK_BYTES).min(outline.size)).map_err(|e| disk_error(e, &dir))?;
         Ok(Some(Receiving { hash: *hash, outline: outline.clone(), file, path, next: verified, _claim: guard }))
     }
 

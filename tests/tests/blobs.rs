@@ -452,3 +452,29 @@ fn a_bundle_carries_its_records_blobs_checked_block_by_block() {
     assert_eq!(healed["blob_bytes_received"], bytes.len() as u64 - 11 * BLOB_BLOCK_BYTES, "{healed}");
     assert_eq!(blob_state(&b, &hash), ("complete".to_owned(), bytes.len() as u64));
 }
+
+/// Eight devices fetching one blob at once all get it whole: the central
+/// answers blob streams one new stream at a time, and a stream it dropped
+/// unanswered under that load once failed a device's fetch ("connection is
+/// closed"); the device now opens another.
+#[test]
+fn eight_devices_fetching_one_blob_at_once_all_get_it() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let server = central.serve();
+    let devices: Vec<Home> = (0..8).map(|n| Home::init(root.path(), &format!("centre-{n}"))).collect();
+    for device in &devices {
+        enrol(&central, device, "tests", "");
+    }
+    let package = write_file(root.path(), "package.zip", &noise(8 * MIB, 11));
+    attach(&central, "p1", "tests", &package);
+    let results: Vec<serde_json::Value> = std::thread::scope(|s| {
+        let running: Vec<_> = devices.iter().map(|d| s.spawn(|| d.json(&["sync", &server.address]))).collect();
+        running.into_iter().map(|t| t.join().expect("a sync")).collect()
+    });
+    for result in results {
+        assert_eq!(result["blob_bytes_received"], 8 * MIB as u64, "{result}");
+    }
+    server.stop();
+}

@@ -245,3 +245,58 @@ fn a_damaged_store_file_never_panics_a_command() {
     eprintln!("outcomes over 48 damaged bytes: {outcomes:?}");
     assert!(outcomes.contains_key("one-line error"), "no damage was noticed at all: {outcomes:?}");
 }
+
+/// A blob larger than the free space is refused before a byte of it is
+/// fetched, with the sizes and what to do; the records still arrive, and
+/// once space is freed the next sync fetches it.
+#[test]
+fn a_blob_that_does_not_fit_is_refused_before_it_is_fetched_and_fetched_once_it_fits() {
+    let Some(disk) = SmallDisk::mount(160) else { return };
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    central.json(&["org", "create", "District", "--authority", "central"]);
+    let server = central.serve();
+    let device = Home::init(&disk.path(), "centre");
+    let token = central.json(&["enroll", "token", "--read", "tests"])["token"].as_str().expect("token").to_owned();
+    device.json(&["enroll", &token]);
+    let package = root.path().join("package.zip");
+    let bytes: Vec<u8> = (0..60u32 * 1024 * 1024).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&package, &bytes).expect("write");
+    central.json(&[
+        "put",
+        "delivery",
+        "p1",
+        "--partition",
+        "tests",
+        "--attach",
+        &format!("package={}", package.display()),
+    ]);
+    // 160 MB less a 60 MB filler: the 60 MB blob and 64 MB to spare do not fit.
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 60 * 1024 * 1024]).expect("filler");
+    let synced = device.json(&["sync", &server.address]);
+    assert_eq!(synced["received"], 1, "the record arrives: {synced}");
+    let errors = synced["blob_errors"].to_string();
+    assert!(
+        errors.contains("not enough free disk for a blob of 60 MiB") && errors.contains("free some space"),
+        "{errors}"
+    );
+    assert_eq!(synced["blob_bytes_received"], 0, "{synced}");
+    let listed = device.json(&["blob", "list"]);
+    assert_eq!(listed[0]["state"], "missing", "nothing of it written: {listed}");
+    // Attaching a file that does not fit is refused the same way.
+    let said = device.fails(&[
+        "put",
+        "note",
+        "n1",
+        "--partition",
+        "tests",
+        "--attach",
+        &format!("file={}", package.display()),
+    ]);
+    assert!(said.contains("not enough free disk"), "{said}");
+    std::fs::remove_file(&filler).expect("free space");
+    let synced = device.json(&["sync", &server.address]);
+    assert_eq!(synced["blob_bytes_received"], bytes.len() as u64, "{synced}");
+    server.stop();
+}
