@@ -452,13 +452,15 @@ async fn answer_on(
                 }
             }
             BlobMessage::Lacks { hashes } => {
-                let node = node.clone();
+                // Only blobs of records the peer may read: what the answer
+                // says of any other hash would tell it what it may not see.
+                let (node, scope) = (node.clone(), scope.clone());
                 let wants = crate::pool::blocking(move || -> anyhow::Result<Vec<BlobHash>> {
                     let mut wants = Vec::new();
                     for hash in hashes {
                         if !node.blobs.has(&hash)
                             && !node.blobs.is_receiving(&hash)
-                            && !node.store.blob_referrers(&hash)?.is_empty()
+                            && readable_by(&node, &hash, &scope, None)?
                         {
                             wants.push(hash);
                         }
@@ -469,13 +471,16 @@ async fn answer_on(
                 send(stream, &BlobMessage::Wants { hashes: wants }).await?;
             }
             BlobMessage::Offer { hash, outline } => {
-                // Taken only for a record held here, at the size it names.
+                // Taken only for a record held here that the peer may read,
+                // at the size it names.
                 let accepted = {
-                    let (node, outline) = (node.clone(), outline.clone());
+                    let (node, outline, scope) = (node.clone(), outline.clone(), scope.clone());
                     crate::pool::blocking(move || -> anyhow::Result<bool> {
                         let referrers = node.store.blob_referrers(&hash)?;
                         Ok(!node.blobs.has(&hash)
-                            && referrers.iter().any(|(_, size)| outline.check(&hash, *size).is_ok()))
+                            && referrers.iter().any(|(key, size)| {
+                                scope.may_read(&key.partition, &key.record_type) && outline.check(&hash, *size).is_ok()
+                            }))
                     })
                     .await?
                 };

@@ -278,6 +278,24 @@ fn a_blob_is_served_only_within_read_scope_and_corrupt_or_forged_bytes_are_refus
         .expect("hash")
         .to_owned();
 
+    // A second secret whose bytes the central has lost: a peer outside its
+    // record's scope must learn nothing of it either.
+    let lost = noise(7000, 12);
+    let lost_file = write_file(root.path(), "lost.pdf", &lost);
+    let lost_hash = central.json(&[
+        "put",
+        "result",
+        "y",
+        "--partition",
+        "results:tc-2",
+        "--attach",
+        &format!("report={}", lost_file.display()),
+    ])["fields"]["report"]["$blob"]["hash"]
+        .as_str()
+        .expect("hash")
+        .to_owned();
+    std::fs::remove_file(central.dir.join("blobs").join(&lost_hash[..2]).join(&lost_hash)).expect("lose it");
+
     let (key, chain) = credentials(&device);
     let peer = Hostile::new(key);
     let mut conn = peer.open_blobs(&server.address);
@@ -300,8 +318,17 @@ fn a_blob_is_served_only_within_read_scope_and_corrupt_or_forged_bytes_are_refus
     }
 
     // Push: the central lacks both reports.
-    conn.send(&BlobMessage::Lacks { hashes: vec![parse(&report_hash), parse(&small_hash), BlobHash([8; 32])] });
-    assert_eq!(conn.recv(), Some(BlobMessage::Wants { hashes: vec![parse(&report_hash), parse(&small_hash)] }));
+    conn.send(&BlobMessage::Lacks {
+        hashes: vec![parse(&report_hash), parse(&small_hash), BlobHash([8; 32]), parse(&lost_hash)],
+    });
+    assert_eq!(
+        conn.recv(),
+        Some(BlobMessage::Wants { hashes: vec![parse(&report_hash), parse(&small_hash)] }),
+        "a blob of a record outside the peer's read scope is not wanted from it, as a hash no record names"
+    );
+    let (lost_h, lost_outline) = outline_of(&lost);
+    conn.send(&BlobMessage::Offer { hash: lost_h, outline: lost_outline });
+    assert_eq!(conn.recv(), Some(BlobMessage::Declined), "nor taken from it");
     // A corrupted byte in block 1: blocks 0 is kept, block 1 refused.
     let (hash, outline) = outline_of(&report);
     conn.send(&BlobMessage::Offer { hash, outline: outline.clone() });
