@@ -26,6 +26,27 @@ pub struct LedgerEntry {
     pub push: bool,
     /// What moved. The ledger keeps every counter but the message counts.
     pub report: SyncReport,
+    /// The blobs moved after the records (docs/protocol.md, "Blobs"); the
+    /// node adds them to the session's entry once they have moved.
+    pub blobs: BlobCounts,
+}
+
+/// Blobs moved with a session, and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobCounts {
+    pub received: u64,
+    pub bytes_received: u64,
+    pub sent: u64,
+    pub bytes_sent: u64,
+}
+
+impl BlobCounts {
+    pub fn add(&mut self, other: &BlobCounts) {
+        self.received += other.received;
+        self.bytes_received += other.bytes_received;
+        self.sent += other.sent;
+        self.bytes_sent += other.bytes_sent;
+    }
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
@@ -54,6 +75,14 @@ struct Stored {
     rejected_by_peer: u64,
     #[serde(default)]
     noop: bool,
+    #[serde(default)]
+    blobs_received: u64,
+    #[serde(default)]
+    blob_bytes_received: u64,
+    #[serde(default)]
+    blobs_sent: u64,
+    #[serde(default)]
+    blob_bytes_sent: u64,
 }
 
 impl From<Stored> for LedgerEntry {
@@ -82,6 +111,12 @@ impl From<Stored> for LedgerEntry {
                 noop: s.noop,
                 rejections: s.rejections,
                 ..SyncReport::default()
+            },
+            blobs: BlobCounts {
+                received: s.blobs_received,
+                bytes_received: s.blob_bytes_received,
+                sent: s.blobs_sent,
+                bytes_sent: s.blob_bytes_sent,
             },
         }
     }
@@ -112,6 +147,10 @@ impl From<LedgerEntry> for Stored {
             merged: r.merged,
             rejected_by_peer: r.rejected_by_peer,
             noop: r.noop,
+            blobs_received: e.blobs.received,
+            blob_bytes_received: e.blobs.bytes_received,
+            blobs_sent: e.blobs.sent,
+            blob_bytes_sent: e.blobs.bytes_sent,
         }
     }
 }

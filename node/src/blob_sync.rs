@@ -51,6 +51,35 @@ pub struct BlobReport {
     pub blob_errors: Vec<String>,
 }
 
+impl BlobReport {
+    pub fn counts(&self) -> engine::ledger::BlobCounts {
+        engine::ledger::BlobCounts {
+            received: self.blobs_received,
+            bytes_received: self.blob_bytes_received,
+            sent: self.blobs_sent,
+            bytes_sent: self.blob_bytes_sent,
+        }
+    }
+
+    fn moved(&self) -> bool {
+        self.blobs_received + self.blobs_sent + self.blob_bytes_received + self.blob_bytes_sent > 0
+    }
+}
+
+/// Adds what moved to the ledger entry of a session (`session` in hex).
+pub async fn add_to_ledger(node: &Arc<Node>, started_at_ms: u64, session: String, report: &BlobReport) {
+    if !report.moved() {
+        return;
+    }
+    let (node, counts) = (node.clone(), report.counts());
+    crate::pool::blocking(move || {
+        if let Err(e) = node.store.add_session_blobs(started_at_ms, &session, &counts) {
+            tracing::warn!("cannot add the blobs moved to the ledger: {e}");
+        }
+    })
+    .await;
+}
+
 /// Progress of the bytes of blobs: (done, total) received, or sent.
 pub type BlobProgress<'a> = &'a mut (dyn FnMut(&str, u64, u64) + Send);
 
@@ -400,6 +429,11 @@ pub async fn answer(node: &Arc<Node>, peer: PeerId, mut stream: libp2p::Stream) 
     let result = answer_on(node, peer, &mut stream, &mut report).await;
     if let Err(e) = &result {
         send(&mut stream, &BlobMessage::Refused { reason: format!("{e:#}") }).await.ok();
+    }
+    // What moved joins the ledger entry of the session this peer just had
+    // (an interrupted transfer counts what it moved too).
+    if let Some((started_at_ms, session)) = key_of(&peer).and_then(|k| node.last_answered(&AuthorKey(k))) {
+        add_to_ledger(node, started_at_ms, partitions::hex::encode(&session), &report).await;
     }
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
     result.map(|()| report)

@@ -443,11 +443,20 @@ fn import_file(
         pull: true,
         push: false,
         report,
+        blobs: Default::default(),
     };
     node.store.record_session(&entry)?;
     // The records stand (and are in the ledger) whatever the blobs after
     // them hold.
     let (blobs_received, blob_bytes_received) = read_blobs(node, &mut input)?;
+    if blobs_received > 0 {
+        let blobs = engine::ledger::BlobCounts {
+            received: blobs_received,
+            bytes_received: blob_bytes_received,
+            ..Default::default()
+        };
+        node.store.add_session_blobs(entry.started_at_ms, &entry.session, &blobs)?;
+    }
     // Revocations the bundle carried apply from now on: the authorizer's
     // hook re-read them when the batch holding them was committed.
     Ok(BundleImported {

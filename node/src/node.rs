@@ -44,6 +44,9 @@ pub struct Node {
     pub opened: Opened,
     /// The home's blob store (`blobs.rs`).
     pub blobs: crate::blobs::Blobs,
+    /// The ledger key (start, session id) of the last session answered for
+    /// each peer, so the blobs its initiator moves next join that entry.
+    answered: std::sync::Mutex<std::collections::BTreeMap<AuthorKey, (u64, [u8; 16])>>,
     /// The chains in `certs/`, verified when they change, not at each use.
     own: OwnChains,
     /// Held until the node is dropped, after the store has closed.
@@ -126,7 +129,8 @@ impl Node {
         let store = Arc::new(store);
         let auth = CertAuthorizer::watching(store.clone());
         let blobs = crate::blobs::Blobs::new(home.blobs_dir());
-        let node = Node { home, identity, config, store, auth, opened, blobs, own, _lock: lock };
+        let node =
+            Node { home, identity, config, store, auth, opened, blobs, answered: Default::default(), own, _lock: lock };
         for (_, bytes) in node.own_chains()? {
             node.store.put_chain(&node.identity.author_key(), &bytes)?;
             let _ = node.auth.know(&bytes);
@@ -173,6 +177,18 @@ impl Node {
         config.peer_has_credentials =
             self.store.peer_note(&peer, "has-credentials")?.is_some_and(|known| known == hash);
         Ok(config)
+    }
+
+    /// Notes the ledger key of a session answered for `peer`.
+    pub fn note_answered(&self, peer: AuthorKey, started_at_ms: u64, session: [u8; 16]) {
+        if let Ok(mut answered) = self.answered.lock() {
+            answered.insert(peer, (started_at_ms, session));
+        }
+    }
+
+    /// The ledger key of the last session answered for `peer`.
+    pub fn last_answered(&self, peer: &AuthorKey) -> Option<(u64, [u8; 16])> {
+        self.answered.lock().ok()?.get(peer).copied()
     }
 
     /// Remembers that `peer` holds our credentials, so the next session

@@ -201,8 +201,10 @@ pub async fn sync(
     };
     let result = sync_with(node, net, peer, org, filter, pull, push, &mut on_event).await;
     let result = match result {
-        Ok((mut outcome, peer_scope)) => {
+        Ok((mut outcome, peer_scope, (started_at_ms, session))) => {
             outcome.blobs = crate::blob_sync::exchange(node, net, peer, org, peer_scope, pull, push, on_blob).await;
+            crate::blob_sync::add_to_ledger(node, started_at_ms, partitions::hex::encode(&session), &outcome.blobs)
+                .await;
             if outcome.report.received > 0 || outcome.blobs.blobs_received > 0 {
                 crate::blob_sync::gc_after_sync(node).await;
             }
@@ -226,13 +228,14 @@ async fn sync_with(
     pull: bool,
     push: bool,
     on_event: &mut (dyn FnMut(&Event) + Send),
-) -> anyhow::Result<(SyncOutcome, Option<partitions::Scope>)> {
+) -> anyhow::Result<(SyncOutcome, Option<partitions::Scope>, (u64, [u8; 16]))> {
     let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
     // A busy peer may drop a new stream before its accept loop takes it
     // (libp2p-stream hands over one stream at a time). Nothing was said on
     // such a stream, so opening another is safe; after the first answer,
     // failures are final.
     let mut attempt = 0;
+    let mut ledger_key;
     let (session, result) = loop {
         attempt += 1;
         let mut stream = net.open(peer, SYNC_PROTOCOL).await?;
@@ -244,6 +247,7 @@ async fn sync_with(
         }
         config.pull = pull;
         config.push = push;
+        ledger_key = (config.started_at_ms, config.session);
         let session = Session::initiate(config, now_ms());
         let (session, result) = drive(&mut stream, session, node, on_event).await;
         let _ = futures::AsyncWriteExt::close(&mut stream).await;
@@ -273,7 +277,7 @@ async fn sync_with(
         anyhow::Ok(())
     })
     .await?;
-    Ok((SyncOutcome { peer, report, blobs: Default::default() }, peer_scope))
+    Ok((SyncOutcome { peer, report, blobs: Default::default() }, peer_scope, ledger_key))
 }
 
 /// After a session completes, waits (briefly) for the peer to close its
@@ -375,6 +379,7 @@ async fn answer(
             return Err(reason);
         }
     };
+    let ledger_key = (config.started_at_ms, config.session);
     let session = Session::accept(config, now_ms());
     let session = step(node, session, move |s, env| s.handle_message(now_ms(), &first, env)).await;
     let (mut session, result) = drive(&mut stream, session, node, on_event).await;
@@ -391,6 +396,11 @@ async fn answer(
     {
         let after = node.clone();
         crate::pool::blocking(move || remember_frontier(&after, org, &session, &AuthorKey(peer_key))).await;
+    }
+    if result.is_ok()
+        && let Some(peer_key) = key_of(&peer)
+    {
+        node.note_answered(AuthorKey(peer_key), ledger_key.0, ledger_key.1);
     }
     if result.as_ref().is_ok_and(|r| r.received > 0) {
         crate::blob_sync::gc_after_sync(node).await;

@@ -136,6 +136,24 @@ fn a_delivery_package_reaches_two_devices_whole_and_moves_once_for_a_hundred_rec
         assert_eq!(blob_state(device, &hash), ("complete".to_owned(), 50 * MIB as u64));
         let listed = device.json(&["blob", "list"]);
         assert_eq!(listed[0]["referenced_by"], 101, "{listed}");
+        // The sync history says what moved, on both sides.
+        let entry = device.json(&["history"]).as_array().expect("ledger").last().cloned().expect("an entry");
+        assert_eq!(
+            (entry["blobs_received"].as_u64(), entry["blob_bytes_received"].as_u64()),
+            (Some(1), Some(50 * MIB as u64)),
+            "{entry}"
+        );
+        let peer = device.peer_id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let history = central.json(&["history"]);
+            let sent = history.as_array().expect("ledger").iter().rev().find(|e| e["peer"] == peer.as_str()).cloned();
+            if sent.as_ref().is_some_and(|e| e["blob_bytes_sent"] == 50 * MIB as u64) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the central's ledger never showed the blob sent: {sent:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let again = device.json(&["sync", &server.address]);
         assert_eq!(
             (again["blobs_received"].as_u64(), again["blob_bytes_received"].as_u64()),
@@ -457,6 +475,8 @@ fn a_bundle_carries_its_records_blobs_checked_block_by_block() {
     assert!(written["bytes"].as_u64().expect("bytes") > bytes.len() as u64, "{written}");
     let imported = a.json(&["bundle", "import", bundle.to_str().expect("path")]);
     assert_eq!((imported["received"].as_u64(), imported["blobs_received"].as_u64()), (Some(1), Some(1)), "{imported}");
+    let entry = a.json(&["history"]).as_array().expect("ledger").last().cloned().expect("an entry");
+    assert_eq!((entry["via"].as_str(), entry["blobs_received"].as_u64()), (Some("bundle"), Some(1)), "{entry}");
     let out = root.path().join("a.zip");
     a.json(&["blob", "get", &hash, "--out", out.to_str().expect("path")]);
     assert_eq!(sha256(&out), sha256(&package));

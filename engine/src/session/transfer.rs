@@ -205,6 +205,7 @@ impl Session {
             pull: self.config.pull,
             push: self.config.push,
             report: self.report.clone(),
+            blobs: Default::default(),
         };
         // A ledger that cannot be written must not hide the session's own
         // outcome; the failure shows in the next store operation anyway.

@@ -138,6 +138,26 @@ impl Store {
         Ok(())
     }
 
+    /// Adds the blobs that moved after a session to its ledger entry;
+    /// `false` when the entry is gone (dropped as the oldest).
+    pub fn add_session_blobs(
+        &self,
+        started_at_ms: u64,
+        session: &str,
+        blobs: &crate::ledger::BlobCounts,
+    ) -> Result<bool, StoreError> {
+        let _len = self.ledger_len.lock().expect("ledger lock");
+        let mut key = vec![keys::LEDGER];
+        key.extend_from_slice(&started_at_ms.to_be_bytes());
+        key.extend_from_slice(session.as_bytes());
+        let Some(bytes) = self.backend.get(&key)? else { return Ok(false) };
+        let mut entry: LedgerEntry =
+            stored::decode_value(&bytes).map_err(|e| corrupt(&format!("ledger entry: {e}")))?;
+        entry.blobs.add(blobs);
+        self.commit(&[(key, Some(stored::encode_value(&entry)))])?;
+        Ok(true)
+    }
+
     /// The ledger, oldest first.
     pub fn history(&self) -> Result<Vec<LedgerEntry>, StoreError> {
         let mut out = Vec::new();

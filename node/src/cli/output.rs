@@ -281,6 +281,17 @@ fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value) -> std::io::R
     if let Some(reason) = reason {
         writeln!(out, "    {status}: {}", reason.replace('\n', " "))?;
     }
+    let n = |k: &str| e[k].as_u64().unwrap_or(0);
+    if n("blobs_received") + n("blobs_sent") > 0 {
+        writeln!(
+            out,
+            "    blobs: received {} ({} bytes), sent {} ({} bytes)",
+            n("blobs_received"),
+            n("blob_bytes_received"),
+            n("blobs_sent"),
+            n("blob_bytes_sent")
+        )?;
+    }
     Ok(())
 }
 
@@ -432,8 +443,14 @@ impl Progress {
         }
         let bar = self.drawn.entry(what.to_owned()).or_insert_with(|| {
             let bar = indicatif::ProgressBar::new(total.max(1));
+            // Bytes (of blobs) read as sizes, counts as counts.
+            let template = if what.contains("bytes") {
+                "{msg:>9} [{bar:30}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta})"
+            } else {
+                "{msg:>9} [{bar:30}] {pos}/{len} ({per_sec}, {eta})"
+            };
             bar.set_style(
-                indicatif::ProgressStyle::with_template("{msg:>9} [{bar:30}] {pos}/{len} ({per_sec}, {eta})")
+                indicatif::ProgressStyle::with_template(template)
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                     .progress_chars("=> "),
             );
