@@ -171,17 +171,24 @@ pub fn refs_of_op(op: &Op, out: &mut BTreeSet<BlobRef>) {
     }
 }
 
-/// The blobs a record references: those of every change it retains, so a
-/// value kept as a conflict keeps its blob too; none once it is deleted
-/// (and no put concurrent with the delete survives).
+/// The blobs a record references: those its fields' live values name
+/// (`RecordState::live_values`: the winner and the conflicts, so a value
+/// kept as a conflict keeps its blob too); none once it is deleted (and no
+/// put concurrent with the delete survives).
 pub fn refs_of(state: &RecordState) -> BTreeSet<BlobRef> {
     let mut out = BTreeSet::new();
-    if !state.put_survives() {
+    // Only maps and arrays can hold a reference: most records hold none,
+    // and this is on the path of every record a commit writes.
+    let may_hold = state.changes.iter().any(|c| match &c.op {
+        Op::Put { fields, .. } => fields.values().flatten().any(|v| matches!(v, Value::Map(_) | Value::Array(_))),
+        Op::Delete => false,
+    });
+    if !may_hold || !state.put_survives() {
         return out;
     }
-    for change in &state.changes {
-        refs_of_change(change, &mut out);
-    }
+    state.live_values(&mut |value| {
+        let _ = refs_in(value, &mut out);
+    });
     out
 }
 

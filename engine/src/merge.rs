@@ -194,6 +194,27 @@ impl RecordState {
         self.changes.iter().filter(|c| !self.known.exists.covers(c.dot()))
     }
 
+    /// Every field value some view can show, whatever the policy: for each
+    /// field, the values of the retained changes no later write of it has
+    /// seen (the winner and the conflicts). A value a retained change holds
+    /// for a field written again since is not among them.
+    pub fn live_values(&self, visit: &mut dyn FnMut(&Value)) {
+        let mut names: Vec<&str> = self.changes.iter().flat_map(Change::field_names).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            let known = self.known.field(name);
+            for change in &self.changes {
+                if let Op::Put { fields, .. } = &change.op
+                    && let Some(Some(value)) = fields.get(name)
+                    && !known.covers(change.dot())
+                {
+                    visit(value);
+                }
+            }
+        }
+    }
+
     /// Whether some latest write of the record's existence is a put: the
     /// record is shown, or shown as a conflict of a delete. A record that
     /// is only deleted references no blob (`blob::refs_of`).

@@ -159,6 +159,42 @@ impl Store {
         Ok(report)
     }
 
+    /// Writes the blob index again from the records (but `dropped`), when
+    /// an entry of it is damaged: even its key may be what changed, so only
+    /// the records say which references exist.
+    fn rebuild_blob_refs(&self, pending: &mut Pending, dropped: &BTreeSet<RecordKey>) -> Result<(), StoreError> {
+        let mut wanted: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+        let mut held = Vec::new();
+        // One pass over everything, damaged entries included.
+        self.backend.audit(&mut |k, v| {
+            match k.first() {
+                Some(&keys::BLOB_REFS) => held.push(k.to_vec()),
+                Some(&keys::RECORDS) => {
+                    if let (Ok(v), Some(record)) = (v, record_key(k))
+                        && !dropped.contains(&record)
+                        && let Ok(state) = stored::decode_record(&record, v)
+                    {
+                        for r in crate::blob::refs_of(&state) {
+                            let key = keys::blob_ref(&r.hash, &record.partition, &record.record_type, &record.id);
+                            wanted.insert(key, r.size);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            true
+        })?;
+        for key in held {
+            if !wanted.contains_key(&key) {
+                pending.delete(key);
+            }
+        }
+        for (key, size) in wanted {
+            pending.put(key, size.to_be_bytes().to_vec());
+        }
+        Ok(())
+    }
+
     /// Checks, then removes every damaged entry and lowers the frontiers
     /// that covered what was lost, in one durable commit. Returns what the
     /// check found and what was done.
@@ -191,6 +227,29 @@ impl Store {
             .filter_map(|d| record_key(&d.key))
             .collect();
         let mut index_of = self.index_entries_of(&damaged_records)?;
+        // A dropped record's blob references go with it; a damaged blob
+        // reference is written again from its record, which is intact (a
+        // lost reference would let the gc remove a blob a record names).
+        if !damaged_records.is_empty() {
+            let suffixes: BTreeSet<Vec<u8>> = damaged_records
+                .iter()
+                .map(|r| keys::record(&r.partition, &r.record_type, &r.id)[1..].to_vec())
+                .collect();
+            let mut stale = Vec::new();
+            self.backend.audit(&mut |k, _| match k.first() {
+                Some(&keys::BLOB_REFS) => {
+                    if k.len() > 33 && suffixes.contains(&k[33..]) {
+                        stale.push(k.to_vec());
+                    }
+                    true
+                }
+                Some(&table) => table < keys::BLOB_REFS,
+                None => true,
+            })?;
+            for key in stale {
+                pending.delete(key);
+            }
+        }
         let mut fresh_instance = false;
         for damage in &report.damaged {
             let key = &damage.key;
@@ -229,6 +288,9 @@ impl Store {
                 _ => {}
             }
         }
+        if report.damaged.iter().any(|d| d.key.first() == Some(&keys::BLOB_REFS)) {
+            self.rebuild_blob_refs(&mut pending, &damaged_records)?;
+        }
         if fresh_instance {
             // The instance or its counter cannot be trusted: the next open
             // continues under a fresh one (the instance rule).
@@ -263,7 +325,14 @@ impl Store {
         // Lowered heads first, then the damaged entries: a crash between
         // the two leaves damage the next repair finds again, never a lost
         // change that no frontier asks for.
-        let doomed: BTreeSet<Vec<u8>> = report.damaged.iter().map(|d| d.key.clone()).collect();
+        // A damaged entry written again whole (a blob reference rebuilt from
+        // its record) is not purged after the commit.
+        let doomed: BTreeSet<Vec<u8>> = report
+            .damaged
+            .iter()
+            .map(|d| d.key.clone())
+            .filter(|k| !matches!(pending.writes.get(k), Some(Some(_))))
+            .collect();
         self.commit_pending(pending)?;
         self.floors.lock().expect("floors lock").extend(floors);
         self.backend.purge(&doomed)?;
