@@ -1,12 +1,20 @@
 //! The sync ledger: one entry per session or bundle import, kept in the store
-//! (SENAITE's and TAO's sync history; `ferry history`).
+//! (SENAITE's and TAO's sync history; `ferry history`): its outcome, its
+//! counters, the blobs that moved after it, and the records its batches
+//! carried (`MovedRecords`, up to `LEDGER_RECORDS_MAX`).
 //!
 //! Stored as CBOR with fields by index (`stored::encode_value`): `Stored`
 //! keeps the order entries were first written in, so ledgers written by
 //! earlier versions still read; fields added since default when absent.
 
+use std::collections::BTreeSet;
+
+use partitions::{Partition, RecordType};
 use serde::{Deserialize, Serialize};
 
+use crate::change::RecordKey;
+use crate::ids::RecordId;
+use crate::limits::LEDGER_RECORDS_MAX;
 use crate::report::SyncReport;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +37,48 @@ pub struct LedgerEntry {
     /// The blobs moved after the records (docs/protocol.md, "Blobs"); the
     /// node adds them to the session's entry once they have moved.
     pub blobs: BlobCounts,
+    /// The records this session's batches carried, each once per direction,
+    /// at most `LEDGER_RECORDS_MAX`, in the order they moved.
+    pub records: Vec<Moved>,
+    /// Changes carried once `records` was full (some may be of records it
+    /// names).
+    pub records_beyond: u64,
+}
+
+/// A record a session's batches carried, and which way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moved {
+    pub sent: bool,
+    pub key: RecordKey,
+}
+
+/// The records of a session as they move: each named once per direction
+/// while there is room; once the list is full, changes are only counted.
+#[derive(Clone, Debug, Default)]
+pub struct MovedRecords {
+    pub list: Vec<Moved>,
+    sent: BTreeSet<RecordKey>,
+    received: BTreeSet<RecordKey>,
+    pub beyond: u64,
+}
+
+impl MovedRecords {
+    pub fn is_full(&self) -> bool {
+        self.list.len() >= LEDGER_RECORDS_MAX
+    }
+
+    /// One change of `key`, sent or received.
+    pub fn add(&mut self, sent: bool, key: &RecordKey) {
+        if self.is_full() {
+            self.beyond += 1;
+            return;
+        }
+        let seen = if sent { &mut self.sent } else { &mut self.received };
+        if !seen.contains(key) {
+            seen.insert(key.clone());
+            self.list.push(Moved { sent, key: key.clone() });
+        }
+    }
 }
 
 /// Blobs moved with a session, and their bytes.
@@ -83,6 +133,11 @@ struct Stored {
     blobs_sent: u64,
     #[serde(default)]
     blob_bytes_sent: u64,
+    /// (sent, partition, type, id) per record.
+    #[serde(default)]
+    records: Vec<(bool, String, String, String)>,
+    #[serde(default)]
+    records_beyond: u64,
 }
 
 impl From<Stored> for LedgerEntry {
@@ -118,6 +173,22 @@ impl From<Stored> for LedgerEntry {
                 sent: s.blobs_sent,
                 bytes_sent: s.blob_bytes_sent,
             },
+            // A name that does not parse (a damaged entry) is left out.
+            records: s
+                .records
+                .into_iter()
+                .filter_map(|(sent, partition, record_type, id)| {
+                    Some(Moved {
+                        sent,
+                        key: RecordKey {
+                            partition: Partition::parse(&partition).ok()?,
+                            record_type: RecordType::parse(&record_type).ok()?,
+                            id: RecordId::parse(&id).ok()?,
+                        },
+                    })
+                })
+                .collect(),
+            records_beyond: s.records_beyond,
         }
     }
 }
@@ -151,6 +222,19 @@ impl From<LedgerEntry> for Stored {
             blob_bytes_received: e.blobs.bytes_received,
             blobs_sent: e.blobs.sent,
             blob_bytes_sent: e.blobs.bytes_sent,
+            records: e
+                .records
+                .into_iter()
+                .map(|m| {
+                    (
+                        m.sent,
+                        m.key.partition.to_string(),
+                        m.key.record_type.as_str().to_owned(),
+                        m.key.id.as_str().to_owned(),
+                    )
+                })
+                .collect(),
+            records_beyond: e.records_beyond,
         }
     }
 }

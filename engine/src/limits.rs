@@ -97,6 +97,13 @@ const _: () = assert!(RECORD_BYTES_MAX * 8 <= DECOMPRESSED_BYTES_MAX);
 const _: () = assert!(CREDENTIALS_BYTES_MAX * 4 <= DECOMPRESSED_BYTES_MAX);
 const _: () = assert!(RETRANSMIT_MS < SESSION_IDLE_TIMEOUT_MS);
 
+/// Records one ledger entry names (sent and received together, each once);
+/// beyond it the entry counts the changes it carried. TAO's sync history
+/// shows which results moved; a full initial sync of a million records is
+/// counted, not listed. At about 100 bytes a name, a full ledger
+/// (`LEDGER_ENTRIES_MAX` entries) holds at most about 125 MiB of names.
+pub const LEDGER_RECORDS_MAX: usize = 128;
+
 /// Ledger entries a store keeps; older ones are dropped.
 pub const LEDGER_ENTRIES_MAX: usize = 10_000;
 

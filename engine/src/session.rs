@@ -192,6 +192,10 @@ struct Outgoing {
     /// changes, bytes). At most the configured window.
     inflight: VecDeque<(u64, Vec<u8>, u64, u64)>,
     prepared: Option<(Vec<u8>, u64, u64)>,
+    /// The records of the prepared batch's changes, in order, when
+    /// `name_records` (the ledger has room to name them).
+    prepared_records: Vec<crate::change::RecordKey>,
+    name_records: bool,
     exhausted: bool,
     chains_sent: BTreeSet<AuthorKey>,
     plan: Plan,
@@ -212,6 +216,8 @@ impl Outgoing {
             next_seq: 0,
             inflight: VecDeque::new(),
             prepared: None,
+            prepared_records: Vec::new(),
+            name_records: true,
             exhausted: false,
             chains_sent: BTreeSet::new(),
             plan: Plan::default(),
@@ -277,6 +283,8 @@ pub struct Session {
     last_incoming: Option<[u8; 32]>,
     credentials_sent_full: bool,
     ledger_written: bool,
+    /// The records the batches carried, for the ledger.
+    moved: crate::ledger::MovedRecords,
 }
 
 impl Session {
@@ -316,6 +324,7 @@ impl Session {
             last_incoming: None,
             credentials_sent_full: false,
             ledger_written: false,
+            moved: crate::ledger::MovedRecords::default(),
         }
     }
 

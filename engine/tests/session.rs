@@ -375,3 +375,37 @@ fn legacy_put(node: &Node, key: &engine::RecordKey, value: Value, counter: u64) 
     ];
     store.backend().commit(&writes).expect("commit");
 }
+
+/// Each side's ledger entry names the records the session's batches
+/// carried, once each, up to `LEDGER_RECORDS_MAX`, and counts the changes
+/// beyond (TAO's sync history: which results moved).
+#[test]
+fn the_ledger_names_the_records_a_session_moved_up_to_its_limit() {
+    let auth = StaticAuthorizer::new();
+    let central = full(BackendKind::Redb, 1, &auth);
+    let device = full(BackendKind::Redb, 2, &auth);
+    let max = engine::limits::LEDGER_RECORDS_MAX as i64;
+    for i in 0..max + 50 {
+        central.put(&auth, &record("results", "result", &format!("r{i:05}")), &[("n", Value::Int(i))], T0 + i as u64);
+    }
+    device.put(&auth, &record("results", "result", "from-device"), &[("n", Value::Int(1))], T0);
+    sync(&device, &central, &auth, device.config(&central, 1), T0 + 10_000);
+    let last = |node: &Node| node.store.history().expect("ledger").pop().expect("an entry");
+    let (on_device, on_central) = (last(&device), last(&central));
+    for entry in [&on_device, &on_central] {
+        assert_eq!(entry.records.len() as i64, max, "named up to the limit");
+        assert_eq!(entry.records_beyond, 51, "the rest counted: max + 51 changes moved, max named");
+    }
+    let sent_by_device: Vec<&engine::ledger::Moved> = on_device.records.iter().filter(|m| m.sent).collect();
+    assert_eq!(sent_by_device.len(), 1, "the device's push comes first: {:?}", &on_device.records[..2]);
+    assert_eq!(sent_by_device[0].key, record("results", "result", "from-device"));
+    // The central's batches went out before the device's arrived: its list
+    // filled with what it sent, and the change it received is counted.
+    assert!(on_central.records.iter().all(|m| m.sent), "in the order they moved");
+    let received: std::collections::BTreeSet<_> =
+        on_device.records.iter().filter(|m| !m.sent).map(|m| m.key.clone()).collect();
+    assert_eq!(received.len() as i64, max - 1, "each record once");
+    // A no-op names nothing.
+    sync(&device, &central, &auth, device.config(&central, 2), T0 + 20_000);
+    assert!(last(&device).records.is_empty());
+}

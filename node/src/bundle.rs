@@ -399,12 +399,23 @@ fn import_file(
     let region = Region::between(&filter, &exporter_scope, &local);
     let mut positions = BTreeMap::new();
     let mut report = SyncReport::default();
+    let mut moved = engine::ledger::MovedRecords::default();
     let mut batches = 0u64;
     let mut ended = false;
     while let Some(frame) = read_frame(&mut input, engine::limits::MESSAGE_BYTES_MAX)? {
         match wire::decode_message(&frame).map_err(|e| anyhow!("the bundle is damaged: {e}"))? {
             Message::Batch(batch) => {
                 let planned = batch.plan.changes;
+                for group in &batch.groups {
+                    for change in &group.changes {
+                        let key = engine::RecordKey {
+                            partition: group.partition.clone(),
+                            record_type: group.record_type.clone(),
+                            id: change.id.clone(),
+                        };
+                        moved.add(false, &key);
+                    }
+                }
                 let applied = node
                     .store
                     .apply_batch(batch, &region, &mut positions, node.auth.as_ref(), &ParallelVerifier, now_ms())
@@ -444,6 +455,8 @@ fn import_file(
         push: false,
         report,
         blobs: Default::default(),
+        records: moved.list,
+        records_beyond: moved.beyond,
     };
     node.store.record_session(&entry)?;
     // The records stand (and are in the ledger) whatever the blobs after

@@ -109,7 +109,7 @@ pub enum Command {
     /// What a serving node is doing: peers with their last sync, sessions in flight.
     Status,
     /// The sync ledger.
-    History,
+    History(ops::History),
     /// Records holding conflicts.
     Conflicts,
     /// Verify every stored value's checksum, every record and every retained
@@ -287,7 +287,7 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         Command::Sync(args) => Op::Sync(args.clone()),
         Command::Peers => Op::Peers,
         Command::Status => Op::Status,
-        Command::History => Op::History,
+        Command::History(args) => Op::History(args.clone()),
         Command::Conflicts => Op::Conflicts,
         Command::Check(args) => Op::Check(args.clone()),
         Command::Resolve { record_type, id, take, set, partition, org } => Op::Resolve {

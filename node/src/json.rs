@@ -208,6 +208,19 @@ pub fn ledger_entry(e: &engine::LedgerEntry) -> serde_json::Value {
     let mut v = serde_json::to_value(e).expect("ledger entries serialise");
     if let Some(o) = v.as_object_mut() {
         o.insert("started_at".into(), json!(engine::hlc::rfc3339(e.started_at_ms)));
+        let records: Vec<serde_json::Value> = e
+            .records
+            .iter()
+            .map(|m| {
+                json!({
+                    "direction": if m.sent { "sent" } else { "received" },
+                    "type": m.key.record_type.as_str(),
+                    "id": m.key.id.as_str(),
+                    "partition": m.key.partition.to_string(),
+                })
+            })
+            .collect();
+        o.insert("records".into(), json!(records));
         if let Some(key) = partitions::hex::decode::<32>(&e.peer) {
             o.insert("peer".into(), json!(crate::identity::peer_id_of(&key).to_string()));
         }

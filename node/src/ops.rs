@@ -271,7 +271,7 @@ fn execute_local(
             let set = json_fields(&set)?;
             node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?.to_json()
         }
-        Op::History => node.history()?.iter().map(j::ledger_entry).collect(),
+        Op::History(_) => node.history()?.iter().map(j::ledger_entry).collect(),
         Op::EnrollToken { .. } | Op::Enroll { .. } | Op::Sync { .. } | Op::Peers | Op::Watch | Op::Status => {
             unreachable!("network operations run in `execute`")
         }

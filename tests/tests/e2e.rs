@@ -64,6 +64,19 @@ fn enrol_pull_push_and_sync_device_to_device() {
     let pulled = sync(&a, &server.address, &["--pull-only"]);
     assert_eq!(pulled["received"], 2, "{pulled}");
     assert_eq!(ids(&a), ["r1", "t1"], "tc-2's result stays on the central");
+    // The history names what moved, on both sides.
+    let entry = a.json(&["history"]).as_array().expect("ledger").last().cloned().expect("an entry");
+    let mut moved: Vec<String> = entry["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|r| format!("{} {} {}", r["direction"].as_str().expect("direction"), r["type"], r["id"]))
+        .collect();
+    moved.sort();
+    assert_eq!(moved, ["received \"result\" \"r1\"", "received \"test\" \"t1\""], "{entry}");
+    let text = central.ok(&["history", "--records"]);
+    assert!(text.contains("sent     result r1 in") && text.contains("sent     test t1 in"), "{text}");
+    assert!(!text.contains("results:tc-2"), "{text}");
     // Push.
     a.ok(&["put", "result", "r2", "--partition", "results:tc-1", "--set", "score=0.9"]);
     let pushed = sync(&a, &server.address, &["--push-only"]);

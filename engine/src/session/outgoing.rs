@@ -141,6 +141,18 @@ pub(super) fn prepare(
         }
     }
     let runs = prove_runs(&mut groups, store)?;
+    // Named for the ledger only while it has room (`MovedRecords`).
+    out.prepared_records = groups
+        .iter()
+        .filter(|_| out.name_records)
+        .flat_map(|g| {
+            g.changes.iter().map(|c| crate::change::RecordKey {
+                partition: g.partition.clone(),
+                record_type: g.record_type.clone(),
+                id: c.id.clone(),
+            })
+        })
+        .collect();
     let batch = Batch { seq: out.next_seq, plan: out.plan, groups, chains, runs };
     let frame = wire::encode_message(&Message::Batch(batch));
     out.prepared = Some((frame, count as u64, bytes));

@@ -31,6 +31,13 @@ impl Session {
                 out.next_seq += 1;
                 out.inflight.push_back((seq, frame.clone(), changes, bytes));
                 self.report.sent += changes;
+                if out.prepared_records.is_empty() {
+                    self.moved.beyond += changes;
+                }
+                for key in out.prepared_records.drain(..) {
+                    self.moved.add(true, &key);
+                }
+                out.name_records = !self.moved.is_full();
                 frames.push(frame);
             }
             if out.inflight.is_empty() && out.prepared.is_none() && out.exhausted && out.end_frame.is_none() {
@@ -110,6 +117,20 @@ impl Session {
         }
         inc.plan = batch.plan;
         let (seq, count) = (batch.seq, batch.groups.iter().map(|g| g.changes.len() as u64).sum::<u64>());
+        if self.moved.is_full() {
+            self.moved.beyond += count;
+        } else {
+            for group in &batch.groups {
+                for change in &group.changes {
+                    let key = crate::change::RecordKey {
+                        partition: group.partition.clone(),
+                        record_type: group.record_type.clone(),
+                        id: change.id.clone(),
+                    };
+                    self.moved.add(false, &key);
+                }
+            }
+        }
         let applied = env
             .store
             .apply_batch(batch, &inc.region, &mut inc.positions, env.auth, env.verifier, now_ms)
@@ -206,6 +227,8 @@ impl Session {
             push: self.config.push,
             report: self.report.clone(),
             blobs: Default::default(),
+            records: self.moved.list.clone(),
+            records_beyond: self.moved.beyond,
         };
         // A ledger that cannot be written must not hide the session's own
         // outcome; the failure shows in the next store operation anyway.

@@ -93,7 +93,9 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
             "written {}, unchanged {}, rejected {}",
             value["written"], value["unchanged"], value["rejected"]
         ),
-        Op::History => value.as_array().into_iter().flatten().try_for_each(|e| write_history_entry(out, e)),
+        Op::History(crate::ops::History { records }) => {
+            value.as_array().into_iter().flatten().try_for_each(|e| write_history_entry(out, e, *records))
+        }
         Op::CertList => value.as_array().into_iter().flatten().try_for_each(|c| write_certificate(out, c)),
         Op::CertRevoke { .. } => {
             let mut value = value.clone();
@@ -262,7 +264,7 @@ fn write_certificate(out: &mut dyn Write, c: &serde_json::Value) -> std::io::Res
 
 /// One ledger entry: the columns on one line (the peer id in full), and a
 /// failure's reason on the next, so no reason pushes the columns about.
-fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value) -> std::io::Result<()> {
+fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value, records: bool) -> std::io::Result<()> {
     let outcome = e["outcome"].as_str().unwrap_or("?");
     let (status, reason) = outcome.split_once(": ").map_or((outcome, None), |(s, r)| (s, Some(r)));
     writeln!(
@@ -280,6 +282,21 @@ fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value) -> std::io::R
     )?;
     if let Some(reason) = reason {
         writeln!(out, "    {status}: {}", reason.replace('\n', " "))?;
+    }
+    if records {
+        for r in e["records"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "    {:<8} {} {} in {}",
+                r["direction"].as_str().unwrap_or("?"),
+                r["type"].as_str().unwrap_or("?"),
+                r["id"].as_str().unwrap_or("?"),
+                r["partition"].as_str().unwrap_or("?")
+            )?;
+        }
+        if let Some(beyond) = e["records_beyond"].as_u64().filter(|n| *n > 0) {
+            writeln!(out, "    … and {beyond} more changes")?;
+        }
     }
     let n = |k: &str| e[k].as_u64().unwrap_or(0);
     if n("blobs_received") + n("blobs_sent") > 0 {

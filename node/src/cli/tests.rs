@@ -107,7 +107,11 @@ fn every_command_parses_into_its_request() {
         ),
         (vec!["ferry", "peers"], json!({ "op": "peers" })),
         (vec!["ferry", "status"], json!({ "op": "status" })),
-        (vec!["ferry", "history"], json!({ "op": "history" })),
+        (vec!["ferry", "history"], json!({ "op": "history", "records": false })),
+        (vec!["ferry", "history", "--records"], json!({ "op": "history", "records": true })),
+        (vec!["ferry", "blob", "list"], json!({ "op": "blob_list" })),
+        (vec!["ferry", "blob", "gc"], json!({ "op": "blob_gc" })),
+        (vec!["ferry", "blob", "get", "aa", "--out", "f"], json!({ "op": "blob_get", "hash": "aa", "out": "f" })),
         (vec!["ferry", "conflicts"], json!({ "op": "conflicts" })),
         (
             vec!["ferry", "resolve", "result", "r1", "--take", "1"],
@@ -134,6 +138,9 @@ fn every_command_parses_into_its_request() {
         )
         .is_err()
     );
+    // The local API's older form of history, with no field, still parses.
+    let op: crate::ops::Op = serde_json::from_value(json!({ "op": "history" })).expect("history parses");
+    assert!(matches!(op, crate::ops::Op::History(crate::ops::History { records: false })));
     let cli = Cli::try_parse_from(["ferry", "--progress", "list"]).expect("parses");
     assert!(cli.progress && !cli.json);
 }

@@ -56,7 +56,7 @@ pub enum Op {
         #[serde(default)]
         set: BTreeMap<String, serde_json::Value>,
     },
-    History,
+    History(History),
     Sync(Sync),
     Peers,
     BundleExport(BundleExport),
@@ -289,6 +289,14 @@ pub struct BundleFrontier {
     #[arg(long = "filter", value_name = "P")]
     #[serde(default)]
     pub filters: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct History {
+    /// Also list the records each sync sent and received.
+    #[arg(long)]
+    pub records: bool,
 }
 
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
