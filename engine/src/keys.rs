@@ -171,6 +171,14 @@ pub fn describe(key: &[u8]) -> String {
     }
 }
 
+/// `META ‖ "profile/" ‖ org id`: the org's profile texts this node could
+/// read (`policy::readable_texts`), CBOR of {type: text}.
+pub fn readable_profile(org: partitions::OrgId) -> Vec<u8> {
+    let mut key = meta("profile/");
+    key.extend_from_slice(org.as_bytes());
+    key
+}
+
 /// `META ‖ "count/" ‖ org id`: how many records the store holds in an org.
 pub fn count(org: partitions::OrgId) -> Vec<u8> {
     let mut key = meta(COUNT_PREFIX);

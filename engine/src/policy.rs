@@ -13,8 +13,11 @@
 //! …,update-wins               an update concurrent with a delete wins (default: the delete)
 //! ```
 //!
-//! Unknown words fall back to the defaults, so every node reads every
-//! profile the same way.
+//! A local write of a profile with an unknown word is refused
+//! (`TypePolicy::parse_strict`). A profile received with one (from a newer
+//! version, or written by an older one that did not check) does not change
+//! what this node applies: it keeps the last policy it could read for that
+//! type, and the ledger of the session says so (`Store::persist`).
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -79,6 +82,33 @@ impl TypePolicy {
         policy
     }
 
+    /// Reads a policy, refusing any word it does not know.
+    pub fn parse_strict(text: &str) -> Result<TypePolicy, String> {
+        let mut policy = TypePolicy::default();
+        for word in text.split(',').map(str::trim) {
+            match word {
+                "update-wins" => policy.delete = DeletePolicy::UpdateWins,
+                "delete-wins" => policy.delete = DeletePolicy::DeleteWins,
+                "newest" => policy.fields = FieldPolicy::Newest,
+                _ => match word.strip_prefix("authority:") {
+                    Some(tag)
+                        if !tag.is_empty()
+                            && tag.len() <= crate::limits::AUTHORITY_BYTES_MAX
+                            && tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+                    {
+                        policy.fields = FieldPolicy::Authority(tag.to_owned());
+                    }
+                    _ => {
+                        return Err(format!(
+                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins"
+                        ));
+                    }
+                },
+            }
+        }
+        Ok(policy)
+    }
+
     pub fn to_text(&self) -> String {
         let fields = match &self.fields {
             FieldPolicy::Newest => "newest".to_owned(),
@@ -123,4 +153,50 @@ impl Profile {
     pub fn policy(&self, record_type: &RecordType) -> TypePolicy {
         self.types.get(record_type.as_str()).cloned().unwrap_or_default()
     }
+
+    /// The policies this profile sets, by type.
+    pub fn types(&self) -> &BTreeMap<String, TypePolicy> {
+        &self.types
+    }
+
+    /// A profile from the texts a node could read (`Readable`).
+    pub fn from_texts(texts: &BTreeMap<String, String>) -> Profile {
+        Profile { types: texts.iter().map(|(t, text)| (t.clone(), TypePolicy::parse(text))).collect() }
+    }
+}
+
+/// Reads a profile record's visible fields against the texts this node
+/// read last (`last`): each type whose text reads strictly takes it; a type
+/// whose text does not keeps its last readable text (or none), and says
+/// why. Returns the texts now in force and the reasons.
+pub fn readable_texts(
+    fields: &BTreeMap<String, Value>,
+    last: &BTreeMap<String, String>,
+) -> (BTreeMap<String, String>, Vec<String>) {
+    let mut texts = BTreeMap::new();
+    let mut unread = Vec::new();
+    for (name, value) in fields {
+        let parsed = match value.as_str() {
+            Some(text) => TypePolicy::parse_strict(text).map(|_| text.to_owned()),
+            None => Err("the policy is not a text".to_owned()),
+        };
+        match parsed {
+            Ok(text) => {
+                texts.insert(name.clone(), text);
+            }
+            Err(e) => {
+                let kept = last.get(name);
+                unread.push(format!(
+                    "the org's profile sets a policy for {name} this node cannot read ({e}); it keeps {}",
+                    kept.map_or("the default (newest, delete-wins)".to_owned(), |t| format!(
+                        "its last readable one, {t:?}"
+                    ))
+                ));
+                if let Some(kept) = kept {
+                    texts.insert(name.clone(), kept.clone());
+                }
+            }
+        }
+    }
+    (texts, unread)
 }

@@ -64,6 +64,12 @@ impl SyncReport {
         }
     }
 
+    /// Keeps a reason that refuses nothing (a profile this node cannot
+    /// read) while there is room.
+    pub fn note(&mut self, reason: String) {
+        self.keep_reason(reason);
+    }
+
     fn keep_reason(&mut self, reason: String) {
         if self.rejections.len() < SUMMARY_REJECTIONS_MAX {
             self.rejections.push(reason);

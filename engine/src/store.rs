@@ -169,7 +169,8 @@ struct PendingOpen {
 
 impl Store {
     /// Adds a changed record to `pending`: its state and conflict marker;
-    /// tells the hooks and forgets a cached profile it replaces.
+    /// tells the hooks and forgets a cached profile it replaces. Returns
+    /// why a profile it stores does not take effect whole (for the ledger).
     fn persist(
         &self,
         pending: &mut Pending,
@@ -177,7 +178,7 @@ impl Store {
         key: &RecordKey,
         state: &RecordState,
         existed: bool,
-    ) {
+    ) -> Vec<String> {
         let refs = observed.persisted(key, state);
         for r in refs.removed {
             pending.delete(keys::blob_ref(&r.hash, &key.partition, &key.record_type, &key.id));
@@ -189,6 +190,31 @@ impl Store {
         pending.record(key, state, existed);
         if key.record_type.as_str() == crate::policy::PROFILE_TYPE {
             self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
+            return self.readable_profile(pending, key, state);
+        }
+        Vec::new()
+    }
+
+    /// A profile record as the commit will store it: the texts this node
+    /// can read go to `keys::readable_profile`, the org's policies from the
+    /// commit on; a text it cannot read keeps the last readable one. The
+    /// reasons are for the ledger.
+    fn readable_profile(&self, pending: &mut Pending, key: &RecordKey, state: &RecordState) -> Vec<String> {
+        let org = key.partition.org();
+        let last = self.readable_texts(org).ok().flatten().unwrap_or_default();
+        let view = state.view(&crate::policy::TypePolicy::default());
+        let fields = if view.exists { view.fields } else { BTreeMap::new() };
+        let (texts, unread) = crate::policy::readable_texts(&fields, &last);
+        pending.put(keys::readable_profile(org), crate::stored::encode_value(&texts));
+        unread
+    }
+
+    /// The profile texts this node last could read for `org`, if it ever
+    /// read one (stores from before strict profiles have none).
+    fn readable_texts(&self, org: OrgId) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+        match self.backend.get(&keys::readable_profile(org))? {
+            None => Ok(None),
+            Some(bytes) => crate::stored::decode_value(&bytes).map(Some).map_err(|_| corrupt("a readable profile")),
         }
     }
 

@@ -409,3 +409,82 @@ fn the_ledger_names_the_records_a_session_moved_up_to_its_limit() {
     sync(&device, &central, &auth, device.config(&central, 2), T0 + 20_000);
     assert!(last(&device).records.is_empty());
 }
+
+/// A profile's policies are read strictly: a local write with an unknown
+/// word is refused (it once fell back to the default unseen, so a typo in
+/// `update-wins` let deletes win), and a profile received with one (written
+/// by an older version, or meant for a newer one) leaves this node applying
+/// the last policy it could read, with the reason in its ledger.
+#[test]
+fn a_profile_this_node_cannot_read_is_refused_locally_and_leaves_the_last_readable_policy() {
+    use engine::policy::{FieldPolicy, PROFILE_ID, PROFILE_TYPE};
+    let auth = StaticAuthorizer::new();
+    let central = full(BackendKind::Redb, 1, &auth);
+    let device = full(BackendKind::Redb, 2, &auth);
+    let profile = record("ferry", PROFILE_TYPE, PROFILE_ID);
+    let typo = engine::LocalWrite {
+        record: profile.clone(),
+        op: engine::LocalOp::Put {
+            set: [("result".to_owned(), text("authority:central,upate-wins"))].into_iter().collect(),
+            unset: Default::default(),
+        },
+    };
+    let refused = central.store.write(&central.author(), &[typo], T0, &auth, &engine::SerialSigner).expect("write");
+    let reason = refused[0].as_ref().expect_err("refused").to_string();
+    assert!(reason.contains("unknown word \"upate-wins\""), "{reason}");
+    central.put(&auth, &profile, &[("result", text("authority:central"))], T0 + 1);
+    sync(&device, &central, &auth, device.config(&central, 1), T0 + 10);
+    let results = (partition("results"), partitions::RecordType::parse("result").expect("type"));
+    let policy = device.store.policy(&results.0, &results.1).expect("policy");
+    assert_eq!(policy.fields, FieldPolicy::Authority("central".into()));
+    // Written past the check, as an older version did: a word this version
+    // does not know, in a change that supersedes the readable one.
+    let state = central.store.record(&profile).expect("read").expect("held");
+    let mut change = engine::Change {
+        record: profile.clone(),
+        author: central.store.instance(),
+        author_key: author_key(central.seed),
+        counter: 500,
+        hlc: engine::Hlc::from_parts(T0 + 100, 0),
+        authority: None,
+        seen: state.vv.clone(),
+        op: engine::Op::Put {
+            replace: true,
+            fields: [("result".to_owned(), Some(text("authority:central,quorum:3")))].into_iter().collect(),
+        },
+        seal: engine::Seal::Single([0; 64]),
+    };
+    let len = change.sign(&common::key(central.seed));
+    let mut after = state.clone();
+    after.apply(change.clone()).expect("merges");
+    let mut index = (len as u32).to_be_bytes().to_vec();
+    index.extend_from_slice(profile.id.as_str().as_bytes());
+    central
+        .store
+        .backend()
+        .commit(&[
+            (
+                engine::keys::record(&profile.partition, &profile.record_type, &profile.id),
+                Some(engine::stored::encode_record(&after)),
+            ),
+            (engine::keys::change(&profile.partition, &profile.record_type, &change.author, 500), Some(index)),
+            (
+                engine::keys::head(&profile.partition, &profile.record_type, &change.author),
+                Some(500u64.to_be_bytes().to_vec()),
+            ),
+        ])
+        .expect("commit");
+    let (pulled, _) = sync(&device, &central, &auth, device.config(&central, 2), T0 + 200);
+    assert_eq!((pulled.received, pulled.rejected), (1, 0), "the change is data like any other: {pulled:?}");
+    let policy = device.store.policy(&results.0, &results.1).expect("policy");
+    assert_eq!(policy.fields, FieldPolicy::Authority("central".into()), "the last readable policy stays in force");
+    let entry = device.store.history().expect("ledger").pop().expect("an entry");
+    let said = entry.report.rejections.join(" | ");
+    assert!(said.contains("cannot read") && said.contains("quorum:3") && said.contains("authority:central"), "{said}");
+    // Kept across a restart: what is in force is stored, not recomputed.
+    let dir = device.dir.path().to_path_buf();
+    let Node { store, dir: _keep, .. } = device;
+    store.close().expect("close");
+    let (store, _) = engine::Store::open(&dir, BackendKind::Redb, engine::InstanceId([9; 16]), T0 + 300).expect("open");
+    assert_eq!(store.policy(&results.0, &results.1).expect("policy").fields, FieldPolicy::Authority("central".into()));
+}

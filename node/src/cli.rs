@@ -83,6 +83,9 @@ pub enum Command {
     /// Files records reference: write one out, list them, remove unreferenced ones.
     #[command(subcommand)]
     Blob(BlobCommand),
+    /// The org's merge policies per record type (synced like data).
+    #[command(subcommand)]
+    Profile(ProfileCommand),
     /// Bulk write, one JSON record a line (`-` for stdin).
     Import(ops::Import),
     /// Bulk read, one JSON record a line.
@@ -184,6 +187,14 @@ pub struct EnrollArgs {
 pub enum EnrollCommand {
     /// Print a one-time enrolment token (the issuer must be serving).
     Token(ops::EnrollToken),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfileCommand {
+    /// Set a record type's policy (what is not given stays).
+    Set(ops::ProfileSet),
+    /// The policies in force, per record type.
+    Show(ops::ProfileShow),
 }
 
 #[derive(Subcommand, Debug)]
@@ -304,6 +315,8 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         Command::Blob(BlobCommand::Get(args)) => Op::BlobGet(args.clone()),
         Command::Blob(BlobCommand::List) => Op::BlobList,
         Command::Blob(BlobCommand::Gc) => Op::BlobGc,
+        Command::Profile(ProfileCommand::Set(args)) => Op::ProfileSet(args.clone()),
+        Command::Profile(ProfileCommand::Show(args)) => Op::ProfileShow(args.clone()),
     }))
 }
 

@@ -26,6 +26,7 @@ pub const ENROL_CLOCK_BEHIND_MAX_S: u64 = 86_400;
 
 mod blobs;
 mod credentials;
+mod profile;
 mod records;
 mod tokens;
 

@@ -312,6 +312,19 @@ fn execute_local(
             json!({ "hash": hash.to_hex(), "size": size, "out": path.display().to_string() })
         }
         Op::BlobList => serde_json::to_value(node.blob_list()?)?,
+        Op::ProfileSet(ProfileSet { org: o, record_type, policy, delete_wins, update_wins }) => {
+            let delete = match (delete_wins, update_wins) {
+                (true, true) => bail!("give --delete-wins or --update-wins, not both"),
+                (true, false) => Some(engine::policy::DeletePolicy::DeleteWins),
+                (false, true) => Some(engine::policy::DeletePolicy::UpdateWins),
+                (false, false) => None,
+            };
+            if policy.is_none() && delete.is_none() {
+                bail!("say what to set: --policy newest|authority:TAG, --delete-wins or --update-wins");
+            }
+            node.profile_set(org(&o)?, &record_type, policy.as_deref(), delete)?
+        }
+        Op::ProfileShow(ProfileShow { org: o }) => node.profile_show(org(&o)?)?,
         Op::BlobGc => serde_json::to_value(node.blob_gc(std::time::Duration::ZERO)?)?,
     })
 }

@@ -131,3 +131,37 @@ fn integers_beyond_64_bits_are_refused_never_rounded() {
     assert_eq!(record["fields"]["min"].as_i64(), Some(i64::MIN), "{record}");
     assert!(device.json(&["list"]).as_array().expect("list").len() == 1, "nothing else was written");
 }
+
+/// `ferry profile set` writes one type's policy, keeping what it is not
+/// given; a policy with an unknown word is refused however it is written
+/// (a typo once fell back to the default unseen); the profile syncs like
+/// data, and a device shows the same policies.
+#[test]
+fn profile_set_and_show_and_a_policy_with_an_unknown_word_is_refused() {
+    let root = tempfile::tempdir().expect("dir");
+    let (central, device, server) = central_and_device(root.path());
+    central.json(&["profile", "set", "result", "--policy", "authority:central"]);
+    let set = central.json(&["profile", "set", "result", "--update-wins"]);
+    assert_eq!(set, serde_json::json!({"type": "result", "policy": "authority:central", "delete": "update-wins"}));
+    let said = central.fails(&["profile", "set", "result", "--policy", "authority:central,update-wins"]);
+    assert!(said.contains("--delete-wins or --update-wins"), "{said}");
+    let said = central.fails(&["profile", "set", "result", "--policy", "newst"]);
+    assert!(said.contains("unknown word \"newst\""), "{said}");
+    let said = central.fails(&[
+        "put",
+        "ferry.profile",
+        "profile",
+        "--partition",
+        "ferry",
+        "--set",
+        "sample=authority:lab,upate-wins",
+    ]);
+    assert!(said.contains("unknown word \"upate-wins\""), "{said}");
+    let shown = central.json(&["profile", "show"]);
+    assert_eq!(shown, serde_json::json!([{"type": "result", "policy": "authority:central", "delete": "update-wins"}]));
+    device.json(&["sync", &server.address]);
+    assert_eq!(device.json(&["profile", "show"]), shown, "the profile syncs like data");
+    let said = device.fails(&["profile", "set", "result", "--policy", "newest"]);
+    assert!(said.contains("outside this node's write scope"), "only the whole org's writers set policies: {said}");
+    server.stop();
+}

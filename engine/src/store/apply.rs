@@ -424,7 +424,9 @@ impl Store {
             if !touched {
                 continue;
             }
-            self.persist(&mut pending, &mut observed, key, state, *existed);
+            for note in self.persist(&mut pending, &mut observed, key, state, *existed) {
+                applied.note(note);
+            }
         }
         used_runs.sort_unstable();
         used_runs.dedup();

@@ -214,17 +214,28 @@ impl Store {
         if let Some(profile) = self.profiles.lock().expect("profile cache lock").get(&org) {
             return Ok(profile.policy(record_type));
         }
-        let key = profile_key(org);
-        let profile = match self.record(&key)? {
+        let profile = self.profile(org)?;
+        let policy = profile.policy(record_type);
+        self.profiles.lock().expect("profile cache lock").insert(org, profile);
+        Ok(policy)
+    }
+}
+
+impl Store {
+    /// The org's profile in force here: the texts this node last could
+    /// read; for a store from before strict profiles, the record read as it
+    /// was then (unknown words ignored).
+    pub fn profile(&self, org: partitions::OrgId) -> Result<Profile, StoreError> {
+        if let Some(texts) = self.readable_texts(org)? {
+            return Ok(Profile::from_texts(&texts));
+        }
+        Ok(match self.record(&profile_key(org))? {
             Some(state) => {
                 let view = state.view(&TypePolicy::default());
                 if view.exists { Profile::from_fields(&view.fields) } else { Profile::default() }
             }
             None => Profile::default(),
-        };
-        let policy = profile.policy(record_type);
-        self.profiles.lock().expect("profile cache lock").insert(org, profile);
-        Ok(policy)
+        })
     }
 }
 

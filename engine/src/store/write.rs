@@ -195,6 +195,18 @@ impl Store {
                     continue;
                 }
             }
+            // A profile holds policies only this version can read in full:
+            // an unknown word would otherwise fall back to a default unseen.
+            if key.record_type.as_str() == crate::policy::PROFILE_TYPE
+                && let LocalOp::Put { set, .. } = &write.op
+                && let Some(reason) = set.iter().find_map(|(name, value)| match value.as_str() {
+                    Some(text) => TypePolicy::parse_strict(text).err().map(|e| format!("the policy for {name}: {e}")),
+                    None => Some(format!("the policy for {name} must be a text, such as newest or authority:central")),
+                })
+            {
+                results[i] = Some(Err(WriteRejection::Field(reason)));
+                continue;
+            }
             let op = match local_op(&write.op, held, exists_now) {
                 Ok(op) => op,
                 Err(rejection) => {
@@ -263,7 +275,8 @@ impl Store {
                     retained.insert(held.dot());
                 }
             }
-            self.persist(&mut pending, &mut observed, key, state, *existed);
+            // Local profile writes were checked strictly above: nothing to say.
+            let _ = self.persist(&mut pending, &mut observed, key, state, *existed);
         }
         for (change, length) in changes.iter().zip(lengths) {
             // A change superseded by a later one of this same call is not

@@ -107,6 +107,21 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
         Op::Check(crate::ops::Check { repair }) => write_check(out, *repair, value),
         Op::Status => write_status(out, value),
         Op::BlobList => write_blob_list(out, value),
+        Op::ProfileShow(_) => {
+            let list = value.as_array().cloned().unwrap_or_default();
+            if list.is_empty() {
+                writeln!(out, "(no policies set: every type is newest, delete-wins)")?;
+            }
+            list.iter().try_for_each(|t| {
+                writeln!(
+                    out,
+                    "{}: {}, {}",
+                    t["type"].as_str().unwrap_or("?"),
+                    t["policy"].as_str().unwrap_or("?"),
+                    t["delete"].as_str().unwrap_or("?")
+                )
+            })
+        }
         Op::BlobGc => writeln!(
             out,
             "removed {} blob{} ({} bytes); kept {} that records reference",

@@ -62,6 +62,8 @@ pub enum Op {
     BundleExport(BundleExport),
     BundleImport(BundleImport),
     BundleFrontier(BundleFrontier),
+    ProfileSet(ProfileSet),
+    ProfileShow(ProfileShow),
     BlobGet(BlobGet),
     BlobList,
     BlobGc,
@@ -289,6 +291,35 @@ pub struct BundleFrontier {
     #[arg(long = "filter", value_name = "P")]
     #[serde(default)]
     pub filters: Vec<String>,
+}
+
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct ProfileSet {
+    /// The org id (needed when this node belongs to several).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// The record type the policy is for.
+    #[arg(value_name = "TYPE")]
+    #[serde(rename = "type")]
+    pub record_type: String,
+    /// Which of two concurrent values of a field wins: newest or authority:TAG.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// A delete concurrent with an update wins (the default).
+    #[arg(long, conflicts_with = "update_wins")]
+    #[serde(default)]
+    pub delete_wins: bool,
+    /// An update concurrent with a delete wins.
+    #[arg(long)]
+    #[serde(default)]
+    pub update_wins: bool,
+}
+
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct ProfileShow {
+    /// The org id (needed when this node belongs to several).
+    #[arg(long)]
+    pub org: Option<String>,
 }
 
 #[derive(Args, Clone, Debug, Default, Serialize, Deserialize)]
