@@ -423,8 +423,9 @@ fn name(message: &BlobMessage) -> &'static str {
     }
 }
 
-/// The answering side: a peer opened a blob stream. Returns what moved.
-pub async fn answer(node: &Arc<Node>, peer: PeerId, mut stream: libp2p::Stream) -> anyhow::Result<BlobReport> {
+/// The answering side: a peer opened a blob stream. Returns what moved,
+/// and why the stream ended early if it did (what moved before stays).
+pub async fn answer(node: &Arc<Node>, peer: PeerId, mut stream: libp2p::Stream) -> (BlobReport, Option<String>) {
     let mut report = BlobReport::default();
     let result = answer_on(node, peer, &mut stream, &mut report).await;
     if let Err(e) = &result {
@@ -436,7 +437,7 @@ pub async fn answer(node: &Arc<Node>, peer: PeerId, mut stream: libp2p::Stream) 
         add_to_ledger(node, started_at_ms, partitions::hex::encode(&session), &report).await;
     }
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
-    result.map(|()| report)
+    (report, result.err().map(|e| format!("{e:#}")))
 }
 
 async fn answer_on(

@@ -30,6 +30,13 @@ pub enum NodeEvent {
         peer: PeerId,
         reason: String,
     },
+    /// A blob stream a peer opened ended: what moved, and the failure if
+    /// it ended with one (what moved before it stays).
+    Blobs {
+        peer: PeerId,
+        report: crate::blob_sync::BlobReport,
+        failure: Option<String>,
+    },
     /// A sync `ferry.toml` schedules (`[[peer]]` with `every`).
     AutoSynced {
         name: String,
@@ -84,6 +91,14 @@ impl NodeEvent {
             }
             NodeEvent::SyncFailed { peer, reason } => {
                 json!({ "event": "sync_failed", "peer": peer.to_string(), "reason": reason })
+            }
+            NodeEvent::Blobs { peer, report, failure } => {
+                let mut value = json!({ "event": "blobs", "peer": peer.to_string() });
+                crate::json::add_fields(&mut value, serde_json::to_value(report).unwrap_or_default());
+                if let Some(reason) = failure {
+                    value["failure"] = json!(reason);
+                }
+                value
             }
             NodeEvent::AutoSynced { name, outcome } => {
                 let mut value = outcome.to_json();

@@ -358,6 +358,7 @@ impl Responders {
                 });
             }
         });
+        let b_report = report.clone();
         let (e_report, e_limit, e_sessions) = (report, limit, sessions.clone());
         let enrols = tokio::spawn(async move {
             while let Some((peer, stream)) = enrolments.next().await {
@@ -385,19 +386,18 @@ impl Responders {
                     tracing::info!(%peer, "too many blob transfers at once: a stream dropped");
                     continue;
                 };
-                let node = b_node.clone();
+                let (node, report) = (b_node.clone(), b_report.clone());
                 b_sessions.spawn(async move {
                     let _permit = permit;
-                    match crate::blob_sync::answer(&node, peer, stream).await {
-                        Ok(report) => {
-                            if report.blobs_received > 0 {
-                                crate::blob_sync::gc_after_sync(&node).await;
-                            }
-                            if report.blobs_sent + report.blobs_received > 0 {
-                                tracing::info!(%peer, sent = report.blobs_sent, bytes_sent = report.blob_bytes_sent, received = report.blobs_received, bytes_received = report.blob_bytes_received, "blobs moved");
-                            }
-                        }
-                        Err(e) => tracing::warn!(%peer, "blob transfer failed: {e:#}"),
+                    let (moved, failure) = crate::blob_sync::answer(&node, peer, stream).await;
+                    if moved.blobs_received > 0 {
+                        crate::blob_sync::gc_after_sync(&node).await;
+                    }
+                    // A stream that moved nothing and failed at nothing (the
+                    // peer asked for blobs this node lacks) is not an event.
+                    let bytes = moved.blob_bytes_sent + moved.blob_bytes_received;
+                    if moved.blobs_sent + moved.blobs_received + bytes > 0 || failure.is_some() {
+                        report(NodeEvent::Blobs { peer, report: moved, failure });
                     }
                 });
             }

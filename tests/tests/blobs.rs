@@ -154,6 +154,12 @@ fn a_delivery_package_reaches_two_devices_whole_and_moves_once_for_a_hundred_rec
             assert!(Instant::now() < deadline, "the central's ledger never showed the blob sent: {sent:?}");
             std::thread::sleep(Duration::from_millis(50));
         }
+        let event = server.wait_until("a blobs event", |e| e["event"] == "blobs" && e["peer"] == peer.as_str());
+        assert_eq!(
+            (event["blobs_sent"].as_u64(), event["blob_bytes_sent"].as_u64()),
+            (Some(1), Some(50 * MIB as u64)),
+            "{event}"
+        );
         let again = device.json(&["sync", &server.address]);
         assert_eq!(
             (again["blobs_received"].as_u64(), again["blob_bytes_received"].as_u64()),
@@ -360,6 +366,8 @@ fn a_blob_is_served_only_within_read_scope_and_corrupt_or_forged_bytes_are_refus
         Some(BlobMessage::Refused { reason }) => assert!(reason.contains("block 1"), "{reason}"),
         other => panic!("a corrupt block is refused, got {other:?}"),
     }
+    let event = server.wait_until("the refused block's event", |e| e["event"] == "blobs" && e.get("failure").is_some());
+    assert!(event["failure"].as_str().expect("failure").contains("block 1"), "the daemon says so: {event}");
     assert_eq!(
         blob_state(&central, &report_hash),
         ("partial".to_owned(), BLOB_BLOCK_BYTES),
