@@ -23,7 +23,7 @@ use blake3::hazmat::{ChainingValue, HasherExt, Mode, left_subtree_len, merge_sub
 use crate::limits::{BLOB_BLOCK_BYTES, BLOB_BYTES_MAX};
 use crate::merge::RecordState;
 use crate::value::Value;
-use crate::{Change, Op};
+use crate::Op;
 
 pub mod message;
 
@@ -155,11 +155,6 @@ fn visit(value: &Value, found: &mut dyn FnMut(Result<BlobRef, RefError>)) {
         }
         _ => {}
     }
-}
-
-/// The references of a change's fields.
-pub fn refs_of_change(change: &Change, out: &mut BTreeSet<BlobRef>) {
-    refs_of_op(&change.op, out);
 }
 
 /// The references of the fields an operation sets.

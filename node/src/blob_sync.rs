@@ -61,7 +61,8 @@ impl BlobReport {
         }
     }
 
-    fn moved(&self) -> bool {
+    /// Whether any blob or byte moved.
+    pub fn moved(&self) -> bool {
         self.blobs_received + self.blobs_sent + self.blob_bytes_received + self.blob_bytes_sent > 0
     }
 }
@@ -391,10 +392,11 @@ async fn send_blocks(
     };
     let mut file = Some(file);
     let mut sent = 0u64;
+    let size = outline.size;
     for index in from..blocks {
-        let (mut f, outline_for_read) = (file.take().expect("put back each round"), outline.clone());
+        let mut f = file.take().expect("put back each round");
         let (f, block) = crate::pool::blocking(move || {
-            let block = Blobs::read_block(&mut f, &outline_for_read, index);
+            let block = Blobs::read_block(&mut f, size, index);
             (f, block)
         })
         .await;

@@ -167,22 +167,6 @@ impl Blobs {
         Ok(reference)
     }
 
-    /// Stores bytes held in memory (bundles carry small blobs whole).
-    pub fn add_bytes(&self, bytes: &[u8]) -> anyhow::Result<BlobRef> {
-        let partial = self.partial_dir();
-        std::fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-        let mut builder = OutlineBuilder::new();
-        builder.update(bytes);
-        let (hash, outline) = builder.finish();
-        if !self.has(&hash) {
-            let mut copy = tempfile::Builder::new().prefix(".add.").tempfile_in(&partial)?;
-            copy.write_all(bytes).map_err(|e| disk_error(e, &partial))?;
-            copy.as_file().sync_all().map_err(|e| disk_error(e, &partial))?;
-            self.install(&hash, &outline, copy.into_temp_path().keep().context("cannot keep a blob")?.as_path())?;
-        }
-        Ok(BlobRef { hash, size: outline.size })
-    }
-
     /// Gives a verified, synced file its final name, with its outline.
     fn install(&self, hash: &BlobHash, outline: &Outline, from: &Path) -> anyhow::Result<()> {
         let path = self.path(hash);
@@ -238,10 +222,10 @@ impl Blobs {
         File::open(self.path(hash)).with_context(|| format!("blob {hash} is not held"))
     }
 
-    /// Reads block `index` of a complete blob.
-    pub fn read_block(file: &mut File, outline: &Outline, index: u64) -> std::io::Result<Vec<u8>> {
+    /// Reads block `index` of a complete blob of `size` bytes.
+    pub fn read_block(file: &mut File, size: u64, index: u64) -> std::io::Result<Vec<u8>> {
         use std::io::{Seek, SeekFrom};
-        let len = blob::block_len(outline.size, index) as usize;
+        let len = blob::block_len(size, index) as usize;
         let mut block = vec![0u8; len];
         file.seek(SeekFrom::Start(index * BLOB_BLOCK_BYTES))?;
         file.read_exact(&mut block)?;
@@ -525,7 +509,9 @@ mod tests {
     fn a_blob_damaged_on_disk_is_not_exported_and_is_removed() {
         let dir = tempfile::tempdir().expect("dir");
         let blobs = Blobs::new(dir.path().join("blobs"));
-        let r = blobs.add_bytes(b"a report").expect("add");
+        let source = dir.path().join("report.pdf");
+        std::fs::write(&source, b"a report").expect("write");
+        let r = blobs.add_file(&source, &mut |_, _| {}).expect("add");
         let path = blobs.path(&r.hash);
         std::fs::write(&path, b"a rep0rt").expect("damage");
         let error = blobs.export(&r.hash, &dir.path().join("out")).expect_err("damaged");

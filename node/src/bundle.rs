@@ -308,7 +308,7 @@ fn write_blob(node: &Node, out: &mut dyn Write, hash: &engine::blob::BlobHash) -
     write_frame(out, &blob_message::encode(&BlobMessage::Offer { hash: *hash, outline: outline.clone() }))?;
     let mut file = node.blobs.open(hash)?;
     for index in 0..outline.blocks() {
-        let block = crate::blobs::Blobs::read_block(&mut file, &outline, index)
+        let block = crate::blobs::Blobs::read_block(&mut file, outline.size, index)
             .with_context(|| format!("cannot read blob {hash}"))?;
         write_frame(out, &blob_message::encode_data(&block))?;
     }

@@ -395,8 +395,7 @@ impl Responders {
                     }
                     // A stream that moved nothing and failed at nothing (the
                     // peer asked for blobs this node lacks) is not an event.
-                    let bytes = moved.blob_bytes_sent + moved.blob_bytes_received;
-                    if moved.blobs_sent + moved.blobs_received + bytes > 0 || failure.is_some() {
+                    if moved.moved() || failure.is_some() {
                         report(NodeEvent::Blobs { peer, report: moved, failure });
                     }
                 });

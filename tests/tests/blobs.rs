@@ -56,18 +56,16 @@ fn enrol(central: &Home, device: &Home, read: &str, write: &str) {
     device.json(&["enroll", &token]);
 }
 
-/// Attaches `file` to a new record and returns the blob's hash.
+/// Attaches `file` as `field` of a new record and returns the blob's hash.
+fn attach_as(home: &Home, record_type: &str, id: &str, partition: &str, field: &str, file: &Path) -> String {
+    let attach = format!("{field}={}", file.display());
+    let put = home.json(&["put", record_type, id, "--partition", partition, "--attach", &attach]);
+    put["fields"][field]["$blob"]["hash"].as_str().expect("a blob reference").to_owned()
+}
+
+/// Attaches `file` to a new delivery and returns the blob's hash.
 fn attach(home: &Home, id: &str, partition: &str, file: &Path) -> String {
-    let put = home.json(&[
-        "put",
-        "delivery",
-        id,
-        "--partition",
-        partition,
-        "--attach",
-        &format!("package={}", file.display()),
-    ]);
-    put["fields"]["package"]["$blob"]["hash"].as_str().expect("a blob reference").to_owned()
+    attach_as(home, "delivery", id, partition, "package", file)
 }
 
 fn blob_state(home: &Home, hash: &str) -> (String, u64) {
@@ -264,20 +262,7 @@ fn a_blob_is_served_only_within_read_scope_and_corrupt_or_forged_bytes_are_refus
     let small = noise(1000, 5);
     let report_file = write_file(root.path(), "report.pdf", &report);
     let small_file = write_file(root.path(), "small.pdf", &small);
-    let put = |id: &str, file: &Path| {
-        device.json(&[
-            "put",
-            "result",
-            id,
-            "--partition",
-            "results:tc-1",
-            "--attach",
-            &format!("report={}", file.display()),
-        ])["fields"]["report"]["$blob"]["hash"]
-            .as_str()
-            .expect("hash")
-            .to_owned()
-    };
+    let put = |id: &str, file: &Path| attach_as(&device, "result", id, "results:tc-1", "report", file);
     let report_hash = put("r1", &report_file);
     let small_hash = put("r2", &small_file);
     let blobs_dir = device.dir.join("blobs");
@@ -289,35 +274,13 @@ fn a_blob_is_served_only_within_read_scope_and_corrupt_or_forged_bytes_are_refus
     let package = write_file(root.path(), "package.zip", &noise(2 * BLOB_BLOCK_BYTES as usize, 6));
     let secret = write_file(root.path(), "secret.pdf", &noise(5000, 7));
     let package_hash = attach(&central, "p1", "tests", &package);
-    let secret_hash = central.json(&[
-        "put",
-        "result",
-        "x",
-        "--partition",
-        "results:tc-2",
-        "--attach",
-        &format!("report={}", secret.display()),
-    ])["fields"]["report"]["$blob"]["hash"]
-        .as_str()
-        .expect("hash")
-        .to_owned();
+    let secret_hash = attach_as(&central, "result", "x", "results:tc-2", "report", &secret);
 
     // A second secret whose bytes the central has lost: a peer outside its
     // record's scope must learn nothing of it either.
     let lost = noise(7000, 12);
     let lost_file = write_file(root.path(), "lost.pdf", &lost);
-    let lost_hash = central.json(&[
-        "put",
-        "result",
-        "y",
-        "--partition",
-        "results:tc-2",
-        "--attach",
-        &format!("report={}", lost_file.display()),
-    ])["fields"]["report"]["$blob"]["hash"]
-        .as_str()
-        .expect("hash")
-        .to_owned();
+    let lost_hash = attach_as(&central, "result", "y", "results:tc-2", "report", &lost_file);
     std::fs::remove_file(central.dir.join("blobs").join(&lost_hash[..2]).join(&lost_hash)).expect("lose it");
 
     let (key, chain) = credentials(&device);

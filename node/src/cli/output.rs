@@ -313,18 +313,7 @@ fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value, records: bool
             writeln!(out, "    … and {beyond} more changes")?;
         }
     }
-    let n = |k: &str| e[k].as_u64().unwrap_or(0);
-    if n("blobs_received") + n("blobs_sent") > 0 {
-        writeln!(
-            out,
-            "    blobs: received {} ({} bytes), sent {} ({} bytes)",
-            n("blobs_received"),
-            n("blob_bytes_received"),
-            n("blobs_sent"),
-            n("blob_bytes_sent")
-        )?;
-    }
-    Ok(())
+    write_blob_counts(out, e, "    ")
 }
 
 fn write_summary(out: &mut dyn Write, op: &Op, value: &serde_json::Value) -> std::io::Result<()> {
@@ -332,19 +321,25 @@ fn write_summary(out: &mut dyn Write, op: &Op, value: &serde_json::Value) -> std
     write_blobs_summary(out, value)
 }
 
+/// The blob counters of a sync summary or a ledger entry, when any moved.
+fn write_blob_counts(out: &mut dyn Write, value: &serde_json::Value, indent: &str) -> std::io::Result<()> {
+    let n = |k: &str| value[k].as_u64().unwrap_or(0);
+    if n("blobs_received") + n("blobs_sent") + n("blob_bytes_received") + n("blob_bytes_sent") == 0 {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{indent}blobs: received {} ({} bytes), sent {} ({} bytes)",
+        n("blobs_received"),
+        n("blob_bytes_received"),
+        n("blobs_sent"),
+        n("blob_bytes_sent")
+    )
+}
+
 /// The blobs a sync or bundle moved, and why any did not.
 fn write_blobs_summary(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
-    let n = |k: &str| value[k].as_u64().unwrap_or(0);
-    if n("blobs_received") + n("blobs_sent") + n("blob_bytes_received") + n("blob_bytes_sent") > 0 {
-        writeln!(
-            out,
-            "  blobs: received {} ({} bytes), sent {} ({} bytes)",
-            n("blobs_received"),
-            n("blob_bytes_received"),
-            n("blobs_sent"),
-            n("blob_bytes_sent")
-        )?;
-    }
+    write_blob_counts(out, value, "  ")?;
     value["blob_errors"]
         .as_array()
         .into_iter()
