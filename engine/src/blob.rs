@@ -20,10 +20,10 @@ use std::fmt;
 
 use blake3::hazmat::{ChainingValue, HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root};
 
+use crate::Op;
 use crate::limits::{BLOB_BLOCK_BYTES, BLOB_BYTES_MAX};
 use crate::merge::RecordState;
 use crate::value::Value;
-use crate::Op;
 
 pub mod message;
 
