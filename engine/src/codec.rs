@@ -33,6 +33,8 @@ pub enum DecodeError {
     TooManyChains { count: usize, max: usize },
     #[error("a certificate chain is {len} bytes, more than the {max} allowed")]
     ChainTooLarge { len: usize, max: usize },
+    #[error("a Hello names {count} record types in its type rules, more than the {max} allowed")]
+    TooManyTypes { count: usize, max: usize },
     #[error("heads list {count} entries, more than the {max} allowed")]
     TooManyHeads { count: usize, max: usize },
     #[error("batch carries proofs for {count} runs, more than the {max} allowed")]

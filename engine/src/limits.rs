@@ -48,6 +48,10 @@ pub const DECOMPRESSED_BYTES_MAX: usize = 24 * 1024 * 1024;
 /// 128 KiB block.
 pub const MESSAGE_BYTES_MAX: usize = DECOMPRESSED_BYTES_MAX + DECOMPRESSED_BYTES_MAX / 64 + 4096;
 
+/// Record types a session's type rules may name (`--types` plus
+/// `--skip-types`).
+pub const TYPE_RULES_MAX: usize = 256;
+
 /// Frontier entries (partition, record type, instance) in one heads
 /// message. Per-learner partitions with a few writers each reach tens of
 /// thousands; a million entries is about 60 MiB before compression, so the

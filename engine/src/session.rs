@@ -68,6 +68,9 @@ pub struct SessionConfig {
     pub pull: bool,
     /// Initiator: send this node's changes.
     pub push: bool,
+    /// Initiator: the type rules that narrow this session. Responder:
+    /// ignored (the initiator says).
+    pub types: crate::region::TypeRules,
     pub batch_changes: usize,
     pub batch_bytes: usize,
     /// Batches this side keeps unacknowledged when sending, 1 to
@@ -102,6 +105,7 @@ impl SessionConfig {
             filter: Filter::empty(),
             pull: true,
             push: true,
+            types: crate::region::TypeRules::default(),
             batch_changes: crate::limits::BATCH_CHANGES_DEFAULT,
             batch_bytes: crate::limits::BATCH_BYTES_DEFAULT,
             window: crate::limits::WINDOW_DEFAULT,
@@ -267,6 +271,7 @@ pub struct Session {
     stage: Stage,
     peer_scope: Option<Scope>,
     filter: Filter,
+    types: crate::region::TypeRules,
     pull: bool,
     push: bool,
     out: Option<Outgoing>,
@@ -292,6 +297,7 @@ impl Session {
     pub fn initiate(config: SessionConfig, now_ms: u64) -> Session {
         let mut session = Session::new(Role::Initiator, config, now_ms);
         session.filter = session.config.filter.clone();
+        session.types = session.config.types.clone();
         session.pull = session.config.pull;
         session.push = session.config.push;
         session.send_hello(!session.config.peer_has_credentials);
@@ -310,6 +316,7 @@ impl Session {
             config,
             peer_scope: None,
             filter: Filter::empty(),
+            types: crate::region::TypeRules::default(),
             pull: false,
             push: false,
             out: None,
@@ -348,6 +355,11 @@ impl Session {
     /// The filter being synced (the initiator's, once the responder heard it).
     pub fn filter(&self) -> &Filter {
         &self.filter
+    }
+
+    /// The type rules narrowing this session (the initiator's).
+    pub fn types(&self) -> &crate::region::TypeRules {
+        &self.types
     }
 
     /// What this node may do in the session.

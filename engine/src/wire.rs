@@ -22,8 +22,9 @@ use crate::codec::{ByteBuf, ByteBufRef, Bytes16, Bytes32, Bytes64, SealField, cb
 use crate::ids::{AuthorKey, Counter, Hlc, InstanceId, RecordId};
 use crate::limits::{
     BATCH_CHAINS_MAX, BATCH_CHANGES_MAX, BATCH_RUNS_MAX, CREDENTIALS_BYTES_MAX, DECOMPRESSED_BYTES_MAX,
-    HEADS_ENTRIES_MAX, MESSAGE_BYTES_MAX, REASON_BYTES_MAX, RUN_LEAVES_MAX,
+    HEADS_ENTRIES_MAX, MESSAGE_BYTES_MAX, REASON_BYTES_MAX, RUN_LEAVES_MAX, TYPE_RULES_MAX,
 };
+use crate::region::TypeRules;
 use crate::seal::{self, RunKnown, Seal};
 use crate::vector::VersionVector;
 
@@ -77,6 +78,8 @@ pub struct Hello {
     pub pull: bool,
     /// The initiator offers its changes.
     pub push: bool,
+    /// The initiator's type rules: they narrow both directions.
+    pub types: TypeRules,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -256,15 +259,43 @@ impl GroupChange {
 
 #[derive(Serialize, Deserialize)]
 enum MessageWire {
-    Hello { session: Bytes16, credentials: CredentialsWire, filter: Filter, pull: bool, push: bool },
-    Welcome { credentials: CredentialsWire, digest_pull: Bytes32, digest_push: Bytes32 },
+    Hello {
+        session: Bytes16,
+        credentials: CredentialsWire,
+        filter: Filter,
+        pull: bool,
+        push: bool,
+        // Absent when the session syncs every type: a plain Hello is the
+        // same bytes as before type rules existed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        types: Option<Vec<RecordType>>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        skip_types: Vec<RecordType>,
+    },
+    Welcome {
+        credentials: CredentialsWire,
+        digest_pull: Bytes32,
+        digest_push: Bytes32,
+    },
     NeedCredentials,
     Heads(Compressed),
-    Batch { seq: u64, plan_changes: u64, plan_bytes: u64, body: Compressed },
-    Ack { seq: u64, rejected: u64 },
-    End { batches: u64 },
+    Batch {
+        seq: u64,
+        plan_changes: u64,
+        plan_bytes: u64,
+        body: Compressed,
+    },
+    Ack {
+        seq: u64,
+        rejected: u64,
+    },
+    End {
+        batches: u64,
+    },
     Done,
-    Abort { reason: String },
+    Abort {
+        reason: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -362,6 +393,8 @@ pub fn encode_message(message: &Message) -> Vec<u8> {
             filter: h.filter.clone(),
             pull: h.pull,
             push: h.push,
+            types: h.types.only.as_ref().map(|t| t.iter().cloned().collect()),
+            skip_types: h.types.skip.iter().cloned().collect(),
         },
         Message::Welcome(w) => MessageWire::Welcome {
             credentials: CredentialsWire::from(&w.credentials),
@@ -492,8 +525,21 @@ pub fn decode_message(frame: &[u8]) -> Result<Message, DecodeError> {
     }
     let wire: MessageWire = cbor_decode(&frame[1..])?;
     Ok(match wire {
-        MessageWire::Hello { session, credentials, filter, pull, push } => {
-            Message::Hello(Hello { session: session.0, credentials: credentials.try_into()?, filter, pull, push })
+        MessageWire::Hello { session, credentials, filter, pull, push, types, skip_types } => {
+            let listed = types.as_ref().map_or(0, Vec::len) + skip_types.len();
+            if listed > TYPE_RULES_MAX {
+                return Err(DecodeError::TooManyTypes { count: listed, max: TYPE_RULES_MAX });
+            }
+            let types =
+                TypeRules { only: types.map(|t| t.into_iter().collect()), skip: skip_types.into_iter().collect() };
+            Message::Hello(Hello {
+                session: session.0,
+                credentials: credentials.try_into()?,
+                filter,
+                pull,
+                push,
+                types,
+            })
         }
         MessageWire::Welcome { credentials, digest_pull, digest_push } => Message::Welcome(Welcome {
             credentials: credentials.try_into()?,

@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
+use engine::region::TypeRules;
 use engine::wire::{
     self, Batch, Credentials, DecodeError, Group, GroupChange, HeadEntry, Heads, Hello, Message, Plan, Welcome,
 };
@@ -68,6 +69,18 @@ fn samples() -> Vec<Message> {
             filter: filter("results,tests"),
             pull: true,
             push: false,
+            types: Default::default(),
+        }),
+        Message::Hello(Hello {
+            session: [7; 16],
+            credentials: Credentials::Hash([6; 32]),
+            filter: filter("lab-a"),
+            pull: true,
+            push: true,
+            types: TypeRules {
+                only: Some(["sample", "analysis"].map(|t| RecordType::parse(t).expect("type")).into()),
+                skip: ["client"].map(|t| RecordType::parse(t).expect("type")).into(),
+            },
         }),
         Message::Welcome(Welcome {
             credentials: Credentials::Full(vec![1; 300]),
@@ -177,9 +190,43 @@ fn a_filter_with_too_many_prefixes_is_refused_while_decoding() {
         filter: Filter::new(many),
         pull: true,
         push: true,
+        types: Default::default(),
     });
     let frame = wire::encode_message(&hello);
     assert!(matches!(wire::decode_message(&frame), Err(DecodeError::Cbor(_))));
+}
+
+#[test]
+fn type_rules_naming_too_many_types_are_refused_while_decoding() {
+    let skip =
+        (0..=engine::limits::TYPE_RULES_MAX).map(|i| RecordType::parse(&format!("t{i}")).expect("type")).collect();
+    let hello = Message::Hello(Hello {
+        session: [0; 16],
+        credentials: Credentials::Hash([0; 32]),
+        filter: filter("lab-a"),
+        pull: true,
+        push: true,
+        types: TypeRules { only: None, skip },
+    });
+    let frame = wire::encode_message(&hello);
+    assert!(matches!(wire::decode_message(&frame), Err(DecodeError::TooManyTypes { .. })));
+}
+
+#[test]
+fn a_hello_without_type_rules_is_the_same_bytes_as_before_they_existed() {
+    let plain = Message::Hello(Hello {
+        session: [1; 16],
+        credentials: Credentials::Hash([2; 32]),
+        filter: filter("lab-a"),
+        pull: true,
+        push: true,
+        types: Default::default(),
+    });
+    let frame = wire::encode_message(&plain);
+    // Five keys in the Hello map: session, credentials, filter, pull, push.
+    let text = String::from_utf8_lossy(&frame);
+    assert!(!text.contains("types"), "no rules, no keys for them");
+    assert_eq!(wire::decode_message(&frame).expect("decodes"), plain);
 }
 
 /// A local write skips encoding a change when `signing_len_bound` is under

@@ -278,7 +278,15 @@ pub(super) fn preload(home: &Home, org: OrgId, first: u64, count: u64, version: 
 }
 
 pub(super) fn sync_op(peer: &str, pull: bool, push: bool) -> Op {
-    Op::Sync(crate::ops::Sync { peer: peer.to_owned(), org: None, filters: vec![], pull, push })
+    Op::Sync(crate::ops::Sync {
+        peer: peer.to_owned(),
+        org: None,
+        filters: vec![],
+        pull,
+        push,
+        types: vec![],
+        skip_types: vec![],
+    })
 }
 
 /// Runs one sync on `device` and measures it, CPU time of both sides

@@ -17,12 +17,17 @@
 //! sync_every = "15m"          # automatic sync while serving; absent = never
 //! pull = true
 //! push = true
+//! types = ["sample", "analysis"]  # only these types; absent = every type
+//! skip_types = ["client"]         # never these types
 //! ```
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context;
 use engine::BackendKind;
+use engine::region::TypeRules;
+use partitions::RecordType;
 use serde::{Deserialize, Serialize};
 
 use crate::home::Home;
@@ -69,6 +74,54 @@ pub struct PeerConfig {
     pub pull: bool,
     #[serde(default = "yes")]
     pub push: bool,
+    /// Sync only these record types with this peer (absent: every type).
+    #[serde(default)]
+    pub types: Option<Vec<String>>,
+    /// Never sync these record types with this peer.
+    #[serde(default)]
+    pub skip_types: Vec<String>,
+}
+
+impl PeerConfig {
+    /// The type rules of `types` and `skip_types`.
+    pub fn type_rules(&self) -> anyhow::Result<TypeRules> {
+        type_rules(self.types.as_deref(), &self.skip_types)
+    }
+}
+
+/// Type rules from lists of record types (each entry may hold several,
+/// separated by commas): `only` absent syncs every type.
+pub fn type_rules(only: Option<&[String]>, skip: &[String]) -> anyhow::Result<TypeRules> {
+    let parse = |list: &[String], what: &str| -> anyhow::Result<BTreeSet<RecordType>> {
+        list.iter()
+            .flat_map(|t| t.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| RecordType::parse(t).with_context(|| format!("{what} {t:?} is not a record type")))
+            .collect()
+    };
+    let skip = parse(skip, "skip type")?;
+    let only = match only {
+        None => None,
+        Some(list) => {
+            let only = parse(list, "type")?;
+            if only.is_empty() {
+                anyhow::bail!("the list of types names none: name at least one, or leave it out to sync every type");
+            }
+            if let Some(both) = only.intersection(&skip).next() {
+                anyhow::bail!("{both} is both a type to sync and one to skip: name it in one list only");
+            }
+            Some(only)
+        }
+    };
+    let named = only.as_ref().map_or(0, BTreeSet::len) + skip.len();
+    if named > engine::limits::TYPE_RULES_MAX {
+        anyhow::bail!(
+            "the type rules name {named} record types, more than the {} allowed",
+            engine::limits::TYPE_RULES_MAX
+        );
+    }
+    Ok(TypeRules { only, skip })
 }
 
 /// Bytes of `ferry.toml` we read at most (it is a handful of lines).
@@ -137,6 +190,7 @@ impl Config {
             if let Some(every) = &peer.sync_every {
                 parse_duration(every).with_context(|| format!("peer {}: sync_every", peer.name))?;
             }
+            peer.type_rules().with_context(|| format!("peer {}", peer.name))?;
         }
         Ok(config)
     }

@@ -81,8 +81,17 @@ impl Member {
 
     async fn sync(&self, address: &str, org: OrgId) -> anyhow::Result<SyncOutcome> {
         let net = self.net.as_ref().context("offline")?;
-        crate::protocols::sync(&self.node, net, address, org, None, true, true, None, &mut |_| {}, &mut |_, _, _| {})
-            .await
+        crate::protocols::sync(
+            &self.node,
+            net,
+            address,
+            org,
+            crate::protocols::SyncAsk::everything(),
+            None,
+            &mut |_| {},
+            &mut |_, _, _| {},
+        )
+        .await
     }
 
     async fn put(

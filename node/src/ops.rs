@@ -91,10 +91,11 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             let name = name.unwrap_or_else(|| format!("node {}", node.identity.peer_id()));
             crate::protocols::enroll(node, net, &token, &name).await?
         }
-        Op::Sync(Sync { peer, org: o, filters, pull, push }) => {
+        Op::Sync(Sync { peer, org: o, filters, pull, push, types, skip_types }) => {
             let net = ctx.net.context("sync needs the network")?;
             let org = org(&o)?;
             let filter = filter(node, org, &filters)?;
+            let types = crate::config::type_rules((!types.is_empty()).then_some(&types[..]), &skip_types)?;
             // Progress of records and of blobs goes out on the same lines.
             let out = std::sync::Mutex::new(out);
             let line = |l: Line| {
@@ -119,9 +120,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
                 net,
                 &peer,
                 org,
-                Some(filter),
-                pull,
-                push,
+                crate::protocols::SyncAsk { filter: Some(filter), pull, push, types },
                 ctx.status,
                 &mut on_event,
                 &mut on_blob,

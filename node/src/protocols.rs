@@ -177,6 +177,23 @@ pub async fn refuse_in_ledger(node: &Arc<Node>, peer: PeerId, session: Option<[u
     crate::pool::blocking(move || record_refusal(&node, &peer, session, &reason)).await;
 }
 
+/// What a sync asks of its peer: the partitions (none: what the scopes
+/// allow), the directions and the type rules that narrow it.
+#[derive(Clone, Debug)]
+pub struct SyncAsk {
+    pub filter: Option<Filter>,
+    pub pull: bool,
+    pub push: bool,
+    pub types: engine::region::TypeRules,
+}
+
+impl SyncAsk {
+    /// Everything both scopes allow, both ways.
+    pub fn everything() -> SyncAsk {
+        SyncAsk { filter: None, pull: true, push: true, types: Default::default() }
+    }
+}
+
 /// Starts a sync with `target` (a multiaddr, or a peer id found on the LAN).
 #[allow(clippy::too_many_arguments)]
 pub async fn sync(
@@ -184,9 +201,7 @@ pub async fn sync(
     net: &Net,
     target: &str,
     org: OrgId,
-    filter: Option<Filter>,
-    pull: bool,
-    push: bool,
+    ask: SyncAsk,
     board: Option<&Arc<StatusBoard>>,
     on_event: &mut (dyn FnMut(&Event) + Send),
     on_blob: crate::blob_sync::BlobProgress<'_>,
@@ -199,7 +214,8 @@ pub async fn sync(
         }
         on_event(event);
     };
-    let result = sync_with(node, net, peer, org, filter, pull, push, &mut on_event).await;
+    let (pull, push) = (ask.pull, ask.push);
+    let result = sync_with(node, net, peer, org, ask, &mut on_event).await;
     let result = match result {
         Ok((mut outcome, peer_scope, (started_at_ms, session))) => {
             outcome.blobs = crate::blob_sync::exchange(node, net, peer, org, peer_scope, pull, push, on_blob).await;
@@ -218,15 +234,12 @@ pub async fn sync(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn sync_with(
     node: &Arc<Node>,
     net: &Net,
     peer: PeerId,
     org: OrgId,
-    filter: Option<Filter>,
-    pull: bool,
-    push: bool,
+    ask: SyncAsk,
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> anyhow::Result<(SyncOutcome, Option<partitions::Scope>, (u64, [u8; 16]))> {
     let peer_key = AuthorKey(key_of(&peer).context("the peer id embeds no Ed25519 key")?);
@@ -242,11 +255,12 @@ async fn sync_with(
         let on_pool = node.clone();
         let mut config =
             crate::pool::blocking(move || on_pool.session_config(org, peer_key, crate::random::bytes())).await?;
-        if let Some(filter) = &filter {
+        if let Some(filter) = &ask.filter {
             config.filter = filter.clone();
         }
-        config.pull = pull;
-        config.push = push;
+        config.pull = ask.pull;
+        config.push = ask.push;
+        config.types = ask.types.clone();
         ledger_key = (config.started_at_ms, config.session);
         let session = Session::initiate(config, now_ms());
         let (session, result) = drive(&mut stream, session, node, on_event).await;
@@ -413,7 +427,7 @@ async fn answer(
 /// bundle `--for` it later carries only what it lacks.
 fn remember_frontier(node: &Node, org: OrgId, session: &Session, peer: &AuthorKey) {
     let Some(peer_scope) = session.peer_scope() else { return };
-    let region = engine::Region::between(session.filter(), session.local_scope(), peer_scope);
+    let region = engine::Region::between(session.filter(), session.local_scope(), peer_scope).narrowed(session.types());
     if let Ok(entries) = node.store.heads(&region) {
         let frame = wire::encode_message(&Message::Heads(wire::Heads { pull: true, push: true, entries }));
         let _ = node.store.set_peer_note(peer, &format!("frontier:{org}"), &frame);

@@ -159,14 +159,20 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
                         continue;
                     }
                 };
+                let types = match peer.type_rules() {
+                    Ok(rules) => rules,
+                    Err(e) => {
+                        printer.event(&NodeEvent::AutoSyncFailed { name: peer.name.clone(), reason: e.to_string() });
+                        continue;
+                    }
+                };
+                let ask = crate::protocols::SyncAsk { filter, pull: peer.pull, push: peer.push, types };
                 let event = match crate::protocols::sync(
                     &node,
                     &net,
                     &peer.address,
                     org,
-                    filter,
-                    peer.pull,
-                    peer.push,
+                    ask,
                     Some(&board),
                     &mut |_| {},
                     &mut |_, _, _| {},

@@ -219,6 +219,7 @@ impl Conn<'_> {
             filter: filter.clone(),
             pull,
             push,
+            types: Default::default(),
         }));
         match self.expect_message() {
             Message::Welcome(Welcome { .. }) => {}

@@ -943,7 +943,7 @@ fn shared_region(a: &Scope, b: &Scope) -> Region {
     let filter = a.read.intersection(&b.read);
     let excluded =
         a.types.iter().chain(&b.types).filter(|(_, m)| **m == TypeMode::None).map(|(t, _)| t.clone()).collect();
-    Region { filter, excluded_types: excluded }
+    Region { filter, excluded_types: excluded, only_types: None }
 }
 
 fn short_op(op: &LocalOp) -> String {

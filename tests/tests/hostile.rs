@@ -473,6 +473,7 @@ fn hello(chain: &[u8], filter: &Filter) -> Message {
         filter: filter.clone(),
         pull: true,
         push: true,
+        types: Default::default(),
     })
 }
 

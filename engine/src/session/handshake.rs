@@ -30,6 +30,7 @@ impl Session {
             filter: self.filter.clone(),
             pull: self.pull,
             push: self.push,
+            types: self.types.clone(),
         };
         let frame = wire::encode_message(&Message::Hello(hello));
         self.handshake = Some(frame.clone());
@@ -76,6 +77,7 @@ impl Session {
         };
         let peer_scope = self.authenticate(&chain, now_ms, env)?;
         self.filter = hello.filter;
+        self.types = hello.types;
         self.pull = hello.pull;
         self.push = hello.push;
         // What the initiator asked for, for the ledger.
@@ -83,8 +85,8 @@ impl Session {
         self.config.push = hello.push;
         let local = self.config.local_scope.clone();
         // The responder sends on "pull" and receives on "push".
-        let out_region = Region::between(&self.filter, &local, &peer_scope);
-        let in_region = Region::between(&self.filter, &peer_scope, &local);
+        let out_region = Region::between(&self.filter, &local, &peer_scope).narrowed(&self.types);
+        let in_region = Region::between(&self.filter, &peer_scope, &local).narrowed(&self.types);
         let store_err = |e: crate::store::StoreError| SessionError::Store(e.to_string());
         let digest_pull = env.store.digest(&out_region).map_err(store_err)?;
         let digest_push = env.store.digest(&in_region).map_err(store_err)?;
@@ -142,8 +144,8 @@ impl Session {
         };
         let peer_scope = self.authenticate(&chain, now_ms, env)?;
         let local = self.config.local_scope.clone();
-        let in_region = Region::between(&self.filter, &peer_scope, &local);
-        let out_region = Region::between(&self.filter, &local, &peer_scope);
+        let in_region = Region::between(&self.filter, &peer_scope, &local).narrowed(&self.types);
+        let out_region = Region::between(&self.filter, &local, &peer_scope).narrowed(&self.types);
         let store_err = |e: crate::store::StoreError| SessionError::Store(e.to_string());
         let same_pull = !self.pull || env.store.digest(&in_region).map_err(store_err)? == welcome.digest_pull;
         let same_push = !self.push || env.store.digest(&out_region).map_err(store_err)? == welcome.digest_push;

@@ -65,7 +65,7 @@ impl Store {
                 });
                 match parsed {
                     Some(entry) => {
-                        if !region.excluded_types.contains(&entry.record_type) {
+                        if region.admits(&entry.record_type) {
                             visit(entry);
                         }
                         true

@@ -250,6 +250,15 @@ pub struct Sync {
     #[arg(long = "pull-only", action = ArgAction::SetFalse)]
     #[serde(default = "yes")]
     pub push: bool,
+    /// Sync only these record types (repeat, or separate with commas);
+    /// narrows the sync, never widens a scope.
+    #[arg(long = "types", value_name = "T")]
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Sync every type but these (repeat, or separate with commas).
+    #[arg(long = "skip-types", value_name = "T")]
+    #[serde(default)]
+    pub skip_types: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
