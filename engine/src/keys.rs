@@ -20,6 +20,7 @@ pub const LEDGER: u8 = b'l';
 pub const PEERS: u8 = b'p';
 pub const RUNS: u8 = b'g';
 pub const BLOB_REFS: u8 = b'b';
+pub const LOCAL_FIELDS: u8 = b'o';
 
 pub fn meta(name: &str) -> Vec<u8> {
     let mut key = vec![META];
@@ -46,6 +47,14 @@ pub fn by_id(partition: &Partition, record_type: &RecordType, id: &RecordId) -> 
     key.extend_from_slice(id.as_str().as_bytes());
     key.push(0);
     partition.write_key(&mut key);
+    key
+}
+
+/// `LOCAL_FIELDS ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ id`: the record's
+/// local fields (`TypePolicy::local`), which no change carries.
+pub fn local_fields(partition: &Partition, record_type: &RecordType, id: &RecordId) -> Vec<u8> {
+    let mut key = record(partition, record_type, id);
+    key[0] = LOCAL_FIELDS;
     key
 }
 
@@ -131,6 +140,12 @@ pub fn describe(key: &[u8]) -> String {
     let Some((&table, rest)) = key.split_first() else { return "an empty key".to_owned() };
     let typed = || split_typed(rest);
     match table {
+        LOCAL_FIELDS => match typed() {
+            Some((partition, record_type, id)) => {
+                format!("the local fields of {record_type}/{} in {partition}", String::from_utf8_lossy(id))
+            }
+            None => "local fields whose key is damaged".to_owned(),
+        },
         RECORDS | CONFLICTS => match typed() {
             Some((partition, record_type, id)) => {
                 format!("record {record_type}/{} in {partition}", String::from_utf8_lossy(id))

@@ -43,6 +43,9 @@ pub struct LedgerEntry {
     /// Changes carried once `records` was full (some may be of records it
     /// names).
     pub records_beyond: u64,
+    /// An entry of `via` `scope`: records purged because this node's read
+    /// scope shrank.
+    pub purged: u64,
 }
 
 /// A record a session's batches carried, and which way.
@@ -138,6 +141,8 @@ struct Stored {
     records: Vec<(bool, String, String, String)>,
     #[serde(default)]
     records_beyond: u64,
+    #[serde(default)]
+    purged: u64,
 }
 
 impl From<Stored> for LedgerEntry {
@@ -189,6 +194,7 @@ impl From<Stored> for LedgerEntry {
                 })
                 .collect(),
             records_beyond: s.records_beyond,
+            purged: s.purged,
         }
     }
 }
@@ -235,6 +241,7 @@ impl From<LedgerEntry> for Stored {
                 })
                 .collect(),
             records_beyond: e.records_beyond,
+            purged: e.purged,
         }
     }
 }

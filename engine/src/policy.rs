@@ -11,6 +11,7 @@
 //! authority:central           a change whose author's certificate carries the
 //!                             authority tag `central` wins; ties fall back to newest
 //! …,update-wins               an update concurrent with a delete wins (default: the delete)
+//! …,local:password_hash       the field stays on the node that writes it (repeatable)
 //! ```
 //!
 //! A local write of a profile with an unknown word is refused
@@ -20,7 +21,7 @@
 //! type, and the ledger of the session says so (`Store::persist`).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use partitions::{OrgId, Partition, RecordType};
 
@@ -57,12 +58,27 @@ pub enum DeletePolicy {
 pub struct TypePolicy {
     pub fields: FieldPolicy,
     pub delete: DeletePolicy,
+    /// Fields stored only on the node that writes them: never in a change,
+    /// a bundle or a peer's store (TAO's `excludedProperties`). The text
+    /// names each as `local:NAME`, with `%` and `,` in NAME written `%25`
+    /// and `%2C`.
+    pub local: BTreeSet<String>,
 }
 
 impl Default for TypePolicy {
     fn default() -> TypePolicy {
-        TypePolicy { fields: FieldPolicy::Newest, delete: DeletePolicy::DeleteWins }
+        TypePolicy { fields: FieldPolicy::Newest, delete: DeletePolicy::DeleteWins, local: BTreeSet::new() }
     }
+}
+
+/// A field name as one word of a policy text.
+fn encode_name(name: &str) -> String {
+    name.replace('%', "%25").replace(',', "%2C")
+}
+
+fn decode_name(word: &str) -> Option<String> {
+    let name = word.replace("%2C", ",").replace("%2c", ",").replace("%25", "%");
+    crate::change::is_field_name(&name).then_some(name)
 }
 
 impl TypePolicy {
@@ -77,6 +93,8 @@ impl TypePolicy {
                 policy.fields = FieldPolicy::Authority(tag.to_owned());
             } else if word == "newest" {
                 policy.fields = FieldPolicy::Newest;
+            } else if let Some(name) = word.strip_prefix("local:").and_then(decode_name) {
+                policy.local.insert(name);
             }
         }
         policy
@@ -90,6 +108,12 @@ impl TypePolicy {
                 "update-wins" => policy.delete = DeletePolicy::UpdateWins,
                 "delete-wins" => policy.delete = DeletePolicy::DeleteWins,
                 "newest" => policy.fields = FieldPolicy::Newest,
+                _ if word.starts_with("local:") => match decode_name(&word["local:".len()..]) {
+                    Some(name) => {
+                        policy.local.insert(name);
+                    }
+                    None => return Err(format!("{word:?} in policy {text:?} names no valid field")),
+                },
                 _ => match word.strip_prefix("authority:") {
                     Some(tag)
                         if !tag.is_empty()
@@ -100,7 +124,7 @@ impl TypePolicy {
                     }
                     _ => {
                         return Err(format!(
-                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins"
+                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins and ,local:FIELD"
                         ));
                     }
                 },
@@ -114,10 +138,15 @@ impl TypePolicy {
             FieldPolicy::Newest => "newest".to_owned(),
             FieldPolicy::Authority(tag) => format!("authority:{tag}"),
         };
-        match self.delete {
+        let mut text = match self.delete {
             DeletePolicy::DeleteWins => fields,
             DeletePolicy::UpdateWins => format!("{fields},update-wins"),
+        };
+        for name in &self.local {
+            text.push_str(",local:");
+            text.push_str(&encode_name(name));
         }
+        text
     }
 
     /// The total order on changes for one field: the greatest wins.
@@ -199,4 +228,25 @@ pub fn readable_texts(
         }
     }
     (texts, unread)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_fields_round_trip_through_the_text_even_with_commas_and_percents() {
+        let mut policy = TypePolicy::parse_strict("authority:central,update-wins").expect("reads");
+        policy.local = ["password_hash", "a,b", "100%", "%2C"].map(String::from).into();
+        let text = policy.to_text();
+        assert_eq!(TypePolicy::parse_strict(&text), Ok(policy.clone()), "{text}");
+        assert_eq!(TypePolicy::parse(&text), policy);
+    }
+
+    #[test]
+    fn a_local_word_without_a_field_is_refused() {
+        assert!(TypePolicy::parse_strict("newest,local:").is_err());
+        assert!(TypePolicy::parse_strict("newest,local:\u{7}").is_err());
+        assert_eq!(TypePolicy::parse_strict("newest").expect("reads").local, BTreeSet::new());
+    }
 }

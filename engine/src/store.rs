@@ -35,6 +35,7 @@ mod hook;
 mod meta;
 mod open;
 mod pending;
+mod purge;
 mod read;
 mod write;
 
@@ -45,6 +46,7 @@ pub use hook::ApplyHook;
 use hook::Observed;
 use open::{count_records, write_epoch_file};
 use pending::{IndexEntry, Pending, counter_of, parse_index_value};
+pub use purge::{Held, Purged};
 pub use read::profile_key;
 pub use write::{
     LocalAuthor, LocalOp, LocalWrite, SerialSigner, Signer, WriteRejection, Written, local_write_kind, seal_run,

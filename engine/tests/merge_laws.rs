@@ -112,7 +112,11 @@ fn shuffled(changes: &[Change], seed: u64, duplicates: bool) -> Vec<Change> {
 fn policies() -> Vec<TypePolicy> {
     vec![
         TypePolicy::default(),
-        TypePolicy { fields: FieldPolicy::Authority("central".into()), delete: DeletePolicy::UpdateWins },
+        TypePolicy {
+            fields: FieldPolicy::Authority("central".into()),
+            delete: DeletePolicy::UpdateWins,
+            local: Default::default(),
+        },
     ]
 }
 
@@ -232,8 +236,11 @@ fn same_field_conflict_keeps_the_loser_and_authority_wins() {
     assert_eq!(newest.fields["score"], Value::from("from device"));
     assert_eq!(newest.conflicts.len(), 1);
     assert_eq!(newest.conflicts[0].value, Some(Value::from("from central")));
-    let authority =
-        state.view(&TypePolicy { fields: FieldPolicy::Authority("central".into()), delete: DeletePolicy::DeleteWins });
+    let authority = state.view(&TypePolicy {
+        fields: FieldPolicy::Authority("central".into()),
+        delete: DeletePolicy::DeleteWins,
+        local: Default::default(),
+    });
     assert_eq!(authority.fields["score"], Value::from("from central"));
     assert_eq!(authority.conflicts[0].value, Some(Value::from("from device")));
 }
@@ -273,7 +280,11 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
     let default = state.view(&TypePolicy::default());
     assert!(!default.exists);
     assert_eq!(default.conflicts.len(), 1, "the losing update is kept");
-    let update_wins = state.view(&TypePolicy { fields: FieldPolicy::Newest, delete: DeletePolicy::UpdateWins });
+    let update_wins = state.view(&TypePolicy {
+        fields: FieldPolicy::Newest,
+        delete: DeletePolicy::UpdateWins,
+        local: Default::default(),
+    });
     assert!(update_wins.exists);
     assert_eq!(update_wins.fields.len(), 2, "the whole record comes back: {:?}", update_wins.fields);
     // A later write that saw the delete resurrects the record.

@@ -457,6 +457,7 @@ fn import_file(
         blobs: Default::default(),
         records: moved.list,
         records_beyond: moved.beyond,
+        purged: 0,
     };
     node.store.record_session(&entry)?;
     // The records stand (and are in the ledger) whatever the blobs after

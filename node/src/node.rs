@@ -28,6 +28,7 @@ mod blobs;
 mod credentials;
 mod profile;
 mod records;
+mod scope;
 mod tokens;
 
 pub use blobs::{BlobEntry, GcReport};
@@ -136,6 +137,7 @@ impl Node {
             node.store.put_chain(&node.identity.author_key(), &bytes)?;
             let _ = node.auth.know(&bytes);
         }
+        node.check_scopes();
         Ok(node)
     }
 

@@ -292,6 +292,8 @@ fn execute_local(
             let imported = crate::bundle::import(node, &path, &mut |done, total| {
                 out(Line::Progress { what: "received".into(), done, total })
             })?;
+            // The bundle may have carried a revocation of this node's certificate.
+            node.check_scopes();
             let mut summary = j::report(&imported.exporter.to_string(), &imported.report);
             j::add_fields(
                 &mut summary,
@@ -311,17 +313,19 @@ fn execute_local(
             json!({ "hash": hash.to_hex(), "size": size, "out": path.display().to_string() })
         }
         Op::BlobList => serde_json::to_value(node.blob_list()?)?,
-        Op::ProfileSet(ProfileSet { org: o, record_type, policy, delete_wins, update_wins }) => {
+        Op::ProfileSet(ProfileSet { org: o, record_type, policy, delete_wins, update_wins, local }) => {
             let delete = match (delete_wins, update_wins) {
                 (true, true) => bail!("give --delete-wins or --update-wins, not both"),
                 (true, false) => Some(engine::policy::DeletePolicy::DeleteWins),
                 (false, true) => Some(engine::policy::DeletePolicy::UpdateWins),
                 (false, false) => None,
             };
-            if policy.is_none() && delete.is_none() {
-                bail!("say what to set: --policy newest|authority:TAG, --delete-wins or --update-wins");
+            if policy.is_none() && delete.is_none() && local.is_none() {
+                bail!("say what to set: --policy newest|authority:TAG, --delete-wins, --update-wins or --local F,…");
             }
-            node.profile_set(org(&o)?, &record_type, policy.as_deref(), delete)?
+            let local =
+                local.map(|l| l.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from).collect());
+            node.profile_set(org(&o)?, &record_type, policy.as_deref(), delete, local)?
         }
         Op::ProfileShow(ProfileShow { org: o }) => node.profile_show(org(&o)?)?,
         Op::BlobGc => serde_json::to_value(node.blob_gc(std::time::Duration::ZERO)?)?,

@@ -432,6 +432,10 @@ fn remember_frontier(node: &Node, org: OrgId, session: &Session, peer: &AuthorKe
         let frame = wire::encode_message(&Message::Heads(wire::Heads { pull: true, push: true, entries }));
         let _ = node.store.set_peer_note(peer, &format!("frontier:{org}"), &frame);
     }
+    // The session may have brought a revocation of this node's certificate.
+    if let Err(e) = node.check_scope(org) {
+        tracing::warn!("cannot purge what this node may no longer read in org {org}: {e}");
+    }
 }
 
 /// An error that happened inside a session, as a string for logs.

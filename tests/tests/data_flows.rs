@@ -11,15 +11,45 @@ fn org(central: &Home) -> String {
         .to_owned()
 }
 
-/// Enrols `device` with a token reading `read` and writing `write`.
-fn enrol(central: &Home, device: &Home, read: &str, write: &str, extra: &[&str]) {
+/// Enrols `device` with a token reading `read` and writing `write`;
+/// returns its certificate id.
+fn enrol(central: &Home, device: &Home, read: &str, write: &str, extra: &[&str]) -> String {
     let mut args = vec!["enroll", "token", "--read", read];
     if !write.is_empty() {
         args.extend(["--write", write]);
     }
     args.extend_from_slice(extra);
     let token = central.json(&args)["token"].as_str().expect("token").to_owned();
-    device.json(&["enroll", &token]);
+    device.json(&["enroll", &token])["certificate_id"].as_str().expect("certificate id").to_owned()
+}
+
+/// Issues `device` a certificate reading and writing `scope` that outlasts
+/// the one it holds, and imports it there: the new scope is in force.
+fn reissue(central: &Home, device: &Home, read: &str, write: &str) -> serde_json::Value {
+    let pem = device.dir.join(format!("reissued-{}.pem", read.replace([':', ','], "-")));
+    let pem = pem.to_str().expect("utf-8 path");
+    let subject = device.peer_id();
+    central.json(&[
+        "cert",
+        "issue",
+        "--subject",
+        &subject,
+        "--read",
+        read,
+        "--write",
+        write,
+        "--days",
+        "3000",
+        "--out",
+        pem,
+    ]);
+    device.json(&["cert", "import", pem])
+}
+
+/// The ledger entries of a purge after a scope shrank.
+fn purges(home: &Home) -> Vec<serde_json::Value> {
+    let history = home.json(&["history"]);
+    history.as_array().expect("history").iter().filter(|e| e["via"] == "scope").cloned().collect()
 }
 
 fn sync(device: &Home, address: &str, extra: &[&str]) -> serde_json::Value {
@@ -151,4 +181,212 @@ fn a_bundle_for_a_peer_after_a_narrowed_sync_carries_the_types_that_sync_left_ou
     assert_eq!(exported["changes"], 1, "the note only: {exported}");
     m.json(&["bundle", "import", bundle.to_str().expect("path")]);
     assert_eq!(ids(&m), ["n1", "s1"]);
+}
+
+#[test]
+fn a_narrowed_device_purges_what_it_may_no_longer_read_and_gets_it_back_when_widened() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    enrol(&central, &device, "results", "results:tc-1", &[]);
+    let package = root.path().join("tc2-package.bin");
+    std::fs::write(&package, vec![7u8; 300_000]).expect("write");
+    central.ok(&["put", "result", "r1", "--partition", "results:tc-1", "--set", "score=1"]);
+    let attach = format!("package={}", package.display());
+    central.ok(&["put", "result", "r2", "--partition", "results:tc-2", "--attach", &attach]);
+    central.ok(&["put", "result", "r3", "--partition", "results:tc-2", "--set", "score=3"]);
+    sync(&device, &server.address, &[]);
+    device.ok(&["put", "result", "mine", "--partition", "results:tc-1", "--set", "score=9"]);
+    sync(&device, &server.address, &[]);
+    assert_eq!(ids(&device), ["mine", "r1", "r2", "r3"]);
+    assert_eq!(device.json(&["blob", "list"]).as_array().expect("list").len(), 1);
+
+    // The centre is narrowed to tc-1: tc-2's records go, and the ledger says so.
+    reissue(&central, &device, "results:tc-1", "results:tc-1");
+    assert_eq!(ids(&device), ["mine", "r1"]);
+    let missing = device.fails(&["get", "result", "r2"]);
+    assert!(missing.contains("r2"), "{missing}");
+    let entries = purges(&device);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["purged"], 2, "{entries:?}");
+    let text = device.ok(&["history"]);
+    assert!(text.contains("purged 2 records"), "{text}");
+    // Its blob is no longer referenced: the gc removes it.
+    let gc = device.json(&["blob", "gc"]);
+    assert_eq!(gc["removed"], 1, "{gc}");
+    // Opening again purges nothing more and says nothing more.
+    assert_eq!(ids(&device), ["mine", "r1"]);
+    assert_eq!(purges(&device).len(), 1);
+    // Syncing within the narrow scope moves nothing of tc-2.
+    let narrow = sync(&device, &server.address, &[]);
+    assert_eq!(narrow["received"], 0, "{narrow}");
+
+    // Widened again, the next sync brings tc-2 back: the purge left no
+    // frontier claiming what the device no longer held.
+    let wide = root.path().join("wide.pem");
+    let wide = wide.to_str().expect("utf-8 path");
+    let subject = device.peer_id();
+    central.json(&[
+        "cert",
+        "issue",
+        "--subject",
+        &subject,
+        "--read",
+        "results",
+        "--write",
+        "results:tc-1",
+        "--days",
+        "3600",
+        "--out",
+        wide,
+    ]);
+    device.json(&["cert", "import", wide]);
+    let back = sync(&device, &server.address, &[]);
+    assert_eq!(back["received"], 2, "{back}");
+    assert_eq!(ids(&device), ["mine", "r1", "r2", "r3"]);
+    assert_eq!(back["blobs_received"], 1, "{back}");
+    server.stop();
+}
+
+#[test]
+fn a_purge_keeps_what_was_written_here_and_no_peer_holds_yet() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    enrol(&central, &device, "results", "results", &[]);
+    central.ok(&["put", "result", "r2", "--partition", "results:tc-2", "--set", "score=2"]);
+    sync(&device, &server.address, &[]);
+    device.ok(&["put", "result", "unsent", "--partition", "results:tc-1", "--set", "score=9"]);
+    central.ok(&["put", "result", "r1", "--partition", "results:tc-1", "--set", "score=1"]);
+    // Moved to centre tc-2 before its last result left the device.
+    reissue(&central, &device, "results:tc-2", "results:tc-2");
+    assert_eq!(ids(&device), ["r2", "unsent"], "the unsent result stays");
+    let entries = purges(&device);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let outcome = entries[0]["outcome"].as_str().expect("outcome");
+    assert!(outcome.contains("kept 1 records") && outcome.contains("written here"), "{outcome}");
+    // Checking again keeps it and writes no second entry.
+    assert_eq!(ids(&device), ["r2", "unsent"]);
+    assert_eq!(purges(&device).len(), 1);
+    server.stop();
+}
+
+#[test]
+fn a_revoked_device_purges_the_org_but_its_unsent_writes() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    let cert = enrol(&central, &device, "results", "results:tc-1", &[]);
+    central.ok(&["put", "result", "r1", "--partition", "results:tc-1", "--set", "score=1"]);
+    central.ok(&["put", "result", "r2", "--partition", "results:tc-2", "--set", "score=2"]);
+    device.ok(&["put", "result", "sent", "--partition", "results:tc-1", "--set", "score=8"]);
+    sync(&device, &server.address, &[]);
+    device.ok(&["put", "result", "unsent", "--partition", "results:tc-1", "--set", "score=9"]);
+    server.stop();
+    central.json(&["cert", "revoke", &cert]);
+    // The revocation reaches the device on a USB stick.
+    let bundle = root.path().join("revocation.bundle");
+    central.json(&["bundle", "export", "--out", bundle.to_str().expect("path")]);
+    device.json(&["bundle", "import", bundle.to_str().expect("path")]);
+    // tc-2 goes; tc-1's results stay with the one no peer holds yet.
+    let left = ids(&device);
+    assert!(!left.contains(&"r2".to_owned()), "{left:?}");
+    assert!(["r1", "sent", "unsent"].iter().all(|id| left.contains(&id.to_string())), "{left:?}");
+    let entries = purges(&device);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["purged"], 1, "{entries:?}");
+    assert!(entries[0]["outcome"].as_str().expect("outcome").contains("may no longer read the org"), "{entries:?}");
+}
+
+/// Whether any file under `dir` holds `needle`.
+fn found_in_files(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(at) = stack.pop() {
+        for entry in std::fs::read_dir(&at).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                hits.push(path);
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn a_local_field_stays_on_the_node_that_wrote_it() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let set = central.json(&["profile", "set", "learner", "--local", "password_hash"]);
+    assert_eq!(set["local"], serde_json::json!(["password_hash"]), "{set}");
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    enrol(&central, &device, "people", "people", &[]);
+    const SECRET: &str = "pbkdf2-SECRET-7f3a9c";
+    let put = central.json(&[
+        "put",
+        "learner",
+        "l1",
+        "--partition",
+        "people",
+        "--set",
+        "name=Ann",
+        "--set",
+        &format!("password_hash={SECRET}"),
+    ]);
+    assert_eq!(put["fields"]["password_hash"], SECRET, "the writer sees it: {put}");
+    assert_eq!(central.json(&["get", "learner", "l1"])["fields"]["password_hash"], SECRET);
+
+    let pulled = sync(&device, &server.address, &[]);
+    assert_eq!(pulled["received"], 2, "the profile and the learner: {pulled}");
+    let got = device.json(&["get", "learner", "l1"]);
+    assert_eq!(got["fields"]["name"], "Ann", "{got}");
+    assert!(got["fields"].get("password_hash").is_none(), "{got}");
+    let listed = device.ok(&["--json", "list"]);
+    assert!(!listed.contains(SECRET), "{listed}");
+
+    // A change of the local field alone makes no change: nothing syncs.
+    let newer = "pbkdf2-SECRET-newer-11";
+    central.ok(&["put", "learner", "l1", "--partition", "people", "--set", &format!("password_hash={newer}")]);
+    assert_eq!(central.json(&["get", "learner", "l1"])["fields"]["password_hash"], newer);
+    let again = sync(&device, &server.address, &[]);
+    assert_eq!(again["received"], 0, "{again}");
+    // The name still syncs, and the local field stays where it is.
+    central.ok(&["put", "learner", "l1", "--partition", "people", "--set", "name=Anne"]);
+    sync(&device, &server.address, &[]);
+    assert_eq!(device.json(&["get", "learner", "l1"])["fields"]["name"], "Anne");
+    assert_eq!(central.json(&["get", "learner", "l1"])["fields"]["password_hash"], newer);
+
+    // Nowhere in the device's files, nor in a bundle.
+    server.stop();
+    let bundle = root.path().join("all.bundle");
+    central.json(&["bundle", "export", "--out", bundle.to_str().expect("path")]);
+    for secret in [SECRET, newer] {
+        assert_eq!(found_in_files(&device.dir, secret.as_bytes()), Vec::<std::path::PathBuf>::new());
+        assert!(
+            found_in_files(root.path().join("all.bundle").parent().expect("dir"), secret.as_bytes())
+                .iter()
+                .all(|p| p.starts_with(&central.dir)),
+            "only the central's own files hold it"
+        );
+    }
+
+    // A deleted record takes its local fields with it.
+    central.ok(&["delete", "learner", "l1"]);
+    central.ok(&["put", "learner", "l1", "--partition", "people", "--set", "name=Ann"]);
+    let back = central.json(&["get", "learner", "l1"]);
+    assert!(back["fields"].get("password_hash").is_none(), "{back}");
+    let shown = central.ok(&["profile", "show"]);
+    assert!(shown.contains("learner: newest, delete-wins, local password_hash"), "{shown}");
 }

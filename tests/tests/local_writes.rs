@@ -142,7 +142,10 @@ fn profile_set_and_show_and_a_policy_with_an_unknown_word_is_refused() {
     let (central, device, server) = central_and_device(root.path());
     central.json(&["profile", "set", "result", "--policy", "authority:central"]);
     let set = central.json(&["profile", "set", "result", "--update-wins"]);
-    assert_eq!(set, serde_json::json!({"type": "result", "policy": "authority:central", "delete": "update-wins"}));
+    assert_eq!(
+        set,
+        serde_json::json!({"type": "result", "policy": "authority:central", "delete": "update-wins", "local": []})
+    );
     let said = central.fails(&["profile", "set", "result", "--policy", "authority:central,update-wins"]);
     assert!(said.contains("--delete-wins or --update-wins"), "{said}");
     let said = central.fails(&["profile", "set", "result", "--policy", "newst"]);
@@ -158,7 +161,10 @@ fn profile_set_and_show_and_a_policy_with_an_unknown_word_is_refused() {
     ]);
     assert!(said.contains("unknown word \"upate-wins\""), "{said}");
     let shown = central.json(&["profile", "show"]);
-    assert_eq!(shown, serde_json::json!([{"type": "result", "policy": "authority:central", "delete": "update-wins"}]));
+    assert_eq!(
+        shown,
+        serde_json::json!([{"type": "result", "policy": "authority:central", "delete": "update-wins", "local": []}])
+    );
     device.json(&["sync", &server.address]);
     assert_eq!(device.json(&["profile", "show"]), shown, "the profile syncs like data");
     let said = device.fails(&["profile", "set", "result", "--policy", "newest"]);

@@ -229,6 +229,7 @@ impl Session {
             blobs: Default::default(),
             records: self.moved.list.clone(),
             records_beyond: self.moved.beyond,
+            purged: 0,
         };
         // A ledger that cannot be written must not hide the session's own
         // outcome; the failure shows in the next store operation anyway.

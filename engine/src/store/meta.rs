@@ -176,6 +176,16 @@ impl Store {
     }
 
     /// A small value kept per peer (for example the last digest exchanged).
+    /// A value the node keeps for itself under `name` (`m/marker/<name>`).
+    pub fn marker(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.backend.get(&keys::meta(&format!("marker/{name}")))?)
+    }
+
+    pub fn set_marker(&self, name: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.commit(&[(keys::meta(&format!("marker/{name}")), Some(value.to_vec()))])?;
+        Ok(())
+    }
+
     pub fn peer_note(&self, peer: &AuthorKey, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.backend.get(&peer_key(peer, name))?)
     }

@@ -58,7 +58,32 @@ impl Store {
         let Some(state) = self.record(key)? else {
             return Ok(None);
         };
-        Ok(Some(state.view(&self.policy(&key.partition, &key.record_type)?)))
+        let policy = self.policy(&key.partition, &key.record_type)?;
+        let mut view = state.view(&policy);
+        self.add_local_fields(key, &policy, &mut view)?;
+        Ok(Some(view))
+    }
+
+    /// The record's local fields (`TypePolicy::local`), as this node stored
+    /// them: none when it wrote none.
+    pub fn local_fields(&self, key: &RecordKey) -> Result<BTreeMap<String, crate::value::Value>, StoreError> {
+        match self.backend.get(&keys::local_fields(&key.partition, &key.record_type, &key.id))? {
+            None => Ok(BTreeMap::new()),
+            Some(bytes) => stored::decode_value(&bytes).map_err(|_| corrupt(&format!("the local fields of {key:?}"))),
+        }
+    }
+
+    /// Shows a visible record's local fields in its view.
+    pub(super) fn add_local_fields(
+        &self,
+        key: &RecordKey,
+        policy: &TypePolicy,
+        view: &mut View,
+    ) -> Result<(), StoreError> {
+        if view.exists && !policy.local.is_empty() {
+            view.fields.extend(self.local_fields(key)?);
+        }
+        Ok(())
     }
 
     /// The records of a type with this id, in any partition. There is no
@@ -145,7 +170,11 @@ impl Store {
                     }
                 },
             };
-            let view = state.view(&policy);
+            let mut view = state.view(&policy);
+            if let Err(e) = self.add_local_fields(&key, &policy, &mut view) {
+                failure = Some(e);
+                return false;
+            }
             let go = visit(RecordView { key, view });
             stopped = !go;
             go

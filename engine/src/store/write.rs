@@ -169,6 +169,8 @@ impl Store {
         let mut clock = local.clock;
         let mut prefetched = self.load_states(writes.iter().map(|w| &w.record))?;
         let mut observed = self.observe();
+        // Per record, the local-field edits of this call (`None`: clear).
+        let mut locals: BTreeMap<RecordKey, Option<LocalEdit>> = BTreeMap::new();
         for (i, write) in writes.iter().enumerate() {
             let key = &write.record;
             if !states.contains_key(key) {
@@ -182,17 +184,57 @@ impl Store {
             let (state, _) = states.get_mut(key).expect("inserted above");
             let held = !state.changes.is_empty();
             let exists_now = held && state.exists(&TypePolicy::default());
+            // Local fields leave the write here: they go to the record's
+            // local entry, never into a change.
+            let policy = self.policy(&key.partition, &key.record_type)?;
+            let (shared, local_edit) = split_local(&write.op, &policy);
+            let op_asked = shared.as_ref().unwrap_or(&write.op);
+            if let Some(edit) = &local_edit {
+                let bytes = crate::stored::encode_value(edit).len();
+                if bytes > RECORD_BYTES_MAX {
+                    results[i] = Some(Err(WriteRejection::Field(format!(
+                        "the local fields are {bytes} bytes, more than the {RECORD_BYTES_MAX} a record may hold"
+                    ))));
+                    continue;
+                }
+            }
             if exists_now
-                && let LocalOp::Put { set, unset } = &write.op
+                && let LocalOp::Put { set, unset } = op_asked
                 && let Some(latest) = state.changes.iter().max_by_key(|c| c.hlc)
             {
-                let view = state.view(&self.policy(&key.partition, &key.record_type)?);
+                let view = state.view(&policy);
                 let same = view.conflicts.is_empty()
                     && set.iter().all(|(k, v)| view.fields.get(k) == Some(v))
                     && unset.iter().all(|k| !view.fields.contains_key(k));
-                if same {
-                    results[i] = Some(Ok(Written { dot: latest.dot(), view, unchanged: true }));
-                    continue;
+                // A write of local fields alone makes no change, even to a
+                // record in conflict (an empty change would settle it).
+                let only_local = local_edit.is_some() && set.is_empty() && unset.is_empty();
+                match (same || only_local, &local_edit) {
+                    (true, None) => {
+                        let mut view = view;
+                        self.add_local_fields(key, &policy, &mut view)?;
+                        results[i] = Some(Ok(Written { dot: latest.dot(), view, unchanged: true }));
+                        continue;
+                    }
+                    (true, Some(edit)) => {
+                        // Only local fields change: no change is made, but
+                        // the write passes the same scope check.
+                        if let Err(denied) = auth.may_write(
+                            &author_key,
+                            author.authority.as_deref(),
+                            &key.partition,
+                            &key.record_type,
+                            WriteKind::Update,
+                            now_ms / 1000,
+                        ) {
+                            results[i] = Some(Err(WriteRejection::Denied(denied)));
+                            continue;
+                        }
+                        add_local_edit(&mut locals, key, edit);
+                        results[i] = Some(Ok(Written { dot: latest.dot(), view: View::default(), unchanged: false }));
+                        continue;
+                    }
+                    (false, _) => {}
                 }
             }
             // A profile holds policies only this version can read in full:
@@ -207,7 +249,7 @@ impl Store {
                 results[i] = Some(Err(WriteRejection::Field(reason)));
                 continue;
             }
-            let op = match local_op(&write.op, held, exists_now) {
+            let op = match local_op(op_asked, held, exists_now) {
                 Ok(op) => op,
                 Err(rejection) => {
                     results[i] = Some(Err(rejection));
@@ -252,6 +294,18 @@ impl Store {
             // Merge before sealing (the seal plays no part in merging); the
             // seals are filled in below.
             state.apply(change.clone()).map_err(|e| corrupt(&format!("own change does not merge: {e}")))?;
+            match (&local_edit, &change.op) {
+                (Some(edit), Op::Put { replace: true, .. }) => {
+                    locals.insert(key.clone(), None);
+                    add_local_edit(&mut locals, key, edit);
+                }
+                (Some(edit), _) => add_local_edit(&mut locals, key, edit),
+                // A deleted or recreated record starts without local fields.
+                (None, Op::Delete) | (None, Op::Put { replace: true, .. }) => {
+                    locals.insert(key.clone(), None);
+                }
+                (None, _) => {}
+            }
             results[i] = Some(Ok(Written { dot: change.dot(), view: View::default(), unchanged: false }));
             changes.push(change);
         }
@@ -291,6 +345,27 @@ impl Store {
                 dots.iter().copied().filter(|d| state.changes.binary_search_by_key(d, Change::dot).is_err()).collect();
             pending.drop_changes(key, &dropped);
         }
+        let mut local_views: BTreeMap<RecordKey, BTreeMap<String, Value>> = BTreeMap::new();
+        for (key, edit) in &locals {
+            let at = keys::local_fields(&key.partition, &key.record_type, &key.id);
+            let mut fields = match edit {
+                None => BTreeMap::new(),
+                Some(edit) if edit.clear => BTreeMap::new(),
+                Some(_) => self.local_fields(key)?,
+            };
+            for (name, value) in edit.iter().flat_map(|e| &e.fields) {
+                match value {
+                    Some(v) => fields.insert(name.clone(), v.clone()),
+                    None => fields.remove(name),
+                };
+            }
+            if fields.is_empty() {
+                pending.delete(at);
+            } else {
+                pending.put(at, crate::stored::encode_value(&fields));
+            }
+            local_views.insert(key.clone(), fields);
+        }
         pending.put(keys::meta("counter"), counter.to_be_bytes().to_vec());
         pending.put(keys::meta("hlc"), clock.last().0.to_be_bytes().to_vec());
         self.finish_heads(&mut pending, &BTreeMap::new())?;
@@ -307,10 +382,61 @@ impl Store {
                 && !written.unchanged
             {
                 let (state, _) = &states[&write.record];
-                written.view = state.view(&self.policy(&write.record.partition, &write.record.record_type)?);
+                let policy = self.policy(&write.record.partition, &write.record.record_type)?;
+                written.view = state.view(&policy);
+                match local_views.get(&write.record) {
+                    Some(fields) if written.view.exists && !policy.local.is_empty() => {
+                        written.view.fields.extend(fields.clone());
+                    }
+                    Some(_) => {}
+                    None => self.add_local_fields(&write.record, &policy, &mut written.view)?,
+                }
             }
         }
         Ok(results.into_iter().map(|r| r.expect("every write has a result")).collect())
+    }
+}
+
+/// Local-field edits to one record: fields set (`Some`) or unset (`None`),
+/// after clearing them all when `clear`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+struct LocalEdit {
+    clear: bool,
+    fields: BTreeMap<String, Option<Value>>,
+}
+
+/// Splits a put into what a change carries and what stays local
+/// (`TypePolicy::local`); `None`s when nothing of it is local.
+fn split_local(op: &LocalOp, policy: &TypePolicy) -> (Option<LocalOp>, Option<LocalEdit>) {
+    let LocalOp::Put { set, unset } = op else { return (None, None) };
+    if policy.local.is_empty() || !set.keys().chain(unset).any(|n| policy.local.contains(n)) {
+        return (None, None);
+    }
+    let mut edit = LocalEdit::default();
+    let mut shared_set = BTreeMap::new();
+    let mut shared_unset = BTreeSet::new();
+    for (name, value) in set {
+        if policy.local.contains(name) {
+            edit.fields.insert(name.clone(), Some(value.clone()));
+        } else {
+            shared_set.insert(name.clone(), value.clone());
+        }
+    }
+    for name in unset {
+        if policy.local.contains(name) {
+            edit.fields.insert(name.clone(), None);
+        } else {
+            shared_unset.insert(name.clone());
+        }
+    }
+    (Some(LocalOp::Put { set: shared_set, unset: shared_unset }), Some(edit))
+}
+
+/// Adds one write's local edit to the call's edits of that record.
+fn add_local_edit(locals: &mut BTreeMap<RecordKey, Option<LocalEdit>>, key: &RecordKey, edit: &LocalEdit) {
+    match locals.entry(key.clone()).or_insert_with(|| Some(LocalEdit::default())) {
+        Some(held) => held.fields.extend(edit.fields.clone()),
+        slot @ None => *slot = Some(LocalEdit { clear: true, fields: edit.fields.clone() }),
     }
 }
 

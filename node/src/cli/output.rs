@@ -113,12 +113,14 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
                 writeln!(out, "(no policies set: every type is newest, delete-wins)")?;
             }
             list.iter().try_for_each(|t| {
+                let local: Vec<&str> = t["local"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
                 writeln!(
                     out,
-                    "{}: {}, {}",
+                    "{}: {}, {}{}",
                     t["type"].as_str().unwrap_or("?"),
                     t["policy"].as_str().unwrap_or("?"),
-                    t["delete"].as_str().unwrap_or("?")
+                    t["delete"].as_str().unwrap_or("?"),
+                    if local.is_empty() { String::new() } else { format!(", local {}", local.join(",")) }
                 )
             })
         }

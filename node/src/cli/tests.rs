@@ -102,7 +102,14 @@ fn every_command_parses_into_its_request() {
             vec!["ferry", "sync", "/ip4/127.0.0.1/tcp/1", "--filter", "results", "--pull-only"],
             json!({
                 "op": "sync", "peer": "/ip4/127.0.0.1/tcp/1", "org": null, "filters": ["results"], "pull": true,
-                "push": false,
+                "push": false, "types": [], "skip_types": [],
+            }),
+        ),
+        (
+            vec!["ferry", "sync", "p", "--types", "sample,analysis", "--skip-types", "client"],
+            json!({
+                "op": "sync", "peer": "p", "org": null, "filters": [], "pull": true, "push": true,
+                "types": ["sample,analysis"], "skip_types": ["client"],
             }),
         ),
         (vec!["ferry", "peers"], json!({ "op": "peers" })),

@@ -119,6 +119,7 @@ impl Node {
         self.reload_own_chains()?;
         self.store.put_chain(&self.identity.author_key(), &bytes)?;
         self.auth.know(&bytes).map_err(|d| anyhow!("{d}"))?;
+        self.check_scope(chain.org())?;
         Ok(())
     }
 

@@ -20,6 +20,7 @@ impl Node {
         record_type: &str,
         policy: Option<&str>,
         delete: Option<DeletePolicy>,
+        local: Option<BTreeSet<String>>,
     ) -> anyhow::Result<serde_json::Value> {
         let record_type = RecordType::parse(record_type)?;
         let mut current = self.store.profile(org)?.policy(&record_type);
@@ -32,6 +33,12 @@ impl Node {
         }
         if let Some(delete) = delete {
             current.delete = delete;
+        }
+        if let Some(local) = local {
+            if let Some(bad) = local.iter().find(|f| !engine::change::is_field_name(f)) {
+                bail!("--local {bad:?} is not a field name");
+            }
+            current.local = local;
         }
         let set = BTreeMap::from([(record_type.as_str().to_owned(), Value::Text(current.to_text()))]);
         self.put(org, PROFILE_TYPE, PROFILE_ID, SYSTEM_SEGMENT, set, BTreeSet::new())?;
@@ -56,5 +63,6 @@ fn type_json(record_type: &str, policy: &TypePolicy) -> serde_json::Value {
             DeletePolicy::DeleteWins => "delete-wins",
             DeletePolicy::UpdateWins => "update-wins",
         },
+        "local": policy.local,
     })
 }

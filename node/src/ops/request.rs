@@ -322,6 +322,11 @@ pub struct ProfileSet {
     #[arg(long)]
     #[serde(default)]
     pub update_wins: bool,
+    /// Fields kept only on the node that writes them, comma-separated
+    /// (replaces the list; `--local ""` clears it).
+    #[arg(long, value_name = "F,…")]
+    #[serde(default)]
+    pub local: Option<String>,
 }
 
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
