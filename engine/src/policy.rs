@@ -12,6 +12,7 @@
 //!                             authority tag `central` wins; ties fall back to newest
 //! …,update-wins               an update concurrent with a delete wins (default: the delete)
 //! …,local:password_hash       the field stays on the node that writes it (repeatable)
+//! …,send-when:completed=true  a record is sent only once the field holds the value
 //! ```
 //!
 //! A local write of a profile with an unknown word is refused
@@ -63,22 +64,61 @@ pub struct TypePolicy {
     /// names each as `local:NAME`, with `%` and `,` in NAME written `%25`
     /// and `%2C`.
     pub local: BTreeSet<String>,
+    /// Send when finished (TAO sends only finished results): a record is
+    /// offered to no peer while it is shown with this field not holding
+    /// this value (`send-when:FIELD=VALUE`; the value is `true`, `false`, a
+    /// whole number, or `'` and a text). docs/protocol.md, "Send when
+    /// finished".
+    pub send_when: Option<(String, Value)>,
 }
 
 impl Default for TypePolicy {
     fn default() -> TypePolicy {
-        TypePolicy { fields: FieldPolicy::Newest, delete: DeletePolicy::DeleteWins, local: BTreeSet::new() }
+        TypePolicy {
+            fields: FieldPolicy::Newest,
+            delete: DeletePolicy::DeleteWins,
+            local: BTreeSet::new(),
+            send_when: None,
+        }
     }
 }
 
-/// A field name as one word of a policy text.
+/// A field name (or a text) as part of one word of a policy text.
 fn encode_name(name: &str) -> String {
-    name.replace('%', "%25").replace(',', "%2C")
+    name.replace('%', "%25").replace(',', "%2C").replace('=', "%3D")
+}
+
+fn decode_text(word: &str) -> String {
+    word.replace("%2C", ",").replace("%3D", "=").replace("%25", "%")
 }
 
 fn decode_name(word: &str) -> Option<String> {
-    let name = word.replace("%2C", ",").replace("%2c", ",").replace("%25", "%");
+    let name = decode_text(word);
     crate::change::is_field_name(&name).then_some(name)
+}
+
+/// `send-when:FIELD=VALUE` as a field and a value.
+fn decode_send_when(word: &str) -> Option<(String, Value)> {
+    let (name, value) = word.split_once('=')?;
+    let value = match value {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => match value.strip_prefix('\'') {
+            Some(text) => Value::Text(decode_text(text)),
+            None => Value::Int(value.parse().ok()?),
+        },
+    };
+    Some((decode_name(name)?, value))
+}
+
+/// A value `send-when` can wait for as its text, if it is one.
+pub fn send_when_text(value: &Value) -> Option<String> {
+    match value {
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Text(t) => Some(format!("'{}", encode_name(t))),
+        _ => None,
+    }
 }
 
 impl TypePolicy {
@@ -95,6 +135,8 @@ impl TypePolicy {
                 policy.fields = FieldPolicy::Newest;
             } else if let Some(name) = word.strip_prefix("local:").and_then(decode_name) {
                 policy.local.insert(name);
+            } else if let Some(when) = word.strip_prefix("send-when:").and_then(decode_send_when) {
+                policy.send_when = Some(when);
             }
         }
         policy
@@ -114,6 +156,14 @@ impl TypePolicy {
                     }
                     None => return Err(format!("{word:?} in policy {text:?} names no valid field")),
                 },
+                _ if word.starts_with("send-when:") => match decode_send_when(&word["send-when:".len()..]) {
+                    Some(when) => policy.send_when = Some(when),
+                    None => {
+                        return Err(format!(
+                            "{word:?} in policy {text:?}: send-when takes FIELD=VALUE, the value true, false, a whole number or a text"
+                        ));
+                    }
+                },
                 _ => match word.strip_prefix("authority:") {
                     Some(tag)
                         if !tag.is_empty()
@@ -124,7 +174,7 @@ impl TypePolicy {
                     }
                     _ => {
                         return Err(format!(
-                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins and ,local:FIELD"
+                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins, ,local:FIELD and ,send-when:FIELD=VALUE"
                         ));
                     }
                 },
@@ -146,7 +196,22 @@ impl TypePolicy {
             text.push_str(",local:");
             text.push_str(&encode_name(name));
         }
+        if let Some((name, value)) = &self.send_when
+            && let Some(value) = send_when_text(value)
+        {
+            text.push_str(&format!(",send-when:{}={value}", encode_name(name)));
+        }
         text
+    }
+
+    /// Whether a record shown as `view` may be offered to peers: always,
+    /// unless the type sends only finished records and this one is shown
+    /// unfinished.
+    pub fn may_send(&self, view: &crate::merge::View) -> bool {
+        match &self.send_when {
+            Some((field, value)) => !view.exists || view.fields.get(field) == Some(value),
+            None => true,
+        }
     }
 
     /// The total order on changes for one field: the greatest wins.
@@ -241,6 +306,17 @@ mod tests {
         let text = policy.to_text();
         assert_eq!(TypePolicy::parse_strict(&text), Ok(policy.clone()), "{text}");
         assert_eq!(TypePolicy::parse(&text), policy);
+    }
+
+    #[test]
+    fn send_when_round_trips_for_each_kind_of_value() {
+        for value in [Value::Bool(true), Value::Bool(false), Value::Int(-3), Value::Text("done, =%'".into())] {
+            let policy = TypePolicy { send_when: Some(("state=x".into(), value)), ..TypePolicy::default() };
+            let text = policy.to_text();
+            assert_eq!(TypePolicy::parse_strict(&text), Ok(policy.clone()), "{text}");
+        }
+        assert!(TypePolicy::parse_strict("newest,send-when:completed").is_err());
+        assert!(TypePolicy::parse_strict("newest,send-when:completed=yes").is_err());
     }
 
     #[test]

@@ -116,6 +116,7 @@ fn policies() -> Vec<TypePolicy> {
             fields: FieldPolicy::Authority("central".into()),
             delete: DeletePolicy::UpdateWins,
             local: Default::default(),
+            send_when: None,
         },
     ]
 }
@@ -240,6 +241,7 @@ fn same_field_conflict_keeps_the_loser_and_authority_wins() {
         fields: FieldPolicy::Authority("central".into()),
         delete: DeletePolicy::DeleteWins,
         local: Default::default(),
+        send_when: None,
     });
     assert_eq!(authority.fields["score"], Value::from("from central"));
     assert_eq!(authority.conflicts[0].value, Some(Value::from("from device")));
@@ -284,6 +286,7 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
         fields: FieldPolicy::Newest,
         delete: DeletePolicy::UpdateWins,
         local: Default::default(),
+        send_when: None,
     });
     assert!(update_wins.exists);
     assert_eq!(update_wins.fields.len(), 2, "the whole record comes back: {:?}", update_wins.fields);

@@ -34,6 +34,7 @@ mod tokens;
 pub use blobs::{BlobEntry, GcReport};
 use credentials::*;
 pub use credentials::{CertificateInfo, NoChain, WHOLE_ORG, parse_scope};
+pub use profile::ProfileChanges;
 pub use records::{ImportReport, RecordResult};
 pub use tokens::parse_token;
 

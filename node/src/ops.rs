@@ -313,19 +313,37 @@ fn execute_local(
             json!({ "hash": hash.to_hex(), "size": size, "out": path.display().to_string() })
         }
         Op::BlobList => serde_json::to_value(node.blob_list()?)?,
-        Op::ProfileSet(ProfileSet { org: o, record_type, policy, delete_wins, update_wins, local }) => {
+        Op::ProfileSet(ProfileSet { org: o, record_type, policy, delete_wins, update_wins, local, send_when }) => {
             let delete = match (delete_wins, update_wins) {
                 (true, true) => bail!("give --delete-wins or --update-wins, not both"),
                 (true, false) => Some(engine::policy::DeletePolicy::DeleteWins),
                 (false, true) => Some(engine::policy::DeletePolicy::UpdateWins),
                 (false, false) => None,
             };
-            if policy.is_none() && delete.is_none() && local.is_none() {
-                bail!("say what to set: --policy newest|authority:TAG, --delete-wins, --update-wins or --local F,…");
+            if policy.is_none() && delete.is_none() && local.is_none() && send_when.is_none() {
+                bail!(
+                    "say what to set: --policy newest|authority:TAG, --delete-wins, --update-wins, --local F,… or --send-when FIELD=VALUE"
+                );
             }
             let local =
                 local.map(|l| l.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from).collect());
-            node.profile_set(org(&o)?, &record_type, policy.as_deref(), delete, local)?
+            let send_when = match send_when.as_deref().map(str::trim) {
+                None => None,
+                Some("") => Some(None),
+                Some(given) => {
+                    let (field, value) = given.split_once('=').with_context(|| {
+                        format!("--send-when {given:?}: expected FIELD=VALUE, such as completed=true")
+                    })?;
+                    let value =
+                        crate::json::parse_cli_value(value).map_err(|e| anyhow::anyhow!("--send-when {field}: {e}"))?;
+                    if engine::policy::send_when_text(&value).is_none() {
+                        bail!("--send-when {given:?}: the value must be true, false, a whole number or a text");
+                    }
+                    Some(Some((field.trim().to_owned(), value)))
+                }
+            };
+            let changes = crate::node::ProfileChanges { policy: policy.as_deref(), delete, local, send_when };
+            node.profile_set(org(&o)?, &record_type, changes)?
         }
         Op::ProfileShow(ProfileShow { org: o }) => node.profile_show(org(&o)?)?,
         Op::BlobGc => serde_json::to_value(node.blob_gc(std::time::Duration::ZERO)?)?,

@@ -390,3 +390,61 @@ fn a_local_field_stays_on_the_node_that_wrote_it() {
     let shown = central.ok(&["profile", "show"]);
     assert!(shown.contains("learner: newest, delete-wins, local password_hash"), "{shown}");
 }
+
+#[test]
+fn an_unfinished_result_stays_on_the_device_until_it_is_finished_then_goes_whole() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let set = central.json(&["profile", "set", "result", "--send-when", "completed=true"]);
+    assert_eq!(set["send_when"], serde_json::json!({"completed": true}), "{set}");
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    enrol(&central, &device, "results:tc-1", "results:tc-1", &[]);
+    sync(&device, &server.address, &[]);
+    let put = |id: &str, sets: &[&str]| {
+        let mut args = vec!["put", "result", id, "--partition", "results:tc-1"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        device.ok(&args);
+    };
+    put("a1", &["answer=x", "completed=false"]);
+    put("a1", &["answer=xy"]);
+    put("a2", &["answer=y"]);
+    put("a3", &["answer=z", "completed=true"]);
+    let first = sync(&device, &server.address, &[]);
+    assert_eq!(first["sent"], 1, "only the finished result: {first}");
+    assert_eq!(ids(&central), ["a3", "profile"]);
+
+    // Through a serving device killed with -9 and a restart, the unfinished
+    // results stay, and stay unsent.
+    let serving = device.serve();
+    serving.kill();
+    assert_eq!(ids(&device), ["a1", "a2", "a3", "profile"]);
+    let again = sync(&device, &server.address, &[]);
+    assert_eq!(again["sent"], 0, "{again}");
+    let bundle = root.path().join("for-central.bundle");
+    let exported =
+        device.json(&["bundle", "export", "--out", bundle.to_str().expect("path"), "--for", &central.peer_id()]);
+    assert_eq!(exported["changes"], 0, "a bundle holds them back too: {exported}");
+
+    // Finished: its whole current state goes in the next sync, once.
+    put("a1", &["completed=true"]);
+    let finished = sync(&device, &server.address, &[]);
+    assert_eq!(finished["sent"], 1, "{finished}");
+    let got = central.json(&["get", "result", "a1"]);
+    assert_eq!(
+        (got["fields"]["answer"].as_str(), got["fields"]["completed"].as_bool()),
+        (Some("xy"), Some(true)),
+        "{got}"
+    );
+    assert_eq!(ids(&central), ["a1", "a3", "profile"]);
+    // Later edits of a finished result travel as usual.
+    put("a1", &["score=0.5"]);
+    assert_eq!(sync(&device, &server.address, &[])["sent"], 1);
+    assert_eq!(central.json(&["get", "result", "a1"])["fields"]["score"], 0.5);
+    let shown = device.ok(&["profile", "show"]);
+    assert!(shown.contains("sent when completed=true"), "{shown}");
+    server.stop();
+}

@@ -26,6 +26,8 @@ pub struct ScanEnd {
     /// Changes in the range that fail `Change::check_form` (made by an older
     /// version): skipped, so they block nothing after them.
     pub unsendable: u64,
+    /// Changes of unfinished records of a send-when type: not sent yet.
+    pub held_back: u64,
 }
 
 impl Store {
@@ -151,6 +153,7 @@ impl Store {
         let mut complete = true;
         let mut failure = None;
         let mut unsendable = 0u64;
+        let mut held_back = 0u64;
         let mut visit = |k: &[u8], v: &[u8]| {
             let counter = u64::from_be_bytes(k[k.len() - 8..].try_into().unwrap_or([0; 8]));
             let Some((size, id)) = parse_index_value(v) else {
@@ -189,12 +192,20 @@ impl Store {
             })
             .collect();
         let states = self.records(&keys.iter().collect::<Vec<_>>())?;
+        let policy = self.policy(partition, record_type)?;
         for ((counter, _, size), state) in found.into_iter().zip(states) {
             // A change may have been superseded since the index was read;
             // then it is obsolete and is simply not sent.
             if let Some(mut state) = state
                 && let Some(at) = state.changes.iter().position(|c| c.author == *instance && c.counter == counter)
             {
+                // An unfinished record of a send-when type is held back;
+                // the write that finishes it supersedes every change it
+                // holds (docs/protocol.md, "Send when finished").
+                if policy.send_when.is_some() && !policy.may_send(&state.view(&policy)) {
+                    held_back += 1;
+                    continue;
+                }
                 let change = state.changes.swap_remove(at);
                 if change.check_form(size as usize).is_err() {
                     unsendable += 1;
@@ -203,7 +214,7 @@ impl Store {
                 out.push(change);
             }
         }
-        Ok(ScanEnd { last, complete, bytes, unsendable })
+        Ok(ScanEnd { last, complete, bytes, unsendable, held_back })
     }
 
     /// Counts the retained changes and their bytes in `(after, upto]`.

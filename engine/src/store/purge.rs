@@ -4,7 +4,8 @@
 //! fields and blob references, so its store and its frontier say nothing of them.
 //!
 //! What the purge never removes: a record that retains a change written
-//! here (by one of this store's instances) that no peer is known to hold.
+//! here (by one of this store's instances) that no peer is known to hold,
+//! or one held back until it is finished (send-when).
 //! "Known to hold" is the frontier each peer had at the end of the last
 //! completed sync with it (`Held`). Such a record exists nowhere else, so
 //! its whole (partition, type) group is kept and counted, and the purge
@@ -103,6 +104,7 @@ impl Store {
             p.extend_from_slice(&type_prefix(partition, record_type));
             p
         };
+        let policy = self.policy(partition, record_type)?;
         let mut records = Vec::new();
         let mut keep = false;
         let mut failure = None;
@@ -120,10 +122,13 @@ impl Store {
                     return false;
                 }
             };
-            let unheld = state.changes.iter().any(|c| {
-                own.contains(&c.author)
-                    && held.get(&(partition.clone(), record_type.clone(), c.author)).is_none_or(|h| *h < c.counter)
-            });
+            // A record held back until it is finished is on no peer.
+            let held_back = policy.send_when.is_some() && !policy.may_send(&state.view(&policy));
+            let unheld = held_back
+                || state.changes.iter().any(|c| {
+                    own.contains(&c.author)
+                        && held.get(&(partition.clone(), record_type.clone(), c.author)).is_none_or(|h| *h < c.counter)
+                });
             // A group that stays is only counted from here on.
             keep |= unheld;
             let refs =

@@ -250,7 +250,7 @@ impl Store {
                 continue;
             }
             let op = match local_op(op_asked, held, exists_now) {
-                Ok(op) => op,
+                Ok(op) => finishing(op, state, exists_now, &policy),
                 Err(rejection) => {
                     results[i] = Some(Err(rejection));
                     continue;
@@ -395,6 +395,28 @@ impl Store {
         }
         Ok(results.into_iter().map(|r| r.expect("every write has a result")).collect())
     }
+}
+
+/// A put that finishes a record of a send-when type (`TypePolicy::
+/// send_when`) becomes a replacing put of every field it shows: it then
+/// supersedes every change the record held while unfinished, none of which
+/// was sent, so no peer ever needs them (docs/protocol.md, "Send when
+/// finished").
+fn finishing(op: Op, state: &RecordState, exists_now: bool, policy: &TypePolicy) -> Op {
+    let (Some((field, value)), Op::Put { replace, fields }) = (&policy.send_when, &op) else { return op };
+    let before = if exists_now { state.view(policy).fields } else { BTreeMap::new() };
+    let was_finished = exists_now && before.get(field) == Some(value);
+    let mut after = if *replace { BTreeMap::new() } else { before };
+    for (name, v) in fields {
+        match v {
+            Some(v) => after.insert(name.clone(), v.clone()),
+            None => after.remove(name),
+        };
+    }
+    if was_finished || after.get(field) != Some(value) {
+        return op;
+    }
+    Op::Put { replace: true, fields: after.into_iter().map(|(k, v)| (k, Some(v))).collect() }
 }
 
 /// Local-field edits to one record: fields set (`Some`) or unset (`None`),

@@ -116,11 +116,15 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
                 let local: Vec<&str> = t["local"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
                 writeln!(
                     out,
-                    "{}: {}, {}{}",
+                    "{}: {}, {}{}{}",
                     t["type"].as_str().unwrap_or("?"),
                     t["policy"].as_str().unwrap_or("?"),
                     t["delete"].as_str().unwrap_or("?"),
-                    if local.is_empty() { String::new() } else { format!(", local {}", local.join(",")) }
+                    if local.is_empty() { String::new() } else { format!(", local {}", local.join(",")) },
+                    t["send_when"]
+                        .as_object()
+                        .and_then(|o| o.iter().next())
+                        .map_or(String::new(), |(f, v)| format!(", sent when {f}={v}"))
                 )
             })
         }

@@ -11,6 +11,17 @@ use serde_json::json;
 
 use super::*;
 
+/// What `profile set` changes in a type's policy; `None` leaves a part as
+/// it is in force.
+pub struct ProfileChanges<'a> {
+    pub policy: Option<&'a str>,
+    pub delete: Option<DeletePolicy>,
+    /// The local fields (replacing the list).
+    pub local: Option<BTreeSet<String>>,
+    /// `Some(None)` sends every record again.
+    pub send_when: Option<Option<(String, Value)>>,
+}
+
 impl Node {
     /// Sets the policy of `record_type`: what is given replaces, what is not
     /// stays as it is in force.
@@ -18,10 +29,9 @@ impl Node {
         &self,
         org: OrgId,
         record_type: &str,
-        policy: Option<&str>,
-        delete: Option<DeletePolicy>,
-        local: Option<BTreeSet<String>>,
+        changes: ProfileChanges<'_>,
     ) -> anyhow::Result<serde_json::Value> {
+        let ProfileChanges { policy, delete, local, send_when } = changes;
         let record_type = RecordType::parse(record_type)?;
         let mut current = self.store.profile(org)?.policy(&record_type);
         if let Some(text) = policy {
@@ -39,6 +49,14 @@ impl Node {
                 bail!("--local {bad:?} is not a field name");
             }
             current.local = local;
+        }
+        if let Some(send_when) = send_when {
+            if let Some((field, _)) = &send_when
+                && !engine::change::is_field_name(field)
+            {
+                bail!("--send-when {field:?} is not a field name");
+            }
+            current.send_when = send_when;
         }
         let set = BTreeMap::from([(record_type.as_str().to_owned(), Value::Text(current.to_text()))]);
         self.put(org, PROFILE_TYPE, PROFILE_ID, SYSTEM_SEGMENT, set, BTreeSet::new())?;
@@ -64,5 +82,6 @@ fn type_json(record_type: &str, policy: &TypePolicy) -> serde_json::Value {
             DeletePolicy::UpdateWins => "update-wins",
         },
         "local": policy.local,
+        "send_when": policy.send_when.as_ref().map(|(field, value)| json!({ field: crate::json::to_json(value) })),
     })
 }

@@ -327,6 +327,11 @@ pub struct ProfileSet {
     #[arg(long, value_name = "F,…")]
     #[serde(default)]
     pub local: Option<String>,
+    /// Offer a record to peers only once FIELD holds VALUE (true, false, a
+    /// whole number or a text); `--send-when ""` sends every record again.
+    #[arg(long, value_name = "FIELD=VALUE")]
+    #[serde(default)]
+    pub send_when: Option<String>,
 }
 
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
