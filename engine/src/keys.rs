@@ -58,6 +58,16 @@ pub fn local_fields(partition: &Partition, record_type: &RecordType, id: &Record
     key
 }
 
+/// `m` ‖ `reissue/` ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ id: a record whose
+/// own held-back changes must be written again (`Store::reissue_marked`).
+pub fn reissue(key: &crate::change::RecordKey) -> Vec<u8> {
+    let mut out = meta(REISSUE_PREFIX);
+    out.extend_from_slice(&record(&key.partition, &key.record_type, &key.id)[1..]);
+    out
+}
+
+pub const REISSUE_PREFIX: &str = "reissue/";
+
 /// `HEADS ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ instance`
 pub fn head(partition: &Partition, record_type: &RecordType, instance: &InstanceId) -> Vec<u8> {
     let mut key = vec![HEADS];

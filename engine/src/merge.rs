@@ -215,6 +215,31 @@ impl RecordState {
         }
     }
 
+    /// What `change` (retained here) still writes that no later write has
+    /// seen: a delete current on the existence register; for a put, the
+    /// fields it is current on (an unset one as `None`, a replacing put's
+    /// unlisted fields included). `None` when nothing of it is current.
+    /// `LocalOp::Reissue` writes this again under a new counter, so the
+    /// record shows the same values and conflicts.
+    pub fn current_part(&self, change: &Change) -> Option<Op> {
+        let dot = change.dot();
+        let on_existence = !self.known.exists.covers(dot);
+        match &change.op {
+            Op::Delete => on_existence.then_some(Op::Delete),
+            Op::Put { replace, fields } => {
+                let mut names: Vec<&str> = self.changes.iter().flat_map(Change::field_names).collect();
+                names.sort_unstable();
+                names.dedup();
+                let current: BTreeMap<String, Option<Value>> = names
+                    .into_iter()
+                    .filter(|name| (*replace || fields.contains_key(*name)) && !self.known.field(name).covers(dot))
+                    .map(|name| (name.to_owned(), fields.get(name).cloned().flatten()))
+                    .collect();
+                (on_existence || !current.is_empty()).then_some(Op::Put { replace: false, fields: current })
+            }
+        }
+    }
+
     /// Whether some latest write of the record's existence is a put: the
     /// record is shown, or shown as a conflict of a delete. A record that
     /// is only deleted references no blob (`blob::refs_of`).

@@ -279,6 +279,7 @@ fn store_matches_a_model_under_random_operations() {
                             model.insert(id.clone(), view.fields);
                         }
                     }
+                    (LocalOp::Reissue(_), _) => unreachable!("the model writes no reissues"),
                 }
                 let shown: BTreeMap<String, BTreeMap<String, Value>> = {
                     let mut out = BTreeMap::new();

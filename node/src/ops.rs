@@ -292,6 +292,11 @@ fn execute_local(
             let imported = crate::bundle::import(node, &path, &mut |done, total| {
                 out(Line::Progress { what: "received".into(), done, total })
             })?;
+            if let Ok(org) = node.org(None)
+                && let Err(e) = node.reissue_held_back(org)
+            {
+                tracing::warn!("cannot write again the changes held back until their records were finished: {e}");
+            }
             // The bundle may have carried a revocation of this node's certificate.
             node.check_scopes();
             let mut summary = j::report(&imported.exporter.to_string(), &imported.report);

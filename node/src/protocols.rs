@@ -432,6 +432,9 @@ fn remember_frontier(node: &Node, org: OrgId, session: &Session, peer: &AuthorKe
         let frame = wire::encode_message(&Message::Heads(wire::Heads { pull: true, push: true, entries }));
         let _ = node.store.set_peer_note(peer, &format!("frontier:{org}"), &frame);
     }
+    if let Err(e) = node.reissue_held_back(org) {
+        tracing::warn!("cannot write again the changes held back until their records were finished: {e}");
+    }
     // The session may have brought a revocation of this node's certificate.
     if let Err(e) = node.check_scope(org) {
         tracing::warn!("cannot purge what this node may no longer read in org {org}: {e}");

@@ -9,7 +9,9 @@
 //! the same fields concurrently, and sync random pairs with random filters
 //! through the real sans-IO session, over a network that drops, duplicates,
 //! delays and reorders messages, cuts links, isolates nodes, and crashes and
-//! restarts them.
+//! restarts them. Some syncs are narrowed by per-peer type rules; on odd
+//! seeds the org's profile sends results only once finished (send-when),
+//! and the converge phase finishes them.
 //!
 //! After every step it checks safety: no node holds a record outside its
 //! scope, no frontier entry claims a change the node cannot serve, and no
@@ -126,7 +128,15 @@ struct World {
     trace: VecDeque<String>,
     report: Report,
     step: usize,
+    /// This seed's org profile sends `result` records only once `done`
+    /// holds 1 (SPEC §6.2, send when finished): every node reads the org's
+    /// system partition and gets the profile before anything is written.
+    send_when: bool,
 }
+
+/// The field and value a `result` waits for when `send_when` is on.
+const DONE_FIELD: &str = "done";
+const DONE_VALUE: i64 = 1;
 
 /// Runs one seed. Returns the report, or the first violated property.
 pub fn run(options: Options) -> Result<Report, Failure> {
@@ -134,6 +144,9 @@ pub fn run(options: Options) -> Result<Report, Failure> {
     for step in 0..options.steps {
         world.step = step;
         world.random_step();
+        if world.send_when {
+            world.reissue_all()?;
+        }
         world.check_safety(step % 10 == 9)?;
     }
     world.converge()?;
@@ -206,6 +219,8 @@ impl World {
             trace: VecDeque::new(),
             report: Report { seed, ..Report::default() },
             step: 0,
+            // From the seed, not the generator: the other draws stay put.
+            send_when: seed % 2 == 1,
         }
     }
 
@@ -239,10 +254,59 @@ impl World {
             world.add_node(kind, scope, &format!("{name}#{i}"));
         }
         world.report.nodes = count;
+        if world.send_when {
+            world.publish_send_when();
+        }
         world
     }
 
+    /// The central writes the profile and every node pulls it.
+    fn publish_send_when(&mut self) {
+        let key = engine::store::profile_key(self.org);
+        let text = format!("newest,send-when:{DONE_FIELD}={DONE_VALUE}");
+        let set = BTreeMap::from([("result".to_owned(), Value::Text(text))]);
+        self.write(0, &key, LocalOp::Put { set, unset: BTreeSet::new() }).expect("the central writes the profile");
+        let system = Filter::new([engine::policy::system_partition(self.org)]);
+        for node in 1..self.nodes.len() {
+            self.sync_reliably(node, 0, system.clone(), true, false).expect("the profile reaches every node");
+        }
+        self.log("the profile sends results only once done=1".into());
+    }
+
+    /// Converge phase with send-when: every node finishes each unfinished
+    /// result it holds and may write (so nothing stays held back).
+    fn finish_results(&mut self) -> Result<(), Failure> {
+        for node in 0..self.nodes.len() {
+            let store = self.nodes[node].store.as_ref().expect("all alive");
+            let mut unfinished = Vec::new();
+            store
+                .list(None, Some(&RecordType::parse("result").expect("type")), &mut |r| {
+                    if r.view.exists && r.view.fields.get(DONE_FIELD) != Some(&Value::Int(DONE_VALUE)) {
+                        unfinished.push(r.key);
+                    }
+                    true
+                })
+                .map_err(|e| self.fail(e.to_string()))?;
+            for key in unfinished {
+                if self.nodes[node].scope.may_write(&key.partition, &key.record_type, WriteKind::Update) {
+                    let set = BTreeMap::from([(DONE_FIELD.to_owned(), Value::Int(DONE_VALUE))]);
+                    self.write(node, &key, LocalOp::Put { set, unset: BTreeSet::new() })
+                        .map_err(|e| self.fail(format!("{} cannot finish {key:?}: {e}", self.nodes[node].name)))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn random_scope(&mut self) -> (Scope, String) {
+        let (mut scope, name) = self.random_member_scope();
+        if self.send_when {
+            scope.read = scope.read.union(&Filter::new([engine::policy::system_partition(self.org)]));
+        }
+        (scope, name)
+    }
+
+    fn random_member_scope(&mut self) -> (Scope, String) {
         let org = self.org;
         let f = |t: &str| Filter::parse(org, t).expect("valid filter");
         let fac = format!("f{}", self.rng.random_range(0..3u32));
@@ -327,6 +391,23 @@ impl World {
 
     // -- actions -------------------------------------------------------------
 
+    /// What a node does after its sessions: writes again its own changes to
+    /// records a peer finished while it held them back (send-when).
+    fn reissue_all(&mut self) -> Result<(), Failure> {
+        for node in 0..self.nodes.len() {
+            let author = LocalAuthor { key: self.key(node), authority: None };
+            let Some(store) = self.nodes[node].store.as_ref() else { continue };
+            let written = store
+                .reissue_marked(&author, self.now, &self.auth, &SerialSigner)
+                .map_err(|e| self.fail(format!("{}: reissue: {e}", self.nodes[node].name)))?;
+            if written > 0 {
+                let line = format!("{} writes again {written} held-back changes", self.nodes[node].name);
+                self.log(line);
+            }
+        }
+        Ok(())
+    }
+
     fn random_step(&mut self) {
         match self.rng.random_range(0..1000u32) {
             0..200 => self.random_write(),
@@ -380,6 +461,10 @@ impl World {
             for _ in 0..self.rng.random_range(1..=2u32) {
                 let field = FIELDS[self.rng.random_range(0..FIELDS.len())];
                 set.insert(field.to_owned(), Value::Int(self.rng.random_range(0..10i64)));
+            }
+            // With send-when, results are often finished or reopened.
+            if self.send_when && key.record_type.as_str() == "result" && self.rng.random_bool(0.3) {
+                set.insert(DONE_FIELD.to_owned(), Value::Int(self.rng.random_range(0..2i64)));
             }
             let mut unset = BTreeSet::new();
             if self.rng.random_bool(0.1) {
@@ -449,11 +534,29 @@ impl World {
         config.push = push;
         config.batch_changes = self.rng.random_range(1..=6usize);
         config.retransmit_ms = Some(RETRANSMIT_MS);
+        // Per-peer type rules on some syncs: what they leave out must come
+        // with a later sync (the converge phase syncs every type).
+        config.types = match self.rng.random_range(0..8u32) {
+            0 => engine::region::TypeRules {
+                only: Some(
+                    [TYPES[self.rng.random_range(0..TYPES.len())]].map(|t| RecordType::parse(t).expect("type")).into(),
+                ),
+                skip: BTreeSet::new(),
+            },
+            1 => engine::region::TypeRules {
+                only: None,
+                skip: [TYPES[self.rng.random_range(0..TYPES.len())]]
+                    .map(|t| RecordType::parse(t).expect("type"))
+                    .into(),
+            },
+            _ => engine::region::TypeRules::default(),
+        };
+        let rules = config.types.clone();
         let session = Session::initiate(config, self.now);
         self.sessions.insert((a, id), (b, session, None));
         self.report.syncs_started += 1;
         let line = format!(
-            "{} starts sync {} with {} filter {} pull {pull} push {push}",
+            "{} starts sync {} with {} filter {} pull {pull} push {push}{}",
             self.nodes[a].name,
             partitions::hex::encode(&id[..3]),
             self.nodes[b].name,
@@ -462,7 +565,8 @@ impl World {
                 .iter()
                 .map(|p| if p.depth() == 0 { "<org>".to_owned() } else { p.relative().to_owned() })
                 .collect::<Vec<_>>()
-                .join(",")
+                .join(","),
+            if rules.is_empty() { String::new() } else { format!(" types {:?} skip {:?}", rules.only, rules.skip) }
         );
         self.log(line);
         self.flush(a, id);
@@ -722,7 +826,7 @@ impl World {
             let heads = store.heads(&Region::of(Filter::org(self.org))).map_err(|e| self.fail(e.to_string()))?;
             for head in heads {
                 let mut found = Vec::new();
-                store
+                let end = store
                     .scan_group(
                         &head.partition,
                         &head.record_type,
@@ -734,7 +838,11 @@ impl World {
                         &mut found,
                     )
                     .map_err(|e| self.fail(e.to_string()))?;
-                if found.len() != 1 || found[0].counter != head.counter {
+                // A change held back until its record is finished is held;
+                // no peer ever needs it: the write that finishes the record
+                // supersedes it (docs/protocol.md, "Send when finished").
+                let held_back = found.is_empty() && end.held_back == 1;
+                if !held_back && (found.len() != 1 || found[0].counter != head.counter) {
                     return Err(self.fail(format!(
                         "{}: frontier claims {head:?} but the store cannot serve it",
                         self.nodes[i].name
@@ -817,6 +925,9 @@ impl World {
         let n = self.nodes.len();
         let org = Filter::org(self.org);
         for round in 0..12 {
+            if self.send_when {
+                self.finish_results()?;
+            }
             let mut quiet = true;
             for a in 0..n {
                 for b in 0..n {
@@ -828,6 +939,9 @@ impl World {
                         .map_err(|e| self.fail(format!("{} with {}: {e}", self.nodes[a].name, self.nodes[b].name)))?;
                     if !summary.noop {
                         quiet = false;
+                    }
+                    if self.send_when {
+                        self.reissue_all()?;
                     }
                 }
             }
@@ -955,5 +1069,6 @@ fn short_op(op: &LocalOp) -> String {
         }
         LocalOp::Delete => "delete".into(),
         LocalOp::Restore => "restore".into(),
+        LocalOp::Reissue(dot) => format!("reissue {dot:?}"),
     }
 }

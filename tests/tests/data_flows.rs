@@ -448,3 +448,42 @@ fn an_unfinished_result_stays_on_the_device_until_it_is_finished_then_goes_whole
     assert!(shown.contains("sent when completed=true"), "{shown}");
     server.stop();
 }
+
+/// A result the device reopened and held back, closed by the central
+/// meanwhile: the device's own values still reach the central, though the
+/// central's frontier was already past the counter they were written under.
+#[test]
+fn a_result_finished_elsewhere_still_brings_what_the_device_held_back() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    central.ok(&["profile", "set", "result", "--send-when", "completed=true"]);
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    enrol(&central, &device, "results:tc-1", "results:tc-1", &[]);
+    sync(&device, &server.address, &[]);
+    let put = |home: &Home, id: &str, sets: &[&str]| {
+        let mut args = vec!["put", "result", id, "--partition", "results:tc-1"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        home.ok(&args);
+    };
+    put(&device, "r1", &["answer=x", "completed=true"]);
+    assert_eq!(sync(&device, &server.address, &[])["sent"], 1);
+    // Reopened on the device (held back), while a later result goes up.
+    put(&device, "r1", &["answer=x2", "completed=false"]);
+    put(&device, "r2", &["answer=y", "completed=true"]);
+    assert_eq!(sync(&device, &server.address, &[])["sent"], 1, "r2 only");
+    // The central closes r1 itself (a proctor ends the session).
+    put(&central, "r1", &["completed=true", "note=closed by proctor"]);
+    sync(&device, &server.address, &[]);
+    let after = sync(&device, &server.address, &[]);
+    assert_eq!(after["sent"], 1, "the device's answer, written again: {after}");
+    let got = central.json(&["get", "result", "r1"]);
+    assert_eq!(got["fields"]["answer"], "x2", "{got}");
+    assert_eq!(got["fields"]["completed"], true, "{got}");
+    assert_eq!(got["fields"]["note"], "closed by proctor", "{got}");
+    assert_eq!(central.json(&["get", "result", "r1"]), device.json(&["get", "result", "r1"]));
+    server.stop();
+}

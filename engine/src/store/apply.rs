@@ -8,7 +8,7 @@
 //! merge and commit. So signature verification, the slow part, never holds
 //! up another session's apply or a local write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::authorize::{Authorizer, Signed, Verifier};
 use crate::change::{Change, ChangeError, RecordKey};
@@ -354,6 +354,10 @@ impl Store {
         let mut used_runs: Vec<usize> = Vec::new();
         let mut prefetched = self.load_states(candidates.iter().filter(|c| c.valid).map(|c| &c.change.record))?;
         let mut states: BTreeMap<RecordKey, (RecordState, bool, bool)> = BTreeMap::new();
+        // Records of send-when types shown unfinished before this batch.
+        let mut held_back: BTreeSet<RecordKey> = BTreeSet::new();
+        let mut policies: BTreeMap<(partitions::OrgId, partitions::RecordType), crate::policy::TypePolicy> =
+            BTreeMap::new();
         let mut observed = self.observe();
         for candidate in candidates {
             let change = candidate.change;
@@ -370,7 +374,17 @@ impl Store {
                 let state = prefetched.remove(&key).flatten();
                 observed.loaded(&key, state.as_ref());
                 let existed = state.is_some();
-                states.insert(key.clone(), (state.unwrap_or_default(), existed, false));
+                let state = state.unwrap_or_default();
+                let group = (key.partition.org(), key.record_type.clone());
+                if !policies.contains_key(&group) {
+                    let policy = self.policy(&key.partition, &key.record_type)?;
+                    policies.insert(group.clone(), policy);
+                }
+                let policy = &policies[&group];
+                if policy.send_when.is_some() && !policy.may_send(&state.view(policy)) {
+                    held_back.insert(key.clone());
+                }
+                states.insert(key.clone(), (state, existed, false));
             }
             let (state, _, touched) = states.get_mut(&key).expect("inserted above");
             if candidate.held {
@@ -420,12 +434,26 @@ impl Store {
                 Err(e @ MergeError::Equivocation(..)) => applied.reject(format!("{key}: {e}")),
             }
         }
+        let own: BTreeSet<InstanceId> = if held_back.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.instances()?.into_iter().map(|(id, _, _)| id).collect()
+        };
         for (key, (state, existed, touched)) in &states {
             if !touched {
                 continue;
             }
             for note in self.persist(&mut pending, &mut observed, key, state, *existed) {
                 applied.note(note);
+            }
+            // Finished by a change from elsewhere while this node held back
+            // changes of its own: those are written again past every
+            // frontier (`Store::reissue_marked`).
+            if held_back.contains(key) && state.changes.iter().any(|c| own.contains(&c.author)) {
+                let policy = self.policy(&key.partition, &key.record_type)?;
+                if policy.may_send(&state.view(&policy)) {
+                    pending.put(keys::reissue(key), Vec::new());
+                }
             }
         }
         used_runs.sort_unstable();

@@ -39,6 +39,12 @@ pub enum LocalOp {
     Delete,
     /// Undoes a deletion, keeping the fields the record had.
     Restore,
+    /// Writes again, under a new counter, what one of this store's own
+    /// retained changes of the record still writes (`RecordState::
+    /// current_part`), knowing only what that change knew and the change
+    /// itself: the same values and conflicts, under a dot past every peer's
+    /// frontier (docs/protocol.md, "Send when finished").
+    Reissue(Dot),
 }
 
 /// Why one local write was refused (the others in the call still apply).
@@ -168,6 +174,11 @@ impl Store {
         let mut counter = local.counter;
         let mut clock = local.clock;
         let mut prefetched = self.load_states(writes.iter().map(|w| &w.record))?;
+        let own: BTreeSet<InstanceId> = if writes.iter().any(|w| matches!(w.op, LocalOp::Reissue(_))) {
+            self.instances()?.into_iter().map(|(id, _, _)| id).collect()
+        } else {
+            BTreeSet::new()
+        };
         let mut observed = self.observe();
         // Per record, the local-field edits of this call (`None`: clear).
         let mut locals: BTreeMap<RecordKey, Option<LocalEdit>> = BTreeMap::new();
@@ -187,7 +198,8 @@ impl Store {
             // Local fields leave the write here: they go to the record's
             // local entry, never into a change.
             let policy = self.policy(&key.partition, &key.record_type)?;
-            let (shared, local_edit) = split_local(&write.op, &policy);
+            let reissue = if let LocalOp::Reissue(dot) = &write.op { Some(*dot) } else { None };
+            let (shared, local_edit) = if reissue.is_some() { (None, None) } else { split_local(&write.op, &policy) };
             let op_asked = shared.as_ref().unwrap_or(&write.op);
             if let Some(edit) = &local_edit {
                 let bytes = crate::stored::encode_value(edit).len();
@@ -249,12 +261,34 @@ impl Store {
                 results[i] = Some(Err(WriteRejection::Field(reason)));
                 continue;
             }
-            let op = match local_op(op_asked, held, exists_now) {
-                Ok(op) => finishing(op, state, exists_now, &policy),
-                Err(rejection) => {
-                    results[i] = Some(Err(rejection));
-                    continue;
-                }
+            // A write again keeps the hybrid clock of the change it copies:
+            // it must rank against concurrent changes as that one did.
+            let mut kept_hlc = None;
+            let (op, seen) = match reissue {
+                Some(dot) => match state
+                    .changes
+                    .iter()
+                    .find(|c| c.dot() == dot && own.contains(&c.author))
+                    .and_then(|old| Some((old, state.current_part(old)?)))
+                {
+                    Some((old, part)) => {
+                        let mut seen = old.seen.clone();
+                        seen.add(dot);
+                        kept_hlc = Some(old.hlc);
+                        (part, seen)
+                    }
+                    None => {
+                        results[i] = Some(Err(WriteRejection::NotFound));
+                        continue;
+                    }
+                },
+                None => match local_op(op_asked, held, exists_now) {
+                    Ok(op) => (finishing(op, state, exists_now, &policy), state.vv.clone()),
+                    Err(rejection) => {
+                        results[i] = Some(Err(rejection));
+                        continue;
+                    }
+                },
             };
             let mut change = Change {
                 record: key.clone(),
@@ -263,7 +297,7 @@ impl Store {
                 counter: counter + 1,
                 hlc: Hlc(0),
                 authority: author.authority.clone(),
-                seen: state.vv.clone(),
+                seen,
                 op,
                 seal: Seal::Single([0; 64]),
             };
@@ -281,7 +315,7 @@ impl Store {
             // The same form check every receiver runs, on the change as it
             // will be signed: a node never makes a change its peers refuse.
             let mut trial = clock;
-            change.hlc = trial.tick(now_ms);
+            change.hlc = kept_hlc.unwrap_or_else(|| trial.tick(now_ms));
             // Encoding only when the cheap bound comes near the limit.
             let bound = change.signing_len_bound();
             let len = if bound <= RECORD_BYTES_MAX { bound } else { change.signing_bytes().len() };
@@ -462,6 +496,53 @@ fn add_local_edit(locals: &mut BTreeMap<RecordKey, Option<LocalEdit>>, key: &Rec
     }
 }
 
+impl Store {
+    /// Writes again the own changes of every record a received change
+    /// finished while this node held back changes of its own to it (marked
+    /// by `apply_batch`): those were never sent, and a peer's frontier may
+    /// already be past their counters. Each comes back as the same write
+    /// under a new counter (`LocalOp::Reissue`). Returns how many were
+    /// written. Call it after a session or a bundle import; a crash before
+    /// the marks are cleared only writes them again, which changes nothing
+    /// a peer shows.
+    pub fn reissue_marked(
+        &self,
+        author: &LocalAuthor,
+        now_ms: u64,
+        auth: &dyn Authorizer,
+        signer: &dyn Signer,
+    ) -> Result<u64, StoreError> {
+        let prefix = keys::meta(keys::REISSUE_PREFIX);
+        let mut marks = Vec::new();
+        self.scan_prefix(&prefix, &mut |k, _| {
+            marks.push(k.to_vec());
+            true
+        })?;
+        if marks.is_empty() {
+            return Ok(0);
+        }
+        let own: BTreeSet<InstanceId> = self.instances()?.into_iter().map(|(id, _, _)| id).collect();
+        let mut writes = Vec::new();
+        for mark in &marks {
+            let Some((partition, record_type, id)) = keys::split_typed(&mark[prefix.len()..]) else { continue };
+            let Some(id) = std::str::from_utf8(id).ok().and_then(|id| crate::ids::RecordId::parse(id).ok()) else {
+                continue;
+            };
+            let record = RecordKey { partition, record_type, id };
+            if let Some(state) = self.record(&record)? {
+                for change in state.changes.iter().filter(|c| own.contains(&c.author)) {
+                    writes.push(LocalWrite { record: record.clone(), op: LocalOp::Reissue(change.dot()) });
+                }
+            }
+        }
+        let written =
+            self.write_with(author, &writes, now_ms, auth, signer, false)?.iter().filter(|r| r.is_ok()).count();
+        let clear: Vec<crate::backend::WriteOp> = marks.into_iter().map(|k| (k, None)).collect();
+        self.commit(&clear)?;
+        Ok(written as u64)
+    }
+}
+
 /// The operation a local write becomes, given whether the record is held
 /// and whether it is visible (not deleted).
 fn local_op(op: &LocalOp, held: bool, exists_now: bool) -> Result<Op, WriteRejection> {
@@ -489,6 +570,8 @@ fn local_op(op: &LocalOp, held: bool, exists_now: bool) -> Result<Op, WriteRejec
         LocalOp::Restore if !held => Err(WriteRejection::NotFound),
         LocalOp::Restore if exists_now => Err(WriteRejection::NotDeleted),
         LocalOp::Restore => Ok(Op::Put { replace: false, fields: BTreeMap::new() }),
+        // Handled before: it copies a change, it is not built from fields.
+        LocalOp::Reissue(_) => Err(WriteRejection::NotFound),
     }
 }
 
@@ -496,7 +579,7 @@ fn local_op(op: &LocalOp, held: bool, exists_now: bool) -> Result<Op, WriteRejec
 pub fn local_write_kind(op: &LocalOp, record_exists: bool) -> WriteKind {
     match op {
         LocalOp::Delete => WriteKind::Delete,
-        LocalOp::Restore => WriteKind::Update,
+        LocalOp::Restore | LocalOp::Reissue(_) => WriteKind::Update,
         LocalOp::Put { .. } if record_exists => WriteKind::Update,
         LocalOp::Put { .. } => WriteKind::Create,
     }

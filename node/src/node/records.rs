@@ -74,6 +74,13 @@ impl Node {
         Ok(())
     }
 
+    /// After a session or a bundle import: writes again this node's own
+    /// changes to records a peer finished while this node held them back
+    /// (send-when; `Store::reissue_marked`).
+    pub fn reissue_held_back(&self, org: OrgId) -> anyhow::Result<u64> {
+        Ok(self.store.reissue_marked(&self.author(org)?, now_ms(), self.auth.as_ref(), &ParallelSigner)?)
+    }
+
     pub(super) fn write_one(&self, org: OrgId, write: LocalWrite) -> anyhow::Result<RecordResult> {
         self.check_blob_refs(&write.op)?;
         let record = write.record.clone();
