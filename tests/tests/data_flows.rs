@@ -268,7 +268,7 @@ fn a_purge_keeps_what_was_written_here_and_no_peer_holds_yet() {
     let entries = purges(&device);
     assert_eq!(entries.len(), 1, "{entries:?}");
     let outcome = entries[0]["outcome"].as_str().expect("outcome");
-    assert!(outcome.contains("kept 1 records") && outcome.contains("written here"), "{outcome}");
+    assert!(outcome.contains("kept 1 record ") && outcome.contains("written here"), "{outcome}");
     // Checking again keeps it and writes no second entry.
     assert_eq!(ids(&device), ["r2", "unsent"]);
     assert_eq!(purges(&device).len(), 1);

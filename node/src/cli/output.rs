@@ -107,26 +107,13 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
         Op::Check(crate::ops::Check { repair }) => write_check(out, *repair, value),
         Op::Status => write_status(out, value),
         Op::BlobList => write_blob_list(out, value),
+        Op::ProfileSet(_) => write_profile_line(out, value),
         Op::ProfileShow(_) => {
             let list = value.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
                 writeln!(out, "(no policies set: every type is newest, delete-wins)")?;
             }
-            list.iter().try_for_each(|t| {
-                let local: Vec<&str> = t["local"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
-                writeln!(
-                    out,
-                    "{}: {}, {}{}{}",
-                    t["type"].as_str().unwrap_or("?"),
-                    t["policy"].as_str().unwrap_or("?"),
-                    t["delete"].as_str().unwrap_or("?"),
-                    if local.is_empty() { String::new() } else { format!(", local {}", local.join(",")) },
-                    t["send_when"]
-                        .as_object()
-                        .and_then(|o| o.iter().next())
-                        .map_or(String::new(), |(f, v)| format!(", sent when {f}={v}"))
-                )
-            })
+            list.iter().try_for_each(|t| write_profile_line(out, t))
         }
         Op::BlobGc => writeln!(
             out,
@@ -283,11 +270,43 @@ fn write_certificate(out: &mut dyn Write, c: &serde_json::Value) -> std::io::Res
     )
 }
 
+/// One type of the org's profile on one line, as `profile set` and
+/// `profile show` print it.
+fn write_profile_line(out: &mut dyn Write, t: &serde_json::Value) -> std::io::Result<()> {
+    let local: Vec<&str> = t["local"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
+    writeln!(
+        out,
+        "{}: {}, {}{}{}",
+        t["type"].as_str().unwrap_or("?"),
+        t["policy"].as_str().unwrap_or("?"),
+        t["delete"].as_str().unwrap_or("?"),
+        if local.is_empty() { String::new() } else { format!(", local {}", local.join(",")) },
+        t["send_when"]
+            .as_object()
+            .and_then(|o| o.iter().next())
+            .map_or(String::new(), |(f, v)| format!(", sent when {f}={v}"))
+    )
+}
+
 /// One ledger entry: the columns on one line (the peer id in full), and a
 /// failure's reason on the next, so no reason pushes the columns about.
 fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value, records: bool) -> std::io::Result<()> {
     let outcome = e["outcome"].as_str().unwrap_or("?");
     let (status, reason) = outcome.split_once(": ").map_or((outcome, None), |(s, r)| (s, Some(r)));
+    if e["via"] == "scope" {
+        // A purge after this node's scope shrank: no peer, nothing moved.
+        writeln!(
+            out,
+            "{}  scope    {:<9}  this node  purged {}",
+            e["started_at"].as_str().unwrap_or("?"),
+            status,
+            e["purged"]
+        )?;
+        if let Some(reason) = reason {
+            writeln!(out, "    {}", reason.replace('\n', " "))?;
+        }
+        return Ok(());
+    }
     writeln!(
         out,
         "{}  {:<7}  {:<9}  {}  sent {} received {} rejected {} ({} bytes out, {} in)",

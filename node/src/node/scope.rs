@@ -81,11 +81,12 @@ impl Node {
                 Standing::Nothing(reason) => format!("this node may no longer read the org ({reason})"),
                 _ => "this node's read scope shrank".to_owned(),
             };
-            let mut outcome = format!("completed: purged {} records, as {why}", purged.records);
+            let records = |n: u64| if n == 1 { "1 record".to_owned() } else { format!("{n} records") };
+            let mut outcome = format!("completed: purged {}, as {why}", records(purged.records));
             if purged.kept > 0 {
                 outcome.push_str(&format!(
-                    "; kept {} records outside it that hold changes written here no peer is known to hold",
-                    purged.kept
+                    "; kept {} outside it that hold changes written here no peer is known to hold",
+                    records(purged.kept)
                 ));
             }
             let entry = engine::LedgerEntry {
