@@ -332,6 +332,18 @@ impl RecordState {
     }
 }
 
+impl View {
+    /// Whether a record shown as this view may be offered to peers under
+    /// `policy`: always, unless its type sends only finished records
+    /// (`TypePolicy::send_when`) and this one is shown unfinished.
+    pub fn may_send(&self, policy: &TypePolicy) -> bool {
+        match &policy.send_when {
+            Some((field, value)) => !self.exists || self.fields.get(field) == Some(value),
+            None => true,
+        }
+    }
+}
+
 impl Conflict {
     /// For an existence conflict, a losing put is shown by its fields.
     fn with_put(mut self, change: &Change) -> Conflict {

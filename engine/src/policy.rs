@@ -68,7 +68,7 @@ pub struct TypePolicy {
     /// offered to no peer while it is shown with this field not holding
     /// this value (`send-when:FIELD=VALUE`; the value is `true`, `false`, a
     /// whole number, or `'` and a text). docs/protocol.md, "Send when
-    /// finished".
+    /// finished"; `View::may_send`).
     pub send_when: Option<(String, Value)>,
 }
 
@@ -202,16 +202,6 @@ impl TypePolicy {
             text.push_str(&format!(",send-when:{}={value}", encode_name(name)));
         }
         text
-    }
-
-    /// Whether a record shown as `view` may be offered to peers: always,
-    /// unless the type sends only finished records and this one is shown
-    /// unfinished.
-    pub fn may_send(&self, view: &crate::merge::View) -> bool {
-        match &self.send_when {
-            Some((field, value)) => !view.exists || view.fields.get(field) == Some(value),
-            None => true,
-        }
     }
 
     /// The total order on changes for one field: the greatest wins.

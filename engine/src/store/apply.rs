@@ -381,7 +381,7 @@ impl Store {
                     policies.insert(group.clone(), policy);
                 }
                 let policy = &policies[&group];
-                if policy.send_when.is_some() && !policy.may_send(&state.view(policy)) {
+                if policy.send_when.is_some() && !state.view(policy).may_send(policy) {
                     held_back.insert(key.clone());
                 }
                 states.insert(key.clone(), (state, existed, false));
@@ -451,7 +451,7 @@ impl Store {
             // frontier (`Store::reissue_marked`).
             if held_back.contains(key) && state.changes.iter().any(|c| own.contains(&c.author)) {
                 let policy = self.policy(&key.partition, &key.record_type)?;
-                if policy.may_send(&state.view(&policy)) {
+                if state.view(&policy).may_send(&policy) {
                     pending.put(keys::reissue(key), Vec::new());
                 }
             }
