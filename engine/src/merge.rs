@@ -215,6 +215,13 @@ impl RecordState {
         }
     }
 
+    /// Whether this record is held back from peers under `policy`: its type
+    /// sends only finished records and it is shown unfinished
+    /// (`View::may_send`). Cheap when the type has no send-when.
+    pub fn held_back(&self, policy: &TypePolicy) -> bool {
+        policy.send_when.is_some() && !self.view(policy).may_send(policy)
+    }
+
     /// What `change` (retained here) still writes that no later write has
     /// seen: a delete current on the existence register; for a put, the
     /// fields it is current on (an unset one as `None`, a replacing put's

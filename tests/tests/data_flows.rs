@@ -23,10 +23,11 @@ fn enrol(central: &Home, device: &Home, read: &str, write: &str, extra: &[&str])
     device.json(&["enroll", &token])["certificate_id"].as_str().expect("certificate id").to_owned()
 }
 
-/// Issues `device` a certificate reading and writing `scope` that outlasts
-/// the one it holds, and imports it there: the new scope is in force.
-fn reissue(central: &Home, device: &Home, read: &str, write: &str) -> serde_json::Value {
-    let pem = device.dir.join(format!("reissued-{}.pem", read.replace([':', ','], "-")));
+/// Issues `device` a certificate reading `read` and writing `write`, valid
+/// for `days` (more than the one it holds), and imports it there: the new
+/// scope is in force.
+fn reissue(central: &Home, device: &Home, read: &str, write: &str, days: &str) -> serde_json::Value {
+    let pem = device.dir.join(format!("reissued-{}-{days}.pem", read.replace([':', ','], "-")));
     let pem = pem.to_str().expect("utf-8 path");
     let subject = device.peer_id();
     central.json(&[
@@ -39,11 +40,20 @@ fn reissue(central: &Home, device: &Home, read: &str, write: &str) -> serde_json
         "--write",
         write,
         "--days",
-        "3000",
+        days,
         "--out",
         pem,
     ]);
     device.json(&["cert", "import", pem])
+}
+
+/// Writes result `id` in results:tc-1 with `sets` (FIELD=VALUE each).
+fn put_result(home: &Home, id: &str, sets: &[&str]) {
+    let mut args = vec!["put", "result", id, "--partition", "results:tc-1"];
+    for s in sets {
+        args.extend(["--set", s]);
+    }
+    home.ok(&args);
 }
 
 /// The ledger entries of a purge after a scope shrank.
@@ -204,7 +214,7 @@ fn a_narrowed_device_purges_what_it_may_no_longer_read_and_gets_it_back_when_wid
     assert_eq!(device.json(&["blob", "list"]).as_array().expect("list").len(), 1);
 
     // The centre is narrowed to tc-1: tc-2's records go, and the ledger says so.
-    reissue(&central, &device, "results:tc-1", "results:tc-1");
+    reissue(&central, &device, "results:tc-1", "results:tc-1", "3000");
     assert_eq!(ids(&device), ["mine", "r1"]);
     let missing = device.fails(&["get", "result", "r2"]);
     assert!(missing.contains("r2"), "{missing}");
@@ -225,24 +235,7 @@ fn a_narrowed_device_purges_what_it_may_no_longer_read_and_gets_it_back_when_wid
 
     // Widened again, the next sync brings tc-2 back: the purge left no
     // frontier claiming what the device no longer held.
-    let wide = root.path().join("wide.pem");
-    let wide = wide.to_str().expect("utf-8 path");
-    let subject = device.peer_id();
-    central.json(&[
-        "cert",
-        "issue",
-        "--subject",
-        &subject,
-        "--read",
-        "results",
-        "--write",
-        "results:tc-1",
-        "--days",
-        "3600",
-        "--out",
-        wide,
-    ]);
-    device.json(&["cert", "import", wide]);
+    reissue(&central, &device, "results", "results:tc-1", "3600");
     let back = sync(&device, &server.address, &[]);
     assert_eq!(back["received"], 2, "{back}");
     assert_eq!(ids(&device), ["mine", "r1", "r2", "r3"]);
@@ -263,7 +256,7 @@ fn a_purge_keeps_what_was_written_here_and_no_peer_holds_yet() {
     device.ok(&["put", "result", "unsent", "--partition", "results:tc-1", "--set", "score=9"]);
     central.ok(&["put", "result", "r1", "--partition", "results:tc-1", "--set", "score=1"]);
     // Moved to centre tc-2 before its last result left the device.
-    reissue(&central, &device, "results:tc-2", "results:tc-2");
+    reissue(&central, &device, "results:tc-2", "results:tc-2", "3000");
     assert_eq!(ids(&device), ["r2", "unsent"], "the unsent result stays");
     let entries = purges(&device);
     assert_eq!(entries.len(), 1, "{entries:?}");
@@ -402,13 +395,7 @@ fn an_unfinished_result_stays_on_the_device_until_it_is_finished_then_goes_whole
     let device = Home::init(root.path(), "device");
     enrol(&central, &device, "results:tc-1", "results:tc-1", &[]);
     sync(&device, &server.address, &[]);
-    let put = |id: &str, sets: &[&str]| {
-        let mut args = vec!["put", "result", id, "--partition", "results:tc-1"];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        device.ok(&args);
-    };
+    let put = |id: &str, sets: &[&str]| put_result(&device, id, sets);
     put("a1", &["answer=x", "completed=false"]);
     put("a1", &["answer=xy"]);
     put("a2", &["answer=y"]);
@@ -462,13 +449,7 @@ fn a_result_finished_elsewhere_still_brings_what_the_device_held_back() {
     let device = Home::init(root.path(), "device");
     enrol(&central, &device, "results:tc-1", "results:tc-1", &[]);
     sync(&device, &server.address, &[]);
-    let put = |home: &Home, id: &str, sets: &[&str]| {
-        let mut args = vec!["put", "result", id, "--partition", "results:tc-1"];
-        for s in sets {
-            args.extend(["--set", s]);
-        }
-        home.ok(&args);
-    };
+    let put = put_result;
     put(&device, "r1", &["answer=x", "completed=true"]);
     assert_eq!(sync(&device, &server.address, &[])["sent"], 1);
     // Reopened on the device (held back), while a later result goes up.

@@ -380,8 +380,7 @@ impl Store {
                     let policy = self.policy(&key.partition, &key.record_type)?;
                     policies.insert(group.clone(), policy);
                 }
-                let policy = &policies[&group];
-                if policy.send_when.is_some() && !state.view(policy).may_send(policy) {
+                if state.held_back(&policies[&group]) {
                     held_back.insert(key.clone());
                 }
                 states.insert(key.clone(), (state, existed, false));
@@ -449,11 +448,11 @@ impl Store {
             // Finished by a change from elsewhere while this node held back
             // changes of its own: those are written again past every
             // frontier (`Store::reissue_marked`).
-            if held_back.contains(key) && state.changes.iter().any(|c| own.contains(&c.author)) {
-                let policy = self.policy(&key.partition, &key.record_type)?;
-                if state.view(&policy).may_send(&policy) {
-                    pending.put(keys::reissue(key), Vec::new());
-                }
+            if held_back.contains(key)
+                && state.changes.iter().any(|c| own.contains(&c.author))
+                && !state.held_back(&policies[&(key.partition.org(), key.record_type.clone())])
+            {
+                pending.put(keys::reissue(key), Vec::new());
             }
         }
         used_runs.sort_unstable();

@@ -202,7 +202,7 @@ impl Store {
                 // An unfinished record of a send-when type is held back;
                 // the write that finishes it supersedes every change it
                 // holds (docs/protocol.md, "Send when finished").
-                if policy.send_when.is_some() && !state.view(&policy).may_send(&policy) {
+                if state.held_back(&policy) {
                     held_back += 1;
                     continue;
                 }

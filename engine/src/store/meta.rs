@@ -175,7 +175,6 @@ impl Store {
         failure.map_or(Ok(out), Err)
     }
 
-    /// A small value kept per peer (for example the last digest exchanged).
     /// A value the node keeps for itself under `name` (`m/marker/<name>`).
     pub fn marker(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.backend.get(&keys::meta(&format!("marker/{name}")))?)
@@ -186,6 +185,7 @@ impl Store {
         Ok(())
     }
 
+    /// A small value kept per peer (for example the last digest exchanged).
     pub fn peer_note(&self, peer: &AuthorKey, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.backend.get(&peer_key(peer, name))?)
     }

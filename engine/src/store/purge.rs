@@ -123,7 +123,7 @@ impl Store {
                 }
             };
             // A record held back until it is finished is on no peer.
-            let held_back = policy.send_when.is_some() && !state.view(&policy).may_send(&policy);
+            let held_back = state.held_back(&policy);
             let unheld = held_back
                 || state.changes.iter().any(|c| {
                     own.contains(&c.author)

@@ -497,14 +497,24 @@ fn add_local_edit(locals: &mut BTreeMap<RecordKey, Option<LocalEdit>>, key: &Rec
 }
 
 impl Store {
+    /// Whether any record is marked for `reissue_marked`.
+    pub fn reissue_pending(&self) -> Result<bool, StoreError> {
+        let mut any = false;
+        self.scan_prefix(&keys::meta(keys::REISSUE_PREFIX), &mut |_, _| {
+            any = true;
+            false
+        })?;
+        Ok(any)
+    }
+
     /// Writes again the own changes of every record a received change
     /// finished while this node held back changes of its own to it (marked
     /// by `apply_batch`): those were never sent, and a peer's frontier may
-    /// already be past their counters. Each comes back as the same write
-    /// under a new counter (`LocalOp::Reissue`). Returns how many were
-    /// written. Call it after a session or a bundle import; a crash before
-    /// the marks are cleared only writes them again, which changes nothing
-    /// a peer shows.
+    /// already be past their counters. Each comes back under a new counter
+    /// with what it still writes (`LocalOp::Reissue`). Returns how many
+    /// were written. Call it after a session or a bundle import; a crash
+    /// before the marks are cleared only writes them again, which changes
+    /// nothing a peer shows.
     pub fn reissue_marked(
         &self,
         author: &LocalAuthor,

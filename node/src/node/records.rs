@@ -78,6 +78,10 @@ impl Node {
     /// changes to records a peer finished while this node held them back
     /// (send-when; `Store::reissue_marked`).
     pub fn reissue_held_back(&self, org: OrgId) -> anyhow::Result<u64> {
+        // Most sessions mark nothing: no need to look up the author's chain.
+        if !self.store.reissue_pending()? {
+            return Ok(0);
+        }
         Ok(self.store.reissue_marked(&self.author(org)?, now_ms(), self.auth.as_ref(), &ParallelSigner)?)
     }
 
