@@ -119,6 +119,11 @@ impl SessionConfig {
     }
 }
 
+/// A frontier as a map from (partition, type, instance) to counter.
+fn frontier_map(entries: Vec<wire::HeadEntry>) -> BTreeMap<Triple, Counter> {
+    entries.into_iter().map(|e| ((e.partition, e.record_type, e.instance), e.counter)).collect()
+}
+
 /// What the driver hands the session on every call.
 pub struct Env<'a> {
     pub store: &'a dyn SessionStore,
@@ -207,6 +212,11 @@ struct Outgoing {
     changes_done: u64,
     bytes_done: u64,
     end_frame: Option<Vec<u8>>,
+    /// The peer's frontier in `region`, as it sent it for the plan.
+    theirs: BTreeMap<Triple, Counter>,
+    /// The last counter sent per triple: where the peer's frontier stands
+    /// once every batch is acknowledged.
+    sent: BTreeMap<Triple, Counter>,
 }
 
 impl Outgoing {
@@ -229,6 +239,8 @@ impl Outgoing {
             changes_done: 0,
             bytes_done: 0,
             end_frame: None,
+            theirs: BTreeMap::new(),
+            sent: BTreeMap::new(),
         }
     }
 }
@@ -290,6 +302,9 @@ pub struct Session {
     ledger_written: bool,
     /// The records the batches carried, for the ledger.
     moved: crate::ledger::MovedRecords,
+    /// What the peer is known to hold, durably, of the region this node
+    /// sends, once the session settled it (`Session::peer_holds`).
+    peer_holds: Option<BTreeMap<Triple, Counter>>,
 }
 
 impl Session {
@@ -332,6 +347,7 @@ impl Session {
             credentials_sent_full: false,
             ledger_written: false,
             moved: crate::ledger::MovedRecords::default(),
+            peer_holds: None,
         }
     }
 
@@ -360,6 +376,32 @@ impl Session {
     /// The type rules narrowing this session (the initiator's).
     pub fn types(&self) -> &crate::region::TypeRules {
         &self.types
+    }
+
+    /// After a completed session, the peer's frontier in the region this
+    /// node sends it, as far as the session proved it: the frontier the
+    /// peer showed (or the digest it matched), raised to the last change
+    /// this node sent of each (partition, type, instance), which the peer
+    /// acknowledged after applying it.
+    /// `None` when the session did not send (a pull-only sync) or did not
+    /// complete: then it proved nothing of what the peer holds. A change
+    /// written here during the session is never claimed, and when the peer
+    /// refused any change it is raised by nothing it was sent.
+    pub fn peer_holds(&self) -> Option<Vec<wire::HeadEntry>> {
+        if self.stage != Stage::Completed {
+            return None;
+        }
+        let held = self.peer_holds.as_ref()?;
+        Some(
+            held.iter()
+                .map(|((partition, record_type, instance), counter)| wire::HeadEntry {
+                    partition: partition.clone(),
+                    record_type: record_type.clone(),
+                    instance: *instance,
+                    counter: *counter,
+                })
+                .collect(),
+        )
     }
 
     /// What this node may do in the session.

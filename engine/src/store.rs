@@ -41,7 +41,7 @@ mod write;
 
 pub use blobs::Referenced;
 pub use check::{CheckReport, Damage};
-pub use frontier::ScanEnd;
+pub use frontier::{ScanEnd, digest_of};
 pub use hook::ApplyHook;
 use hook::Observed;
 use open::{count_records, write_epoch_file};

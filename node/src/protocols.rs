@@ -422,13 +422,15 @@ async fn answer(
     result.map(|report| SyncOutcome { peer, report, blobs: Default::default() })
 }
 
-/// After a completed sync both sides hold the same changes in the region
-/// that may flow to the peer: keep our frontier there as the peer's, so a
-/// bundle `--for` it later carries only what it lacks.
+/// After a completed sync, keep what the session proved the peer holds of
+/// the region that may flow to it (`Session::peer_holds`), so a bundle
+/// `--for` it later carries only what it lacks, and a purge knows what
+/// exists elsewhere. A session that sent nothing (a pull-only sync) proved
+/// nothing: the note stays as it was. Claiming our own frontier there
+/// instead would have claimed our unsent changes too, which a purge then
+/// removed and a bundle left out.
 fn remember_frontier(node: &Node, org: OrgId, session: &Session, peer: &AuthorKey) {
-    let Some(peer_scope) = session.peer_scope() else { return };
-    let region = engine::Region::between(session.filter(), session.local_scope(), peer_scope).narrowed(session.types());
-    if let Ok(entries) = node.store.heads(&region) {
+    if let Some(entries) = session.peer_holds() {
         let frame = wire::encode_message(&Message::Heads(wire::Heads { pull: true, push: true, entries }));
         let _ = node.store.set_peer_note(peer, &format!("frontier:{org}"), &frame);
     }

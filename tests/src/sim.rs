@@ -132,6 +132,9 @@ struct World {
     /// holds 1 (SPEC §6.2, send when finished): every node reads the org's
     /// system partition and gets the profile before anything is written.
     send_when: bool,
+    /// A property a session broke, found while flushing it; reported by
+    /// the next safety check.
+    violation: Option<String>,
 }
 
 /// The field and value a `result` waits for when `send_when` is on.
@@ -221,6 +224,7 @@ impl World {
             step: 0,
             // From the seed, not the generator: the other draws stay put.
             send_when: seed % 2 == 1,
+            violation: None,
         }
     }
 
@@ -604,6 +608,7 @@ impl World {
         while let Some(event) = session.poll_event() {
             events.push(event);
         }
+        let peer_holds = session.peer_holds();
         for frame in frames {
             self.net.push(InFlight { from: node, to: peer, session: id, frame });
         }
@@ -611,6 +616,9 @@ impl World {
             match event {
                 Event::Completed(s) => {
                     self.report.syncs_completed += 1;
+                    if let Err(e) = self.check_holds(node, peer, peer_holds.as_deref()) {
+                        self.violation.get_or_insert(e);
+                    }
                     let line =
                         format!("{} completes {}: {}", self.nodes[node].name, partitions::hex::encode(&id[..3]), s);
                     self.log(line);
@@ -790,6 +798,9 @@ impl World {
     // -- properties ----------------------------------------------------------
 
     fn check_safety(&mut self, deep: bool) -> Result<(), Failure> {
+        if let Some(message) = self.violation.take() {
+            return Err(self.fail(message));
+        }
         for i in 0..self.nodes.len() {
             let Some(store) = self.nodes[i].store.as_ref() else {
                 continue;
@@ -853,6 +864,45 @@ impl World {
         Ok(())
     }
 
+    /// What a completed session claims its peer holds (`Session::peer_holds`,
+    /// which purges, evictions and bundles trust), the peer holds: every
+    /// change this node would send up to the claim is reflected in the
+    /// peer's copy of its record (held there, or superseded by what is).
+    fn check_holds(&self, node: usize, peer: usize, holds: Option<&[engine::wire::HeadEntry]>) -> Result<(), String> {
+        let (Some(holds), Some(store), Some(peer_store)) =
+            (holds, self.nodes[node].store.as_ref(), self.nodes[peer].store.as_ref())
+        else {
+            return Ok(());
+        };
+        for e in holds {
+            let mut ours = Vec::new();
+            store
+                .scan_group(&e.partition, &e.record_type, &e.instance, 0, e.counter, usize::MAX, u64::MAX, &mut ours)
+                .map_err(|e| e.to_string())?;
+            for change in ours {
+                let key = change.record.clone();
+                // A record deleted here may retain puts it held back while
+                // unfinished (send-when) below the peer's frontier; the
+                // delete that reaches the peer has seen them.
+                let deleted_here = store.view(&key).map_err(|e| e.to_string())?.is_none_or(|v| !v.exists);
+                if deleted_here {
+                    continue;
+                }
+                let reflected =
+                    peer_store.record(&key).map_err(|e| e.to_string())?.is_some_and(|r| r.vv.covers(change.dot()));
+                if !reflected {
+                    return Err(format!(
+                        "{}: a session claims {} holds {e:?}, but it lacks {:?} of {key:?}",
+                        self.nodes[node].name,
+                        self.nodes[peer].name,
+                        change.dot()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs one session to completion over a reliable network.
     fn sync_reliably(
         &mut self,
@@ -902,6 +952,8 @@ impl World {
                 }
             }
             if initiator.is_finished() && responder.is_finished() {
+                self.check_holds(a, b, initiator.peer_holds().as_deref())?;
+                self.check_holds(b, a, responder.peer_holds().as_deref())?;
                 return result.ok_or_else(|| "initiator finished without a summary".to_owned());
             }
             if !moved {

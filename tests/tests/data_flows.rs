@@ -269,6 +269,46 @@ fn a_purge_keeps_what_was_written_here_and_no_peer_holds_yet() {
 }
 
 #[test]
+fn a_pull_only_sync_proves_nothing_the_peer_holds_so_a_purge_keeps_the_unsent_result() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    enrol(&central, &device, "results", "results", &[]);
+    central.ok(&["put", "result", "r2", "--partition", "results:tc-2", "--set", "score=2"]);
+    sync(&device, &server.address, &[]);
+    device.ok(&["put", "result", "unsent", "--partition", "results:tc-1", "--set", "score=9"]);
+    // The device only fetches: its result stays with it alone.
+    let pulled = sync(&device, &server.address, &["--pull-only"]);
+    assert_eq!(pulled["sent"], 0, "{pulled}");
+    reissue(&central, &device, "results:tc-2", "results:tc-2", "3000");
+    assert_eq!(ids(&device), ["r2", "unsent"], "the unsent result stays");
+    server.stop();
+}
+
+#[test]
+fn a_bundle_for_a_peer_after_a_pull_only_sync_carries_what_that_sync_did_not_send() {
+    let root = tempfile::tempdir().expect("dir");
+    let m = Home::init(root.path(), "m");
+    org(&m);
+    let server = m.serve();
+    let a = Home::init(root.path(), "a");
+    enrol(&m, &a, "lab-a", "lab-a", &[]);
+    a.ok(&["put", "sample", "s1", "--partition", "lab-a", "--set", "v=1"]);
+    sync(&a, &server.address, &[]);
+    a.ok(&["put", "sample", "s2", "--partition", "lab-a", "--set", "v=2"]);
+    let pulled = sync(&a, &server.address, &["--pull-only"]);
+    assert_eq!(pulled["sent"], 0, "{pulled}");
+    server.stop();
+    let bundle = root.path().join("to-m.bundle");
+    let exported = a.json(&["bundle", "export", "--out", bundle.to_str().expect("path"), "--for", &m.peer_id()]);
+    assert_eq!(exported["changes"], 1, "s2, which no sync sent: {exported}");
+    m.json(&["bundle", "import", bundle.to_str().expect("path")]);
+    assert_eq!(ids(&m), ["s1", "s2"]);
+}
+
+#[test]
 fn a_revoked_device_purges_the_org_but_its_unsent_writes() {
     let root = tempfile::tempdir().expect("dir");
     let central = Home::init(root.path(), "central");

@@ -148,7 +148,18 @@ impl Session {
         let out_region = Region::between(&self.filter, &local, &peer_scope).narrowed(&self.types);
         let store_err = |e: crate::store::StoreError| SessionError::Store(e.to_string());
         let same_pull = !self.pull || env.store.digest(&in_region).map_err(store_err)? == welcome.digest_pull;
-        let same_push = !self.push || env.store.digest(&out_region).map_err(store_err)? == welcome.digest_push;
+        let same_push = !self.push || {
+            let heads = env.store.heads(&out_region).map_err(store_err)?;
+            let same = crate::store::digest_of(&heads) == welcome.digest_push;
+            // Equal digests: the responder held this frontier when it
+            // answered (durably: its frontier moves only with commits).
+            // The responder learns no such thing from `Done`, which may
+            // answer the `Welcome` of an earlier run of the same session.
+            if same {
+                self.peer_holds = Some(super::frontier_map(heads));
+            }
+            same
+        };
         self.stage = Stage::Transfer;
         if same_pull && same_push {
             let frame = wire::encode_message(&Message::Done);

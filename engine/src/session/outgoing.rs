@@ -67,6 +67,7 @@ pub(super) fn plan(out: &mut Outgoing, peer_heads: &[HeadEntry], store: &dyn Ses
         }
     }
     out.plan = plan;
+    out.theirs = theirs;
     out.planned = true;
     out.cursor = 0;
     out.position = out.work.first().map_or(0, |w| w.after);
@@ -141,6 +142,12 @@ pub(super) fn prepare(
         }
     }
     let runs = prove_runs(&mut groups, store)?;
+    for group in &groups {
+        if let Some(last) = group.changes.iter().map(|c| c.counter).max() {
+            let at = out.sent.entry((group.partition.clone(), group.record_type.clone(), group.author)).or_default();
+            *at = (*at).max(last);
+        }
+    }
     // Named for the ledger only while it has room (`MovedRecords`).
     out.prepared_records = groups
         .iter()

@@ -187,6 +187,17 @@ impl Session {
         let out_done = self.out.as_ref().is_none_or(|o| o.end_frame.is_some());
         let in_done = self.inc.as_ref().is_none_or(|i| i.ended);
         if out_done && in_done {
+            if let Some(out) = self.out.as_ref().filter(|o| o.planned) {
+                // Every batch was acknowledged after the peer applied it.
+                let mut held = out.theirs.clone();
+                if self.report.rejected_by_peer == 0 {
+                    for (triple, last) in &out.sent {
+                        let at = held.entry(triple.clone()).or_default();
+                        *at = (*at).max(*last);
+                    }
+                }
+                self.peer_holds = Some(held);
+            }
             self.stage = Stage::Completed;
             self.report.duration_ms = now_ms.saturating_sub(self.config.started_at_ms);
             self.write_ledger(None, env);

@@ -86,13 +86,8 @@ impl Store {
     /// holdings there. Costs one scan of the region's frontier entries,
     /// never of its records.
     pub fn digest(&self, region: &Region) -> Result<[u8; 32], StoreError> {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(b"ferry frontier v1\0");
-        self.visit_heads(region, &mut |e| {
-            hasher.update(&crate::change::type_prefix(&e.partition, &e.record_type));
-            hasher.update(&e.instance.0);
-            hasher.update(&e.counter.to_be_bytes());
-        })?;
+        let mut hasher = digest_start();
+        self.visit_heads(region, &mut |e| digest_entry(&mut hasher, &e))?;
         Ok(*hasher.finalize().as_bytes())
     }
 
@@ -295,4 +290,26 @@ impl Store {
         }
         Ok(())
     }
+}
+
+fn digest_start() -> blake3::Hasher {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"ferry frontier v1\0");
+    hasher
+}
+
+fn digest_entry(hasher: &mut blake3::Hasher, e: &HeadEntry) {
+    hasher.update(&crate::change::type_prefix(&e.partition, &e.record_type));
+    hasher.update(&e.instance.0);
+    hasher.update(&e.counter.to_be_bytes());
+}
+
+/// The digest `Store::digest` gives for a frontier of these entries (in the
+/// order `Store::heads` lists them).
+pub fn digest_of(entries: &[HeadEntry]) -> [u8; 32] {
+    let mut hasher = digest_start();
+    for e in entries {
+        digest_entry(&mut hasher, e);
+    }
+    *hasher.finalize().as_bytes()
 }
