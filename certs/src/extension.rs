@@ -10,7 +10,7 @@
 //!   2: text,                   human name (may be empty)
 //!   3: [text, …],              read prefixes, relative to the org ("" = whole org)
 //!   4: [text, …],              write prefixes, relative to the org
-//!   5: { text: uint, … },      type modes: 0 none, 1 ro, 2 update-only, 3 rw
+//!   5: { text: uint, … },      type modes: 0 none, 1 ro, 2 update-only, 3 rw, 4 wo
 //!   6: text }                  authority tag (key absent when there is none)
 //! ```
 //!
@@ -196,6 +196,7 @@ pub(crate) fn mode_number(mode: TypeMode) -> u64 {
         TypeMode::ReadOnly => 1,
         TypeMode::UpdateOnly => 2,
         TypeMode::ReadWrite => 3,
+        TypeMode::WriteOnly => 4,
     }
 }
 
@@ -205,6 +206,7 @@ fn mode_from_number(value: u64) -> Result<TypeMode, ExtensionError> {
         1 => TypeMode::ReadOnly,
         2 => TypeMode::UpdateOnly,
         3 => TypeMode::ReadWrite,
+        4 => TypeMode::WriteOnly,
         _ => return Err(ExtensionError::Mode { value }),
     })
 }

@@ -90,7 +90,9 @@ impl<'de> serde::Deserialize<'de> for RecordType {
 }
 
 /// What a scope allows for one record type: SENAITE's skipped, read-only and
-/// update-only content types, and plain read-write.
+/// update-only content types, TAO's write-only results, and plain
+/// read-write. The modes are not a chain: `wo` and `ro` grant disjoint
+/// things, so narrowing and intersecting go through `within` and `meet`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TypeMode {
     /// Neither read nor written: records of the type never reach the holder.
@@ -105,6 +107,10 @@ pub enum TypeMode {
     /// Read, create, change and delete.
     #[serde(rename = "rw")]
     ReadWrite,
+    /// Write only (TAO's results on a test-taking device): create, change
+    /// and delete its own records, and receive none from peers.
+    #[serde(rename = "wo")]
+    WriteOnly,
 }
 
 impl TypeMode {
@@ -114,18 +120,44 @@ impl TypeMode {
             TypeMode::ReadOnly => "ro",
             TypeMode::UpdateOnly => "update-only",
             TypeMode::ReadWrite => "rw",
+            TypeMode::WriteOnly => "wo",
         }
     }
 
+    /// Whether records of the type may reach the holder from peers.
     pub fn may_read(self) -> bool {
-        self >= TypeMode::ReadOnly
+        matches!(self, TypeMode::ReadOnly | TypeMode::UpdateOnly | TypeMode::ReadWrite)
     }
 
     pub fn may_write(self, kind: WriteKind) -> bool {
         match self {
             TypeMode::None | TypeMode::ReadOnly => false,
             TypeMode::UpdateOnly => kind == WriteKind::Update,
-            TypeMode::ReadWrite => true,
+            TypeMode::ReadWrite | TypeMode::WriteOnly => true,
+        }
+    }
+
+    /// Whether this mode grants nothing `parent` does not.
+    pub fn within(self, parent: TypeMode) -> bool {
+        use TypeMode::*;
+        match (self, parent) {
+            (None, _) | (_, ReadWrite) => true,
+            (ReadOnly, ReadOnly | UpdateOnly) => true,
+            (child, parent) => child == parent,
+        }
+    }
+
+    /// The widest mode within both (`none` when they share no grant a mode
+    /// can express, as `wo` and `ro`).
+    pub fn meet(self, other: TypeMode) -> TypeMode {
+        if self.within(other) {
+            self
+        } else if other.within(self) {
+            other
+        } else if TypeMode::ReadOnly.within(self) && TypeMode::ReadOnly.within(other) {
+            TypeMode::ReadOnly
+        } else {
+            TypeMode::None
         }
     }
 }
@@ -138,7 +170,7 @@ impl fmt::Display for TypeMode {
 
 /// Why a text is not a type mode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown type mode {0:?}; use rw, ro, update-only or none")]
+#[error("unknown type mode {0:?}; use rw, ro, update-only, wo or none")]
 pub struct TypeModeError(pub String);
 
 impl FromStr for TypeMode {
@@ -149,6 +181,7 @@ impl FromStr for TypeMode {
             "ro" => Ok(TypeMode::ReadOnly),
             "update-only" => Ok(TypeMode::UpdateOnly),
             "rw" => Ok(TypeMode::ReadWrite),
+            "wo" => Ok(TypeMode::WriteOnly),
             other => Err(TypeModeError(other.to_owned())),
         }
     }
@@ -214,6 +247,17 @@ impl Scope {
         self.read.contains(partition) && self.mode(record_type).may_read()
     }
 
+    /// Whether the holder may keep records of this type here: where it may
+    /// read them, or for a write-only type, where it may write them (its
+    /// own records, which it sends and never receives).
+    pub fn may_hold(&self, partition: &Partition, record_type: &RecordType) -> bool {
+        match self.mode(record_type) {
+            TypeMode::None => false,
+            TypeMode::WriteOnly => self.write.contains(partition),
+            _ => self.read.contains(partition) || self.write.contains(partition),
+        }
+    }
+
     /// Whether the holder may author this kind of write here.
     pub fn may_write(&self, partition: &Partition, record_type: &RecordType, kind: WriteKind) -> bool {
         self.write.contains(partition) && self.mode(record_type).may_write(kind)
@@ -231,7 +275,7 @@ impl Scope {
         for record_type in parent.types.keys().chain(self.types.keys()) {
             let child = self.mode(record_type);
             let parent_mode = parent.mode(record_type);
-            if child > parent_mode {
+            if !child.within(parent_mode) {
                 return Err(Widening::TypeMode { record_type: record_type.clone(), child, parent: parent_mode });
             }
         }
@@ -248,7 +292,7 @@ impl Scope {
         let mut types = self.types.clone();
         for (record_type, &mode) in &other.types {
             let entry = types.entry(record_type.clone()).or_insert(TypeMode::ReadWrite);
-            *entry = (*entry).min(mode);
+            *entry = (*entry).meet(mode);
         }
         Scope { read: self.read.intersection(&other.read), write: self.write.intersection(&other.write), types }
     }
@@ -312,6 +356,29 @@ mod tests {
             scope("results", "", "").check_within(&parent),
             Err(Widening::TypeMode { record_type: t("test"), child: TypeMode::ReadWrite, parent: TypeMode::ReadOnly })
         );
+    }
+
+    #[test]
+    fn write_only_writes_everything_reads_nothing_and_narrows_only_from_rw() {
+        let s = scope("results,tests", "results:tc-1", "result=wo");
+        let mine = Partition::resolve(org(), "results:tc-1").unwrap();
+        let theirs = Partition::resolve(org(), "results:tc-2").unwrap();
+        for kind in [WriteKind::Create, WriteKind::Update, WriteKind::Delete] {
+            assert!(s.may_write(&mine, &t("result"), kind));
+        }
+        assert!(!s.may_read(&mine, &t("result")));
+        // It holds its own results only, where it may write them.
+        assert!(s.may_hold(&mine, &t("result")) && !s.may_hold(&theirs, &t("result")));
+        assert!(s.may_hold(&theirs, &t("test")));
+        assert!(s.is_within(&scope("results,tests", "results", "")));
+        assert!(!scope("results", "results", "").is_within(&s));
+        assert!(!s.is_within(&scope("results,tests", "results", "result=ro")));
+        assert!(!scope("results", "", "result=ro").is_within(&s));
+        assert_eq!(TypeMode::WriteOnly.meet(TypeMode::ReadOnly), TypeMode::None);
+        assert_eq!(TypeMode::WriteOnly.meet(TypeMode::UpdateOnly), TypeMode::None);
+        assert_eq!(TypeMode::WriteOnly.meet(TypeMode::ReadWrite), TypeMode::WriteOnly);
+        assert_eq!(TypeMode::UpdateOnly.meet(TypeMode::ReadOnly), TypeMode::ReadOnly);
+        assert_eq!("wo".parse::<TypeMode>(), Ok(TypeMode::WriteOnly));
     }
 
     #[test]

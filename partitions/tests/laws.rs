@@ -23,7 +23,13 @@ fn filter() -> impl Strategy<Value = Filter> {
 }
 
 fn mode() -> impl Strategy<Value = TypeMode> {
-    prop::sample::select(vec![TypeMode::None, TypeMode::ReadOnly, TypeMode::UpdateOnly, TypeMode::ReadWrite])
+    prop::sample::select(vec![
+        TypeMode::None,
+        TypeMode::ReadOnly,
+        TypeMode::UpdateOnly,
+        TypeMode::ReadWrite,
+        TypeMode::WriteOnly,
+    ])
 }
 
 fn scope() -> impl Strategy<Value = Scope> {
