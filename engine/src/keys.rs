@@ -145,6 +145,17 @@ pub fn floor(partition: &Partition, record_type: &RecordType, instance: &Instanc
 
 pub const FLOOR_PREFIX: &str = "floor/";
 
+/// `META ‖ "evicted/" ‖ partition ‖ 0x01 ‖ type ‖ 0x00 ‖ instance`: the
+/// highest counter of the triple an eviction removed (`Store::evicted`).
+pub fn evicted(partition: &Partition, record_type: &RecordType, instance: &InstanceId) -> Vec<u8> {
+    let mut key = meta(EVICTED_PREFIX);
+    key.extend_from_slice(&type_prefix(partition, record_type));
+    key.extend_from_slice(&instance.0);
+    key
+}
+
+pub const EVICTED_PREFIX: &str = "evicted/";
+
 /// What a stored key is, in words, for error messages and `ferry check`.
 pub fn describe(key: &[u8]) -> String {
     let Some((&table, rest)) = key.split_first() else { return "an empty key".to_owned() };

@@ -44,7 +44,7 @@ pub struct LedgerEntry {
     /// names).
     pub records_beyond: u64,
     /// An entry of `via` `scope`: records purged because this node's read
-    /// scope shrank.
+    /// scope shrank; of `via` `evict`: records evicted once acknowledged.
     pub purged: u64,
 }
 

@@ -13,6 +13,9 @@
 //! …,update-wins               an update concurrent with a delete wins (default: the delete)
 //! …,local:password_hash       the field stays on the node that writes it (repeatable)
 //! …,send-when:completed=true  a record is sent only once the field holds the value
+//! …,evict-after-ack:central   a node that may only write the type (`wo`) removes
+//!                             its copy once a node with authority `central`
+//!                             acknowledged it (`Store::evict_acknowledged`)
 //! ```
 //!
 //! A local write of a profile with an unknown word is refused
@@ -70,6 +73,11 @@ pub struct TypePolicy {
     /// whole number, or `'` and a text). docs/protocol.md, "Send when
     /// finished"; `View::may_send`).
     pub send_when: Option<(String, Value)>,
+    /// Push once, then evict (TAO's `deleteAfterSend`): a node whose
+    /// certificate gives the type `wo` removes its copy of a record once a
+    /// node holding this authority tag durably acknowledged all of it
+    /// (`evict-after-ack:TAG`).
+    pub evict_after_ack: Option<String>,
 }
 
 impl Default for TypePolicy {
@@ -79,6 +87,7 @@ impl Default for TypePolicy {
             delete: DeletePolicy::DeleteWins,
             local: BTreeSet::new(),
             send_when: None,
+            evict_after_ack: None,
         }
     }
 }
@@ -95,6 +104,13 @@ fn decode_text(word: &str) -> String {
 fn decode_name(word: &str) -> Option<String> {
     let name = decode_text(word);
     crate::change::is_field_name(&name).then_some(name)
+}
+
+/// Whether a text is an authority tag as certificates carry them.
+pub fn is_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= crate::limits::AUTHORITY_BYTES_MAX
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// `send-when:FIELD=VALUE` as a field and a value.
@@ -137,6 +153,8 @@ impl TypePolicy {
                 policy.local.insert(name);
             } else if let Some(when) = word.strip_prefix("send-when:").and_then(decode_send_when) {
                 policy.send_when = Some(when);
+            } else if let Some(tag) = word.strip_prefix("evict-after-ack:").filter(|t| is_tag(t)) {
+                policy.evict_after_ack = Some(tag.to_owned());
             }
         }
         policy
@@ -164,17 +182,17 @@ impl TypePolicy {
                         ));
                     }
                 },
+                _ if word.starts_with("evict-after-ack:") => match word.strip_prefix("evict-after-ack:") {
+                    Some(tag) if is_tag(tag) => policy.evict_after_ack = Some(tag.to_owned()),
+                    _ => return Err(format!("{word:?} in policy {text:?}: evict-after-ack takes an authority tag")),
+                },
                 _ => match word.strip_prefix("authority:") {
-                    Some(tag)
-                        if !tag.is_empty()
-                            && tag.len() <= crate::limits::AUTHORITY_BYTES_MAX
-                            && tag.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
-                    {
+                    Some(tag) if is_tag(tag) => {
                         policy.fields = FieldPolicy::Authority(tag.to_owned());
                     }
                     _ => {
                         return Err(format!(
-                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins, ,local:FIELD and ,send-when:FIELD=VALUE"
+                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins, ,local:FIELD, ,send-when:FIELD=VALUE and ,evict-after-ack:TAG"
                         ));
                     }
                 },
@@ -200,6 +218,9 @@ impl TypePolicy {
             && let Some(value) = send_when_text(value)
         {
             text.push_str(&format!(",send-when:{}={value}", encode_name(name)));
+        }
+        if let Some(tag) = &self.evict_after_ack {
+            text.push_str(&format!(",evict-after-ack:{tag}"));
         }
         text
     }
@@ -307,6 +328,21 @@ mod tests {
         }
         assert!(TypePolicy::parse_strict("newest,send-when:completed").is_err());
         assert!(TypePolicy::parse_strict("newest,send-when:completed=yes").is_err());
+    }
+
+    #[test]
+    fn evict_after_ack_round_trips_and_needs_a_tag() {
+        let policy = TypePolicy {
+            evict_after_ack: Some("central".into()),
+            send_when: Some(("completed".into(), Value::Bool(true))),
+            ..TypePolicy::default()
+        };
+        let text = policy.to_text();
+        assert_eq!(text, "newest,send-when:completed=true,evict-after-ack:central");
+        assert_eq!(TypePolicy::parse_strict(&text), Ok(policy.clone()));
+        assert_eq!(TypePolicy::parse(&text), policy);
+        assert!(TypePolicy::parse_strict("newest,evict-after-ack:").is_err());
+        assert!(TypePolicy::parse_strict("newest,evict-after-ack:a b").is_err());
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! For a session that syncs `filter`, changes may flow from a sender to a
 //! receiver when they lie inside the filter, inside what the receiver may
 //! read, and inside what the sender may hold (its read or write filter); and
-//! when neither side's scope gives their record type the mode `none`. Both
+//! when neither side's scope gives their record type the mode `none`, nor
+//! the receiver's the mode `wo` (write-only: it sends, never receives). Both
 //! sides compute the same region from the same two scopes, so their digests
 //! of it are comparable.
 
@@ -49,11 +50,13 @@ impl Region {
     pub fn between(filter: &Filter, sender: &Scope, receiver: &Scope) -> Region {
         let holdable = sender.read.union(&sender.write);
         let filter = filter.intersection(&receiver.read).intersection(&holdable);
+        // A type the sender may not hold, or the receiver may not read (`none`
+        // on either side; `wo` on the receiver's), does not flow this way.
         let excluded_types = sender
             .types
             .iter()
-            .chain(&receiver.types)
             .filter(|(_, mode)| **mode == TypeMode::None)
+            .chain(receiver.types.iter().filter(|(_, mode)| !mode.may_read()))
             .map(|(t, _)| t.clone())
             .collect();
         Region { filter, excluded_types, only_types: None }

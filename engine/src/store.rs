@@ -30,6 +30,7 @@ use crate::policy::Profile;
 mod apply;
 mod blobs;
 mod check;
+mod evict;
 mod frontier;
 mod hook;
 mod meta;

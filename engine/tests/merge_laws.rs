@@ -117,6 +117,7 @@ fn policies() -> Vec<TypePolicy> {
             delete: DeletePolicy::UpdateWins,
             local: Default::default(),
             send_when: None,
+            evict_after_ack: None,
         },
     ]
 }
@@ -242,6 +243,7 @@ fn same_field_conflict_keeps_the_loser_and_authority_wins() {
         delete: DeletePolicy::DeleteWins,
         local: Default::default(),
         send_when: None,
+        evict_after_ack: None,
     });
     assert_eq!(authority.fields["score"], Value::from("from central"));
     assert_eq!(authority.conflicts[0].value, Some(Value::from("from device")));
@@ -287,6 +289,7 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
         delete: DeletePolicy::UpdateWins,
         local: Default::default(),
         send_when: None,
+        evict_after_ack: None,
     });
     assert!(update_wins.exists);
     assert_eq!(update_wins.fields.len(), 2, "the whole record comes back: {:?}", update_wins.fields);

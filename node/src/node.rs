@@ -26,6 +26,7 @@ pub const ENROL_CLOCK_BEHIND_MAX_S: u64 = 86_400;
 
 mod blobs;
 mod credentials;
+mod evict;
 mod profile;
 mod records;
 mod scope;
@@ -139,6 +140,8 @@ impl Node {
             let _ = node.auth.know(&bytes);
         }
         node.check_scopes();
+        // An eviction a crash cut short after its acknowledgement.
+        node.evict_all();
         Ok(node)
     }
 

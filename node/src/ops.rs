@@ -318,18 +318,40 @@ fn execute_local(
             json!({ "hash": hash.to_hex(), "size": size, "out": path.display().to_string() })
         }
         Op::BlobList => serde_json::to_value(node.blob_list()?)?,
-        Op::ProfileSet(ProfileSet { org: o, record_type, policy, delete_wins, update_wins, local, send_when }) => {
+        Op::ProfileSet(ProfileSet {
+            org: o,
+            record_type,
+            policy,
+            delete_wins,
+            update_wins,
+            local,
+            send_when,
+            evict_after_ack,
+        }) => {
             let delete = match (delete_wins, update_wins) {
                 (true, true) => bail!("give --delete-wins or --update-wins, not both"),
                 (true, false) => Some(engine::policy::DeletePolicy::DeleteWins),
                 (false, true) => Some(engine::policy::DeletePolicy::UpdateWins),
                 (false, false) => None,
             };
-            if policy.is_none() && delete.is_none() && local.is_none() && send_when.is_none() {
+            if policy.is_none()
+                && delete.is_none()
+                && local.is_none()
+                && send_when.is_none()
+                && evict_after_ack.is_none()
+            {
                 bail!(
-                    "say what to set: --policy newest|authority:TAG, --delete-wins, --update-wins, --local F,… or --send-when FIELD=VALUE"
+                    "say what to set: --policy newest|authority:TAG, --delete-wins, --update-wins, --local F,…, --send-when FIELD=VALUE or --evict-after-ack TAG"
                 );
             }
+            let evict_after_ack = match evict_after_ack.as_deref().map(str::trim) {
+                None => None,
+                Some("") => Some(None),
+                Some(tag) if engine::policy::is_tag(tag) => Some(Some(tag.to_owned())),
+                Some(tag) => bail!(
+                    "--evict-after-ack {tag:?} is not an authority tag: use letters, digits, '-', '_' and '.', as in central"
+                ),
+            };
             let local =
                 local.map(|l| l.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from).collect());
             let send_when = match send_when.as_deref().map(str::trim) {
@@ -347,7 +369,8 @@ fn execute_local(
                     Some(Some((field.trim().to_owned(), value)))
                 }
             };
-            let changes = crate::node::ProfileChanges { policy: policy.as_deref(), delete, local, send_when };
+            let changes =
+                crate::node::ProfileChanges { policy: policy.as_deref(), delete, local, send_when, evict_after_ack };
             node.profile_set(org(&o)?, &record_type, changes)?
         }
         Op::ProfileShow(ProfileShow { org: o }) => node.profile_show(org(&o)?)?,

@@ -441,6 +441,15 @@ fn remember_frontier(node: &Node, org: OrgId, session: &Session, peer: &AuthorKe
     if let Err(e) = node.check_scope(org) {
         tracing::warn!("cannot purge what this node may no longer read in org {org}: {e}");
     }
+    // The crash tests die here, the acknowledgement durable and nothing
+    // evicted yet: the next start must evict it and lose nothing.
+    if std::env::var_os("FERRY_FAULT").is_some_and(|f| f == "abort-before-evict") {
+        std::process::abort();
+    }
+    // What the peer acknowledged may now leave (push once, then evict).
+    if let Err(e) = node.evict_acknowledged(org) {
+        tracing::warn!("cannot evict the records acknowledged in org {org}: {e}");
+    }
 }
 
 /// An error that happened inside a session, as a string for logs.

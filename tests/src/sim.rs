@@ -11,14 +11,19 @@
 //! delays and reorders messages, cuts links, isolates nodes, and crashes and
 //! restarts them. Some syncs are narrowed by per-peer type rules; on odd
 //! seeds the org's profile sends results only once finished (send-when),
-//! and the converge phase finishes them.
+//! and the converge phase finishes them. On every third seed the profile
+//! evicts results once the central holds them, and some devices may only
+//! write results (`wo`): each evicts what its sessions with the central
+//! proved the central holds.
 //!
 //! After every step it checks safety: no node holds a record outside its
-//! scope, no frontier entry claims a change the node cannot serve, and no
+//! scope, no frontier entry claims a change the node cannot serve (or
+//! evicted), no session claims its peer holds what it lacks, and no
 //! instance's counter goes back. Then faults stop, every pair syncs until
 //! nothing moves, and it checks convergence: any two nodes hold identical
-//! records, conflicts and frontiers in the region both may read. Every
-//! retained change's signature must verify.
+//! records, conflicts and frontiers in the region both may read; the central
+//! reflects every result a write-only node wrote, and those nodes hold none.
+//! Every retained change's signature must verify.
 //!
 //! A failure reports the seed and the last steps; `SIM_SEED=<seed>` replays it
 //! (read by `tests/simulator.rs`).
@@ -53,6 +58,8 @@ pub struct Report {
     pub dropped: u64,
     pub duplicated: u64,
     pub crashes: u64,
+    /// Records write-only nodes evicted once the central held them.
+    pub evicted: u64,
     pub convergence_rounds: usize,
     pub records: usize,
     pub conflicts: usize,
@@ -135,6 +142,16 @@ struct World {
     /// A property a session broke, found while flushing it; reported by
     /// the next safety check.
     violation: Option<String>,
+    /// This seed's profile evicts `result` records once the central
+    /// (node 0, the acknowledging authority) holds them, on the nodes that
+    /// may only write them (`wo`; SPEC §6.2, push once, then evict).
+    evict: bool,
+    /// Per node, what its last completed session with the central proved
+    /// the central holds (a node's `frontier:<org>` note).
+    acked: BTreeMap<usize, engine::store::Held>,
+    /// Every result a write-only node wrote, with the change's dot: the
+    /// central must reflect each one in the end.
+    wo_written: Vec<(usize, RecordKey, engine::Dot)>,
 }
 
 /// The field and value a `result` waits for when `send_when` is on.
@@ -225,6 +242,9 @@ impl World {
             // From the seed, not the generator: the other draws stay put.
             send_when: seed % 2 == 1,
             violation: None,
+            evict: seed.is_multiple_of(3),
+            acked: BTreeMap::new(),
+            wo_written: Vec::new(),
         }
     }
 
@@ -258,23 +278,29 @@ impl World {
             world.add_node(kind, scope, &format!("{name}#{i}"));
         }
         world.report.nodes = count;
-        if world.send_when {
-            world.publish_send_when();
+        if world.send_when || world.evict {
+            world.publish_profile();
         }
         world
     }
 
     /// The central writes the profile and every node pulls it.
-    fn publish_send_when(&mut self) {
+    fn publish_profile(&mut self) {
         let key = engine::store::profile_key(self.org);
-        let text = format!("newest,send-when:{DONE_FIELD}={DONE_VALUE}");
-        let set = BTreeMap::from([("result".to_owned(), Value::Text(text))]);
+        let mut text = "newest".to_owned();
+        if self.send_when {
+            text.push_str(&format!(",send-when:{DONE_FIELD}={DONE_VALUE}"));
+        }
+        if self.evict {
+            text.push_str(",evict-after-ack:central");
+        }
+        let set = BTreeMap::from([("result".to_owned(), Value::Text(text.clone()))]);
         self.write(0, &key, LocalOp::Put { set, unset: BTreeSet::new() }).expect("the central writes the profile");
         let system = Filter::new([engine::policy::system_partition(self.org)]);
         for node in 1..self.nodes.len() {
             self.sync_reliably(node, 0, system.clone(), true, false).expect("the profile reaches every node");
         }
-        self.log("the profile sends results only once done=1".into());
+        self.log(format!("the profile says result: {text}"));
     }
 
     /// Converge phase with send-when: every node finishes each unfinished
@@ -304,7 +330,7 @@ impl World {
 
     fn random_scope(&mut self) -> (Scope, String) {
         let (mut scope, name) = self.random_member_scope();
-        if self.send_when {
+        if self.send_when || self.evict {
             scope.read = scope.read.union(&Filter::new([engine::policy::system_partition(self.org)]));
         }
         (scope, name)
@@ -317,7 +343,7 @@ impl World {
         let types = |list: &[(&str, TypeMode)]| {
             list.iter().map(|(t, m)| (RecordType::parse(t).expect("type"), *m)).collect::<BTreeMap<_, _>>()
         };
-        match self.rng.random_range(0..5u32) {
+        match self.rng.random_range(0..if self.evict { 7 } else { 5u32 }) {
             0 => (Scope::full(org), "full".into()),
             1 => (Scope { read: f(&fac), write: f(&fac), types: BTreeMap::new() }, format!("facility-{fac}")),
             2 => {
@@ -328,13 +354,18 @@ impl World {
                 )
             }
             3 => (Scope { read: Filter::org(org), write: Filter::empty(), types: BTreeMap::new() }, "portal".into()),
-            _ => (
+            4 => (
                 Scope {
                     read: f(&fac),
                     write: f(&fac),
                     types: types(&[("test", TypeMode::ReadOnly), ("answer", TypeMode::None)]),
                 },
                 format!("no-answers-{fac}"),
+            ),
+            // A test-taking device: it writes results it never receives.
+            _ => (
+                Scope { read: f(&fac), write: f(&fac), types: types(&[("result", TypeMode::WriteOnly)]) },
+                format!("write-only-{fac}"),
             ),
         }
     }
@@ -499,7 +530,46 @@ impl World {
         let result = store
             .write(&author, &[LocalWrite { record: key.clone(), op }], self.now, &self.auth, &SerialSigner)
             .map_err(|e| e.to_string())?;
-        result.into_iter().next().expect("one result").map(|_| ()).map_err(|e| e.to_string())
+        let written = result.into_iter().next().expect("one result").map_err(|e| e.to_string())?;
+        if self.nodes[node].scope.mode(&key.record_type) == TypeMode::WriteOnly && !written.unchanged {
+            self.wo_written.push((node, key.clone(), written.dot));
+        }
+        Ok(())
+    }
+
+    /// After a completed session of `node` with `peer`: what it proved the
+    /// central holds is kept, and a write-only node evicts what that covers.
+    fn after_session(&mut self, node: usize, peer: usize, holds: Option<Vec<engine::wire::HeadEntry>>) {
+        if !self.evict || peer != 0 {
+            return;
+        }
+        if let Some(holds) = holds {
+            let held = holds.into_iter().map(|e| ((e.partition, e.record_type, e.instance), e.counter)).collect();
+            self.acked.insert(node, held);
+        }
+        self.evict_acked(node);
+    }
+
+    fn evict_acked(&mut self, node: usize) {
+        let result = RecordType::parse("result").expect("type");
+        let scope = self.nodes[node].scope.clone();
+        let (Some(store), Some(acked)) = (self.nodes[node].store.as_ref(), self.acked.get(&node)) else { return };
+        if scope.mode(&result) != TypeMode::WriteOnly {
+            return;
+        }
+        let evicts = |p: &Partition, t: &RecordType| *t == result && scope.write.contains(p);
+        match store.evict_acknowledged(self.org, &evicts, acked) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.report.evicted += n;
+                let line = format!("{} evicts {n} results the central holds", self.nodes[node].name);
+                self.log(line);
+            }
+            Err(e) => {
+                let message = format!("{}: eviction: {e}", self.nodes[node].name);
+                self.violation.get_or_insert(message);
+            }
+        }
     }
 
     fn linked(&self, a: usize, b: usize) -> bool {
@@ -619,6 +689,7 @@ impl World {
                     if let Err(e) = self.check_holds(node, peer, peer_holds.as_deref()) {
                         self.violation.get_or_insert(e);
                     }
+                    self.after_session(node, peer, peer_holds.clone());
                     let line =
                         format!("{} completes {}: {}", self.nodes[node].name, partitions::hex::encode(&id[..3]), s);
                     self.log(line);
@@ -822,8 +893,7 @@ impl World {
             let mut outside = None;
             store
                 .list(None, None, &mut |r| {
-                    let holdable = scope.read.contains(&r.key.partition) || scope.write.contains(&r.key.partition);
-                    if !holdable || scope.mode(&r.key.record_type) == TypeMode::None {
+                    if !scope.may_hold(&r.key.partition, &r.key.record_type) {
                         outside = Some(r.key);
                         return false;
                     }
@@ -853,7 +923,13 @@ impl World {
                 // no peer ever needs it: the write that finishes the record
                 // supersedes it (docs/protocol.md, "Send when finished").
                 let held_back = found.is_empty() && end.held_back == 1;
-                if !held_back && (found.len() != 1 || found[0].counter != head.counter) {
+                // An evicted change is claimed and never served again: no
+                // peer below the eviction mark gets the triple from here.
+                let evicted = store
+                    .evicted(&head.partition, &head.record_type, &head.instance)
+                    .map_err(|e| self.fail(e.to_string()))?
+                    >= head.counter;
+                if !held_back && !evicted && (found.len() != 1 || found[0].counter != head.counter) {
                     return Err(self.fail(format!(
                         "{}: frontier claims {head:?} but the store cannot serve it",
                         self.nodes[i].name
@@ -952,9 +1028,16 @@ impl World {
                 }
             }
             if initiator.is_finished() && responder.is_finished() {
-                self.check_holds(a, b, initiator.peer_holds().as_deref())?;
-                self.check_holds(b, a, responder.peer_holds().as_deref())?;
-                return result.ok_or_else(|| "initiator finished without a summary".to_owned());
+                let (held_by_b, held_by_a) = (initiator.peer_holds(), responder.peer_holds());
+                self.check_holds(a, b, held_by_b.as_deref())?;
+                self.check_holds(b, a, held_by_a.as_deref())?;
+                let completed = result.ok_or_else(|| "initiator finished without a summary".to_owned())?;
+                self.after_session(a, b, held_by_b);
+                self.after_session(b, a, held_by_a);
+                if let Some(message) = self.violation.take() {
+                    return Err(message);
+                }
+                return Ok(completed);
             }
             if !moved {
                 return Err("reliable sync stalled".into());
@@ -989,7 +1072,11 @@ impl World {
                     let summary = self
                         .sync_reliably(a, b, org.clone(), true, true)
                         .map_err(|e| self.fail(format!("{} with {}: {e}", self.nodes[a].name, self.nodes[b].name)))?;
-                    if !summary.noop {
+                    // Quiet when nothing moves. Not every quiet sync is a
+                    // no-op: a write-only node's frontier can stay past its
+                    // peers' where they superseded what it wrote, since
+                    // their changes never flow back to it.
+                    if summary.sent + summary.received > 0 {
                         quiet = false;
                     }
                     if self.send_when {
@@ -1057,6 +1144,41 @@ impl World {
                 }
             }
         }
+        // Push once, then evict: the central reflects every result a
+        // write-only node wrote, and once it acknowledged them all, those
+        // nodes hold none.
+        let result = RecordType::parse("result").expect("type");
+        let central = self.nodes[0].store.as_ref().expect("alive");
+        for (node, key, dot) in &self.wo_written {
+            let state = central.record(key).map_err(|e| self.fail(e.to_string()))?;
+            if !state.is_some_and(|s| s.vv.covers(*dot)) {
+                return Err(self.fail(format!(
+                    "the central lacks {dot:?} of {key:?}, which write-only {} wrote",
+                    self.nodes[*node].name
+                )));
+            }
+        }
+        for i in 0..n {
+            if !(self.evict && self.nodes[i].scope.mode(&result) == TypeMode::WriteOnly) {
+                continue;
+            }
+            let mut left = Vec::new();
+            self.nodes[i]
+                .store
+                .as_ref()
+                .expect("alive")
+                .list(None, Some(&result), &mut |r| {
+                    left.push(r.key);
+                    true
+                })
+                .map_err(|e| self.fail(e.to_string()))?;
+            if !left.is_empty() {
+                return Err(self.fail(format!(
+                    "write-only {} still holds {left:?} after the central acknowledged everything",
+                    self.nodes[i].name
+                )));
+            }
+        }
         // Every retained change verifies.
         for i in 0..n {
             let store = self.nodes[i].store.as_ref().expect("alive");
@@ -1107,8 +1229,7 @@ fn reopen(dir: &std::path::Path, kind: BackendKind, fresh: InstanceId, now: u64)
 /// What two nodes may both read (and so must agree on).
 fn shared_region(a: &Scope, b: &Scope) -> Region {
     let filter = a.read.intersection(&b.read);
-    let excluded =
-        a.types.iter().chain(&b.types).filter(|(_, m)| **m == TypeMode::None).map(|(t, _)| t.clone()).collect();
+    let excluded = a.types.iter().chain(&b.types).filter(|(_, m)| !m.may_read()).map(|(t, _)| t.clone()).collect();
     Region { filter, excluded_types: excluded, only_types: None }
 }
 

@@ -1,6 +1,7 @@
 //! The seeds' data flows (SPEC §6.2) with real `ferry` processes on
 //! 127.0.0.1: per-peer type rules, the purge after a scope shrinks, local
-//! fields and send-when-finished.
+//! fields, send-when-finished, and write-only types evicted once the
+//! central acknowledged them.
 
 use tests::cli::Home;
 
@@ -506,5 +507,117 @@ fn a_result_finished_elsewhere_still_brings_what_the_device_held_back() {
     assert_eq!(got["fields"]["completed"], true, "{got}");
     assert_eq!(got["fields"]["note"], "closed by proctor", "{got}");
     assert_eq!(central.json(&["get", "result", "r1"]), device.json(&["get", "result", "r1"]));
+    server.stop();
+}
+
+/// The ids of the results `home` lists, sorted.
+fn results(home: &Home) -> Vec<String> {
+    let list = home.json(&["list", "--type", "result"]);
+    let mut ids: Vec<String> =
+        list.as_array().expect("list").iter().map(|r| r["id"].as_str().expect("id").to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+/// A central whose root certificate carries authority `master`, with
+/// `result` evicted once `master` acknowledged it, and a device that may
+/// only write results in tc-1 and has the profile.
+fn write_only_pair(root: &std::path::Path) -> (Home, tests::cli::Server, Home) {
+    let central = Home::init(root, "central");
+    org(&central);
+    central.json(&["profile", "set", "result", "--evict-after-ack", "master"]);
+    let server = central.serve();
+    let device = Home::init(root, "device");
+    enrol(&central, &device, "results", "results:tc-1", &["--types", "result=wo"]);
+    sync(&device, &server.address, &[]);
+    (central, server, device)
+}
+
+#[test]
+fn a_write_only_device_sends_its_results_once_and_evicts_them_after_the_central_acknowledged() {
+    let root = tempfile::tempdir().expect("dir");
+    let (central, server, device) = write_only_pair(root.path());
+    let shown = device.json(&["profile", "show", "--json"]);
+    assert_eq!(shown[0]["evict_after_ack"], "master", "{shown}");
+    // Someone else's result in the same centre never reaches the device.
+    central.ok(&["put", "result", "theirs", "--partition", "results:tc-1", "--set", "score=1"]);
+    put_result(&device, "a1", &["answer=zebra-quartz-answer-1"]);
+    put_result(&device, "a2", &["score=2"]);
+    assert_eq!(results(&device), ["a1", "a2"]);
+    let first = sync(&device, &server.address, &[]);
+    assert_eq!((first["sent"].as_u64(), first["received"].as_u64()), (Some(2), Some(0)), "{first}");
+    // Gone from the device, all there on the central.
+    assert_eq!(results(&device), Vec::<String>::new());
+    assert!(device.fails(&["get", "result", "a1", "--partition", "results:tc-1"]).contains("a1"));
+    assert_eq!(results(&central), ["a1", "a2", "theirs"]);
+    let evictions: Vec<serde_json::Value> = device
+        .json(&["history"])
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter(|e| e["via"] == "evict")
+        .cloned()
+        .collect();
+    assert_eq!(evictions.len(), 1, "{evictions:?}");
+    assert_eq!(evictions[0]["purged"], 2, "{evictions:?}");
+    assert!(device.ok(&["history"]).contains("evicted 2"));
+    let export = device.ok(&["export"]);
+    assert!(!export.contains("a1"), "{export}");
+    let left = found_in_files(&device.dir, b"zebra-quartz-answer-1");
+    assert!(left.is_empty(), "the evicted answer is still in {left:?}");
+    // Never sent again, never offered back.
+    let again = sync(&device, &server.address, &[]);
+    assert_eq!((again["sent"].as_u64(), again["received"].as_u64()), (Some(0), Some(0)), "{again}");
+    assert_eq!(results(&device), Vec::<String>::new());
+    // The next result goes the same way; the central keeps every one.
+    put_result(&device, "a3", &["score=3"]);
+    let third = sync(&device, &server.address, &[]);
+    assert_eq!((third["sent"].as_u64(), third["received"].as_u64()), (Some(1), Some(0)), "{third}");
+    assert_eq!(results(&device), Vec::<String>::new());
+    assert_eq!(results(&central), ["a1", "a2", "a3", "theirs"]);
+    let kept = central.json(&["get", "result", "a1", "--partition", "results:tc-1"]);
+    assert_eq!(kept["fields"]["answer"], "zebra-quartz-answer-1", "{kept}");
+    server.stop();
+}
+
+#[test]
+fn a_kill_between_the_acknowledgement_and_the_eviction_loses_nothing_and_the_next_start_evicts() {
+    let root = tempfile::tempdir().expect("dir");
+    let (central, server, device) = write_only_pair(root.path());
+    put_result(&device, "a1", &["score=1"]);
+    let mut command = device.command(&["sync", &server.address]);
+    command.env("FERRY_FAULT", "abort-before-evict");
+    let died = tests::cli::within(command, std::time::Duration::from_secs(60));
+    assert!(!died.status.success(), "the sync was to die before evicting");
+    // The acknowledgement was durable: the central has the result.
+    assert_eq!(results(&central), ["a1"]);
+    // The next start evicts it, once.
+    assert_eq!(results(&device), Vec::<String>::new());
+    assert_eq!(results(&device), Vec::<String>::new());
+    let history = device.json(&["history"]);
+    let evictions = history.as_array().expect("history").iter().filter(|e| e["via"] == "evict").count();
+    assert_eq!(evictions, 1, "{history}");
+    server.stop();
+}
+
+#[test]
+fn a_result_no_acknowledging_peer_holds_stays_on_the_write_only_device() {
+    let root = tempfile::tempdir().expect("dir");
+    let (central, server, device) = write_only_pair(root.path());
+    // A relay in the centre that may read results but is no authority.
+    let relay = Home::init(root.path(), "relay");
+    enrol(&central, &relay, "results:tc-1", "results:tc-1", &[]);
+    server.stop();
+    let relay_server = relay.serve();
+    put_result(&device, "a1", &["score=1"]);
+    sync(&device, &relay_server.address, &[]);
+    assert_eq!(results(&relay), ["a1"]);
+    // Only the central's acknowledgement evicts.
+    assert_eq!(results(&device), ["a1"]);
+    relay_server.stop();
+    let server = central.serve();
+    sync(&device, &server.address, &[]);
+    assert_eq!(results(&device), Vec::<String>::new());
+    assert_eq!(results(&central), ["a1"]);
     server.stop();
 }

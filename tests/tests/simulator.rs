@@ -27,6 +27,7 @@ fn every_seed_is_safe_and_converges() {
                 totals.dropped += report.dropped;
                 totals.duplicated += report.duplicated;
                 totals.crashes += report.crashes;
+                totals.evicted += report.evicted;
                 totals.conflicts += report.conflicts;
                 for (k, v) in report.failures {
                     *totals.failures.entry(k).or_default() += v;
@@ -39,6 +40,8 @@ fn every_seed_is_safe_and_converges() {
     // The faults must actually happen, or the seeds prove nothing.
     assert!(totals.dropped > 0 && totals.duplicated > 0 && totals.crashes > 0 && totals.syncs_failed > 0);
     assert!(totals.syncs_completed > seeds && totals.conflicts > 0);
+    // Write-only nodes evicted what the central acknowledged.
+    assert!(totals.evicted > 0);
 }
 
 #[test]

@@ -51,7 +51,12 @@ pub(super) fn plan(out: &mut Outgoing, peer_heads: &[HeadEntry], store: &dyn Ses
     let mut plan = Plan::default();
     for e in ours {
         let after = theirs.get(&(e.partition.clone(), e.record_type.clone(), e.instance)).copied().unwrap_or(0);
-        if e.counter > after {
+        // Below what an eviction removed here, the peer would jump past
+        // changes only the acknowledging node still has: nothing of the
+        // triple goes until it got them there (`store/evict.rs`).
+        if e.counter > after
+            && store.evicted(&e.partition, &e.record_type, &e.instance).map_err(|e| e.to_string())? <= after
+        {
             let (changes, bytes) = store
                 .count_group(&e.partition, &e.record_type, &e.instance, after, e.counter)
                 .map_err(|e| e.to_string())?;

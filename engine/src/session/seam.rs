@@ -19,7 +19,7 @@ use crate::seal::RunKnown;
 use crate::store::{ApplyError, ScanEnd, Store, StoreError, Triple};
 use crate::wire::{Batch, HeadEntry};
 
-/// What a session reads and writes (eleven operations). Every method is one store operation,
+/// What a session reads and writes (twelve operations). Every method is one store operation,
 /// atomic and durable when it writes.
 pub trait SessionStore: Sync {
     /// A certificate chain by its hash, if held.
@@ -61,6 +61,14 @@ pub trait SessionStore: Sync {
         max_bytes: u64,
         out: &mut Vec<Change>,
     ) -> Result<ScanEnd, StoreError>;
+    /// The highest counter of a triple an eviction removed here
+    /// (`Store::evicted`): a peer below it gets nothing of the triple.
+    fn evicted(
+        &self,
+        partition: &Partition,
+        record_type: &RecordType,
+        instance: &InstanceId,
+    ) -> Result<Counter, StoreError>;
     /// What is known of a signed run (`Store::run`), to prove the changes a
     /// batch carries of it.
     fn run(&self, author: &InstanceId, first: Counter) -> Result<Option<RunKnown>, StoreError>;
@@ -131,6 +139,15 @@ impl SessionStore for Store {
         out: &mut Vec<Change>,
     ) -> Result<ScanEnd, StoreError> {
         Store::scan_group(self, partition, record_type, instance, after, upto, max_changes, max_bytes, out)
+    }
+
+    fn evicted(
+        &self,
+        partition: &Partition,
+        record_type: &RecordType,
+        instance: &InstanceId,
+    ) -> Result<Counter, StoreError> {
+        Store::evicted(self, partition, record_type, instance)
     }
 
     fn run(&self, author: &InstanceId, first: Counter) -> Result<Option<RunKnown>, StoreError> {

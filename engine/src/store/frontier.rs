@@ -42,11 +42,12 @@ impl Store {
         record_type: &RecordType,
         instance: &InstanceId,
     ) -> Result<Counter, StoreError> {
-        self.backend
-            .get(&keys::head(partition, record_type, instance))?
-            .map(|b| be_u64(&b))
-            .transpose()
-            .map(|c| c.unwrap_or(0))
+        self.counter_at(&keys::head(partition, record_type, instance))
+    }
+
+    /// The counter stored under `key` (0 when none).
+    pub(super) fn counter_at(&self, key: &[u8]) -> Result<Counter, StoreError> {
+        self.backend.get(key)?.map(|b| be_u64(&b)).transpose().map(|c| c.unwrap_or(0))
     }
 
     /// Every frontier entry inside `region`, in key order.

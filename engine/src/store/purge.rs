@@ -155,12 +155,19 @@ impl Store {
             p.extend_from_slice(&typed);
             p
         };
-        // The frontier first, in one commit, with the repair floors.
+        // The frontier first, in one commit, with the repair floors and the
+        // eviction marks.
         let mut pending = Pending::default();
         self.scan_prefix(&under(keys::HEADS), &mut |k, _| {
             if let Some(instance) = k[1 + typed.len()..].try_into().ok().map(InstanceId) {
                 pending.floors_cleared.push((partition.clone(), record_type.clone(), instance));
             }
+            pending.delete(k.to_vec());
+            true
+        })?;
+        let mut marks = keys::meta(keys::EVICTED_PREFIX);
+        marks.extend_from_slice(&typed);
+        self.scan_prefix(&marks, &mut |k, _| {
             pending.delete(k.to_vec());
             true
         })?;
@@ -198,10 +205,19 @@ impl Store {
     /// Every peer's remembered frontier of `org`, merged: the highest head
     /// any peer was known to hold per (partition, type, instance).
     pub fn held_by_peers(&self, note: &str) -> Result<Held, StoreError> {
+        self.held_by(note, &|_| true)
+    }
+
+    /// The remembered frontiers of the peers `accept` accepts, merged.
+    pub fn held_by(&self, note: &str, accept: &dyn Fn(&crate::ids::AuthorKey) -> bool) -> Result<Held, StoreError> {
         let mut held = Held::new();
         let mut frames = Vec::new();
         self.scan_prefix(&[keys::PEERS], &mut |k, v| {
-            if k.len() > 33 && &k[33..] == note.as_bytes() {
+            if k.len() > 33
+                && &k[33..] == note.as_bytes()
+                && let Ok(peer) = <[u8; 32]>::try_from(&k[1..33])
+                && accept(&crate::ids::AuthorKey(peer))
+            {
                 frames.push(v.to_vec());
             }
             true

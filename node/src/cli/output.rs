@@ -276,7 +276,7 @@ fn write_profile_line(out: &mut dyn Write, t: &serde_json::Value) -> std::io::Re
     let local: Vec<&str> = t["local"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
     writeln!(
         out,
-        "{}: {}, {}{}{}",
+        "{}: {}, {}{}{}{}",
         t["type"].as_str().unwrap_or("?"),
         t["policy"].as_str().unwrap_or("?"),
         t["delete"].as_str().unwrap_or("?"),
@@ -284,7 +284,8 @@ fn write_profile_line(out: &mut dyn Write, t: &serde_json::Value) -> std::io::Re
         t["send_when"]
             .as_object()
             .and_then(|o| o.iter().next())
-            .map_or(String::new(), |(f, v)| format!(", sent when {f}={v}"))
+            .map_or(String::new(), |(f, v)| format!(", sent when {f}={v}")),
+        t["evict_after_ack"].as_str().map_or(String::new(), |tag| format!(", evicted once {tag} has it"))
     )
 }
 
@@ -293,13 +294,16 @@ fn write_profile_line(out: &mut dyn Write, t: &serde_json::Value) -> std::io::Re
 fn write_history_entry(out: &mut dyn Write, e: &serde_json::Value, records: bool) -> std::io::Result<()> {
     let outcome = e["outcome"].as_str().unwrap_or("?");
     let (status, reason) = outcome.split_once(": ").map_or((outcome, None), |(s, r)| (s, Some(r)));
-    if e["via"] == "scope" {
-        // A purge after this node's scope shrank: no peer, nothing moved.
+    if e["via"] == "scope" || e["via"] == "evict" {
+        // A purge after this node's scope shrank, or an eviction of what a
+        // peer acknowledged: no peer, nothing moved.
         writeln!(
             out,
-            "{}  scope    {:<9}  this node  purged {}",
+            "{}  {:<7}  {:<9}  this node  {} {}",
             e["started_at"].as_str().unwrap_or("?"),
+            e["via"].as_str().unwrap_or("?"),
             status,
+            if e["via"] == "scope" { "purged" } else { "evicted" },
             e["purged"]
         )?;
         if let Some(reason) = reason {

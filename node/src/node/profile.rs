@@ -20,6 +20,8 @@ pub struct ProfileChanges<'a> {
     pub local: Option<BTreeSet<String>>,
     /// `Some(None)` sends every record again.
     pub send_when: Option<Option<(String, Value)>>,
+    /// `Some(None)` evicts nothing.
+    pub evict_after_ack: Option<Option<String>>,
 }
 
 impl Node {
@@ -31,7 +33,7 @@ impl Node {
         record_type: &str,
         changes: ProfileChanges<'_>,
     ) -> anyhow::Result<serde_json::Value> {
-        let ProfileChanges { policy, delete, local, send_when } = changes;
+        let ProfileChanges { policy, delete, local, send_when, evict_after_ack } = changes;
         let record_type = RecordType::parse(record_type)?;
         let mut current = self.store.profile(org)?.policy(&record_type);
         if let Some(text) = policy {
@@ -58,6 +60,9 @@ impl Node {
             }
             current.send_when = send_when;
         }
+        if let Some(evict_after_ack) = evict_after_ack {
+            current.evict_after_ack = evict_after_ack;
+        }
         let set = BTreeMap::from([(record_type.as_str().to_owned(), Value::Text(current.to_text()))]);
         self.put(org, PROFILE_TYPE, PROFILE_ID, SYSTEM_SEGMENT, set, BTreeSet::new())?;
         Ok(type_json(record_type.as_str(), &current))
@@ -83,5 +88,6 @@ fn type_json(record_type: &str, policy: &TypePolicy) -> serde_json::Value {
         },
         "local": policy.local,
         "send_when": policy.send_when.as_ref().map(|(field, value)| json!({ field: crate::json::to_json(value) })),
+        "evict_after_ack": policy.evict_after_ack,
     })
 }

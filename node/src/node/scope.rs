@@ -9,7 +9,7 @@
 //! is stored, and after each completed sync or bundle import (which may
 //! bring a revocation).
 
-use partitions::{Partition, RecordType, Scope, TypeMode};
+use partitions::{Partition, RecordType, Scope};
 
 use super::*;
 
@@ -65,10 +65,7 @@ impl Node {
         let holds = |partition: &Partition, record_type: &RecordType| {
             system.contains(partition)
                 || match &standing {
-                    Standing::Scoped(scope) => {
-                        (scope.read.contains(partition) || scope.write.contains(partition))
-                            && scope.mode(record_type) != TypeMode::None
-                    }
+                    Standing::Scoped(scope) => scope.may_hold(partition, record_type),
                     _ => false,
                 }
         };

@@ -99,7 +99,7 @@ pub struct CertIssue {
     #[arg(long, value_parser = scope_text)]
     #[serde(default)]
     pub write: Option<String>,
-    /// Type modes, comma-separated TYPE=MODE (ro, update-only).
+    /// Type modes, comma-separated TYPE=MODE (ro, update-only, wo, none).
     #[arg(long, default_value = "")]
     #[serde(default)]
     pub types: String,
@@ -141,7 +141,7 @@ pub struct EnrollToken {
     #[arg(long, value_parser = scope_text)]
     #[serde(default)]
     pub write: Option<String>,
-    /// Type modes, comma-separated TYPE=MODE (ro, update-only).
+    /// Type modes, comma-separated TYPE=MODE (ro, update-only, wo, none).
     #[arg(long, default_value = "")]
     #[serde(default)]
     pub types: String,
@@ -332,6 +332,12 @@ pub struct ProfileSet {
     #[arg(long, value_name = "FIELD=VALUE")]
     #[serde(default)]
     pub send_when: Option<String>,
+    /// On nodes whose certificate gives the type `wo`, remove a record once
+    /// a node with authority TAG acknowledged it; `--evict-after-ack ""`
+    /// keeps every record.
+    #[arg(long, value_name = "TAG")]
+    #[serde(default)]
+    pub evict_after_ack: Option<String>,
 }
 
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]

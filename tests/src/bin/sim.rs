@@ -21,13 +21,14 @@ fn main() {
         }
     }
     let started = Instant::now();
-    let (mut writes, mut syncs, mut crashes) = (0, 0, 0);
+    let (mut writes, mut syncs, mut crashes, mut evicted) = (0, 0, 0, 0);
     for seed in from..from + seeds {
         match run(Options { seed, steps }) {
             Ok(report) => {
                 writes += report.writes;
                 syncs += report.syncs_completed;
                 crashes += report.crashes;
+                evicted += report.evicted;
             }
             Err(failure) => {
                 eprintln!("{failure}");
@@ -40,7 +41,7 @@ fn main() {
         }
     }
     println!(
-        "{seeds} seeds ({from}..{}) of {steps} steps passed in {:.1?}: {writes} writes, {syncs} completed syncs, {crashes} crashes",
+        "{seeds} seeds ({from}..{}) of {steps} steps passed in {:.1?}: {writes} writes, {syncs} completed syncs, {crashes} crashes, {evicted} evicted",
         from + seeds,
         started.elapsed()
     );
