@@ -621,3 +621,144 @@ fn a_result_no_acknowledging_peer_holds_stays_on_the_write_only_device() {
     assert_eq!(results(&central), ["a1"]);
     server.stop();
 }
+
+/// The records of `record_type` `home` lists, as (partition relative to
+/// the org, id), sorted.
+fn placed(home: &Home, record_type: &str) -> Vec<(String, String)> {
+    let list = home.json(&["list", "--type", record_type]);
+    let mut out: Vec<(String, String)> = list
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| {
+            let partition = r["partition"].as_str().expect("partition");
+            let relative = partition.split_once(':').map_or(partition, |(_, rest)| rest);
+            (relative.to_owned(), r["id"].as_str().expect("id").to_owned())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(p, i)| (p.to_string(), i.to_string())).collect()
+}
+
+/// SENAITE.SYNC's Example 1 and 2 (shared/reference): a master lab M and
+/// collaborators A to D. Each lab's samples, analyses and analysis requests
+/// live in its own partition, so they travel only between that lab and M,
+/// and the same id in two labs is two records: partitions replace SENAITE's
+/// remote and local id prefixes. Shared types (departments) live in
+/// `shared`, which every lab reads and writes. `extra` narrows the
+/// collaborators' certificates (Example 2).
+fn senaite_network(root: &std::path::Path, extra: &[&str]) -> (Home, tests::cli::Server, Vec<(String, Home)>) {
+    let m = Home::init(root, "m");
+    org(&m);
+    let server = m.serve();
+    let mut labs = Vec::new();
+    for lab in ["a", "b", "c", "d"] {
+        let home = Home::init(root, lab);
+        let own = format!("lab-{lab}");
+        enrol(&m, &home, &format!("{own},shared"), &format!("{own},shared"), extra);
+        labs.push((own, home));
+    }
+    (m, server, labs)
+}
+
+#[test]
+fn senaite_example_1_samples_travel_only_between_their_lab_and_the_master() {
+    let root = tempfile::tempdir().expect("dir");
+    let (m, server, labs) = senaite_network(root.path(), &[]);
+    for (own, lab) in &labs {
+        // The same ids in every lab: no prefix, the partition tells them apart.
+        for (t, id) in [("sample", "s1"), ("analysis", "an1"), ("analysis_request", "ar1")] {
+            lab.ok(&["put", t, id, "--partition", own, "--set", &format!("lab={own}")]);
+        }
+    }
+    labs[0].1.ok(&["put", "department", "chemistry", "--partition", "shared", "--set", "head=Ann"]);
+    for _ in 0..2 {
+        for (_, lab) in &labs {
+            sync(lab, &server.address, &[]);
+        }
+    }
+    // M holds every lab's samples under their own ids.
+    assert_eq!(placed(&m, "sample"), pairs(&[("lab-a", "s1"), ("lab-b", "s1"), ("lab-c", "s1"), ("lab-d", "s1")]));
+    assert_eq!(placed(&m, "analysis").len(), 4);
+    assert_eq!(placed(&m, "analysis_request").len(), 4);
+    for (own, lab) in &labs {
+        // Each lab holds only its own samples, and the shared department.
+        assert_eq!(placed(lab, "sample"), pairs(&[(own, "s1")]), "{own}");
+        assert_eq!(placed(lab, "analysis"), pairs(&[(own, "an1")]), "{own}");
+        assert_eq!(placed(lab, "department"), pairs(&[("shared", "chemistry")]), "{own}");
+    }
+    // M verifies lab B's sample: the update goes to B, and only to B.
+    m.ok(&["put", "sample", "s1", "--partition", "lab-b", "--set", "status=verified"]);
+    let moved: Vec<u64> =
+        labs.iter().map(|(_, lab)| sync(lab, &server.address, &[])["received"].as_u64().expect("received")).collect();
+    assert_eq!(moved, [0, 1, 0, 0], "only lab B receives its sample's update");
+    let b = &labs[1].1;
+    let got = b.json(&["get", "sample", "s1", "--partition", "lab-b"]);
+    assert_eq!(got["fields"]["status"], "verified", "{got}");
+    // B's own update reaches M.
+    b.ok(&["put", "sample", "s1", "--partition", "lab-b", "--set", "note=re-run"]);
+    assert_eq!(sync(b, &server.address, &[])["sent"], 1);
+    let at_m = m.json(&["get", "sample", "s1", "--partition", "lab-b"]);
+    assert_eq!((&at_m["fields"]["status"], &at_m["fields"]["note"]), (&"verified".into(), &"re-run".into()), "{at_m}");
+    // A department edited on two labs at once ends the same everywhere,
+    // with the losing value kept as a conflict.
+    labs[0].1.ok(&["put", "department", "chemistry", "--partition", "shared", "--set", "head=Ben"]);
+    labs[2].1.ok(&["put", "department", "chemistry", "--partition", "shared", "--set", "head=Cat"]);
+    for _ in 0..2 {
+        for (_, lab) in &labs {
+            sync(lab, &server.address, &[]);
+        }
+    }
+    let heads: Vec<serde_json::Value> = std::iter::once(&m)
+        .chain(labs.iter().map(|(_, l)| l))
+        .map(|home| {
+            let d = home.json(&["get", "department", "chemistry", "--partition", "shared"]);
+            assert_eq!(d["conflicts"].as_array().map(Vec::len), Some(1), "{d}");
+            d["fields"]["head"].clone()
+        })
+        .collect();
+    assert!(heads.windows(2).all(|w| w[0] == w[1]) && (heads[0] == "Ben" || heads[0] == "Cat"), "{heads:?}");
+    server.stop();
+}
+
+#[test]
+fn senaite_example_2_methods_are_handled_only_on_the_master_and_read_only_elsewhere() {
+    let root = tempfile::tempdir().expect("dir");
+    let read_only = ["--types", "method=ro,analysis_service=ro,calculation=ro"];
+    let (m, server, labs) = senaite_network(root.path(), &read_only);
+    for (t, id) in [("method", "icp-ms"), ("analysis_service", "lead"), ("calculation", "dilution")] {
+        m.ok(&["put", t, id, "--partition", "shared", "--set", "version=1"]);
+    }
+    let (own_a, a) = &labs[0];
+    a.ok(&["put", "sample", "s1", "--partition", own_a, "--set", "v=1"]);
+    for (_, lab) in &labs {
+        sync(lab, &server.address, &[]);
+    }
+    for (own, lab) in &labs {
+        // Every collaborator can view and use them…
+        assert_eq!(placed(lab, "method"), pairs(&[("shared", "icp-ms")]), "{own}");
+        assert_eq!(placed(lab, "calculation"), pairs(&[("shared", "dilution")]), "{own}");
+        // …but never edit, create nor delete them.
+        let edit = lab.fails(&["put", "method", "icp-ms", "--partition", "shared", "--set", "version=2"]);
+        assert!(edit.contains("method"), "{edit}");
+        lab.fails(&["put", "method", "new", "--partition", "shared", "--set", "version=1"]);
+        lab.fails(&["delete", "calculation", "dilution", "--partition", "shared"]);
+    }
+    // What Example 1 asks still holds: A's sample is on M and on no other lab.
+    assert_eq!(placed(&m, "sample"), pairs(&[("lab-a", "s1")]));
+    for (own, lab) in &labs[1..] {
+        assert!(placed(lab, "sample").is_empty(), "{own}");
+    }
+    // M's new version reaches every lab.
+    m.ok(&["put", "method", "icp-ms", "--partition", "shared", "--set", "version=2"]);
+    for (own, lab) in &labs {
+        sync(lab, &server.address, &[]);
+        let method = lab.json(&["get", "method", "icp-ms", "--partition", "shared"]);
+        assert_eq!(method["fields"]["version"], 2, "{own}: {method}");
+    }
+    server.stop();
+}
