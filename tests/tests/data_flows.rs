@@ -762,3 +762,112 @@ fn senaite_example_2_methods_are_handled_only_on_the_master_and_read_only_elsewh
     }
     server.stop();
 }
+
+/// The TAO district of issue 14 (without sealing, not built yet): a central,
+/// two test centres with two devices each. Results are held on the device
+/// until finished, pushed once, then evicted after the central acknowledged
+/// them; a learner's `password_hash` never leaves the central; a device
+/// moved to the other centre purges the first centre's tests but keeps its
+/// unfinished result.
+#[test]
+fn a_tao_district_pushes_finished_results_once_and_keeps_secrets_on_the_central() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    central.json(&["org", "create", "Riverside District", "--authority", "central"]);
+    central.json(&["profile", "set", "result", "--send-when", "completed=true", "--evict-after-ack", "central"]);
+    central.json(&["profile", "set", "learner", "--local", "password_hash"]);
+    for centre in ["tc-1", "tc-2"] {
+        let tests = format!("tests:{centre}");
+        central.ok(&["put", "test", &format!("maths-{centre}"), "--partition", &tests, "--set", "items=12"]);
+        central.ok(&[
+            "put",
+            "learner",
+            &format!("l-{centre}"),
+            "--partition",
+            &tests,
+            "--set",
+            "name=Ann",
+            "--set",
+            "password_hash=pbkdf2-secret-hash-77",
+        ]);
+    }
+    let server = central.serve();
+    let mut devices = Vec::new();
+    for (centre, n) in [("tc-1", 1), ("tc-1", 2), ("tc-2", 1), ("tc-2", 2)] {
+        let device = Home::init(root.path(), &format!("{centre}-d{n}"));
+        let read = format!("tests:{centre},results:{centre}");
+        enrol(&central, &device, &read, &format!("results:{centre}"), &["--types", "test=ro,result=wo"]);
+        sync(&device, &server.address, &[]);
+        assert_eq!(placed(&device, "test"), pairs(&[(&format!("tests:{centre}"), &format!("maths-{centre}"))]));
+        let learner =
+            device.json(&["get", "learner", &format!("l-{centre}"), "--partition", &format!("tests:{centre}")]);
+        assert!(learner["fields"].get("password_hash").is_none(), "{learner}");
+        devices.push((centre, n, device));
+    }
+    // Candidates answer; nothing leaves a device before it is finished.
+    for (centre, n, device) in &devices {
+        let results = format!("results:{centre}");
+        device.ok(&[
+            "put",
+            "result",
+            &format!("r{n}"),
+            "--partition",
+            &results,
+            "--set",
+            "answers=3",
+            "--set",
+            "completed=false",
+        ]);
+        let early = sync(device, &server.address, &[]);
+        assert_eq!(early["sent"], 0, "{centre}-d{n}: {early}");
+    }
+    assert!(placed(&central, "result").is_empty());
+    // Finished: sent once, then gone from the device; the central has all four.
+    for (centre, n, device) in &devices[..3] {
+        let results = format!("results:{centre}");
+        device.ok(&[
+            "put",
+            "result",
+            &format!("r{n}"),
+            "--partition",
+            &results,
+            "--set",
+            "score=0.8",
+            "--set",
+            "completed=true",
+        ]);
+        let sent = sync(device, &server.address, &[]);
+        assert_eq!((sent["sent"].as_u64(), sent["received"].as_u64()), (Some(1), Some(0)), "{centre}-d{n}: {sent}");
+        assert!(placed(device, "result").is_empty(), "{centre}-d{n}");
+    }
+    assert_eq!(
+        placed(&central, "result"),
+        pairs(&[("results:tc-1", "r1"), ("results:tc-1", "r2"), ("results:tc-2", "r1")])
+    );
+    let r = central.json(&["get", "result", "r1", "--partition", "results:tc-2"]);
+    assert_eq!((&r["fields"]["answers"], &r["fields"]["completed"]), (&3.into(), &true.into()), "sent whole: {r}");
+    // No device ever received a result, nor the central's secret.
+    for (centre, n, device) in &devices {
+        let received: u64 = device
+            .json(&["history"])
+            .as_array()
+            .expect("history")
+            .iter()
+            .flat_map(|e| e["records"].as_array().cloned().unwrap_or_default())
+            .filter(|m| m["type"] == "result" && m["direction"] != "sent")
+            .count() as u64;
+        assert_eq!(received, 0, "{centre}-d{n}");
+        let leaked = found_in_files(&device.dir, b"pbkdf2-secret-hash-77");
+        assert!(leaked.is_empty(), "{centre}-d{n}: {leaked:?}");
+    }
+    // The last tc-2 device moves to tc-1 with its result still unfinished:
+    // tc-2's tests leave it, its own unfinished result stays.
+    let (_, _, moved) = &devices[3];
+    reissue(&central, moved, "tests:tc-1,results:tc-1", "results:tc-1", "3000");
+    assert_eq!(placed(moved, "test"), Vec::<(String, String)>::new());
+    assert_eq!(placed(moved, "result"), pairs(&[("results:tc-2", "r2")]));
+    let entries = purges(moved);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0]["purged"].as_u64() >= Some(1), "{entries:?}");
+    server.stop();
+}
