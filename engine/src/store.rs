@@ -6,7 +6,8 @@
 //!   success (one `Backend::commit` per call);
 //! - a frontier head (partition, type, instance) → counter is advanced only
 //!   in the same commit as the changes it covers: the store never claims a
-//!   change it cannot serve;
+//!   change it cannot serve, except those an eviction removed
+//!   (`store/evict.rs`, at or below the triple's eviction mark);
 //! - the change index holds exactly the retained changes of every record;
 //! - counters of the current instance are assigned under the write lock and
 //!   persisted in the commit that uses them, and an instance is abandoned
