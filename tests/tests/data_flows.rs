@@ -269,14 +269,26 @@ fn a_purge_keeps_what_was_written_here_and_no_peer_holds_yet() {
     server.stop();
 }
 
+/// A serving central (its org's authority `master`) and a device enrolled
+/// with a token reading `read` and writing `write`.
+fn central_and_device(
+    root: &std::path::Path,
+    read: &str,
+    write: &str,
+    extra: &[&str],
+) -> (Home, tests::cli::Server, Home) {
+    let central = Home::init(root, "central");
+    org(&central);
+    let server = central.serve();
+    let device = Home::init(root, "device");
+    enrol(&central, &device, read, write, extra);
+    (central, server, device)
+}
+
 #[test]
 fn a_pull_only_sync_proves_nothing_the_peer_holds_so_a_purge_keeps_the_unsent_result() {
     let root = tempfile::tempdir().expect("dir");
-    let central = Home::init(root.path(), "central");
-    org(&central);
-    let server = central.serve();
-    let device = Home::init(root.path(), "device");
-    enrol(&central, &device, "results", "results", &[]);
+    let (central, server, device) = central_and_device(root.path(), "results", "results", &[]);
     central.ok(&["put", "result", "r2", "--partition", "results:tc-2", "--set", "score=2"]);
     sync(&device, &server.address, &[]);
     device.ok(&["put", "result", "unsent", "--partition", "results:tc-1", "--set", "score=9"]);
@@ -291,11 +303,7 @@ fn a_pull_only_sync_proves_nothing_the_peer_holds_so_a_purge_keeps_the_unsent_re
 #[test]
 fn a_bundle_for_a_peer_after_a_pull_only_sync_carries_what_that_sync_did_not_send() {
     let root = tempfile::tempdir().expect("dir");
-    let m = Home::init(root.path(), "m");
-    org(&m);
-    let server = m.serve();
-    let a = Home::init(root.path(), "a");
-    enrol(&m, &a, "lab-a", "lab-a", &[]);
+    let (m, server, a) = central_and_device(root.path(), "lab-a", "lab-a", &[]);
     a.ok(&["put", "sample", "s1", "--partition", "lab-a", "--set", "v=1"]);
     sync(&a, &server.address, &[]);
     a.ok(&["put", "sample", "s2", "--partition", "lab-a", "--set", "v=2"]);
@@ -523,12 +531,8 @@ fn results(home: &Home) -> Vec<String> {
 /// `result` evicted once `master` acknowledged it, and a device that may
 /// only write results in tc-1 and has the profile.
 fn write_only_pair(root: &std::path::Path) -> (Home, tests::cli::Server, Home) {
-    let central = Home::init(root, "central");
-    org(&central);
+    let (central, server, device) = central_and_device(root, "results", "results:tc-1", &["--types", "result=wo"]);
     central.json(&["profile", "set", "result", "--evict-after-ack", "master"]);
-    let server = central.serve();
-    let device = Home::init(root, "device");
-    enrol(&central, &device, "results", "results:tc-1", &["--types", "result=wo"]);
     sync(&device, &server.address, &[]);
     (central, server, device)
 }

@@ -96,14 +96,9 @@ impl Store {
                 if !covered(key, &state, acked) || state.held_back(&self.policy(&key.partition, &key.record_type)?) {
                     continue;
                 }
-                let record = keys::record(&key.partition, &key.record_type, &key.id);
-                let mut marker = vec![keys::CONFLICTS];
-                marker.extend_from_slice(&record[1..]);
-                pending.delete(record);
-                pending.delete(marker);
-                pending.delete(keys::local_fields(&key.partition, &key.record_type, &key.id));
-                for r in crate::blob::refs_of(&state) {
-                    pending.delete(keys::blob_ref(&r.hash, &key.partition, &key.record_type, &key.id));
+                let refs: Vec<_> = crate::blob::refs_of(&state).into_iter().map(|r| r.hash).collect();
+                for doomed in super::purge::record_keys(&key.partition, &key.record_type, &key.id, &refs) {
+                    pending.delete(doomed);
                 }
                 for change in &state.changes {
                     pending.delete(keys::change(&key.partition, &key.record_type, &change.author, change.counter));

@@ -45,6 +45,23 @@ pub struct Purged {
     pub kept: u64,
 }
 
+/// What removing a record deletes besides its change-index entries: the
+/// record itself (first), its conflict marker, its local fields and its
+/// blob references (a purge, an eviction).
+pub(super) fn record_keys<'a>(
+    partition: &Partition,
+    record_type: &RecordType,
+    id: &RecordId,
+    refs: impl IntoIterator<Item = &'a crate::blob::BlobHash>,
+) -> Vec<Vec<u8>> {
+    let record = keys::record(partition, record_type, id);
+    let mut marker = vec![keys::CONFLICTS];
+    marker.extend_from_slice(&record[1..]);
+    let mut out = vec![record, marker, keys::local_fields(partition, record_type, id)];
+    out.extend(refs.into_iter().map(|h| keys::blob_ref(h, partition, record_type, id)));
+    out
+}
+
 impl Store {
     /// Removes every record of `org` in a (partition, type) group that
     /// `holds` refuses, except the groups that hold a change by one of
@@ -175,13 +192,8 @@ impl Store {
         // Then the records, their markers and references, then the index.
         let mut doomed: Vec<(Vec<u8>, bool)> = Vec::new();
         for (id, refs) in records {
-            let record = keys::record(partition, record_type, id);
-            let mut marker = vec![keys::CONFLICTS];
-            marker.extend_from_slice(&record[1..]);
-            doomed.push((record, true));
-            doomed.push((marker, false));
-            doomed.push((keys::local_fields(partition, record_type, id), false));
-            doomed.extend(refs.iter().map(|h| (keys::blob_ref(h, partition, record_type, id), false)));
+            let keys = record_keys(partition, record_type, id, refs);
+            doomed.extend(keys.into_iter().enumerate().map(|(i, key)| (key, i == 0)));
         }
         self.scan_prefix(&under(keys::CHANGES), &mut |k, _| {
             doomed.push((k.to_vec(), false));
