@@ -22,6 +22,7 @@ pub mod policy;
 pub mod region;
 pub mod report;
 pub mod seal;
+pub mod sealed;
 pub mod session;
 pub mod store;
 pub mod stored;

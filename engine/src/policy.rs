@@ -16,6 +16,9 @@
 //! …,evict-after-ack:central   a node that may only write the type (`wo`) removes
 //!                             its copy once a node with authority `central`
 //!                             acknowledged it (`Store::evict_acknowledged`)
+//! …,sealed:answer,readers:central
+//!                             the field is sealed (HPKE) to the keys the nodes
+//!                             with authority `central` publish (`crate::sealed`)
 //! ```
 //!
 //! A local write of a profile with an unknown word is refused
@@ -78,6 +81,14 @@ pub struct TypePolicy {
     /// node holding this authority tag durably acknowledged all of it
     /// (`evict-after-ack:TAG`).
     pub evict_after_ack: Option<String>,
+    /// Sealed fields (TAO: results only the central can read): a writer
+    /// seals each value to every key the `readers` publish before the
+    /// change is signed (`crate::sealed`). The text names each as
+    /// `sealed:NAME`, encoded as `local:` names are.
+    pub sealed: BTreeSet<String>,
+    /// The authority tag whose published keys the sealed fields are sealed
+    /// to (`readers:TAG`); a policy with sealed fields has one.
+    pub readers: Option<String>,
 }
 
 impl Default for TypePolicy {
@@ -88,6 +99,8 @@ impl Default for TypePolicy {
             local: BTreeSet::new(),
             send_when: None,
             evict_after_ack: None,
+            sealed: BTreeSet::new(),
+            readers: None,
         }
     }
 }
@@ -155,6 +168,10 @@ impl TypePolicy {
                 policy.send_when = Some(when);
             } else if let Some(tag) = word.strip_prefix("evict-after-ack:").filter(|t| is_tag(t)) {
                 policy.evict_after_ack = Some(tag.to_owned());
+            } else if let Some(name) = word.strip_prefix("sealed:").and_then(decode_name) {
+                policy.sealed.insert(name);
+            } else if let Some(tag) = word.strip_prefix("readers:").filter(|t| is_tag(t)) {
+                policy.readers = Some(tag.to_owned());
             }
         }
         policy
@@ -186,19 +203,53 @@ impl TypePolicy {
                     Some(tag) if is_tag(tag) => policy.evict_after_ack = Some(tag.to_owned()),
                     _ => return Err(format!("{word:?} in policy {text:?}: evict-after-ack takes an authority tag")),
                 },
+                _ if word.starts_with("sealed:") => match decode_name(&word["sealed:".len()..]) {
+                    Some(name) => {
+                        policy.sealed.insert(name);
+                    }
+                    None => return Err(format!("{word:?} in policy {text:?} names no valid field")),
+                },
+                _ if word.starts_with("readers:") => match word.strip_prefix("readers:") {
+                    Some(tag) if is_tag(tag) => policy.readers = Some(tag.to_owned()),
+                    _ => return Err(format!("{word:?} in policy {text:?}: readers takes an authority tag")),
+                },
                 _ => match word.strip_prefix("authority:") {
                     Some(tag) if is_tag(tag) => {
                         policy.fields = FieldPolicy::Authority(tag.to_owned());
                     }
                     _ => {
                         return Err(format!(
-                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins, ,local:FIELD, ,send-when:FIELD=VALUE and ,evict-after-ack:TAG"
+                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins, ,local:FIELD, ,send-when:FIELD=VALUE, ,evict-after-ack:TAG and ,sealed:FIELD with ,readers:TAG"
                         ));
                     }
                 },
             }
         }
+        policy.check_sealed().map_err(|e| format!("policy {text:?}: {e}"))?;
         Ok(policy)
+    }
+
+    /// What sealed fields need: readers to seal to, and no field that is
+    /// also local (never sent at all) or the send-when field (a node could
+    /// never tell the record is finished, and would hold it back forever).
+    pub fn check_sealed(&self) -> Result<(), String> {
+        if self.sealed.is_empty() {
+            return Ok(());
+        }
+        if self.readers.is_none() {
+            return Err("sealed fields need readers: give the authority tag whose keys they are sealed to".into());
+        }
+        if let Some(both) = self.sealed.intersection(&self.local).next() {
+            return Err(format!("{both} cannot be both sealed and local"));
+        }
+        if let Some((field, _)) = &self.send_when
+            && self.sealed.contains(field)
+        {
+            return Err(format!(
+                "{field} decides when a record is sent, so it cannot be sealed: no node could read it"
+            ));
+        }
+        Ok(())
     }
 
     pub fn to_text(&self) -> String {
@@ -221,6 +272,13 @@ impl TypePolicy {
         }
         if let Some(tag) = &self.evict_after_ack {
             text.push_str(&format!(",evict-after-ack:{tag}"));
+        }
+        for name in &self.sealed {
+            text.push_str(",sealed:");
+            text.push_str(&encode_name(name));
+        }
+        if let Some(tag) = &self.readers {
+            text.push_str(&format!(",readers:{tag}"));
         }
         text
     }
@@ -343,6 +401,25 @@ mod tests {
         assert_eq!(TypePolicy::parse(&text), policy);
         assert!(TypePolicy::parse_strict("newest,evict-after-ack:").is_err());
         assert!(TypePolicy::parse_strict("newest,evict-after-ack:a b").is_err());
+    }
+
+    #[test]
+    fn sealed_fields_round_trip_and_need_readers_and_no_overlap() {
+        let policy = TypePolicy {
+            sealed: ["answer", "a,b"].map(String::from).into(),
+            readers: Some("central".into()),
+            send_when: Some(("completed".into(), Value::Bool(true))),
+            ..TypePolicy::default()
+        };
+        let text = policy.to_text();
+        assert_eq!(text, "newest,send-when:completed=true,sealed:a%2Cb,sealed:answer,readers:central");
+        assert_eq!(TypePolicy::parse_strict(&text), Ok(policy.clone()));
+        assert_eq!(TypePolicy::parse(&text), policy);
+        assert!(TypePolicy::parse_strict("newest,sealed:answer").is_err(), "no readers");
+        assert!(TypePolicy::parse_strict("newest,sealed:answer,readers:").is_err());
+        assert!(TypePolicy::parse_strict("newest,sealed:answer,local:answer,readers:c").is_err());
+        assert!(TypePolicy::parse_strict("newest,sealed:done,send-when:done=true,readers:c").is_err());
+        assert!(TypePolicy::parse_strict("newest,readers:central").is_ok(), "readers alone seal nothing");
     }
 
     #[test]

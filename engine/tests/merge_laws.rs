@@ -115,9 +115,7 @@ fn policies() -> Vec<TypePolicy> {
         TypePolicy {
             fields: FieldPolicy::Authority("central".into()),
             delete: DeletePolicy::UpdateWins,
-            local: Default::default(),
-            send_when: None,
-            evict_after_ack: None,
+            ..TypePolicy::default()
         },
     ]
 }
@@ -241,9 +239,7 @@ fn same_field_conflict_keeps_the_loser_and_authority_wins() {
     let authority = state.view(&TypePolicy {
         fields: FieldPolicy::Authority("central".into()),
         delete: DeletePolicy::DeleteWins,
-        local: Default::default(),
-        send_when: None,
-        evict_after_ack: None,
+        ..TypePolicy::default()
     });
     assert_eq!(authority.fields["score"], Value::from("from central"));
     assert_eq!(authority.conflicts[0].value, Some(Value::from("from device")));
@@ -287,9 +283,7 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
     let update_wins = state.view(&TypePolicy {
         fields: FieldPolicy::Newest,
         delete: DeletePolicy::UpdateWins,
-        local: Default::default(),
-        send_when: None,
-        evict_after_ack: None,
+        ..TypePolicy::default()
     });
     assert!(update_wins.exists);
     assert_eq!(update_wins.fields.len(), 2, "the whole record comes back: {:?}", update_wins.fields);

@@ -369,6 +369,10 @@ impl Authorizer for CertAuthorizer {
                 match record_type.as_str() {
                     PROFILE_TYPE => known.scope.write.contains(&Partition::root(org)),
                     REVOCATION_TYPE => known.ca,
+                    // A reader publishes its own sealing key under its
+                    // authority (`Store::reader_keys` takes a key record only
+                    // when the record's id is its every author's key).
+                    engine::sealed::KEY_TYPE => known.authority.is_some() && authority.is_some(),
                     _ => false,
                 }
             } else {

@@ -86,6 +86,8 @@ pub enum Command {
     /// The org's merge policies per record type (synced like data).
     #[command(subcommand)]
     Profile(ProfileCommand),
+    /// The keys sealed fields are sealed to: this node's, and the readers' it knows.
+    SealingKey(ops::SealingKey),
     /// Bulk write, one JSON record a line (`-` for stdin).
     Import(ops::Import),
     /// Bulk read, one JSON record a line.
@@ -317,6 +319,7 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         Command::Blob(BlobCommand::Gc) => Op::BlobGc,
         Command::Profile(ProfileCommand::Set(args)) => Op::ProfileSet(args.clone()),
         Command::Profile(ProfileCommand::Show(args)) => Op::ProfileShow(args.clone()),
+        Command::SealingKey(args) => Op::SealingKey(args.clone()),
     }))
 }
 

@@ -15,6 +15,11 @@ pub fn to_json(value: &Value) -> serde_json::Value {
         Value::Text(t) => json!(t),
         Value::Bytes(b) => json!({ "$base64": data_encoding::BASE64.encode(b) }),
         Value::Array(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        // A sealed value shows its readers, never its boxes (a node that
+        // can open it has replaced it with its plaintext before this).
+        Value::Map(_) if engine::sealed::readers_of(value).is_some() => {
+            json!({ engine::sealed::SEALED_KEY: { "readers": engine::sealed::readers_of(value) } })
+        }
         Value::Map(items) => serde_json::Value::Object(items.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
     }
 }

@@ -30,6 +30,7 @@ mod evict;
 mod profile;
 mod records;
 mod scope;
+mod sealing;
 mod tokens;
 
 pub use blobs::{BlobEntry, GcReport};
@@ -53,6 +54,8 @@ pub struct Node {
     answered: std::sync::Mutex<std::collections::BTreeMap<AuthorKey, (u64, [u8; 16])>>,
     /// The chains in `certs/`, verified when they change, not at each use.
     own: OwnChains,
+    /// This node's sealing secrets, read once (`sealing.rs`).
+    keyring: std::sync::Mutex<Option<Arc<sealing::Keyring>>>,
     /// Held until the node is dropped, after the store has closed.
     _lock: crate::home::HomeLock,
 }
@@ -133,8 +136,19 @@ impl Node {
         let store = Arc::new(store);
         let auth = CertAuthorizer::watching(store.clone());
         let blobs = crate::blobs::Blobs::new(home.blobs_dir());
-        let node =
-            Node { home, identity, config, store, auth, opened, blobs, answered: Default::default(), own, _lock: lock };
+        let node = Node {
+            home,
+            identity,
+            config,
+            store,
+            auth,
+            opened,
+            blobs,
+            answered: Default::default(),
+            own,
+            keyring: Default::default(),
+            _lock: lock,
+        };
         for (_, bytes) in node.own_chains()? {
             node.store.put_chain(&node.identity.author_key(), &bytes)?;
             let _ = node.auth.know(&bytes);
@@ -142,6 +156,9 @@ impl Node {
         node.check_scopes();
         // An eviction a crash cut short after its acknowledgement.
         node.evict_all();
+        // A reader whose key a crash kept from being published, or whose
+        // profile arrived while it was not running.
+        node.publish_sealing_keys();
         Ok(node)
     }
 

@@ -297,8 +297,10 @@ fn execute_local(
             {
                 tracing::warn!("cannot write again the changes held back until their records were finished: {e}");
             }
-            // The bundle may have carried a revocation of this node's certificate.
+            // The bundle may have carried a revocation of this node's
+            // certificate, or a profile that names this node a reader.
             node.check_scopes();
+            node.publish_sealing_keys();
             let mut summary = j::report(&imported.exporter.to_string(), &imported.report);
             j::add_fields(
                 &mut summary,
@@ -327,6 +329,8 @@ fn execute_local(
             local,
             send_when,
             evict_after_ack,
+            sealed,
+            readers,
         }) => {
             let delete = match (delete_wins, update_wins) {
                 (true, true) => bail!("give --delete-wins or --update-wins, not both"),
@@ -339,21 +343,17 @@ fn execute_local(
                 && local.is_none()
                 && send_when.is_none()
                 && evict_after_ack.is_none()
+                && sealed.is_none()
+                && readers.is_none()
             {
                 bail!(
-                    "say what to set: --policy newest|authority:TAG, --delete-wins, --update-wins, --local F,…, --send-when FIELD=VALUE or --evict-after-ack TAG"
+                    "say what to set: --policy newest|authority:TAG, --delete-wins, --update-wins, --local F,…, --send-when FIELD=VALUE, --evict-after-ack TAG, or --sealed F,… with --readers TAG"
                 );
             }
-            let evict_after_ack = match evict_after_ack.as_deref().map(str::trim) {
-                None => None,
-                Some("") => Some(None),
-                Some(tag) if engine::policy::is_tag(tag) => Some(Some(tag.to_owned())),
-                Some(tag) => bail!(
-                    "--evict-after-ack {tag:?} is not an authority tag: use letters, digits, '-', '_' and '.', as in central"
-                ),
-            };
-            let local =
-                local.map(|l| l.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from).collect());
+            let readers = tag_flag("--readers", readers.as_deref())?;
+            let evict_after_ack = tag_flag("--evict-after-ack", evict_after_ack.as_deref())?;
+            let sealed = sealed.as_deref().map(field_list);
+            let local = local.as_deref().map(field_list);
             let send_when = match send_when.as_deref().map(str::trim) {
                 None => None,
                 Some("") => Some(None),
@@ -369,11 +369,22 @@ fn execute_local(
                     Some(Some((field.trim().to_owned(), value)))
                 }
             };
-            let changes =
-                crate::node::ProfileChanges { policy: policy.as_deref(), delete, local, send_when, evict_after_ack };
+            let changes = crate::node::ProfileChanges {
+                policy: policy.as_deref(),
+                delete,
+                local,
+                send_when,
+                evict_after_ack,
+                sealed,
+                readers,
+            };
             node.profile_set(org(&o)?, &record_type, changes)?
         }
         Op::ProfileShow(ProfileShow { org: o }) => node.profile_show(org(&o)?)?,
+        Op::SealingKey(SealingKey { org: o, rotate }) => {
+            let org = org(&o)?;
+            if rotate { node.rotate_sealing_key(org)? } else { node.sealing_keys(org)? }
+        }
         Op::BlobGc => serde_json::to_value(node.blob_gc(std::time::Duration::ZERO)?)?,
     })
 }
@@ -383,4 +394,21 @@ fn json_fields(set: &BTreeMap<String, serde_json::Value>) -> anyhow::Result<BTre
     set.iter()
         .map(|(k, v)| Ok((k.clone(), crate::json::from_json(v).map_err(|e| anyhow::anyhow!("field {k:?}: {e}"))?)))
         .collect()
+}
+
+/// A flag naming an authority tag: `""` clears it (`Some(None)`).
+fn tag_flag(flag: &str, given: Option<&str>) -> anyhow::Result<Option<Option<String>>> {
+    Ok(match given.map(str::trim) {
+        None => None,
+        Some("") => Some(None),
+        Some(tag) if engine::policy::is_tag(tag) => Some(Some(tag.to_owned())),
+        Some(tag) => {
+            bail!("{flag} {tag:?} is not an authority tag: use letters, digits, '-', '_' and '.', as in central")
+        }
+    })
+}
+
+/// A comma-separated list of fields (`""`: none).
+fn field_list(list: &str) -> std::collections::BTreeSet<String> {
+    list.split(',').map(str::trim).filter(|f| !f.is_empty()).map(String::from).collect()
 }

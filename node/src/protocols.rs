@@ -450,6 +450,10 @@ fn remember_frontier(node: &Node, org: OrgId, session: &Session, peer: &AuthorKe
     if let Err(e) = node.evict_acknowledged(org) {
         tracing::warn!("cannot evict the records acknowledged in org {org}: {e}");
     }
+    // The session may have brought a profile that names this node a reader.
+    if let Err(e) = node.publish_sealing_key(org) {
+        tracing::warn!("cannot publish this node's sealing key in org {org}: {e:#}");
+    }
 }
 
 /// An error that happened inside a session, as a string for logs.
@@ -532,8 +536,8 @@ pub async fn enroll(node: &Arc<Node>, net: &Net, token_text: &str, name: &str) -
                 };
                 let answer = ask_issuer(net, peer, &serde_json::to_vec(&request)?).await?;
                 let chain = decode_enrol_answer(&answer)?;
-                let node = node.clone();
-                let out = crate::pool::blocking(move || node.store_enrolled(&chain)).await?;
+                let enrolled = node.clone();
+                let out = crate::pool::blocking(move || enrolled.store_enrolled(&chain)).await?;
                 return Ok(out);
             }
             Ok(peer) => last_error = anyhow!("{target} is {peer}, not the issuer {issuer}"),

@@ -174,6 +174,17 @@ impl Conn<'_> {
         }
     }
 
+    /// One frame as it came off the stream (inside the transport's
+    /// encryption, before any decoding): `None` once the stream ends or
+    /// nothing comes within `within`.
+    pub fn recv_frame(&mut self, within: Duration) -> Option<Vec<u8>> {
+        let read = node::net::read_frame(&mut self.stream, engine::limits::MESSAGE_BYTES_MAX);
+        match self.rt.block_on(async { tokio::time::timeout(within, read).await }) {
+            Ok(Ok(frame)) => frame,
+            _ => None,
+        }
+    }
+
     pub fn expect_message(&mut self) -> Message {
         match self.recv(ANSWER_WAIT) {
             Received::Message(m) => m,

@@ -774,11 +774,23 @@ fn senaite_example_2_methods_are_handled_only_on_the_master_and_read_only_elsewh
 /// moved to the other centre purges the first centre's tests but keeps its
 /// unfinished result.
 #[test]
-fn a_tao_district_pushes_finished_results_once_and_keeps_secrets_on_the_central() {
+fn a_tao_district_pushes_sealed_results_once_when_finished_and_keeps_secrets_on_the_central() {
     let root = tempfile::tempdir().expect("dir");
     let central = Home::init(root.path(), "central");
     central.json(&["org", "create", "Riverside District", "--authority", "central"]);
-    central.json(&["profile", "set", "result", "--send-when", "completed=true", "--evict-after-ack", "central"]);
+    central.json(&[
+        "profile",
+        "set",
+        "result",
+        "--send-when",
+        "completed=true",
+        "--evict-after-ack",
+        "central",
+        "--sealed",
+        "answers",
+        "--readers",
+        "central",
+    ]);
     central.json(&["profile", "set", "learner", "--local", "password_hash"]);
     for centre in ["tc-1", "tc-2"] {
         let tests = format!("tests:{centre}");
@@ -808,7 +820,9 @@ fn a_tao_district_pushes_finished_results_once_and_keeps_secrets_on_the_central(
         assert!(learner["fields"].get("password_hash").is_none(), "{learner}");
         devices.push((centre, n, device));
     }
-    // Candidates answer; nothing leaves a device before it is finished.
+    // Candidates answer; nothing leaves a device before it is finished, and
+    // the answers are sealed to the central from the moment they are written.
+    let answers = |centre: &str, n: i32| format!("choice-B-{centre}-d{n}");
     for (centre, n, device) in &devices {
         let results = format!("results:{centre}");
         device.ok(&[
@@ -818,12 +832,14 @@ fn a_tao_district_pushes_finished_results_once_and_keeps_secrets_on_the_central(
             "--partition",
             &results,
             "--set",
-            "answers=3",
+            &format!("answers={}", answers(centre, *n)),
             "--set",
             "completed=false",
         ]);
         let early = sync(device, &server.address, &[]);
         assert_eq!(early["sent"], 0, "{centre}-d{n}: {early}");
+        let leaked = found_in_files(&device.dir, answers(centre, *n).as_bytes());
+        assert!(leaked.is_empty(), "{centre}-d{n}: {leaked:?}");
     }
     assert!(placed(&central, "result").is_empty());
     // Finished: sent once, then gone from the device; the central has all four.
@@ -849,7 +865,11 @@ fn a_tao_district_pushes_finished_results_once_and_keeps_secrets_on_the_central(
         pairs(&[("results:tc-1", "r1"), ("results:tc-1", "r2"), ("results:tc-2", "r1")])
     );
     let r = central.json(&["get", "result", "r1", "--partition", "results:tc-2"]);
-    assert_eq!((&r["fields"]["answers"], &r["fields"]["completed"]), (&3.into(), &true.into()), "sent whole: {r}");
+    assert_eq!(
+        (&r["fields"]["answers"], &r["fields"]["completed"]),
+        (&answers("tc-2", 1).into(), &true.into()),
+        "sent whole, and the central opens the answers: {r}"
+    );
     // No device ever received a result, nor the central's secret.
     for (centre, n, device) in &devices {
         let received: u64 = device
@@ -874,4 +894,195 @@ fn a_tao_district_pushes_finished_results_once_and_keeps_secrets_on_the_central(
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0]["purged"].as_u64() >= Some(1), "{entries:?}");
     server.stop();
+}
+
+/// A central (authority `master`) whose profile seals `answer` of results
+/// to itself, serving, and a device enrolled for `results:tc-1` that synced
+/// once (so it holds the profile and the central's key).
+fn sealed_pair(root: &std::path::Path, readers: &str) -> (Home, tests::cli::Server, Home) {
+    let (central, server, device) = central_and_device(root, "results", "results:tc-1", &[]);
+    let set = central.json(&["profile", "set", "result", "--sealed", "answer", "--readers", readers]);
+    assert_eq!((&set["sealed"], &set["readers"]), (&serde_json::json!(["answer"]), &readers.into()), "{set}");
+    sync(&device, &server.address, &[]);
+    (central, server, device)
+}
+
+/// The device's key and chain, for a raw peer speaking as it.
+fn raw_identity(home: &Home) -> (ed25519_dalek::SigningKey, Vec<u8>) {
+    let secret: [u8; 32] = std::fs::read(home.dir.join("node.key")).expect("key").try_into().expect("32 bytes");
+    let pem = std::fs::read_dir(home.dir.join("certs")).expect("certs").next().expect("a chain").expect("entry");
+    let chain = certs::pem::decode_chain(&std::fs::read_to_string(pem.path()).expect("pem")).expect("chain");
+    (ed25519_dalek::SigningKey::from_bytes(&secret), chain)
+}
+
+const PLAIN: &str = "answer-PLAINTEXT-5d1e9b";
+
+#[test]
+fn a_sealed_answer_opens_only_on_the_central_and_its_plaintext_is_in_no_file_bundle_or_frame() {
+    let root = tempfile::tempdir().expect("dir");
+    let (central, server, device) = sealed_pair(root.path(), "master");
+    let keys = device.json(&["sealing-key"]);
+    assert_eq!(keys["own"], serde_json::json!([]), "the device reads nothing sealed: {keys}");
+    assert_eq!(keys["readers"].as_array().map(Vec::len), Some(1), "it knows the central's key: {keys}");
+
+    let put = device.json(&["put", "result", "r1", "--partition", "results:tc-1", "--set", &format!("answer={PLAIN}")]);
+    let placeholder = serde_json::json!({ "$sealed": { "readers": "master" } });
+    assert_eq!(put["fields"]["answer"], placeholder, "{put}");
+    assert_eq!(device.json(&["get", "result", "r1"])["fields"]["answer"], placeholder);
+    let export = root.path().join("device.jsonl");
+    let exported = device.ok(&["export"]);
+    assert!(exported.contains(r#""answer":{"$sealed":{"readers":"master"}}"#), "{exported}");
+    std::fs::write(&export, exported).expect("write");
+    // The export holds the placeholder; importing it again keeps the value.
+    let again = device.json(&["import", export.to_str().expect("path")]);
+    assert_eq!((again["written"].as_u64(), again["rejected"].as_u64()), (Some(0), Some(0)), "{again}");
+    let bundle = root.path().join("device.bundle");
+    device.json(&["bundle", "export", "--out", bundle.to_str().expect("path")]);
+
+    // A relay without the key stores and passes on the sealed value.
+    let relay = Home::init(root.path(), "relay");
+    enrol(&central, &relay, "results", "", &[]);
+    let relay_server = relay.serve();
+    sync(&device, &relay_server.address, &[]);
+    assert_eq!(relay.json(&["get", "result", "r1"])["fields"]["answer"], placeholder);
+    let pulled = central.json(&["sync", &relay_server.address]);
+    assert_eq!(pulled["received"], 1, "{pulled}");
+    relay_server.stop();
+    assert_eq!(central.json(&["get", "result", "r1"])["fields"]["answer"], PLAIN, "the reader opens it");
+
+    // On the wire: a peer pulling from the central gets the sealed value,
+    // never the plaintext (the frames as read, inside the transport).
+    let (key, chain) = raw_identity(&device);
+    let raw = tests::hostile::Hostile::new(key);
+    let org = partitions::OrgId::parse(central.json(&["id"])["certificates"][0]["org_id"].as_str().expect("org"))
+        .expect("org id");
+    let filter = partitions::Filter::new(vec![partitions::Partition::resolve(org, "results").expect("partition")]);
+    let mut frames: Vec<u8> = Vec::new();
+    {
+        let mut conn = raw.open(&server.address);
+        conn.handshake(&chain, &filter, true, false);
+        while let Some(frame) = conn.recv_frame(std::time::Duration::from_secs(3)) {
+            // Batches travel compressed: search what they carry too.
+            if let Ok(engine::wire::Message::Batch(batch)) = engine::wire::decode_message(&frame) {
+                frames.extend_from_slice(&engine::wire::encode_batch_body(&batch));
+            }
+            frames.extend_from_slice(&frame);
+        }
+    }
+    let holds = |needle: &[u8]| frames.windows(needle.len()).any(|w| w == needle);
+    assert!(holds(b"$sealed"), "the sealed value travelled ({} bytes)", frames.len());
+    assert!(!holds(PLAIN.as_bytes()), "the plaintext travelled");
+    server.stop();
+
+    // Nowhere at rest either: not in any store file (the central's holds
+    // the sealed value too), the export or the bundle.
+    let leaked = found_in_files(root.path(), PLAIN.as_bytes());
+    assert_eq!(leaked, Vec::<std::path::PathBuf>::new());
+    let private = std::fs::metadata(central.dir.join("sealing-keys")).expect("the central's keys");
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&private.permissions()) & 0o777, 0o600);
+    assert!(!device.dir.join("sealing-keys").exists(), "a writer holds no key");
+}
+
+#[test]
+fn a_writer_that_knows_no_reader_key_is_refused_and_writes_nothing() {
+    let root = tempfile::tempdir().expect("dir");
+    // No node holds authority `auditor`: nobody published a key for it.
+    let (central, server, device) = sealed_pair(root.path(), "auditor");
+    let refused =
+        device.fails(&["put", "result", "r1", "--partition", "results:tc-1", "--set", &format!("answer={PLAIN}")]);
+    assert!(refused.contains("sealed to the readers auditor") && refused.contains("knows no key"), "{refused}");
+    let line = format!(r#"{{"type":"result","id":"r2","partition":"results:tc-1","fields":{{"answer":"{PLAIN}"}}}}"#);
+    let input = root.path().join("one.jsonl");
+    std::fs::write(&input, format!("{line}\n")).expect("write");
+    let imported = device.run(&["import", input.to_str().expect("path")]);
+    let said = format!("{}{}", String::from_utf8_lossy(&imported.stdout), String::from_utf8_lossy(&imported.stderr));
+    assert!(!imported.status.success() && said.contains("1 line was rejected, 0 written"), "{said}");
+    assert!(said.contains("knows no key"), "{said}");
+    // A placeholder is no value to write, sealed or not.
+    let fake = device.fails(&[
+        "put",
+        "result",
+        "r3",
+        "--partition",
+        "results:tc-1",
+        "--set",
+        r#"answer={"$sealed":{"readers":"auditor"}}"#,
+    ]);
+    assert!(fake.contains("cannot read"), "{fake}");
+    let elsewhere = device.fails(&[
+        "put",
+        "result",
+        "r3",
+        "--partition",
+        "results:tc-1",
+        "--set",
+        r#"note={"$sealed":{"readers":"auditor"}}"#,
+    ]);
+    assert!(elsewhere.contains("reserved"), "{elsewhere}");
+    // Fields that are not sealed still write; nothing sealed ever left.
+    device.ok(&["put", "result", "r4", "--partition", "results:tc-1", "--set", "score=1"]);
+    assert_eq!(results(&device), ["r4"]);
+    let sent = sync(&device, &server.address, &[]);
+    assert_eq!(sent["sent"], 1, "{sent}");
+    server.stop();
+    for home in [&device, &central] {
+        assert_eq!(found_in_files(&home.dir, PLAIN.as_bytes()), Vec::<std::path::PathBuf>::new());
+    }
+    assert_eq!(results(&central), ["r4"]);
+}
+
+#[test]
+fn sealing_covers_import_resolve_and_the_local_api_and_survives_a_key_rotation() {
+    let root = tempfile::tempdir().expect("dir");
+    let (central, server, device) = sealed_pair(root.path(), "master");
+    let before = central.json(&["sealing-key"]);
+    assert_eq!(before["own"].as_array().map(Vec::len), Some(1), "{before}");
+    device.ok(&["put", "result", "old", "--partition", "results:tc-1", "--set", "answer=to be resolved"]);
+    device.ok(&["put", "result", "b4", "--partition", "results:tc-1", "--set", "answer=before the rotation"]);
+    sync(&device, &server.address, &[]);
+
+    let rotated = central.json(&["sealing-key", "--rotate"]);
+    let own = rotated["own"].as_array().expect("own keys").clone();
+    assert_eq!(own.len(), 2, "{rotated}");
+    assert_eq!((&own[0]["published"], &own[1]["published"]), (&false.into(), &true.into()), "{rotated}");
+    sync(&device, &server.address, &[]);
+    let known = device.json(&["sealing-key"]);
+    assert_eq!(known["readers"][0]["key_id"], own[1]["key_id"], "the device seals to the new key: {known}");
+
+    // Every write path seals: an import, a resolve, and a put through the
+    // local API of a serving device.
+    let input = root.path().join("import.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"type":"result","id":"imported","partition":"results:tc-1","fields":{"answer":"via import"}}"#,
+    )
+    .expect("write");
+    device.json(&["import", input.to_str().expect("path")]);
+    device.ok(&["resolve", "result", "old", "--set", "answer=via resolve"]);
+    let device_server = device.serve();
+    let put =
+        device.json(&["put", "result", "api", "--partition", "results:tc-1", "--set", "answer=via the local api"]);
+    assert_eq!(put["fields"]["answer"]["$sealed"]["readers"], "master", "{put}");
+    let pushed = central.json(&["sync", &device_server.address]);
+    assert_eq!(pushed["received"], 3, "{pushed}");
+    device_server.stop();
+    server.stop();
+    let answer = |id: &str| central.json(&["get", "result", id])["fields"]["answer"].clone();
+    assert_eq!(answer("imported"), "via import");
+    assert_eq!(answer("old"), "via resolve");
+    assert_eq!(answer("api"), "via the local api");
+    assert_eq!(answer("b4"), "before the rotation", "the older key still opens what was sealed to it");
+    for plain in ["via import", "via resolve", "via the local api", "before the rotation"] {
+        assert_eq!(found_in_files(&device.dir, plain.as_bytes()), Vec::<std::path::PathBuf>::new(), "{plain}");
+    }
+
+    // What was written after the rotation needs only the new key: with the
+    // old secret gone, those values still open, and one sealed before does not.
+    let keys = central.dir.join("sealing-keys");
+    let text = std::fs::read_to_string(&keys).expect("keys");
+    let newest = text.lines().last().expect("a key").to_owned();
+    std::fs::write(&keys, format!("{newest}\n")).expect("write");
+    assert_eq!(answer("api"), "via the local api");
+    assert_eq!(answer("old"), "via resolve");
+    assert_eq!(answer("b4"), serde_json::json!({ "$sealed": { "readers": "master" } }));
 }

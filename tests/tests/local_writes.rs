@@ -144,7 +144,7 @@ fn profile_set_and_show_and_a_policy_with_an_unknown_word_is_refused() {
     let set = central.json(&["profile", "set", "result", "--update-wins"]);
     assert_eq!(
         set,
-        serde_json::json!({"type": "result", "policy": "authority:central", "delete": "update-wins", "local": [], "send_when": null, "evict_after_ack": null})
+        serde_json::json!({"type": "result", "policy": "authority:central", "delete": "update-wins", "local": [], "send_when": null, "evict_after_ack": null, "sealed": [], "readers": null})
     );
     let said = central.fails(&["profile", "set", "result", "--policy", "authority:central,update-wins"]);
     assert!(said.contains("--delete-wins or --update-wins"), "{said}");
@@ -163,7 +163,7 @@ fn profile_set_and_show_and_a_policy_with_an_unknown_word_is_refused() {
     let shown = central.json(&["profile", "show"]);
     assert_eq!(
         shown,
-        serde_json::json!([{"type": "result", "policy": "authority:central", "delete": "update-wins", "local": [], "send_when": null, "evict_after_ack": null}])
+        serde_json::json!([{"type": "result", "policy": "authority:central", "delete": "update-wins", "local": [], "send_when": null, "evict_after_ack": null, "sealed": [], "readers": null}])
     );
     device.json(&["sync", &server.address]);
     assert_eq!(device.json(&["profile", "show"]), shown, "the profile syncs like data");

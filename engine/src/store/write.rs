@@ -201,6 +201,14 @@ impl Store {
             let reissue = if let LocalOp::Reissue(dot) = &write.op { Some(*dot) } else { None };
             let (shared, local_edit) = if reissue.is_some() { (None, None) } else { split_local(&write.op, &policy) };
             let op_asked = shared.as_ref().unwrap_or(&write.op);
+            // A sealed field takes only what was sealed to its readers: a
+            // write path that forgot to seal fails here, never sends plaintext.
+            if let LocalOp::Put { set, .. } = op_asked
+                && let Err(reason) = crate::sealed::check_sealed_write(&policy, set)
+            {
+                results[i] = Some(Err(WriteRejection::Field(reason)));
+                continue;
+            }
             if let Some(edit) = &local_edit {
                 let bytes = crate::stored::encode_value(edit).len();
                 if bytes > RECORD_BYTES_MAX {

@@ -108,6 +108,7 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
         Op::Status => write_status(out, value),
         Op::BlobList => write_blob_list(out, value),
         Op::ProfileSet(_) => write_profile_line(out, value),
+        Op::SealingKey(_) => write_sealing_keys(out, value),
         Op::ProfileShow(_) => {
             let list = value.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
@@ -274,9 +275,10 @@ fn write_certificate(out: &mut dyn Write, c: &serde_json::Value) -> std::io::Res
 /// `profile show` print it.
 fn write_profile_line(out: &mut dyn Write, t: &serde_json::Value) -> std::io::Result<()> {
     let local: Vec<&str> = t["local"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
+    let sealed: Vec<&str> = t["sealed"].as_array().into_iter().flatten().filter_map(|f| f.as_str()).collect();
     writeln!(
         out,
-        "{}: {}, {}{}{}{}",
+        "{}: {}, {}{}{}{}{}",
         t["type"].as_str().unwrap_or("?"),
         t["policy"].as_str().unwrap_or("?"),
         t["delete"].as_str().unwrap_or("?"),
@@ -285,8 +287,38 @@ fn write_profile_line(out: &mut dyn Write, t: &serde_json::Value) -> std::io::Re
             .as_object()
             .and_then(|o| o.iter().next())
             .map_or(String::new(), |(f, v)| format!(", sent when {f}={v}")),
-        t["evict_after_ack"].as_str().map_or(String::new(), |tag| format!(", evicted once {tag} has it"))
+        t["evict_after_ack"].as_str().map_or(String::new(), |tag| format!(", evicted once {tag} has it")),
+        match (sealed.is_empty(), t["readers"].as_str()) {
+            (false, Some(tag)) => format!(", {} sealed to {tag}", sealed.join(",")),
+            _ => String::new(),
+        }
     )
+}
+
+/// `ferry sealing-key`: this node's keys, then the readers' it knows.
+fn write_sealing_keys(out: &mut dyn Write, value: &serde_json::Value) -> std::io::Result<()> {
+    let own = value["own"].as_array().cloned().unwrap_or_default();
+    if own.is_empty() {
+        writeln!(out, "this node holds no sealing key")?;
+    }
+    for k in &own {
+        let published = if k["published"] == true { "published" } else { "older, kept to open older values" };
+        writeln!(out, "own key {}  {published}", k["key_id"].as_str().unwrap_or("?"))?;
+    }
+    let readers = value["readers"].as_array().cloned().unwrap_or_default();
+    if readers.is_empty() {
+        writeln!(out, "no reader key known: sealed fields cannot be written here yet")?;
+    }
+    for k in &readers {
+        writeln!(
+            out,
+            "readers {} key {} from {}",
+            k["readers"].as_str().unwrap_or("?"),
+            k["key_id"].as_str().unwrap_or("?"),
+            k["publisher"].as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(())
 }
 
 /// One ledger entry: the columns on one line (the peer id in full), and a

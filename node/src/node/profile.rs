@@ -22,6 +22,10 @@ pub struct ProfileChanges<'a> {
     pub send_when: Option<Option<(String, Value)>>,
     /// `Some(None)` evicts nothing.
     pub evict_after_ack: Option<Option<String>>,
+    /// The sealed fields (replacing the list).
+    pub sealed: Option<BTreeSet<String>>,
+    /// `Some(None)`: no readers.
+    pub readers: Option<Option<String>>,
 }
 
 impl Node {
@@ -33,7 +37,7 @@ impl Node {
         record_type: &str,
         changes: ProfileChanges<'_>,
     ) -> anyhow::Result<serde_json::Value> {
-        let ProfileChanges { policy, delete, local, send_when, evict_after_ack } = changes;
+        let ProfileChanges { policy, delete, local, send_when, evict_after_ack, sealed, readers } = changes;
         let record_type = RecordType::parse(record_type)?;
         let mut current = self.store.profile(org)?.policy(&record_type);
         if let Some(text) = policy {
@@ -63,8 +67,20 @@ impl Node {
         if let Some(evict_after_ack) = evict_after_ack {
             current.evict_after_ack = evict_after_ack;
         }
+        if let Some(sealed) = sealed {
+            if let Some(bad) = sealed.iter().find(|f| !engine::change::is_field_name(f)) {
+                bail!("--sealed {bad:?} is not a field name");
+            }
+            current.sealed = sealed;
+        }
+        if let Some(readers) = readers {
+            current.readers = readers;
+        }
+        current.check_sealed().map_err(|e| anyhow!("{e}"))?;
         let set = BTreeMap::from([(record_type.as_str().to_owned(), Value::Text(current.to_text()))]);
         self.put(org, PROFILE_TYPE, PROFILE_ID, SYSTEM_SEGMENT, set, BTreeSet::new())?;
+        // A reader that sets the profile publishes its key at once.
+        self.publish_sealing_key(org)?;
         Ok(type_json(record_type.as_str(), &current))
     }
 
@@ -89,5 +105,7 @@ fn type_json(record_type: &str, policy: &TypePolicy) -> serde_json::Value {
         "local": policy.local,
         "send_when": policy.send_when.as_ref().map(|(field, value)| json!({ field: crate::json::to_json(value) })),
         "evict_after_ack": policy.evict_after_ack,
+        "sealed": policy.sealed,
+        "readers": policy.readers,
     })
 }

@@ -85,13 +85,18 @@ impl Node {
         Ok(self.store.reissue_marked(&self.author(org)?, now_ms(), self.auth.as_ref(), &ParallelSigner)?)
     }
 
-    pub(super) fn write_one(&self, org: OrgId, write: LocalWrite) -> anyhow::Result<RecordResult> {
+    pub(super) fn write_one(&self, org: OrgId, mut write: LocalWrite) -> anyhow::Result<RecordResult> {
         self.check_blob_refs(&write.op)?;
+        self.seal_write(org, &mut write)
+            .with_context(|| format!("{} {}", write.record.record_type, write.record.id))?;
         let record = write.record.clone();
         let mut results =
             self.store.write(&self.author(org)?, &[write], now_ms(), self.auth.as_ref(), &ParallelSigner)?;
         match results.remove(0) {
-            Ok(written) => Ok(RecordResult { key: record, view: written.view, unchanged: written.unchanged }),
+            Ok(mut written) => {
+                self.unseal_view(&record, &mut written.view)?;
+                Ok(RecordResult { key: record, view: written.view, unchanged: written.unchanged })
+            }
             Err(WriteRejection::Denied(d)) => bail!("outside this node's write scope: {d}"),
             Err(other) => bail!("{} {}: {other}", record.record_type, record.id),
         }
@@ -146,7 +151,8 @@ impl Node {
         partition: Option<&str>,
     ) -> anyhow::Result<RecordResult> {
         let key = self.locate(org, record_type, id, partition)?;
-        let view = self.store.view(&key)?.with_context(|| format!("no record {record_type} {id}"))?;
+        let mut view = self.store.view(&key)?.with_context(|| format!("no record {record_type} {id}"))?;
+        self.unseal_view(&key, &mut view)?;
         Ok(RecordResult { key, view, unchanged: false })
     }
 
@@ -182,6 +188,9 @@ impl Node {
             }
             true
         })?;
+        for r in &mut out {
+            self.unseal_view(&r.key, &mut r.view)?;
+        }
         Ok(out)
     }
 
@@ -238,7 +247,12 @@ impl Node {
             if line.trim().is_empty() {
                 continue;
             }
-            match parse_import_line(org, line).and_then(|w| self.check_blob_refs(&w.op).map(|()| w)) {
+            let parsed = parse_import_line(org, line).and_then(|mut w| {
+                self.check_blob_refs(&w.op)?;
+                self.seal_write(org, &mut w)?;
+                Ok(w)
+            });
+            match parsed {
                 Ok(write) => batch.push(write),
                 Err(e) => {
                     rejected += 1;
@@ -268,9 +282,13 @@ impl Node {
         let partition = Partition::resolve(org, partition.unwrap_or(""))?;
         let mut count = 0;
         let mut failure = None;
-        self.store.list(Some(&partition), record_type.as_ref(), &mut |r| {
+        self.store.list(Some(&partition), record_type.as_ref(), &mut |mut r| {
             if !r.view.exists {
                 return true;
+            }
+            if let Err(e) = self.unseal_view(&r.key, &mut r.view) {
+                failure = Some(e);
+                return false;
             }
             let mut line = j::record(&r.key, &r.view);
             if let Some(object) = line.as_object_mut() {
@@ -278,14 +296,14 @@ impl Node {
                 object.remove("deleted");
             }
             if let Err(e) = writeln!(out, "{line}") {
-                failure = Some(e);
+                failure = Some(anyhow::Error::new(e).context("cannot write the export"));
                 return false;
             }
             count += 1;
             true
         })?;
         if let Some(e) = failure {
-            return Err(e).context("cannot write the export");
+            return Err(e);
         }
         Ok(count)
     }
@@ -296,6 +314,9 @@ impl Node {
             out.push(r);
             true
         })?;
+        for r in &mut out {
+            self.unseal_view(&r.key, &mut r.view)?;
+        }
         Ok(out)
     }
 

@@ -64,6 +64,8 @@ pub enum Op {
     BundleFrontier(BundleFrontier),
     ProfileSet(ProfileSet),
     ProfileShow(ProfileShow),
+    /// `ferry sealing-key show|rotate`.
+    SealingKey(SealingKey),
     BlobGet(BlobGet),
     BlobList,
     BlobGc,
@@ -338,6 +340,28 @@ pub struct ProfileSet {
     #[arg(long, value_name = "TAG")]
     #[serde(default)]
     pub evict_after_ack: Option<String>,
+    /// Fields sealed to the readers' keys, comma-separated (replaces the
+    /// list; `--sealed ""` clears it). Needs --readers.
+    #[arg(long, value_name = "F,…")]
+    #[serde(default)]
+    pub sealed: Option<String>,
+    /// The authority tag whose nodes can read the sealed fields (they
+    /// publish their keys in the org).
+    #[arg(long, value_name = "TAG")]
+    #[serde(default)]
+    pub readers: Option<String>,
+}
+
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct SealingKey {
+    /// The org id (needed when this node belongs to several).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Make a new key pair and publish it: values written from now on are
+    /// sealed to it, older ones still open with the older keys.
+    #[arg(long)]
+    #[serde(default)]
+    pub rotate: bool,
 }
 
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
