@@ -537,7 +537,30 @@ pub async fn enroll(node: &Arc<Node>, net: &Net, token_text: &str, name: &str) -
                 let answer = ask_issuer(net, peer, &serde_json::to_vec(&request)?).await?;
                 let chain = decode_enrol_answer(&answer)?;
                 let enrolled = node.clone();
-                let out = crate::pool::blocking(move || enrolled.store_enrolled(&chain)).await?;
+                let mut out = crate::pool::blocking(move || enrolled.store_enrolled(&chain)).await?;
+                // The org's profile and sealing keys before anything is
+                // written here: a field the profile seals or keeps local, or
+                // a record it holds back, must never go out as a write made
+                // before this node knew the rules.
+                let org = out["org_id"].as_str().and_then(|o| OrgId::parse(o).ok());
+                if let Some(org) = org {
+                    let ask = SyncAsk {
+                        filter: Some(Filter::new([engine::policy::system_partition(org)])),
+                        pull: true,
+                        push: false,
+                        types: Default::default(),
+                    };
+                    let rules = sync(node, net, &target, org, ask, None, &mut |_| {}, &mut |_, _, _| {}).await;
+                    out["system_records_received"] = match rules {
+                        Ok(outcome) => serde_json::json!(outcome.report.received),
+                        Err(e) => {
+                            tracing::warn!(
+                                "enrolled, but cannot fetch the org's profile yet: {e:#}; sync before writing"
+                            );
+                            serde_json::Value::Null
+                        }
+                    };
+                }
                 return Ok(out);
             }
             Ok(peer) => last_error = anyhow!("{target} is {peer}, not the issuer {issuer}"),

@@ -391,7 +391,7 @@ fn a_local_field_stays_on_the_node_that_wrote_it() {
     assert_eq!(central.json(&["get", "learner", "l1"])["fields"]["password_hash"], SECRET);
 
     let pulled = sync(&device, &server.address, &[]);
-    assert_eq!(pulled["received"], 2, "the profile and the learner: {pulled}");
+    assert_eq!(pulled["received"], 1, "the learner (the profile came with the enrolment): {pulled}");
     let got = device.json(&["get", "learner", "l1"]);
     assert_eq!(got["fields"]["name"], "Ann", "{got}");
     assert!(got["fields"].get("password_hash").is_none(), "{got}");
@@ -1085,4 +1085,29 @@ fn sealing_covers_import_resolve_and_the_local_api_and_survives_a_key_rotation()
     assert_eq!(answer("api"), "via the local api");
     assert_eq!(answer("old"), "via resolve");
     assert_eq!(answer("b4"), serde_json::json!({ "$sealed": { "readers": "master" } }));
+}
+
+#[test]
+fn a_device_knows_the_org_rules_from_its_enrolment_before_its_first_sync() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    org(&central);
+    central.json(&["profile", "set", "result", "--sealed", "answer", "--readers", "master"]);
+    central.json(&["profile", "set", "learner", "--local", "password_hash"]);
+    let server = central.serve();
+    let device = Home::init(root.path(), "device");
+    enrol(&central, &device, "results,people", "results:tc-1,people", &[]);
+    // No sync yet: what it writes now already follows the org's rules.
+    assert_eq!(device.json(&["profile", "show"]), central.json(&["profile", "show"]));
+    let put = device.json(&["put", "result", "r1", "--partition", "results:tc-1", "--set", &format!("answer={PLAIN}")]);
+    assert_eq!(put["fields"]["answer"]["$sealed"]["readers"], "master", "{put}");
+    device.ok(&["put", "learner", "l1", "--partition", "people", "--set", "password_hash=local-only-3f9"]);
+    let sent = sync(&device, &server.address, &[]);
+    assert_eq!(sent["sent"], 2, "{sent}");
+    server.stop();
+    assert_eq!(central.json(&["get", "result", "r1"])["fields"]["answer"], PLAIN);
+    assert!(central.json(&["get", "learner", "l1"])["fields"].get("password_hash").is_none());
+    for plain in [PLAIN, "local-only-3f9"] {
+        assert_eq!(found_in_files(&central.dir, plain.as_bytes()), Vec::<std::path::PathBuf>::new(), "{plain}");
+    }
 }
