@@ -17,7 +17,8 @@
 //!   type's readers into a sealed field (`check_sealed_write`, called by
 //!   `Store::write_with`): a write path that forgot to seal fails, it never
 //!   sends plaintext;
-//! - finds the keys the readers published (`Store::reader_keys`): records
+//! - finds the keys the readers published (`Store::reader_keys`, in
+//!   store/read.rs): records
 //!   of type `ferry.sealing-key` in the org's system partition, id the
 //!   publishing node's author key in hex, fields `readers` (the tag) and
 //!   `key` (the X25519 public key), each of whose retained changes that
@@ -26,11 +27,8 @@
 
 use std::collections::BTreeMap;
 
-use partitions::{OrgId, RecordType};
-
 use crate::change::RecordKey;
-use crate::policy::{TypePolicy, system_partition};
-use crate::store::{Store, StoreError};
+use crate::policy::TypePolicy;
 use crate::value::Value;
 
 /// The one key of an envelope map (and of the placeholder nodes without a
@@ -176,42 +174,6 @@ pub struct ReaderKey {
     /// The id of its key record: the publishing node's author key in hex.
     pub publisher: String,
     pub public: [u8; PUBLIC_BYTES],
-}
-
-impl Store {
-    /// The keys the holders of authority `tag` published in `org`, one per
-    /// publishing node (its latest), in publisher order. A key record any
-    /// of whose changes was not written under the authority is ignored.
-    pub fn reader_keys(&self, org: OrgId, tag: &str) -> Result<Vec<ReaderKey>, StoreError> {
-        let partition = system_partition(org);
-        let record_type = RecordType::parse(KEY_TYPE).expect("a valid type");
-        let mut found = Vec::new();
-        self.list(Some(&partition), Some(&record_type), &mut |r| {
-            if r.key.partition == partition && r.view.exists && r.view.conflicts.is_empty() {
-                found.push(r);
-            }
-            true
-        })?;
-        let mut keys = Vec::new();
-        for r in found {
-            let Some(state) = self.record(&r.key)? else { continue };
-            let own = |c: &crate::change::Change| {
-                c.authority.as_deref() == Some(tag) && partitions::hex::encode(&c.author_key.0) == r.key.id.as_str()
-            };
-            if !state.changes.iter().all(own) {
-                continue;
-            }
-            if r.view.fields.get(KEY_READERS_FIELD).and_then(Value::as_str) != Some(tag) {
-                continue;
-            }
-            if let Some(Value::Bytes(bytes)) = r.view.fields.get(KEY_PUBLIC_FIELD)
-                && let Ok(public) = <[u8; PUBLIC_BYTES]>::try_from(bytes.as_slice())
-            {
-                keys.push(ReaderKey { publisher: r.key.id.as_str().to_owned(), public });
-            }
-        }
-        Ok(keys)
-    }
 }
 
 #[cfg(test)]

@@ -276,3 +276,39 @@ pub fn profile_key(org: OrgId) -> RecordKey {
         id: RecordId::parse(PROFILE_ID).expect("valid id"),
     }
 }
+
+impl Store {
+    /// The keys the holders of authority `tag` published in `org`, one per
+    /// publishing node (its latest), in publisher order. A key record any
+    /// of whose changes was not written under the authority is ignored.
+    pub fn reader_keys(&self, org: OrgId, tag: &str) -> Result<Vec<crate::sealed::ReaderKey>, StoreError> {
+        let partition = system_partition(org);
+        let record_type = RecordType::parse(crate::sealed::KEY_TYPE).expect("a valid type");
+        let mut found = Vec::new();
+        self.list(Some(&partition), Some(&record_type), &mut |r| {
+            if r.key.partition == partition && r.view.exists && r.view.conflicts.is_empty() {
+                found.push(r);
+            }
+            true
+        })?;
+        let mut keys = Vec::new();
+        for r in found {
+            let Some(state) = self.record(&r.key)? else { continue };
+            let own = |c: &crate::change::Change| {
+                c.authority.as_deref() == Some(tag) && partitions::hex::encode(&c.author_key.0) == r.key.id.as_str()
+            };
+            if !state.changes.iter().all(own) {
+                continue;
+            }
+            if r.view.fields.get(crate::sealed::KEY_READERS_FIELD).and_then(crate::value::Value::as_str) != Some(tag) {
+                continue;
+            }
+            if let Some(crate::value::Value::Bytes(bytes)) = r.view.fields.get(crate::sealed::KEY_PUBLIC_FIELD)
+                && let Ok(public) = <[u8; crate::sealed::PUBLIC_BYTES]>::try_from(bytes.as_slice())
+            {
+                keys.push(crate::sealed::ReaderKey { publisher: r.key.id.as_str().to_owned(), public });
+            }
+        }
+        Ok(keys)
+    }
+}
