@@ -10,6 +10,11 @@
 //! every field it does not list (a create, or a write to a deleted record).
 //! `Delete` marks the record deleted. Every change also writes the record's
 //! existence: true for `Put`, false for `Delete`.
+//!
+//! A change to a record type with policy `skip` also carries its *bases*:
+//! per field it writes, the values it overwrote and what those had
+//! overwritten (`Base`), so that every node can show the value two
+//! concurrent writers had both seen last (`merge.rs`, "Skip").
 
 use std::collections::BTreeMap;
 
@@ -17,7 +22,9 @@ use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use partitions::{Partition, RecordType, WriteKind};
 
 use crate::ids::{AuthorKey, Counter, Dot, Hlc, InstanceId, RecordId};
-use crate::limits::{AUTHORITY_BYTES_MAX, FIELD_NAME_BYTES_MAX, FIELDS_MAX, RECORD_BYTES_MAX, VALUE_DEPTH_MAX};
+use crate::limits::{
+    AUTHORITY_BYTES_MAX, FIELD_NAME_BYTES_MAX, FIELDS_MAX, RECORD_BYTES_MAX, SKIP_BASES_MAX, VALUE_DEPTH_MAX,
+};
 use crate::seal::Seal;
 use crate::value::Value;
 use crate::vector::VersionVector;
@@ -81,9 +88,24 @@ pub struct Change {
     pub authority: Option<String>,
     pub seen: VersionVector,
     pub op: Op,
+    /// Under policy `skip`, per field the change writes, what it had seen
+    /// of the field; empty for every other policy.
+    pub bases: Bases,
     /// How the author vouches for the change (`seal.rs`).
     pub seal: Seal,
 }
+
+/// A value a change overwrote, or one that value had overwritten: its
+/// change's dot and clock, and the value (`None`: unset).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    pub dot: Dot,
+    pub hlc: Hlc,
+    pub value: Option<Value>,
+}
+
+/// Per field, newest first, at most `SKIP_BASES_MAX` bases.
+pub type Bases = BTreeMap<String, Vec<Base>>;
 
 /// Why a change is malformed, independent of who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +126,10 @@ pub enum ChangeError {
         "the change is {len} bytes, more than the {max} a record may hold; store files and large values as blobs (ferry put … --attach FIELD=PATH)"
     )]
     TooLarge { len: usize, max: usize },
+    #[error("the change carries {count} bases for field {field:?}, more than the {max} allowed")]
+    TooManyBases { field: String, count: usize, max: usize },
+    #[error("the change carries bases for field {field:?}, which it does not write")]
+    BaseOfUnwritten { field: String },
     #[error("authority tag is {len} bytes, more than the {max} allowed")]
     Authority { len: usize, max: usize },
     #[error("bad signature")]
@@ -215,7 +241,19 @@ impl Change {
             }
             Op::Delete => HEADER,
         };
-        FIXED + key + author + seen + op
+        let bases = self
+            .bases
+            .iter()
+            .map(|(k, list)| {
+                HEADER * 2
+                    + k.len()
+                    + list
+                        .iter()
+                        .map(|b| HEADER * 4 + 16 + b.value.as_ref().map_or(1, Value::encoded_len_bound))
+                        .sum::<usize>()
+            })
+            .sum::<usize>();
+        FIXED + key + author + seen + op + bases
     }
 
     /// Verifies a change sealed alone (strictly: no small-order keys, no
@@ -249,6 +287,23 @@ impl Change {
             }
             for (field, value) in fields {
                 let depth = value.as_ref().map_or(0, Value::depth);
+                if depth > VALUE_DEPTH_MAX {
+                    return Err(ChangeError::TooDeep { field: field.clone(), depth, max: VALUE_DEPTH_MAX });
+                }
+            }
+        }
+        for (field, list) in &self.bases {
+            if !is_field_name(field) {
+                return Err(ChangeError::FieldName { name: field.clone() });
+            }
+            if !self.writes_field(field) {
+                return Err(ChangeError::BaseOfUnwritten { field: field.clone() });
+            }
+            if list.len() > SKIP_BASES_MAX {
+                return Err(ChangeError::TooManyBases { field: field.clone(), count: list.len(), max: SKIP_BASES_MAX });
+            }
+            for base in list {
+                let depth = base.value.as_ref().map_or(0, Value::depth);
                 if depth > VALUE_DEPTH_MAX {
                     return Err(ChangeError::TooDeep { field: field.clone(), depth, max: VALUE_DEPTH_MAX });
                 }

@@ -24,6 +24,12 @@ pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
 /// appears once; a thousand writers of one record is already pathological.
 pub const VECTOR_ENTRIES_MAX: usize = 1024;
 
+/// Bases one change carries for one field under policy `skip`
+/// (`change::Base`): the values it overwrote and what those had
+/// overwritten. Sixteen covers a lab that edits a shared record a dozen
+/// times between two syncs and still finds the value both sides had seen.
+pub const SKIP_BASES_MAX: usize = 16;
+
 /// Bytes of an authority tag (same bound as in certificates).
 pub const AUTHORITY_BYTES_MAX: usize = 64;
 

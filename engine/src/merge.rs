@@ -21,6 +21,21 @@
 //! - the visible record picks, per register, the greatest current change by
 //!   the type's policy, a total order, so every node shows the same record.
 //!
+//! **Skip** (policy `skip`, SENAITE's "changes made on both sides are
+//! skipped"): where a field has several current values that differ, no
+//! change wins. The field shows its *base*: the newest value, by (hybrid
+//! clock, instance), that every current writer had seen (its dot is
+//! covered by each writer's `seen`), and every current value differing from
+//! it is a conflict. A change superseded by a later write is dropped, so the
+//! values a base may be are carried in the changes themselves: a write of a
+//! skip type lists, per field it writes, the values current there and the
+//! bases they carry (`RecordState::bases_for`), the `SKIP_BASES_MAX` newest.
+//! The base is then a function of the current writers alone, so of the set
+//! of changes, the same on every node. When no value was seen by all (both
+//! created the field, a writer made before its node knew the type was
+//! `skip`, or a history longer than the bound) the field shows unset; its
+//! values stay conflicts either way, until a write that saw them settles it.
+//!
 //! The three outcomes reported for an incoming change follow SPEC §3:
 //! **skip** (it adds nothing: already held, or superseded everywhere it
 //! writes), **update** (its author had seen everything the record reflects:
@@ -28,9 +43,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::change::{Change, Op};
+use crate::change::{Base, Bases, Change, Op};
 use crate::ids::Dot;
-use crate::policy::{DeletePolicy, TypePolicy};
+use crate::limits::SKIP_BASES_MAX;
+use crate::policy::{DeletePolicy, FieldPolicy, TypePolicy};
 use crate::value::Value;
 use crate::vector::VersionVector;
 
@@ -196,8 +212,9 @@ impl RecordState {
 
     /// Every field value some view can show, whatever the policy: for each
     /// field, the values of the retained changes no later write of it has
-    /// seen (the winner and the conflicts). A value a retained change holds
-    /// for a field written again since is not among them.
+    /// seen (the winner and the conflicts), and the bases those carry (what
+    /// `skip` may show). A value a retained change holds for a field written
+    /// again since is not among them.
     pub fn live_values(&self, visit: &mut dyn FnMut(&Value)) {
         let mut names: Vec<&str> = self.changes.iter().flat_map(Change::field_names).collect();
         names.sort_unstable();
@@ -211,8 +228,49 @@ impl RecordState {
                 {
                     visit(value);
                 }
+                if !known.covers(change.dot()) {
+                    for base in change.bases.get(name).into_iter().flatten() {
+                        if let Some(value) = &base.value {
+                            visit(value);
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// The bases a new change writing `op` on this record carries under
+    /// policy `skip`: for each field it writes (for a replacing put, every
+    /// field the record names), the values current there now and the bases
+    /// they carry, newest first by (hybrid clock, instance), at most
+    /// `SKIP_BASES_MAX`. The new change has seen all of them.
+    pub fn bases_for(&self, op: &Op) -> Bases {
+        let Op::Put { replace, fields } = op else {
+            return Bases::new();
+        };
+        let mut names: Vec<&str> = fields.keys().map(String::as_str).collect();
+        if *replace {
+            names.extend(self.changes.iter().flat_map(Change::field_names));
+            names.sort_unstable();
+            names.dedup();
+        }
+        let mut bases = Bases::new();
+        for name in names {
+            let known = self.known.field(name);
+            let mut list: Vec<Base> = Vec::new();
+            for c in self.changes.iter().filter(|c| c.writes_field(name) && !known.covers(c.dot())) {
+                list.push(Base { dot: c.dot(), hlc: c.hlc, value: c.field(name).flatten().cloned() });
+                list.extend(c.bases.get(name).into_iter().flatten().cloned());
+            }
+            list.sort_by_key(|b| std::cmp::Reverse((b.hlc, b.dot)));
+            let mut listed = std::collections::BTreeSet::new();
+            list.retain(|b| listed.insert(b.dot));
+            list.truncate(SKIP_BASES_MAX);
+            if !list.is_empty() {
+                bases.insert(name.to_owned(), list);
+            }
+        }
+        bases
     }
 
     /// Whether this record is held back from peers under `policy`: its type
@@ -316,6 +374,26 @@ impl RecordState {
             let Some(winner) = writers.iter().copied().max_by(|a, b| policy.compare(a, b)) else {
                 continue;
             };
+            if policy.fields == FieldPolicy::Skip && writers.iter().any(|c| c.field(name) != winner.field(name)) {
+                let base = skip_base(&writers, name).and_then(|b| b.value.as_ref());
+                if let Some(value) = base {
+                    fields.insert(name.to_owned(), value.clone());
+                }
+                let mut listed: Vec<&Change> = writers.clone();
+                listed.sort_by(|a, b| policy.compare(b, a));
+                for c in listed {
+                    let theirs = c.field(name).flatten();
+                    if theirs != base {
+                        conflicts.push(Conflict {
+                            field: Some(name.to_owned()),
+                            value: theirs.cloned(),
+                            dot: c.dot(),
+                            hlc: c.hlc,
+                        });
+                    }
+                }
+                continue;
+            }
             let value = winner.field(name).flatten();
             if let Some(value) = value {
                 fields.insert(name.to_owned(), value.clone());
@@ -337,6 +415,16 @@ impl RecordState {
         }
         View { exists, fields, conflicts }
     }
+}
+
+/// Under `skip`, the value a field in conflict shows: the newest base, by
+/// (hybrid clock, instance), that every current writer of it had seen.
+fn skip_base<'a>(writers: &[&'a Change], name: &str) -> Option<&'a Base> {
+    writers
+        .iter()
+        .flat_map(|w| w.bases.get(name).into_iter().flatten())
+        .filter(|b| writers.iter().all(|w| w.seen.covers(b.dot)))
+        .max_by_key(|b| (b.hlc, b.dot))
 }
 
 impl View {

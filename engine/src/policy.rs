@@ -10,6 +10,9 @@
 //! newest                      the higher (hybrid clock, instance id) wins (the default)
 //! authority:central           a change whose author's certificate carries the
 //!                             authority tag `central` wins; ties fall back to newest
+//! skip                        concurrent writes of a field both lose: it keeps the
+//!                             value both writers had seen last, and both new values
+//!                             are conflicts until resolved (`merge.rs`, "Skip")
 //! …,update-wins               an update concurrent with a delete wins (default: the delete)
 //! …,local:password_hash       the field stays on the node that writes it (repeatable)
 //! …,send-when:completed=true  a record is sent only once the field holds the value
@@ -53,6 +56,9 @@ pub fn system_partition(org: OrgId) -> Partition {
 pub enum FieldPolicy {
     Newest,
     Authority(String),
+    /// SENAITE's skip: a field written on both sides keeps the value both
+    /// had seen last (`merge.rs`, "Skip").
+    Skip,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +168,8 @@ impl TypePolicy {
                 policy.fields = FieldPolicy::Authority(tag.to_owned());
             } else if word == "newest" {
                 policy.fields = FieldPolicy::Newest;
+            } else if word == "skip" {
+                policy.fields = FieldPolicy::Skip;
             } else if let Some(name) = word.strip_prefix("local:").and_then(decode_name) {
                 policy.local.insert(name);
             } else if let Some(when) = word.strip_prefix("send-when:").and_then(decode_send_when) {
@@ -185,6 +193,7 @@ impl TypePolicy {
                 "update-wins" => policy.delete = DeletePolicy::UpdateWins,
                 "delete-wins" => policy.delete = DeletePolicy::DeleteWins,
                 "newest" => policy.fields = FieldPolicy::Newest,
+                "skip" => policy.fields = FieldPolicy::Skip,
                 _ if word.starts_with("local:") => match decode_name(&word["local:".len()..]) {
                     Some(name) => {
                         policy.local.insert(name);
@@ -219,7 +228,7 @@ impl TypePolicy {
                     }
                     _ => {
                         return Err(format!(
-                            "unknown word {word:?} in policy {text:?}: a policy is newest or authority:TAG, optionally with ,delete-wins or ,update-wins, ,local:FIELD, ,send-when:FIELD=VALUE, ,evict-after-ack:TAG and ,sealed:FIELD with ,readers:TAG"
+                            "unknown word {word:?} in policy {text:?}: a policy is newest, authority:TAG or skip, optionally with ,delete-wins or ,update-wins, ,local:FIELD, ,send-when:FIELD=VALUE, ,evict-after-ack:TAG and ,sealed:FIELD with ,readers:TAG"
                         ));
                     }
                 },
@@ -256,6 +265,7 @@ impl TypePolicy {
         let fields = match &self.fields {
             FieldPolicy::Newest => "newest".to_owned(),
             FieldPolicy::Authority(tag) => format!("authority:{tag}"),
+            FieldPolicy::Skip => "skip".to_owned(),
         };
         let mut text = match self.delete {
             DeletePolicy::DeleteWins => fields,
@@ -283,7 +293,9 @@ impl TypePolicy {
         text
     }
 
-    /// The total order on changes for one field: the greatest wins.
+    /// The total order on changes for one field: the greatest wins (under
+    /// `skip`, where no concurrent write wins, the order in which conflicts
+    /// are listed).
     pub fn compare(&self, a: &Change, b: &Change) -> Ordering {
         self.rank(a).cmp(&self.rank(b))
     }
@@ -291,7 +303,7 @@ impl TypePolicy {
     fn rank(&self, c: &Change) -> (bool, Hlc, InstanceId) {
         let authoritative = match &self.fields {
             FieldPolicy::Authority(tag) => c.authority.as_deref() == Some(tag.as_str()),
-            FieldPolicy::Newest => false,
+            FieldPolicy::Newest | FieldPolicy::Skip => false,
         };
         (authoritative, c.hlc, c.author)
     }

@@ -16,8 +16,8 @@ use std::fmt;
 use partitions::{Filter, Partition, RecordType};
 use serde::{Deserialize, Serialize};
 
-use crate::change::signing::{OpSer, OpWire};
-use crate::change::{Change, Op, RecordKey};
+use crate::change::signing::{BasesSer, BasesWire, OpSer, OpWire, bases_from_wire, no_bases};
+use crate::change::{Bases, Change, Op, RecordKey};
 use crate::codec::{ByteBuf, ByteBufRef, Bytes16, Bytes32, Bytes64, SealField, cbor_decode, truncate_utf8};
 use crate::ids::{AuthorKey, Counter, Hlc, InstanceId, RecordId};
 use crate::limits::{
@@ -201,6 +201,7 @@ pub struct GroupChange {
     pub authority: Option<String>,
     pub seen: VersionVector,
     pub op: Op,
+    pub bases: Bases,
     pub seal: Seal,
 }
 
@@ -216,6 +217,7 @@ impl Group {
             authority: c.authority,
             seen: c.seen,
             op: c.op,
+            bases: c.bases,
             seal: c.seal,
         }
     }
@@ -235,6 +237,7 @@ impl Group {
             authority: c.authority.clone(),
             seen: c.seen.clone(),
             op: c.op.clone(),
+            bases: c.bases.clone(),
             seal: c.seal,
         }
     }
@@ -249,6 +252,7 @@ impl GroupChange {
             authority: c.authority.clone(),
             seen: c.seen.clone(),
             op: c.op.clone(),
+            bases: c.bases.clone(),
             seal: c.seal,
         }
     }
@@ -371,6 +375,8 @@ struct GroupChangeSer<'a> {
     seen: &'a VersionVector,
     op: OpSer<'a>,
     seal: SealField,
+    #[serde(skip_serializing_if = "no_bases")]
+    bases: BasesSer<'a>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -382,6 +388,8 @@ struct GroupChangeWire {
     seen: VersionVector,
     op: OpWire,
     seal: SealField,
+    #[serde(default)]
+    bases: BasesWire,
 }
 
 /// Encodes a message as one frame.
@@ -492,6 +500,7 @@ fn batch_body(b: &Batch) -> BatchBodySer<'_> {
                                 SealField::Run(places.get(&(g.author, first)).copied().unwrap_or(b.runs.len() as u64))
                             }
                         },
+                        bases: BasesSer(&c.bases),
                     })
                     .collect(),
             })
@@ -637,6 +646,7 @@ fn decode_batch_body(seq: u64, plan: Plan, body: &Compressed) -> Result<Batch, D
                 seen: c.seen,
                 op: c.op.into_op(),
                 seal: seal(c.seal)?,
+                bases: bases_from_wire(c.bases),
             });
         }
         groups.push(Group {

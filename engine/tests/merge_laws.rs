@@ -40,8 +40,16 @@ fn step(writers: usize) -> impl Strategy<Value = Step> {
     ]
 }
 
-/// Runs the steps; returns every change made, in creation order.
+/// Runs the steps; returns every change made, in creation order. A writer
+/// learns any change alone, whatever it had seen: delivery in no order.
 fn history(steps: &[Step], writers: usize) -> Vec<Change> {
+    history_with(steps, writers, false)
+}
+
+/// With `causal`, a writer that learns a change learns everything that
+/// change had seen first, as syncs deliver: a node holds an author's
+/// change of a record only with the earlier ones it did not supersede.
+fn history_with(steps: &[Step], writers: usize, causal: bool) -> Vec<Change> {
     let mut replicas: Vec<RecordState> = vec![RecordState::default(); writers];
     let mut counters = vec![0u64; writers];
     let mut all: Vec<Change> = Vec::new();
@@ -53,6 +61,11 @@ fn history(steps: &[Step], writers: usize) -> Vec<Change> {
                 for &p in picks {
                     if !all.is_empty() {
                         let c = all[p % all.len()].clone();
+                        if causal {
+                            for past in all.iter().filter(|d| c.seen.covers(d.dot())) {
+                                replicas[*writer].apply(past.clone()).expect("honest histories never equivocate");
+                            }
+                        }
                         replicas[*writer].apply(c).expect("honest histories never equivocate");
                     }
                 }
@@ -68,6 +81,9 @@ fn history(steps: &[Step], writers: usize) -> Vec<Change> {
             ),
         };
         counters[writer] += 1;
+        // Every change carries the bases a `skip` type's write would: they
+        // change no other policy's view.
+        let bases = replicas[writer].bases_for(&op);
         let change = Change {
             record: key(),
             author: InstanceId([writer as u8 + 1; 16]),
@@ -78,6 +94,7 @@ fn history(steps: &[Step], writers: usize) -> Vec<Change> {
             authority: (writer == 0).then(|| "central".to_owned()),
             seen: replicas[writer].vv.clone(),
             op,
+            bases,
             seal: engine::Seal::Single([0; 64]),
         };
         replicas[writer].apply(change.clone()).expect("own change merges");
@@ -117,6 +134,7 @@ fn policies() -> Vec<TypePolicy> {
             delete: DeletePolicy::UpdateWins,
             ..TypePolicy::default()
         },
+        TypePolicy { fields: FieldPolicy::Skip, ..TypePolicy::default() },
     ]
 }
 
@@ -150,7 +168,8 @@ proptest! {
     fn no_written_value_disappears_without_a_later_change(steps in prop::collection::vec(step(3), 1..40)) {
         let changes = history(&steps, 3);
         let state = apply_all(&changes);
-        let view = state.view(&TypePolicy::default());
+        for policy in policies() {
+        let view = state.view(&policy);
         for c in &changes {
             let Op::Put { fields, .. } = &c.op else { continue };
             for (name, value) in fields {
@@ -166,7 +185,104 @@ proptest! {
                 prop_assert!(shown || !view.exists, "value of {} by {:?} is neither shown nor a conflict", name, c.dot());
             }
         }
+        }
     }
+
+    /// Under `skip`, a field whose current values differ shows the newest
+    /// value, in the whole history, that every current writer had seen (or
+    /// none), and lists every other current value as a conflict. Histories
+    /// stay within `SKIP_BASES_MAX` writes of a field, so no base falls off.
+    #[test]
+    fn skip_shows_the_value_every_concurrent_writer_had_seen_last(steps in prop::collection::vec(step(3), 1..30)) {
+        let changes = history_with(&steps, 3, true);
+        let state = apply_all(&changes);
+        let view = state.view(&TypePolicy { fields: FieldPolicy::Skip, ..TypePolicy::default() });
+        if !view.exists {
+            return Ok(());
+        }
+        for name in FIELDS {
+            let writes: Vec<&Change> = changes.iter().filter(|c| c.writes_field(name)).collect();
+            if writes.len() > engine::limits::SKIP_BASES_MAX {
+                continue;
+            }
+            let current: Vec<&Change> =
+                writes.iter().copied().filter(|c| !writes.iter().any(|d| d.seen.covers(c.dot()))).collect();
+            let values: Vec<Option<&Value>> = current.iter().map(|c| c.field(name).flatten()).collect();
+            if values.windows(2).all(|w| w[0] == w[1]) {
+                prop_assert_eq!(view.fields.get(name), values.first().copied().flatten(), "{} agrees", name);
+                continue;
+            }
+            let base = writes
+                .iter()
+                .filter(|x| current.iter().all(|w| w.seen.covers(x.dot())))
+                .max_by_key(|x| (x.hlc, x.dot()))
+                .and_then(|x| x.field(name).flatten());
+            prop_assert_eq!(view.fields.get(name), base, "{} in conflict shows its base", name);
+            for (c, value) in current.iter().zip(&values) {
+                let listed = view.conflicts.iter().any(|k| k.field.as_deref() == Some(name) && k.dot == c.dot());
+                prop_assert!(listed || *value == base, "{}: the value by {:?} is not a conflict", name, c.dot());
+            }
+        }
+    }
+}
+
+/// SENAITE's example: the master lab and a collaborator both change a
+/// shared client's phone between two syncs. Under `skip` neither wins: the
+/// phone keeps the number both had, and both new numbers wait as
+/// conflicts, the same on both labs, whichever saw which first.
+#[test]
+fn skip_keeps_what_both_labs_had_and_both_edits_as_conflicts() {
+    let policy = TypePolicy { fields: FieldPolicy::Skip, ..TypePolicy::default() };
+    let text = |s: &str| Some(Value::Text(s.into()));
+    let write = |state: &RecordState, author: u8, counter: u64, hlc: u64, phone: &str| {
+        let op = Op::Put { replace: false, fields: BTreeMap::from([("phone".to_owned(), text(phone))]) };
+        Change {
+            record: key(),
+            author: InstanceId([author; 16]),
+            author_key: AuthorKey([author; 32]),
+            counter,
+            hlc: Hlc::from_parts(hlc, 0),
+            authority: None,
+            seen: state.vv.clone(),
+            bases: state.bases_for(&op),
+            op,
+            seal: engine::Seal::Single([0; 64]),
+        }
+    };
+    let mut master = RecordState::default();
+    let first = write(&master, 1, 1, 10, "111");
+    master.apply(first.clone()).expect("merges");
+    let mut lab = RecordState::default();
+    lab.apply(first).expect("merges");
+    // The lab edits twice, the master once, with no sync between.
+    let lab_1 = write(&lab, 2, 1, 20, "222");
+    lab.apply(lab_1.clone()).expect("merges");
+    let lab_2 = write(&lab, 2, 2, 30, "333");
+    lab.apply(lab_2.clone()).expect("merges");
+    let master_1 = write(&master, 1, 2, 25, "444");
+    master.apply(master_1.clone()).expect("merges");
+    master.apply(lab_1).expect("merges");
+    master.apply(lab_2.clone()).expect("merges");
+    lab.apply(master_1).expect("merges");
+    for state in [&master, &lab] {
+        let view = state.view(&policy);
+        assert_eq!(view.fields.get("phone"), text("111").as_ref(), "the number both had seen");
+        let mut conflicts: Vec<_> = view.conflicts.iter().map(|c| c.value.clone()).collect();
+        conflicts.sort_by_key(|v| format!("{v:?}"));
+        assert_eq!(conflicts, [text("333"), text("444")], "both new numbers wait");
+    }
+    assert_eq!(master.view(&policy), lab.view(&policy));
+    assert_eq!(
+        master.view(&TypePolicy::default()).fields.get("phone"),
+        text("333").as_ref(),
+        "newest would have taken the lab's"
+    );
+    // A write that saw both settles it.
+    let settle = write(&lab, 2, 3, 40, "444");
+    lab.apply(settle).expect("merges");
+    let view = lab.view(&policy);
+    assert_eq!(view.fields.get("phone"), text("444").as_ref());
+    assert!(view.conflicts.is_empty());
 }
 
 #[test]
@@ -187,6 +303,7 @@ fn concurrent_edits_of_different_fields_both_survive() {
                 ("last_login".to_owned(), Some(Value::Int(1))),
             ]),
         },
+        bases: Default::default(),
         seal: engine::Seal::Single([0; 64]),
     };
     let mut seen = engine::VersionVector::new();
@@ -227,6 +344,7 @@ fn same_field_conflict_keeps_the_loser_and_authority_wins() {
         authority: authority.map(str::to_owned),
         seen: Default::default(),
         op: Op::Put { replace: false, fields: BTreeMap::from([("score".to_owned(), Some(Value::from(value)))]) },
+        bases: Default::default(),
         seal: engine::Seal::Single([0; 64]),
     };
     let central = mk(1, 10, "from central", Some("central"));
@@ -256,6 +374,7 @@ fn delete_beats_a_concurrent_update_unless_the_type_says_otherwise() {
         authority: None,
         seen: Default::default(),
         op: Op::Put { replace: true, fields: BTreeMap::from([("a".to_owned(), Some(Value::Int(1)))]) },
+        bases: Default::default(),
         seal: engine::Seal::Single([0; 64]),
     };
     let mut seen = engine::VersionVector::new();

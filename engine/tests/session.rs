@@ -357,6 +357,7 @@ fn legacy_put(node: &Node, key: &engine::RecordKey, value: Value, counter: u64) 
         authority: None,
         seen: VersionVector::default(),
         op: Op::Put { replace: true, fields: [("payload".to_owned(), Some(value))].into_iter().collect() },
+        bases: Default::default(),
         seal: engine::Seal::Single([0; 64]),
     };
     let len = change.sign(&common::key(node.seed));
@@ -452,6 +453,7 @@ fn a_profile_this_node_cannot_read_is_refused_locally_and_leaves_the_last_readab
             replace: true,
             fields: [("result".to_owned(), Some(text("authority:central,quorum:3")))].into_iter().collect(),
         },
+        bases: Default::default(),
         seal: engine::Seal::Single([0; 64]),
     };
     let len = change.sign(&common::key(central.seed));

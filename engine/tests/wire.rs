@@ -33,6 +33,22 @@ fn sample_batch() -> Batch {
                 ("nested".to_owned(), Some(Value::Array(vec![Value::Int(-1), Value::Bytes(vec![0, 255])]))),
             ]),
         },
+        // What a `skip` type's write carries: the values it overwrote.
+        bases: BTreeMap::from([(
+            "score".to_owned(),
+            vec![
+                engine::change::Base {
+                    dot: engine::Dot { instance: InstanceId([3; 16]), counter: 9 },
+                    hlc: Hlc::from_parts(1_699_999_999_000, 0),
+                    value: Some(Value::Float(0.5)),
+                },
+                engine::change::Base {
+                    dot: engine::Dot { instance: InstanceId([3; 16]), counter: 8 },
+                    hlc: Hlc::from_parts(1_699_999_998_000, 0),
+                    value: None,
+                },
+            ],
+        )]),
         seal: engine::Seal::Single([7; 64]),
     };
     Batch {
@@ -46,7 +62,13 @@ fn sample_batch() -> Batch {
             after: 11,
             changes: vec![
                 change.clone(),
-                GroupChange { counter: 13, op: Op::Delete, seal: engine::Seal::Run { first: 13 }, ..change },
+                GroupChange {
+                    counter: 13,
+                    op: Op::Delete,
+                    bases: BTreeMap::new(),
+                    seal: engine::Seal::Run { first: 13 },
+                    ..change
+                },
             ],
         }],
         chains: vec![vec![1, 2, 3]],

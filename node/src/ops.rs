@@ -347,7 +347,7 @@ fn execute_local(
                 && readers.is_none()
             {
                 bail!(
-                    "say what to set: --policy newest|authority:TAG, --delete-wins, --update-wins, --local F,…, --send-when FIELD=VALUE, --evict-after-ack TAG, or --sealed F,… with --readers TAG"
+                    "say what to set: --policy newest|authority:TAG|skip, --delete-wins, --update-wins, --local F,…, --send-when FIELD=VALUE, --evict-after-ack TAG, or --sealed F,… with --readers TAG"
                 );
             }
             let readers = tag_flag("--readers", readers.as_deref())?;

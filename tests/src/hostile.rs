@@ -280,6 +280,7 @@ pub fn change(
         authority: None,
         seen: Default::default(),
         op: Op::Put { replace: true, fields: [("score".to_owned(), Some(Value::Int(score)))].into() },
+        bases: Default::default(),
         seal: engine::Seal::Single([0; 64]),
     };
     change.sign(key);

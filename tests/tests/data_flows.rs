@@ -708,24 +708,40 @@ fn senaite_example_1_samples_travel_only_between_their_lab_and_the_master() {
     assert_eq!(sync(b, &server.address, &[])["sent"], 1);
     let at_m = m.json(&["get", "sample", "s1", "--partition", "lab-b"]);
     assert_eq!((&at_m["fields"]["status"], &at_m["fields"]["note"]), (&"verified".into(), &"re-run".into()), "{at_m}");
-    // A department edited on two labs at once ends the same everywhere,
-    // with the losing value kept as a conflict.
+    // SENAITE skips an object modified on both sides: with policy `skip`,
+    // a department edited on two labs at once keeps the head every lab
+    // had, and both new heads wait as conflicts, the same on every lab.
+    let shown = m.json(&["profile", "set", "department", "--policy", "skip"]);
+    assert_eq!(shown["policy"], "skip", "{shown}");
+    for (_, lab) in &labs {
+        sync(lab, &server.address, &[]);
+    }
     labs[0].1.ok(&["put", "department", "chemistry", "--partition", "shared", "--set", "head=Ben"]);
+    labs[0].1.ok(&["put", "department", "chemistry", "--partition", "shared", "--set", "head=Bea"]);
     labs[2].1.ok(&["put", "department", "chemistry", "--partition", "shared", "--set", "head=Cat"]);
     for _ in 0..2 {
         for (_, lab) in &labs {
             sync(lab, &server.address, &[]);
         }
     }
-    let heads: Vec<serde_json::Value> = std::iter::once(&m)
-        .chain(labs.iter().map(|(_, l)| l))
-        .map(|home| {
-            let d = home.json(&["get", "department", "chemistry", "--partition", "shared"]);
-            assert_eq!(d["conflicts"].as_array().map(Vec::len), Some(1), "{d}");
-            d["fields"]["head"].clone()
-        })
-        .collect();
-    assert!(heads.windows(2).all(|w| w[0] == w[1]) && (heads[0] == "Ben" || heads[0] == "Cat"), "{heads:?}");
+    let everyone: Vec<&Home> = std::iter::once(&m).chain(labs.iter().map(|(_, l)| l)).collect();
+    for home in &everyone {
+        let d = home.json(&["get", "department", "chemistry", "--partition", "shared"]);
+        assert_eq!(d["fields"]["head"], "Ann", "the head every lab had seen stays: {d}");
+        let mut waiting: Vec<&str> =
+            d["conflicts"].as_array().expect("conflicts").iter().filter_map(|c| c["value"].as_str()).collect();
+        waiting.sort_unstable();
+        assert_eq!(waiting, ["Bea", "Cat"], "both new heads wait: {d}");
+    }
+    // Someone decides on the master; every lab takes the decision.
+    m.ok(&["resolve", "department", "chemistry", "--partition", "shared", "--set", "head=Cat"]);
+    for (_, lab) in &labs {
+        sync(lab, &server.address, &[]);
+    }
+    for home in &everyone {
+        let d = home.json(&["get", "department", "chemistry", "--partition", "shared"]);
+        assert_eq!((&d["fields"]["head"], &d["conflicts"]), (&"Cat".into(), &serde_json::json!([])), "{d}");
+    }
     server.stop();
 }
 

@@ -233,6 +233,7 @@ fn forge_bundle(device: &Home, org_id: &str, path: &std::path::Path) {
             authority: None,
             seen: Default::default(),
             op: Op::Put { replace: true, fields: BTreeMap::from([("score".to_owned(), Some(Value::Int(1)))]) },
+            bases: Default::default(),
             seal: engine::Seal::Single([0; 64]),
         };
         change.sign(&key);

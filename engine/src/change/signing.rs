@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use partitions::{Partition, RecordType};
 use serde::{Deserialize, Serialize};
 
-use crate::change::{Change, Op};
+use crate::change::{Base, Bases, Change, Op};
 use crate::codec::{Bytes16, Bytes32};
-use crate::ids::RecordId;
+use crate::ids::{Dot, Hlc, InstanceId, RecordId};
 use crate::value::Value;
 use crate::vector::VersionVector;
 
@@ -68,6 +68,59 @@ impl Serialize for FieldSer<'_> {
     }
 }
 
+/// A change's bases as the signing bytes, the wire and the store encode
+/// them: per field, `[instance, counter, hlc, value]` newest first. Absent
+/// when empty, so a change of any other policy encodes as before bases
+/// existed (and old signatures still verify).
+pub(crate) struct BasesSer<'a>(pub(crate) &'a Bases);
+
+pub(crate) type BasesWire = BTreeMap<String, Vec<(Bytes16, u64, u64, FieldWire)>>;
+
+/// For `skip_serializing_if`.
+pub(crate) fn no_bases(bases: &BasesSer<'_>) -> bool {
+    bases.0.is_empty()
+}
+
+impl Serialize for BasesSer<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct List<'a>(&'a [Base]);
+        impl Serialize for List<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for b in self.0 {
+                    seq.serialize_element(&(Bytes16(b.dot.instance.0), b.dot.counter, b.hlc.0, FieldSer(&b.value)))?;
+                }
+                seq.end()
+            }
+        }
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, list) in self.0 {
+            map.serialize_entry(k, &List(list))?;
+        }
+        map.end()
+    }
+}
+
+pub(crate) fn bases_from_wire(wire: BasesWire) -> Bases {
+    wire.into_iter()
+        .map(|(field, list)| {
+            let list = list
+                .into_iter()
+                .map(|(instance, counter, hlc, value)| Base {
+                    dot: Dot { instance: InstanceId(instance.0), counter },
+                    hlc: Hlc(hlc),
+                    value: match value {
+                        FieldWire::Unset => None,
+                        FieldWire::Set(v) => Some(v),
+                    },
+                })
+                .collect();
+            (field, list)
+        })
+        .collect()
+}
+
 impl OpWire {
     #[cfg(test)]
     pub(crate) fn from_op(op: &Op) -> OpWire {
@@ -118,6 +171,8 @@ struct SignedChange<'a> {
     authority: &'a Option<String>,
     seen: &'a VersionVector,
     op: OpSer<'a>,
+    #[serde(skip_serializing_if = "no_bases")]
+    bases: BasesSer<'a>,
 }
 
 /// The canonical bytes of a change without its signature.
@@ -134,6 +189,7 @@ pub(crate) fn change_signing_bytes(c: &Change) -> Vec<u8> {
         authority: &c.authority,
         seen: &c.seen,
         op: OpSer(&c.op),
+        bases: BasesSer(&c.bases),
     };
     serde_cbor::ser::to_vec_packed(&signed).expect("writing CBOR to a Vec cannot fail")
 }
@@ -142,6 +198,78 @@ pub(crate) fn change_signing_bytes(c: &Change) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::codec::cbor_decode;
+
+    fn change(bases: Bases) -> Change {
+        Change {
+            record: crate::change::RecordKey {
+                partition: Partition::resolve(partitions::OrgId::from_public_key(&[1; 32]), "shared").unwrap(),
+                record_type: RecordType::parse("client").unwrap(),
+                id: RecordId::parse("c1").unwrap(),
+            },
+            author: InstanceId([2; 16]),
+            author_key: crate::ids::AuthorKey([3; 32]),
+            counter: 4,
+            hlc: Hlc(5),
+            authority: None,
+            seen: VersionVector::new(),
+            op: Op::Put { replace: false, fields: BTreeMap::from([("phone".to_owned(), Some(Value::Int(1)))]) },
+            bases,
+            seal: crate::seal::Seal::Single([0; 64]),
+        }
+    }
+
+    /// A change of any policy but `skip` signs the bytes it signed before
+    /// bases existed, so every stored and relayed signature still verifies;
+    /// bases, when there are some, are signed (a relay cannot strip them).
+    #[test]
+    fn bases_are_signed_and_absent_bases_leave_the_signing_bytes_as_they_were() {
+        #[derive(Serialize)]
+        struct BeforeBases<'a> {
+            domain: &'static str,
+            partition: &'a Partition,
+            record_type: &'a RecordType,
+            id: &'a RecordId,
+            author: Bytes16,
+            author_key: Bytes32,
+            counter: u64,
+            hlc: u64,
+            authority: &'a Option<String>,
+            seen: &'a VersionVector,
+            op: OpSer<'a>,
+        }
+        let plain = change(Bases::new());
+        let before = BeforeBases {
+            domain: "ferry change v1",
+            partition: &plain.record.partition,
+            record_type: &plain.record.record_type,
+            id: &plain.record.id,
+            author: Bytes16(plain.author.0),
+            author_key: Bytes32(plain.author_key.0),
+            counter: plain.counter,
+            hlc: plain.hlc.0,
+            authority: &plain.authority,
+            seen: &plain.seen,
+            op: OpSer(&plain.op),
+        };
+        assert_eq!(plain.signing_bytes(), serde_cbor::ser::to_vec_packed(&before).unwrap());
+        let base = Base { dot: Dot { instance: InstanceId([9; 16]), counter: 1 }, hlc: Hlc(2), value: None };
+        let based = change(Bases::from([("phone".to_owned(), vec![base.clone()])]));
+        assert_ne!(based.signing_bytes(), plain.signing_bytes());
+        assert!(based.signing_len_bound() >= based.signing_bytes().len());
+        let other = change(Bases::from([("phone".to_owned(), vec![Base { value: Some(Value::Int(7)), ..base }])]));
+        assert_ne!(other.signing_bytes(), based.signing_bytes());
+        let wire: BasesWire = cbor_decode(&serde_cbor::ser::to_vec_packed(&BasesSer(&other.bases)).unwrap()).unwrap();
+        assert_eq!(bases_from_wire(wire), other.bases);
+    }
+
+    #[test]
+    fn a_base_of_a_field_the_change_does_not_write_or_too_many_are_refused() {
+        let base = Base { dot: Dot { instance: InstanceId([9; 16]), counter: 1 }, hlc: Hlc(2), value: None };
+        let stray = change(Bases::from([("email".to_owned(), vec![base.clone()])]));
+        assert!(matches!(stray.check_form(100), Err(crate::change::ChangeError::BaseOfUnwritten { .. })));
+        let many = change(Bases::from([("phone".to_owned(), vec![base; crate::limits::SKIP_BASES_MAX + 1])]));
+        assert!(matches!(many.check_form(100), Err(crate::change::ChangeError::TooManyBases { .. })));
+    }
 
     #[test]
     fn borrowed_op_encoding_is_the_derived_encoding() {

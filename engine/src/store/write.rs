@@ -9,13 +9,13 @@ use ed25519_dalek::SigningKey;
 use partitions::WriteKind;
 
 use crate::authorize::{Authorizer, Denied};
-use crate::change::{Change, ChangeError, Op, RecordKey, is_field_name};
+use crate::change::{Bases, Change, ChangeError, Op, RecordKey, is_field_name};
 use crate::ids::InstanceId;
 use crate::ids::{AuthorKey, Counter, Dot, Hlc};
 use crate::keys;
 use crate::limits::{FIELDS_MAX, RECORD_BYTES_MAX, RUN_LEAVES_MAX};
 use crate::merge::{RecordState, View};
-use crate::policy::TypePolicy;
+use crate::policy::{FieldPolicy, TypePolicy};
 use crate::seal::{Hash, RunKnown, Seal, encode_run, run_message};
 use crate::value::Value;
 
@@ -272,6 +272,7 @@ impl Store {
             // A write again keeps the hybrid clock of the change it copies:
             // it must rank against concurrent changes as that one did.
             let mut kept_hlc = None;
+            let mut kept_bases = None;
             let (op, seen) = match reissue {
                 Some(dot) => match state
                     .changes
@@ -283,6 +284,10 @@ impl Store {
                         let mut seen = old.seen.clone();
                         seen.add(dot);
                         kept_hlc = Some(old.hlc);
+                        // The same bases: the record shows the same base.
+                        let mut bases = old.bases.clone();
+                        bases.retain(|name, _| part_writes(&part, name));
+                        kept_bases = Some(bases);
                         (part, seen)
                     }
                     None => {
@@ -306,6 +311,11 @@ impl Store {
                 hlc: Hlc(0),
                 authority: author.authority.clone(),
                 seen,
+                bases: match kept_bases {
+                    Some(bases) => bases,
+                    None if policy.fields == FieldPolicy::Skip => state.bases_for(&op),
+                    None => Bases::new(),
+                },
                 op,
                 seal: Seal::Single([0; 64]),
             };
@@ -444,6 +454,11 @@ impl Store {
 /// supersedes every change the record held while unfinished, none of which
 /// was sent, so no peer ever needs them (docs/protocol.md, "Send when
 /// finished").
+/// Whether the part of a change a reissue writes again names `name`.
+fn part_writes(part: &Op, name: &str) -> bool {
+    matches!(part, Op::Put { fields, .. } if fields.contains_key(name))
+}
+
 fn finishing(op: Op, state: &RecordState, exists_now: bool, policy: &TypePolicy) -> Op {
     let (Some((field, value)), Op::Put { replace, fields }) = (&policy.send_when, &op) else { return op };
     let before = if exists_now { state.view(policy).fields } else { BTreeMap::new() };

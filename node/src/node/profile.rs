@@ -97,6 +97,7 @@ fn type_json(record_type: &str, policy: &TypePolicy) -> serde_json::Value {
         "policy": match &policy.fields {
             FieldPolicy::Newest => "newest".to_owned(),
             FieldPolicy::Authority(tag) => format!("authority:{tag}"),
+            FieldPolicy::Skip => "skip".to_owned(),
         },
         "delete": match policy.delete {
             DeletePolicy::DeleteWins => "delete-wins",

@@ -313,7 +313,9 @@ pub struct ProfileSet {
     #[arg(value_name = "TYPE")]
     #[serde(rename = "type")]
     pub record_type: String,
-    /// Which of two concurrent values of a field wins: newest or authority:TAG.
+    /// Which of two concurrent values of a field wins: newest, authority:TAG, or
+    /// skip (neither: the field keeps the value both writers had seen, and
+    /// both new values wait as conflicts).
     #[arg(long)]
     pub policy: Option<String>,
     /// A delete concurrent with an update wins (the default).
