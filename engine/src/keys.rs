@@ -21,6 +21,22 @@ pub const PEERS: u8 = b'p';
 pub const RUNS: u8 = b'g';
 pub const BLOB_REFS: u8 = b'b';
 pub const LOCAL_FIELDS: u8 = b'o';
+pub const FEED: u8 = b'f';
+
+/// `FEED ‖ cursor (u64 BE)`: one entry of the change feed (`store/feed.rs`).
+pub fn feed(cursor: u64) -> Vec<u8> {
+    let mut key = vec![FEED];
+    key.extend_from_slice(&cursor.to_be_bytes());
+    key
+}
+
+/// The cursor of a change feed key.
+pub fn feed_cursor(key: &[u8]) -> Option<u64> {
+    match key {
+        [FEED, rest @ ..] => rest.try_into().ok().map(u64::from_be_bytes),
+        _ => None,
+    }
+}
 
 pub fn meta(name: &str) -> Vec<u8> {
     let mut key = vec![META];
@@ -188,6 +204,10 @@ pub fn describe(key: &[u8]) -> String {
         BY_ID => "the index of records by id (kept by older versions)".to_owned(),
         CHAINS | AUTHOR_CHAINS => "a stored certificate chain".to_owned(),
         LEDGER => "a sync ledger entry".to_owned(),
+        FEED => match feed_cursor(key) {
+            Some(cursor) => format!("entry {cursor} of the change feed"),
+            None => "a change feed entry whose key is damaged".to_owned(),
+        },
         PEERS => "a note kept about a peer".to_owned(),
         RUNS if rest.len() == 24 => {
             let first = u64::from_be_bytes(rest[16..].try_into().expect("8 bytes"));

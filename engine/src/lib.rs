@@ -40,7 +40,7 @@ pub use merge::{Conflict, Outcome, RecordState, View};
 pub use region::Region;
 pub use report::SyncReport;
 pub use seal::Seal;
-pub use session::{Direction, Env, Event, Role, Session, SessionConfig, SessionError, SessionStore};
+pub use session::{Direction, Env, Event, FromPeer, Role, Session, SessionConfig, SessionError, SessionStore};
 pub use store::{
     ApplyHook, LocalAuthor, LocalOp, LocalWrite, Opened, RecordView, SerialSigner, Signer, Store, StoreError,
     WriteRejection, Written,

@@ -30,6 +30,11 @@ pub const VECTOR_ENTRIES_MAX: usize = 1024;
 /// times between two syncs and still finds the value both sides had seen.
 pub const SKIP_BASES_MAX: usize = 16;
 
+/// Entries the change feed keeps (`store/feed.rs`): about 100 bytes each,
+/// so at most about 100 MiB, and enough that an app can fall a whole
+/// initial sync of a large central behind and still read on.
+pub const FEED_ENTRIES_MAX: usize = 1_000_000;
+
 /// Bytes of an authority tag (same bound as in certificates).
 pub const AUTHORITY_BYTES_MAX: usize = 64;
 

@@ -50,7 +50,7 @@ mod transfer;
 
 pub use outgoing::{delta_frames, prove_runs};
 use outgoing::{plan_outgoing, prepare_batch};
-pub use seam::SessionStore;
+pub use seam::{FromPeer, SessionStore};
 
 /// What a session needs to start.
 #[derive(Clone, Debug)]

@@ -32,6 +32,7 @@ mod apply;
 mod blobs;
 mod check;
 mod evict;
+mod feed;
 mod frontier;
 mod hook;
 mod meta;
@@ -43,6 +44,7 @@ mod write;
 
 pub use blobs::Referenced;
 pub use check::{CheckReport, Damage};
+pub use feed::{EVICT_ORIGIN, FeedEntry, FeedError, FeedPage, LOCAL_ORIGIN, PURGE_ORIGIN};
 pub use frontier::{ScanEnd, digest_of};
 pub use hook::ApplyHook;
 use hook::Observed;
@@ -159,6 +161,13 @@ pub struct Store {
     counted: bool,
     /// Told of every record a commit changes (`ApplyHook`).
     hooks: std::sync::RwLock<Vec<std::sync::Arc<dyn ApplyHook>>>,
+    /// What the change feed holds, read on first use (`store/feed.rs`).
+    feed: Mutex<Option<feed::FeedState>>,
+    /// How many entries the feed keeps (`FEED_ENTRIES_MAX` unless set).
+    feed_max: std::sync::atomic::AtomicU64,
+    /// Told the newest cursor after each commit that adds to the feed
+    /// (`Store::on_feed`).
+    feed_listeners: std::sync::RwLock<Vec<feed::FeedListener>>,
 }
 
 const EPOCH_FILE: &str = "epoch";
@@ -192,6 +201,7 @@ impl Store {
                 .put(keys::blob_ref(&r.hash, &key.partition, &key.record_type, &key.id), r.size.to_be_bytes().to_vec());
         }
         pending.record(key, state, existed);
+        pending.feed.push(key.clone());
         if key.record_type.as_str() == crate::policy::PROFILE_TYPE {
             self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
             return self.readable_profile(pending, key, state);
@@ -230,7 +240,13 @@ impl Store {
             let held = self.backend.get(&key)?.map(|b| be_u64(&b)).transpose()?.unwrap_or(0);
             pending.put(key, held.saturating_add_signed(delta).to_be_bytes().to_vec());
         }
+        let feed = self.feed_entries(&mut pending)?;
         self.commit(&pending.into_writes())?;
+        if let Some((mut guard, state)) = feed {
+            *guard = Some(state);
+            drop(guard);
+            self.feed_committed(state);
+        }
         let mut floors = self.floors.lock().expect("floors lock");
         for triple in cleared {
             floors.remove(&triple);

@@ -186,7 +186,15 @@ fn forged_and_out_of_scope_changes_are_rejected_and_the_rest_applies() {
         let mut positions = BTreeMap::new();
         let applied = receiver
             .store
-            .apply_batch(batch.clone(), &Region::of(Filter::org(org())), &mut positions, &auth, &SerialVerifier, T0)
+            .apply_batch(
+                batch.clone(),
+                &Region::of(Filter::org(org())),
+                &mut positions,
+                &auth,
+                &SerialVerifier,
+                T0,
+                "peer",
+            )
             .expect("applies");
         assert_eq!((applied.received, applied.updated, applied.rejected), (3, 1, 2), "{kind:?}: {applied:?}");
         // The tampered change no longer hashes to its leaf: the root its run
@@ -208,6 +216,7 @@ fn forged_and_out_of_scope_changes_are_rejected_and_the_rest_applies() {
             &auth,
             &SerialVerifier,
             T0,
+            "peer",
         );
         assert!(matches!(err, Err(engine::store::ApplyError::Gap { .. })), "{kind:?}");
     }
@@ -242,7 +251,7 @@ fn an_equivocating_author_is_refused_below_the_head() {
         let apply = |batch: &Batch| {
             receiver
                 .store
-                .apply_batch(batch.clone(), &region, &mut BTreeMap::new(), &auth, &SerialVerifier, T0)
+                .apply_batch(batch.clone(), &region, &mut BTreeMap::new(), &auth, &SerialVerifier, T0, "peer")
                 .expect("applies")
         };
         let applied = apply(&group(vec![GroupChange::from_change(&first)]));

@@ -418,7 +418,7 @@ fn import_file(
                 }
                 let applied = node
                     .store
-                    .apply_batch(batch, &region, &mut positions, node.auth.as_ref(), &ParallelVerifier, now_ms())
+                    .apply_batch(batch, &region, &mut positions, node.auth.as_ref(), &ParallelVerifier, now_ms(), "bundle")
                     .map_err(|e| match e {
                         engine::store::ApplyError::Gap { .. } => anyhow!(
                             "this bundle continues from a frontier this node does not hold ({e}): ask for a bundle made with this node's frontier file, or a full one"

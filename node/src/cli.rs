@@ -106,6 +106,10 @@ pub enum Command {
         /// Neither announce this node on the LAN nor look for peers there.
         #[arg(long)]
         no_mdns: bool,
+        /// Serve the HTTP API on this IP:PORT (default: `http` in ferry.toml;
+        /// none). Use 127.0.0.1 unless other machines must reach it.
+        #[arg(long, value_name = "IP:PORT")]
+        http: Option<String>,
     },
     /// One sync with a peer (a multiaddr, or a peer id found by mDNS).
     Sync(ops::Sync),
@@ -115,6 +119,8 @@ pub enum Command {
     Status,
     /// The sync ledger.
     History(ops::History),
+    /// The change feed: every record changed after a cursor, in order.
+    Changes(ops::Changes),
     /// Records holding conflicts.
     Conflicts,
     /// Verify every stored value's checksum, every record and every retained
@@ -301,6 +307,7 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         Command::Peers => Op::Peers,
         Command::Status => Op::Status,
         Command::History(args) => Op::History(args.clone()),
+        Command::Changes(args) => Op::Changes(args.clone()),
         Command::Conflicts => Op::Conflicts,
         Command::Check(args) => Op::Check(args.clone()),
         Command::Resolve { record_type, id, take, set, partition, org } => Op::Resolve {
@@ -340,8 +347,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             output::print_result(&mut stdout, cli.json, &out).and_then(|()| stdout.flush()).context(WRITE_FAILED)?;
             return Ok(());
         }
-        Command::Serve { listen, no_mdns } => {
-            return crate::serve::serve(home, listen.clone(), *no_mdns, crate::serve::Printer::new(cli.json)).await;
+        Command::Serve { listen, no_mdns, http } => {
+            let printer = crate::serve::Printer::new(cli.json);
+            return crate::serve::serve(home, listen.clone(), *no_mdns, http.clone(), printer).await;
         }
         Command::Demo { .. } if cli.json => bail!("demo has no JSON output; run it without --json"),
         Command::Demo { keep } => return crate::demo::run(*keep).await,

@@ -53,6 +53,15 @@ pub struct Config {
     /// this long; also the time a new stream has to say Hello.
     #[serde(default = "default_session_timeout")]
     pub session_timeout: String,
+    /// Where `ferry serve` serves the HTTP API and the console (`IP:PORT`);
+    /// none unless set here or by `--http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Entries the change feed keeps (default
+    /// `engine::limits::FEED_ENTRIES_MAX`); an app further behind reads the
+    /// records again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed_entries: Option<u64>,
     /// Left out of a written file when empty: `ferry init` writing
     /// `peers = []` made the guide's `[[peers]]` block a duplicate key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -155,6 +164,8 @@ impl Default for Config {
             batch_changes: default_batch(),
             window: default_window(),
             session_timeout: default_session_timeout(),
+            feed_entries: None,
+            http: None,
             peers: Vec::new(),
         }
     }

@@ -13,6 +13,10 @@ pub enum NodeEvent {
     Listening {
         address: String,
     },
+    /// The HTTP API answers at this URL.
+    Http {
+        url: String,
+    },
     Discovered {
         peer: PeerId,
         address: Multiaddr,
@@ -77,6 +81,7 @@ impl NodeEvent {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             NodeEvent::Listening { address } => json!({ "event": "listening", "address": address }),
+            NodeEvent::Http { url } => json!({ "event": "http", "url": url }),
             NodeEvent::Discovered { peer, address } => {
                 json!({ "event": "discovered", "peer": peer.to_string(), "address": address.to_string() })
             }

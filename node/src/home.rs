@@ -55,11 +55,33 @@ impl Home {
     pub fn tokens_file(&self) -> PathBuf {
         self.dir.join("tokens.json")
     }
+    /// The HTTP API's bearer token (`http::token`).
+    pub fn api_token_file(&self) -> PathBuf {
+        self.dir.join("api-token")
+    }
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")
     }
     pub fn lock_file(&self) -> PathBuf {
         self.dir.join("lock")
+    }
+
+    /// The HTTP API's bearer token, `HOME/api-token`: made by `ferry init`
+    /// (or by the first `serve --http` of a home made before there was
+    /// one), 32 random bytes in hex, mode 0600.
+    pub fn api_token(&self) -> anyhow::Result<String> {
+        let path = self.api_token_file();
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let token = text.trim();
+            if token.is_empty() {
+                bail!("{} is empty: remove it, and the next `ferry serve --http` makes a new token", path.display());
+            }
+            return Ok(token.to_owned());
+        }
+        let token = data_encoding::HEXLOWER.encode(&crate::random::bytes::<32>());
+        write_private(&path, format!("{token}\n").as_bytes())?;
+        Ok(token)
     }
 
     pub fn is_initialized(&self) -> bool {

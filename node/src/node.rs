@@ -27,6 +27,7 @@ pub const ENROL_CLOCK_BEHIND_MAX_S: u64 = 86_400;
 mod blobs;
 mod credentials;
 mod evict;
+pub mod feed;
 mod profile;
 mod records;
 mod scope;
@@ -56,6 +57,9 @@ pub struct Node {
     own: OwnChains,
     /// This node's sealing secrets, read once (`sealing.rs`).
     keyring: std::sync::Mutex<Option<Arc<sealing::Keyring>>>,
+    /// The change feed's newest cursor, updated after each commit that adds
+    /// to it: what a long-polling reader waits on (`ops::changes`).
+    pub feed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Held until the node is dropped, after the store has closed.
     _lock: crate::home::HomeLock,
 }
@@ -101,6 +105,7 @@ pub fn init(home: &Home, backend: Option<BackendKind>) -> anyhow::Result<serde_j
         config.store = kind.name().into();
     }
     write_atomic(&home.config_file(), config.to_toml().as_bytes())?;
+    home.api_token()?;
     let node = Node::open(home.clone())?;
     let out =
         json!({ "peer_id": node.identity.peer_id().to_string(), "instance_id": node.store.instance().to_string() });
@@ -134,6 +139,14 @@ impl Node {
             tracing::info!(instance = %opened.instance, "continuing under a fresh instance: {reason}");
         }
         let store = Arc::new(store);
+        if let Some(entries) = config.feed_entries {
+            store.set_feed_entries_max(entries);
+        }
+        let feed = Arc::new(tokio::sync::watch::Sender::new(store.feed_last()?));
+        let told = feed.clone();
+        store.on_feed(Arc::new(move |last| {
+            told.send_replace(last);
+        }));
         let auth = CertAuthorizer::watching(store.clone());
         let blobs = crate::blobs::Blobs::new(home.blobs_dir());
         let node = Node {
@@ -147,6 +160,7 @@ impl Node {
             answered: Default::default(),
             own,
             keyring: Default::default(),
+            feed,
             _lock: lock,
         };
         for (_, bytes) in node.own_chains()? {

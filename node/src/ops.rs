@@ -140,6 +140,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
                     .collect(),
             )
         }
+        Op::Changes(ask) => changes(node, ask).await?,
         Op::Watch => bail!("watch is only served over the control socket of a running node"),
         Op::Status => {
             let board = ctx.status.context(
@@ -163,6 +164,44 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
             crate::pool::blocking_reporting(move |out| execute_local(&node, op, listening, out), out).await?
         }
     })
+}
+
+/// The longest a long poll of the feed waits.
+pub const FEED_WAIT_MS_MAX: u64 = 300_000;
+
+/// A page of the change feed; with `timeout_ms`, waits for a commit when
+/// nothing follows the cursor (a long poll), and answers with no entries
+/// once the time is up. Shared by the local API and HTTP.
+pub async fn changes(node: &Arc<Node>, ask: Changes) -> anyhow::Result<serde_json::Value> {
+    let wait = std::time::Duration::from_millis(ask.timeout_ms.unwrap_or(0).min(FEED_WAIT_MS_MAX));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut told = node.feed.subscribe();
+    loop {
+        told.borrow_and_update();
+        let reader = node.clone();
+        let asked = ask.clone();
+        let page = crate::pool::blocking(move || {
+            let org = reader.org(asked.org.as_deref())?;
+            reader.changes(&crate::node::feed::FeedAsk {
+                org,
+                since: asked.since,
+                record_type: asked.record_type.as_deref(),
+                partition: asked.partition.as_deref(),
+                limit: asked.limit,
+            })
+        })
+        .await?;
+        let empty = page["entries"].as_array().is_none_or(Vec::is_empty);
+        let moved = page["last_cursor"].as_u64() != Some(ask.since);
+        if !empty || moved || tokio::time::Instant::now() >= deadline {
+            return Ok(page);
+        }
+        // Nothing yet: wait for the next commit that adds to the feed.
+        match tokio::time::timeout_at(deadline, told.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return Ok(page),
+        }
+    }
 }
 
 /// The operations that need only the store and the home, run on the
@@ -271,7 +310,13 @@ fn execute_local(
             node.resolve(org(&o)?, &record_type, &id, partition.as_deref(), take, set)?.to_json()
         }
         Op::History(_) => node.history()?.iter().map(j::ledger_entry).collect(),
-        Op::EnrollToken { .. } | Op::Enroll { .. } | Op::Sync { .. } | Op::Peers | Op::Watch | Op::Status => {
+        Op::EnrollToken { .. }
+        | Op::Enroll { .. }
+        | Op::Sync { .. }
+        | Op::Peers
+        | Op::Changes(_)
+        | Op::Watch
+        | Op::Status => {
             unreachable!("network operations run in `execute`")
         }
         Op::BundleExport(BundleExport { org: o, out: path, for_peer, since, filters }) => {

@@ -49,15 +49,20 @@ impl SyncOutcome {
 
 /// Runs one step of `session` on the blocking pool, where the store's IO
 /// belongs (`pool`), and hands the session back.
+///
+/// `peer` names the other side in the change feed (`engine::FromPeer`).
 async fn step(
     node: &Arc<Node>,
+    peer: &libp2p::PeerId,
     session: Session,
     work: impl FnOnce(&mut Session, &Env<'_>) + Send + 'static,
 ) -> Session {
     let node = node.clone();
+    let origin = peer.to_string();
     crate::pool::blocking(move || {
         let mut session = session;
-        let env = Env { store: node.store.as_ref(), auth: node.auth.as_ref(), verifier: &ParallelVerifier };
+        let store = engine::FromPeer { store: node.store.as_ref(), origin: &origin };
+        let env = Env { store: &store, auth: node.auth.as_ref(), verifier: &ParallelVerifier };
         work(&mut session, &env);
         session
     })
@@ -74,6 +79,7 @@ pub async fn drive(
     stream: &mut libp2p::Stream,
     session: Session,
     node: &Arc<Node>,
+    peer: &libp2p::PeerId,
     on_event: &mut (dyn FnMut(&Event) + Send),
 ) -> (Session, Result<SyncReport, String>) {
     let write_timeout = node.config.session_timeout();
@@ -86,7 +92,7 @@ pub async fn drive(
         if let Err(e) = flush(&mut writer, &mut session, write_timeout).await {
             return (session, Err(e));
         }
-        session = step(node, session, |s, env| s.handle_idle(now_ms(), env)).await;
+        session = step(node, peer, session, |s, env| s.handle_idle(now_ms(), env)).await;
         if let Err(e) = flush(&mut writer, &mut session, write_timeout).await {
             return (session, Err(e));
         }
@@ -109,7 +115,7 @@ pub async fn drive(
                 reading = read_next(reader);
                 match result {
                     Ok(Some(frame)) => {
-                        session = step(node, session, move |s, env| s.handle_message(now_ms(), &frame, env)).await;
+                        session = step(node, peer, session, move |s, env| s.handle_message(now_ms(), &frame, env)).await;
                     }
                     Ok(None) => {
                         if session.is_finished() {
@@ -121,7 +127,7 @@ pub async fn drive(
                 }
             }
             () = tokio::time::sleep(wait) => {
-                session = step(node, session, |s, env| s.handle_timeout(now_ms(), env)).await;
+                session = step(node, peer, session, |s, env| s.handle_timeout(now_ms(), env)).await;
             }
         }
     }
@@ -263,7 +269,7 @@ async fn sync_with(
         config.types = ask.types.clone();
         ledger_key = (config.started_at_ms, config.session);
         let session = Session::initiate(config, now_ms());
-        let (session, result) = drive(&mut stream, session, node, on_event).await;
+        let (session, result) = drive(&mut stream, session, node, &peer, on_event).await;
         let _ = futures::AsyncWriteExt::close(&mut stream).await;
         if result.is_ok() {
             linger(&mut stream).await;
@@ -280,7 +286,7 @@ async fn sync_with(
         && !session.is_finished()
     {
         let reason = reason.clone();
-        session = step(node, session, move |s, env| s.abandon(now_ms(), reason, env)).await;
+        session = step(node, &peer, session, move |s, env| s.abandon(now_ms(), reason, env)).await;
     }
     let report = result.map_err(|e| anyhow!("sync with {peer} failed: {e}"))?;
     let peer_scope = session.peer_scope().cloned();
@@ -395,14 +401,14 @@ async fn answer(
     };
     let ledger_key = (config.started_at_ms, config.session);
     let session = Session::accept(config, now_ms());
-    let session = step(node, session, move |s, env| s.handle_message(now_ms(), &first, env)).await;
-    let (mut session, result) = drive(&mut stream, session, node, on_event).await;
+    let session = step(node, &peer, session, move |s, env| s.handle_message(now_ms(), &first, env)).await;
+    let (mut session, result) = drive(&mut stream, session, node, &peer, on_event).await;
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
     if let Err(reason) = &result
         && !session.is_finished()
     {
         let reason = reason.clone();
-        session = step(node, session, move |s, env| s.abandon(now_ms(), reason, env)).await;
+        session = step(node, &peer, session, move |s, env| s.abandon(now_ms(), reason, env)).await;
     }
     if result.is_ok()
         && let Some(org) = session.filter().prefixes().first().map(|p| p.org())

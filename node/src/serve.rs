@@ -75,7 +75,13 @@ impl Printer {
     }
 }
 
-pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Printer) -> anyhow::Result<()> {
+pub async fn serve(
+    home: Home,
+    listen: Vec<String>,
+    no_mdns: bool,
+    http: Option<String>,
+    printer: Printer,
+) -> anyhow::Result<()> {
     let node = Node::open_shared(home.clone()).await?;
     // A start that fails (a mistyped or taken address) closes the store
     // cleanly, so the next command continues the same instance.
@@ -99,6 +105,28 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
     for address in net.dialable() {
         printer.event(&NodeEvent::Listening { address });
     }
+    // The HTTP API, when asked for. A taken address stops the node as a
+    // signal would, so the store closes cleanly, and the start fails.
+    let mut failed = None;
+    let http_task = match http.or_else(|| node.config.http.clone()) {
+        Some(address) => {
+            let started = match home.api_token() {
+                Ok(token) => crate::http::start(shared.clone(), &address, token).await,
+                Err(e) => Err(e),
+            };
+            match started {
+                Ok((url, task)) => {
+                    printer.event(&NodeEvent::Http { url });
+                    Some(task)
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            }
+        }
+        None => None,
+    };
 
     // Network events: print them, and keep the status current.
     let p = printer.clone();
@@ -188,10 +216,12 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
         });
     }
 
-    wait_for_signal().await;
+    if failed.is_none() {
+        wait_for_signal().await;
+    }
     printer.event(&NodeEvent::Stopping);
     // Stop accepting, and wait until the stopped tasks have let go of the node.
-    for task in [control_task, net_events] {
+    for task in [control_task, net_events].into_iter().chain(http_task) {
         task.abort();
         let _ = task.await;
     }
@@ -215,7 +245,7 @@ pub async fn serve(home: Home, listen: Vec<String>, no_mdns: bool, printer: Prin
             note: Some("a session was abandoned; the store will start a fresh instance".into()),
         }),
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// What a successful start holds: every fallible step is done, and a

@@ -6,4 +6,5 @@
 
 pub mod cli;
 pub mod hostile;
+pub mod http;
 pub mod sim;

@@ -783,8 +783,8 @@ fn senaite_example_2_methods_are_handled_only_on_the_master_and_read_only_elsewh
     server.stop();
 }
 
-/// The TAO district of issue 14 (without sealing, not built yet): a central,
-/// two test centres with two devices each. Results are held on the device
+/// The TAO district of issue 14: a central, two test centres with two
+/// devices each. Results are sealed to the central, held on the device
 /// until finished, pushed once, then evicted after the central acknowledged
 /// them; a learner's `password_hash` never leaves the central; a device
 /// moved to the other centre purges the first centre's tests but keeps its

@@ -86,25 +86,62 @@ pub trait SessionStore: Sync {
     fn record_session(&self, entry: &LedgerEntry) -> Result<(), StoreError>;
 }
 
-impl SessionStore for Store {
+/// A store and what the change feed names as the origin of the changes a
+/// session receives into it (`Store::apply_batch`'s `origin`): a bare
+/// `Store` names them `peer`; node wraps its store in `FromPeer` with the
+/// peer's id.
+pub trait Attributed: Sync {
+    fn store(&self) -> &Store;
+    fn origin(&self) -> &str;
+}
+
+impl Attributed for Store {
+    fn store(&self) -> &Store {
+        self
+    }
+
+    fn origin(&self) -> &str {
+        "peer"
+    }
+}
+
+/// A store whose sessions name the peer they sync with, so the change feed
+/// says where each received change came from (`Store::apply_batch`'s
+/// `origin`). A bare `Store` names it `peer`.
+pub struct FromPeer<'a> {
+    pub store: &'a Store,
+    pub origin: &'a str,
+}
+
+impl Attributed for FromPeer<'_> {
+    fn store(&self) -> &Store {
+        self.store
+    }
+
+    fn origin(&self) -> &str {
+        self.origin
+    }
+}
+
+impl<T: Attributed> SessionStore for T {
     fn chain(&self, hash: &[u8; 32]) -> Result<Option<Vec<u8>>, StoreError> {
-        Store::chain(self, hash)
+        self.store().chain(hash)
     }
 
     fn put_chain(&self, author: &AuthorKey, chain: &[u8]) -> Result<[u8; 32], StoreError> {
-        Store::put_chain(self, author, chain)
+        self.store().put_chain(author, chain)
     }
 
     fn chains_of(&self, author: &AuthorKey) -> Result<Vec<Vec<u8>>, StoreError> {
-        Store::chains_of(self, author)
+        self.store().chains_of(author)
     }
 
     fn digest(&self, region: &Region) -> Result<[u8; 32], StoreError> {
-        Store::digest(self, region)
+        self.store().digest(region)
     }
 
     fn heads(&self, region: &Region) -> Result<Vec<HeadEntry>, StoreError> {
-        Store::heads(self, region)
+        self.store().heads(region)
     }
 
     fn check_peer_heads(
@@ -113,7 +150,7 @@ impl SessionStore for Store {
         fresh: InstanceId,
         now_ms: u64,
     ) -> Result<Option<String>, StoreError> {
-        Store::check_peer_heads(self, entries, fresh, now_ms)
+        self.store().check_peer_heads(entries, fresh, now_ms)
     }
 
     fn count_group(
@@ -124,7 +161,7 @@ impl SessionStore for Store {
         after: Counter,
         upto: Counter,
     ) -> Result<(u64, u64), StoreError> {
-        Store::count_group(self, partition, record_type, instance, after, upto)
+        self.store().count_group(partition, record_type, instance, after, upto)
     }
 
     fn scan_group(
@@ -138,7 +175,7 @@ impl SessionStore for Store {
         max_bytes: u64,
         out: &mut Vec<Change>,
     ) -> Result<ScanEnd, StoreError> {
-        Store::scan_group(self, partition, record_type, instance, after, upto, max_changes, max_bytes, out)
+        self.store().scan_group(partition, record_type, instance, after, upto, max_changes, max_bytes, out)
     }
 
     fn evicted(
@@ -147,11 +184,11 @@ impl SessionStore for Store {
         record_type: &RecordType,
         instance: &InstanceId,
     ) -> Result<Counter, StoreError> {
-        Store::evicted(self, partition, record_type, instance)
+        self.store().evicted(partition, record_type, instance)
     }
 
     fn run(&self, author: &InstanceId, first: Counter) -> Result<Option<RunKnown>, StoreError> {
-        Store::run(self, author, first)
+        self.store().run(author, first)
     }
 
     fn apply_batch(
@@ -163,10 +200,10 @@ impl SessionStore for Store {
         verifier: &dyn Verifier,
         now_ms: u64,
     ) -> Result<SyncReport, ApplyError> {
-        Store::apply_batch(self, batch, region, positions, auth, verifier, now_ms)
+        self.store().apply_batch(batch, region, positions, auth, verifier, now_ms, self.origin())
     }
 
     fn record_session(&self, entry: &LedgerEntry) -> Result<(), StoreError> {
-        Store::record_session(self, entry)
+        self.store().record_session(entry)
     }
 }

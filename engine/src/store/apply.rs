@@ -238,6 +238,10 @@ impl Store {
     /// change is counted with its reason and the rest proceeds; a batch that
     /// does not continue what this node holds (`ApplyError::Gap`) changes
     /// nothing. The checks run before the write lock is taken.
+    ///
+    /// `origin` says where the batch came from in the change feed: the
+    /// sending peer's id, or `bundle`.
+    #[allow(clippy::too_many_arguments)]
     pub fn apply_batch(
         &self,
         batch: Batch,
@@ -246,6 +250,7 @@ impl Store {
         auth: &dyn Authorizer,
         verifier: &dyn Verifier,
         now_ms: u64,
+        origin: &str,
     ) -> Result<SyncReport, ApplyError> {
         // The changes are moved out of the batch into the store's records,
         // never copied.
@@ -255,7 +260,7 @@ impl Store {
         let checked = check_batch(batch, taken, region, auth, verifier, now_ms / 1000);
         let mut learnt_runs = checked.runs;
         let mut applied = checked.report;
-        let mut pending = Pending::default();
+        let mut pending = Pending { origin: Some(origin.to_owned()), ..Pending::default() };
         for (author, chain) in &checked.chains {
             pending.chain(author, chain);
         }

@@ -27,6 +27,7 @@ use crate::ids::{Counter, InstanceId, RecordId};
 use crate::keys;
 use crate::stored;
 
+use super::feed::EVICT_ORIGIN;
 use super::{Held, Pending, Store, StoreError, Triple, corrupt};
 
 /// Records per eviction commit.
@@ -88,7 +89,7 @@ impl Store {
             // Under the write lock, each record is read again: a write since
             // the scan may have added a change no peer holds yet.
             let local = self.lock();
-            let mut pending = Pending::default();
+            let mut pending = Pending { origin: Some(EVICT_ORIGIN.to_owned()), ..Pending::default() };
             let mut marks: BTreeMap<Triple, Counter> = BTreeMap::new();
             let mut removed = 0i64;
             for key in chunk {
@@ -106,6 +107,7 @@ impl Store {
                     *at = (*at).max(change.counter);
                 }
                 removed += 1;
+                pending.feed.push(key.clone());
             }
             for ((partition, record_type, instance), counter) in marks {
                 let stored = self.evicted(&partition, &record_type, &instance)?;

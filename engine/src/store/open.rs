@@ -149,6 +149,9 @@ impl Store {
             pending_open: Mutex::new(pending_open),
             floors: Mutex::new(floors),
             hooks: std::sync::RwLock::new(Vec::new()),
+            feed: Mutex::new(None),
+            feed_max: std::sync::atomic::AtomicU64::new(crate::limits::FEED_ENTRIES_MAX as u64),
+            feed_listeners: std::sync::RwLock::new(Vec::new()),
         };
         Ok((store, Opened { instance, fresh_instance: reason }))
     }

@@ -25,6 +25,10 @@ pub(super) struct Pending {
     pub(super) new_records: BTreeMap<OrgId, i64>,
     /// Repair floors this commit removes (forgotten once it is durable).
     pub(super) floors_cleared: Vec<Triple>,
+    /// Records this commit changes, for the change feed (`store/feed.rs`).
+    pub(super) feed: Vec<RecordKey>,
+    /// Where the changes came from; `None`: written here.
+    pub(super) origin: Option<String>,
 }
 
 impl Pending {

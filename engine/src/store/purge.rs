@@ -26,6 +26,7 @@ use crate::ids::{Counter, InstanceId, RecordId};
 use crate::keys;
 use crate::stored;
 
+use super::feed::PURGE_ORIGIN;
 use super::{Pending, Store, StoreError, corrupt};
 
 /// Keys per purge commit.
@@ -190,21 +191,30 @@ impl Store {
         })?;
         self.commit_pending(pending)?;
         // Then the records, their markers and references, then the index.
-        let mut doomed: Vec<(Vec<u8>, bool)> = Vec::new();
+        // The record's own key comes first, with its id: the change feed
+        // names each purged record (origin `purge`).
+        let mut doomed: Vec<(Vec<u8>, Option<&RecordId>)> = Vec::new();
         for (id, refs) in records {
             let keys = record_keys(partition, record_type, id, refs);
-            doomed.extend(keys.into_iter().enumerate().map(|(i, key)| (key, i == 0)));
+            doomed.extend(keys.into_iter().enumerate().map(|(i, key)| (key, (i == 0).then_some(id))));
         }
         self.scan_prefix(&under(keys::CHANGES), &mut |k, _| {
-            doomed.push((k.to_vec(), false));
+            doomed.push((k.to_vec(), None));
             true
         })?;
         for chunk in doomed.chunks(PURGE_COMMIT_KEYS) {
-            let mut pending = Pending::default();
+            let mut pending = Pending { origin: Some(PURGE_ORIGIN.to_owned()), ..Pending::default() };
             let mut removed = 0i64;
-            for (key, is_record) in chunk {
+            for (key, record) in chunk {
                 pending.delete(key.clone());
-                removed += i64::from(*is_record);
+                if let Some(id) = record {
+                    removed += 1;
+                    pending.feed.push(RecordKey {
+                        partition: partition.clone(),
+                        record_type: record_type.clone(),
+                        id: (*id).clone(),
+                    });
+                }
             }
             if removed > 0 {
                 pending.new_records.insert(org, -removed);

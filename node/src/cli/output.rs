@@ -96,6 +96,21 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
         Op::History(crate::ops::History { records }) => {
             value.as_array().into_iter().flatten().try_for_each(|e| write_history_entry(out, e, *records))
         }
+        Op::Changes(_) => {
+            for e in value["entries"].as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{} {} {} in {}{} (from {})",
+                    e["cursor"],
+                    e["type"].as_str().unwrap_or("?"),
+                    e["id"].as_str().unwrap_or("?"),
+                    e["partition"].as_str().unwrap_or("?"),
+                    if e["deleted"] == true { ", deleted" } else { "" },
+                    e["origin"].as_str().unwrap_or("?"),
+                )?;
+            }
+            writeln!(out, "last cursor {}", value["last_cursor"])
+        }
         Op::CertList => value.as_array().into_iter().flatten().try_for_each(|c| write_certificate(out, c)),
         Op::CertRevoke { .. } => {
             let mut value = value.clone();

@@ -69,6 +69,8 @@ pub enum Op {
     BlobGet(BlobGet),
     BlobList,
     BlobGc,
+    /// The change feed after a cursor (`node/src/node/feed.rs`).
+    Changes(Changes),
     /// Serving nodes only: a stream of events until the client hangs up.
     Watch,
     /// Serving nodes only: identity, certificates, peers with their last
@@ -163,6 +165,35 @@ pub struct EnrollToken {
     /// An authority tag for the enrolled nodes' certificates.
     #[arg(long)]
     pub authority: Option<String>,
+}
+
+/// `ferry changes`: a page of the change feed.
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+pub struct Changes {
+    /// The org id (needed when this node belongs to several).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// The last cursor already read (0: from the start).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub since: u64,
+    /// Only records of this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    #[serde(rename = "type", default)]
+    pub record_type: Option<String>,
+    /// Only records in this partition (or inside it).
+    #[arg(long)]
+    #[serde(default)]
+    pub partition: Option<String>,
+    /// Entries at most (1 to 1000; default 100).
+    #[arg(long)]
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// When nothing follows the cursor, wait this long for a change
+    /// (a long poll) before answering with no entries.
+    #[arg(long, value_name = "MS")]
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// One record, by type and id (`get`, `delete`).

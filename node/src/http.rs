@@ -1,0 +1,278 @@
+//! The HTTP API (SPEC §6.3; docs/api.md, "HTTP"): `ferry serve --http
+//! ADDR` (or `http` in ferry.toml). Every route runs the same operation as
+//! the command and the local API (`ops::execute`); this module only maps
+//! requests to `Op`s and answers to status codes. Every `/v1/` request needs
+//! `Authorization: Bearer <HOME/api-token>`: without it the answer is 401
+//! and nothing is read or changed. Bodies are limited to
+//! `HTTP_BODY_BYTES_MAX`; errors are `{"error": "one-line reason"}`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use crate::control::Shared;
+use crate::ops::{self, Ctx, Op};
+
+/// The most bytes a request body may have (as the local API's requests).
+pub const HTTP_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How long a long poll waits when the request does not say.
+pub const LONGPOLL_DEFAULT_MS: u64 = 30_000;
+
+#[derive(Clone)]
+struct Api {
+    shared: Arc<Shared>,
+    token: Arc<str>,
+}
+
+/// Binds `address` (an `IP:PORT`; loopback unless configured otherwise)
+/// and serves the API until the task is aborted. Returns the base URL.
+pub async fn start(
+    shared: Arc<Shared>,
+    address: &str,
+    token: String,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot serve HTTP on {address}: give a free IP:PORT, such as 127.0.0.1:8080"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let api = Api { shared, token: token.into() };
+    let v1 = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/records", get(list))
+        .route("/v1/records/{type}/{id}", get(get_record).put(put_record).delete(delete_record))
+        .route("/v1/changes", get(changes))
+        .route("/v1/history", get(history))
+        .route("/v1/conflicts", get(conflicts))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
+    let app = v1.fallback(not_found).layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX)).with_state(api);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!("the HTTP API stopped: {e}");
+        }
+    });
+    Ok((url, task))
+}
+
+fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response {
+    (status, axum::Json(json!({ "error": reason.to_string() }))).into_response()
+}
+
+async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(token) if constant_time_eq(token.as_bytes(), api.token.as_bytes()) => next.run(request).await,
+        Some(_) => error(StatusCode::UNAUTHORIZED, "the bearer token is not this node's: read it from HOME/api-token"),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "send Authorization: Bearer <token>, the token in HOME/api-token (made by ferry init)",
+        ),
+    }
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// tells nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "no such route: see docs/api.md, \"HTTP\"")
+}
+
+/// Runs `op` as the local API does, and answers with its JSON.
+async fn run(api: &Api, op: Op) -> Result<serde_json::Value, Response> {
+    let shared = &api.shared;
+    let ctx = Ctx {
+        node: &shared.node,
+        net: Some(&shared.net),
+        enrol_lock: &shared.enrol_lock,
+        status: Some(&shared.status),
+    };
+    let writes = matches!(op, Op::Put { .. } | Op::Delete { .. });
+    let description = serde_json::to_value(&op).unwrap_or_default();
+    match ops::execute(&ctx, op, &mut |_| {}).await {
+        Ok(value) => {
+            if writes {
+                let _ = shared
+                    .events
+                    .send(crate::event::NodeEvent::Written { request: description, result: value.clone() });
+            }
+            Ok(value)
+        }
+        Err(e) => Err(error(status_of(&e), format!("{e:#}"))),
+    }
+}
+
+/// 404 for a record or route that is not there, 500 for a failing store,
+/// 400 for everything else a request can get wrong.
+fn status_of(e: &anyhow::Error) -> StatusCode {
+    let text = e.to_string();
+    if text.starts_with("no record") {
+        StatusCode::NOT_FOUND
+    } else if e.downcast_ref::<engine::StoreError>().is_some() {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+fn json_ok(value: serde_json::Value) -> Response {
+    axum::Json(value).into_response()
+}
+
+/// A list as NDJSON: one JSON value a line.
+fn ndjson(values: &serde_json::Value) -> Response {
+    let mut body = String::new();
+    for value in values.as_array().into_iter().flatten() {
+        body.push_str(&value.to_string());
+        body.push('\n');
+    }
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// Refuses a parameter the route does not take (a typo never goes unnoticed).
+fn known(params: &HashMap<String, String>, allowed: &[&str]) -> Result<(), String> {
+    match params.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("unknown parameter {k:?} (this route takes {})", allowed.join(", "))),
+        None => Ok(()),
+    }
+}
+
+fn bad(reason: String) -> Response {
+    error(StatusCode::BAD_REQUEST, reason)
+}
+
+fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, String> {
+    params.get(name).map(|v| v.parse::<u64>().map_err(|_| format!("{name} must be a whole number"))).transpose()
+}
+
+async fn status(State(api): State<Api>) -> Response {
+    run(&api, Op::Status).await.map_or_else(|e| e, json_ok)
+}
+
+async fn list(State(api): State<Api>, Query(params): Params) -> Response {
+    let op = known(&params, &["type", "partition", "org", "deleted"]).map(|()| {
+        Op::List(ops::List {
+            org: params.get("org").cloned(),
+            record_type: params.get("type").cloned(),
+            partition: params.get("partition").cloned(),
+            deleted: params.get("deleted").is_some_and(|v| v == "true"),
+        })
+    });
+    match op {
+        Ok(op) => run(&api, op).await.map_or_else(|e| e, |v| ndjson(&v)),
+        Err(e) => bad(e),
+    }
+}
+
+fn record_ref(record_type: String, id: String, params: &HashMap<String, String>) -> ops::RecordRef {
+    ops::RecordRef { record_type, id, partition: params.get("partition").cloned(), org: params.get("org").cloned() }
+}
+
+async fn get_record(State(api): State<Api>, Path((t, id)): Path<(String, String)>, Query(params): Params) -> Response {
+    if let Err(e) = known(&params, &["partition", "org"]) {
+        return bad(e);
+    }
+    run(&api, Op::Get(record_ref(t, id, &params))).await.map_or_else(|e| e, json_ok)
+}
+
+async fn delete_record(
+    State(api): State<Api>,
+    Path((t, id)): Path<(String, String)>,
+    Query(params): Params,
+) -> Response {
+    if let Err(e) = known(&params, &["partition", "org"]) {
+        return bad(e);
+    }
+    run(&api, Op::Delete(record_ref(t, id, &params))).await.map_or_else(|e| e, json_ok)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    #[serde(default)]
+    set: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    unset: BTreeSet<String>,
+}
+
+async fn put_record(
+    State(api): State<Api>,
+    Path((t, id)): Path<(String, String)>,
+    Query(params): Params,
+    body: String,
+) -> Response {
+    if let Err(e) = known(&params, &["partition", "org"]) {
+        return bad(e);
+    }
+    let Some(partition) = params.get("partition").cloned() else {
+        return error(StatusCode::BAD_REQUEST, "PUT needs ?partition=P: the partition the record is written in");
+    };
+    // An integer beyond 64 bits is refused, never read as a float.
+    if let Err(e) = crate::json::check_integers(&body) {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let body: PutBody = match serde_json::from_str(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, format!("the body must be {{\"set\":{{…}},\"unset\":[…]}}: {e}"));
+        }
+    };
+    let op =
+        Op::Put { org: params.get("org").cloned(), record_type: t, id, partition, set: body.set, unset: body.unset };
+    run(&api, op).await.map_or_else(|e| e, json_ok)
+}
+
+async fn changes(State(api): State<Api>, Query(params): Params) -> Response {
+    if let Err(e) = known(&params, &["since", "type", "partition", "org", "limit", "feed", "timeout_ms"]) {
+        return bad(e);
+    }
+    let (since, limit, timeout) =
+        match (number(&params, "since"), number(&params, "limit"), number(&params, "timeout_ms")) {
+            (Ok(s), Ok(l), Ok(t)) => (s.unwrap_or(0), l, t),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
+        };
+    let timeout_ms = match params.get("feed").map(String::as_str) {
+        None | Some("normal") => None,
+        Some("longpoll") => Some(timeout.unwrap_or(LONGPOLL_DEFAULT_MS)),
+        Some(other) => {
+            return error(StatusCode::BAD_REQUEST, format!("feed={other}: use normal or longpoll"));
+        }
+    };
+    let ask = ops::Changes {
+        org: params.get("org").cloned(),
+        since,
+        record_type: params.get("type").cloned(),
+        partition: params.get("partition").cloned(),
+        limit: limit.map(|l| l as usize),
+        timeout_ms,
+    };
+    match ops::changes(&api.shared.node, ask).await {
+        Ok(page) => json_ok(page),
+        // An expired or foreign cursor: the app must read the records again.
+        Err(e) if e.to_string().contains("read the records again") => error(StatusCode::GONE, e),
+        Err(e) => error(status_of(&e), format!("{e:#}")),
+    }
+}
+
+async fn history(State(api): State<Api>) -> Response {
+    run(&api, Op::History(ops::History { records: true })).await.map_or_else(|e| e, json_ok)
+}
+
+async fn conflicts(State(api): State<Api>) -> Response {
+    run(&api, Op::Conflicts).await.map_or_else(|e| e, |v| ndjson(&v))
+}
