@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use engine::store::FeedError;
+
 use crate::control::Shared;
 use crate::ops::{self, Ctx, Op};
 
@@ -263,9 +265,14 @@ async fn changes(State(api): State<Api>, Query(params): Params) -> Response {
     };
     match ops::changes(&api.shared.node, ask).await {
         Ok(page) => json_ok(page),
-        // An expired or foreign cursor: the app must read the records again.
-        Err(e) if e.to_string().contains("read the records again") => error(StatusCode::GONE, e),
-        Err(e) => error(status_of(&e), format!("{e:#}")),
+        Err(e) => match e.downcast_ref::<FeedError>() {
+            // An expired or foreign cursor: the app reads the records
+            // again, then follows the feed from `last_cursor`.
+            Some(FeedError::Expired { last, .. } | FeedError::Ahead { last, .. }) => {
+                (StatusCode::GONE, axum::Json(json!({ "error": e.to_string(), "last_cursor": last }))).into_response()
+            }
+            _ => error(status_of(&e), format!("{e:#}")),
+        },
     }
 }
 

@@ -149,3 +149,117 @@ fn an_app_that_keeps_its_cursor_gets_every_change_once_in_order_across_a_kill_9(
     assert!(ahead.json()["error"].as_str().expect("reason").contains("read the records again"));
     server.stop();
 }
+
+/// The Python program of docs/api.md ("An app in Python"), taken from the
+/// document itself so the two cannot drift apart.
+fn python_app(dir: &std::path::Path) -> std::path::PathBuf {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/api.md")).expect("docs/api.md");
+    let section = doc.split("## An app in Python").nth(1).expect("the Python section of docs/api.md");
+    let code = section.split("```python\n").nth(1).and_then(|c| c.split("\n```").next()).expect("its code block");
+    let path = dir.join("mirror.py");
+    std::fs::write(&path, code).expect("write mirror.py");
+    path
+}
+
+fn python() -> std::process::Command {
+    let found = std::process::Command::new("python3").arg("--version").output();
+    assert!(found.is_ok_and(|o| o.status.success()), "this test runs the API example: install python3");
+    std::process::Command::new("python3")
+}
+
+/// The app's table: (id, fields) ordered by id.
+fn mirrored(db: &std::path::Path) -> Vec<(String, serde_json::Value)> {
+    let dump = "import json,sqlite3,sys; d=sqlite3.connect(sys.argv[1]); print(json.dumps(d.execute('SELECT id, fields FROM records ORDER BY id').fetchall()))";
+    let out = python().args(["-c", dump]).arg(db).output().expect("read the app's table");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<(String, String)> = serde_json::from_slice(&out.stdout).expect("rows");
+    rows.into_iter().map(|(id, fields)| (id, serde_json::from_str(&fields).expect("fields"))).collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port()
+}
+
+#[test]
+fn the_python_app_of_the_api_doc_mirrors_results_and_survives_restarts_of_itself_and_the_node() {
+    let root = tempfile::tempdir().expect("dir");
+    let app = python_app(root.path());
+    let db = root.path().join("app.db");
+    let central = Home::init(root.path(), "central");
+    central.json(&["org", "create", "District", "--authority", "central"]);
+    let http = format!("127.0.0.1:{}", free_port());
+    let url = format!("http://{http}");
+    let token = central.dir.join("api-token");
+    let server = central.serve_with(&["--http", &http], &[]);
+    server.wait_for("http");
+    let device = Home::init(root.path(), "device");
+    let enrol = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
+    device.json(&["enroll", enrol["token"].as_str().expect("token")]);
+    device.ok(&["put", "result", "d1", "--partition", "results", "--set", "score=1"]);
+    device.ok(&["put", "result", "d2", "--partition", "results", "--set", "score=2"]);
+    device.json(&["sync", &server.address]);
+    central.ok(&["put", "result", "c1", "--partition", "results", "--set", "score=3"]);
+    central.ok(&["put", "test", "t1", "--partition", "results", "--set", "title=x"]);
+    let once = |extra: &[&str]| {
+        let mut command = python();
+        command.arg(&app).arg(&url).arg(&token).arg(&db).arg("result").args(extra);
+        tests::cli::within(command, std::time::Duration::from_secs(60))
+    };
+    let run = once(&["follow", "--once"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let ids = |rows: Vec<(String, serde_json::Value)>| rows.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    assert_eq!(ids(mirrored(&db)), ["c1", "d1", "d2"], "results only, each once");
+    // The node dies; the app says so when asked to catch up now…
+    server.kill();
+    let down = once(&["follow", "--once"]);
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains("not answering"), "{down:?}");
+    // …and a following app waits it out.
+    let mut follower = python()
+        .arg(&app)
+        .arg(&url)
+        .arg(&token)
+        .arg(&db)
+        .args(["result", "follow"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the app");
+    let server = central.serve_with(&["--http", &http], &[]);
+    server.wait_for("http");
+    device.ok(&["put", "result", "d1", "--partition", "results", "--set", "score=10"]);
+    device.ok(&["put", "result", "d3", "--partition", "results", "--set", "score=4"]);
+    device.json(&["sync", &server.address]);
+    let mut caught_up = false;
+    for _ in 0..600 {
+        let rows = mirrored(&db);
+        if rows.iter().any(|(id, _)| id == "d3") && rows.iter().any(|(id, f)| id == "d1" && f["score"] == 10) {
+            caught_up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(caught_up, "the following app mirrors what a sync brought: {:?}", mirrored(&db));
+    // The app restarts; it writes back, and its write comes back once.
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let set = once(&["set", "c1", "results", "reviewed", "true"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert_eq!(central.json(&["get", "result", "c1"])["fields"]["reviewed"], true);
+    central.ok(&["delete", "result", "d2"]);
+    assert!(once(&["follow", "--once"]).status.success());
+    let rows = mirrored(&db);
+    assert_eq!(ids(rows.clone()), ["c1", "d1", "d3"], "d2's deletion reached the table");
+    assert_eq!(rows[0].1, serde_json::json!({"score": 3, "reviewed": true}));
+    // Fallen further behind than the feed keeps: the app reads everything again.
+    server.stop();
+    central.configure("feed_entries = 2\n");
+    let server = central.serve_with(&["--http", &http], &[]);
+    server.wait_for("http");
+    for id in ["c2", "c3", "c4"] {
+        central.ok(&["put", "result", id, "--partition", "results", "--set", "score=5"]);
+    }
+    let behind = once(&["follow", "--once"]);
+    assert!(behind.status.success(), "{}", String::from_utf8_lossy(&behind.stderr));
+    assert_eq!(ids(mirrored(&db)), ["c1", "c2", "c3", "c4", "d1", "d3"]);
+    server.stop();
+}

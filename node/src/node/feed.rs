@@ -44,7 +44,9 @@ impl Node {
             })
             .map_err(|e| match e {
                 FeedError::Store(e) => anyhow!(e),
-                e => anyhow!(e.to_string()),
+                // Kept whole: HTTP answers it with 410 and the cursor to
+                // follow from after reading the records again.
+                e => anyhow!(e),
             })?;
         let mut entries = Vec::with_capacity(page.entries.len());
         for entry in page.entries {
