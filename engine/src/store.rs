@@ -244,8 +244,9 @@ impl Store {
         self.commit(&pending.into_writes())?;
         if let Some((mut guard, state)) = feed {
             *guard = Some(state);
-            drop(guard);
+            // Under the feed's lock: listeners hear of commits in order.
             self.feed_committed(state);
+            drop(guard);
         }
         let mut floors = self.floors.lock().expect("floors lock");
         for triple in cleared {

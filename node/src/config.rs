@@ -66,6 +66,41 @@ pub struct Config {
     /// `peers = []` made the guide's `[[peers]]` block a duplicate key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
+    /// Programs the node runs around syncs (`hooks.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookConfig>,
+}
+
+/// A `[[hooks]]` entry: `run` (program and arguments) with one JSON object
+/// on stdin, `on` a stage, killed after `timeout`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    pub on: HookStage,
+    pub run: Vec<String>,
+    #[serde(default = "default_hook_timeout")]
+    pub timeout: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookStage {
+    /// Before a sync this node starts or answers; a non-zero exit cancels it.
+    BeforeSync,
+    /// After a sync, with its summary.
+    AfterSync,
+    /// After each batch from a peer or a bundle is committed, with its records.
+    AfterApply,
+}
+
+fn default_hook_timeout() -> String {
+    "30s".into()
+}
+
+impl HookConfig {
+    pub fn timeout(&self) -> Duration {
+        parse_duration(&self.timeout).unwrap_or(Duration::from_secs(30))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -165,6 +200,7 @@ impl Default for Config {
             window: default_window(),
             session_timeout: default_session_timeout(),
             feed_entries: None,
+            hooks: Vec::new(),
             http: None,
             peers: Vec::new(),
         }
@@ -196,6 +232,15 @@ impl Config {
         let timeout = parse_duration(&config.session_timeout).context("session_timeout")?;
         if timeout.is_zero() {
             anyhow::bail!("session_timeout must be at least 1s");
+        }
+        for (i, hook) in config.hooks.iter().enumerate() {
+            if hook.run.first().is_none_or(|p| p.is_empty()) {
+                anyhow::bail!("hooks[{i}]: run names no program: give run = [\"program\", \"arg\", …]");
+            }
+            let timeout = parse_duration(&hook.timeout).with_context(|| format!("hooks[{i}].timeout"))?;
+            if timeout.is_zero() {
+                anyhow::bail!("hooks[{i}].timeout must be at least 1s");
+            }
         }
         for peer in &config.peers {
             if let Some(every) = &peer.sync_every {

@@ -17,6 +17,7 @@ pub mod demo;
 pub mod event;
 pub mod frame;
 pub mod home;
+pub mod hooks;
 pub mod http;
 pub mod identity;
 pub mod json;

@@ -60,6 +60,9 @@ pub struct Node {
     /// The change feed's newest cursor, updated after each commit that adds
     /// to it: what a long-polling reader waits on (`ops::changes`).
     pub feed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The feed's cursor range of each commit since `hooks::after_apply`
+    /// last ran (kept only when an `after-apply` hook is configured).
+    pub applied: Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
     /// Held until the node is dropped, after the store has closed.
     _lock: crate::home::HomeLock,
 }
@@ -147,6 +150,16 @@ impl Node {
         store.on_feed(Arc::new(move |last| {
             told.send_replace(last);
         }));
+        let applied = Arc::new(std::sync::Mutex::new(Vec::new()));
+        if config.hooks.iter().any(|h| h.on == crate::config::HookStage::AfterApply) {
+            let ranges = applied.clone();
+            let previous = std::sync::Mutex::new(store.feed_last()?);
+            store.on_feed(Arc::new(move |last| {
+                let mut previous = previous.lock().expect("feed range lock");
+                ranges.lock().expect("applied ranges lock").push((*previous, last));
+                *previous = last;
+            }));
+        }
         let auth = CertAuthorizer::watching(store.clone());
         let blobs = crate::blobs::Blobs::new(home.blobs_dir());
         let node = Node {
@@ -161,6 +174,7 @@ impl Node {
             own,
             keyring: Default::default(),
             feed,
+            applied,
             _lock: lock,
         };
         for (_, bytes) in node.own_chains()? {

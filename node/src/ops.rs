@@ -160,8 +160,17 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
                 (Op::Id, Some(net)) => net.dialable(),
                 _ => Vec::new(),
             };
+            let imports = matches!(op, Op::BundleImport(_));
             let node = node.clone();
-            crate::pool::blocking_reporting(move |out| execute_local(&node, op, listening, out), out).await?
+            let answer = {
+                let node = node.clone();
+                crate::pool::blocking_reporting(move |out| execute_local(&node, op, listening, out), out).await?
+            };
+            // A bundle's batches are commits from elsewhere, as a sync's.
+            if imports {
+                crate::hooks::after_apply(&node).await;
+            }
+            answer
         }
     })
 }

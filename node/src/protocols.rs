@@ -213,6 +213,14 @@ pub async fn sync(
     on_blob: crate::blob_sync::BlobProgress<'_>,
 ) -> anyhow::Result<SyncOutcome> {
     let peer = net.connect(target).await?;
+    if !node.config.hooks.is_empty() {
+        let filter = ask.filter.clone().unwrap_or_else(|| Filter::org(org));
+        let asked = hook_input(&peer, "initiator", &filter, ask.pull, ask.push);
+        if let Err(reason) = crate::hooks::before_sync(node, asked).await {
+            refuse_in_ledger(node, peer, None, reason.clone()).await;
+            bail!("{reason}");
+        }
+    }
     let watch = board.map(|b| b.session(peer, engine::Role::Initiator));
     let mut on_event = |event: &Event| {
         if let Some(watch) = &watch {
@@ -236,6 +244,12 @@ pub async fn sync(
     };
     if let Some(watch) = watch {
         watch.finished(result.as_ref().map(|o| &o.report));
+    }
+    if !node.config.hooks.is_empty() {
+        crate::hooks::after_apply(node).await;
+        let failed = result.as_ref().map_err(|e| format!("{e:#}"));
+        let input = after_sync_input(&peer, "initiator", failed.as_ref().copied().map_err(String::as_str));
+        crate::hooks::after_sync(node, input).await;
     }
     result
 }
@@ -376,7 +390,10 @@ async fn answer(
                             .await;
                     // Said to the peer, so it names which side lacks what.
                     match configured {
-                        Ok(config) => Ok(config),
+                        Ok(config) => {
+                            let asked = hook_input(&peer, "responder", &config.filter, config.pull, config.push);
+                            crate::hooks::before_sync(node, asked).await.map(|()| config)
+                        }
                         Err(e) => {
                             Err(e.downcast_ref::<crate::node::NoChain>().map_or(e.to_string(), |n| n.describe(true)))
                         }
@@ -425,7 +442,25 @@ async fn answer(
     if result.as_ref().is_ok_and(|r| r.received > 0) {
         crate::blob_sync::gc_after_sync(node).await;
     }
-    result.map(|report| SyncOutcome { peer, report, blobs: Default::default() })
+    let result = result.map(|report| SyncOutcome { peer, report, blobs: Default::default() });
+    crate::hooks::after_apply(node).await;
+    crate::hooks::after_sync(node, after_sync_input(&peer, "responder", result.as_ref().map_err(|e| e.as_str()))).await;
+    result
+}
+
+/// What a `before-sync` hook reads: the peer, this node's role, the
+/// partitions and directions.
+fn hook_input(peer: &PeerId, role: &str, filter: &Filter, pull: bool, push: bool) -> serde_json::Value {
+    let partitions: Vec<String> = filter.prefixes().iter().map(ToString::to_string).collect();
+    serde_json::json!({ "peer": peer.to_string(), "role": role, "filter": partitions, "pull": pull, "push": push })
+}
+
+/// What an `after-sync` hook reads: the summary, or why the sync failed.
+fn after_sync_input(peer: &PeerId, role: &str, result: Result<&SyncOutcome, &str>) -> serde_json::Value {
+    match result {
+        Ok(outcome) => serde_json::json!({ "peer": peer.to_string(), "role": role, "summary": outcome.to_json() }),
+        Err(reason) => serde_json::json!({ "peer": peer.to_string(), "role": role, "failed": reason }),
+    }
 }
 
 /// After a completed sync, keep what the session proved the peer holds of

@@ -152,7 +152,8 @@ impl Store {
 
     /// Calls `listener` with the feed's newest cursor after every commit
     /// that adds to it, once that commit is durable (a long-polling reader
-    /// waits on it). It runs on the committing thread: it must be quick.
+    /// waits on it), in commit order. It runs on the committing thread
+    /// under the feed's lock: it must be quick and must not read the feed.
     pub fn on_feed(&self, listener: FeedListener) {
         self.feed_listeners.write().expect("feed listeners lock").push(listener);
     }
