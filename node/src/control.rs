@@ -161,6 +161,7 @@ async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow:
         Op::Put { .. } | Op::Delete { .. } | Op::Import { .. } | Op::Resolve { .. } | Op::BundleImport { .. }
     );
     let description = serde_json::to_value(&op).unwrap_or_default();
+    let syncs = if let Op::Sync(ops::Sync { peer, .. }) = &op { Some(peer.clone()) } else { None };
     let ctx = Ctx {
         node: &shared.node,
         net: Some(&shared.net),
@@ -184,6 +185,10 @@ async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow:
         if lines.send(record).await.is_err() {
             break;
         }
+    }
+    if let Some(peer) = syncs {
+        let result = result.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
+        let _ = shared.events.send(NodeEvent::ApiSync { peer, result });
     }
     let answer = match result {
         Ok(value) => {

@@ -62,6 +62,19 @@ pub enum NodeEvent {
         peer: PeerId,
         reason: String,
     },
+    /// A record a commit changed, from the change feed: what an app
+    /// watching the node learns, whoever made the change.
+    Changed {
+        cursor: u64,
+        key: engine::RecordKey,
+        origin: String,
+    },
+    /// A sync this node started through the local API: its summary, or
+    /// why it failed (`peer` as asked).
+    ApiSync {
+        peer: String,
+        result: Result<serde_json::Value, String>,
+    },
     /// A write through the local API: the request and its answer.
     Written {
         request: serde_json::Value,
@@ -120,6 +133,23 @@ impl NodeEvent {
             NodeEvent::Enrolled { peer } => json!({ "event": "enrolled", "peer": peer.to_string() }),
             NodeEvent::EnrolmentRefused { peer, reason } => {
                 json!({ "event": "enrolment_refused", "peer": peer.to_string(), "reason": reason })
+            }
+            NodeEvent::Changed { cursor, key, origin } => json!({
+                "event": "changed",
+                "cursor": cursor,
+                "type": key.record_type.as_str(),
+                "id": key.id.as_str(),
+                "partition": key.partition.to_string(),
+                "origin": origin,
+            }),
+            NodeEvent::ApiSync { result: Ok(summary), .. } => {
+                let mut value = summary.clone();
+                value["event"] = json!("synced");
+                value["started_by"] = json!("api");
+                value
+            }
+            NodeEvent::ApiSync { peer, result: Err(reason) } => {
+                json!({ "event": "sync_failed", "peer": peer, "reason": reason, "started_by": "api" })
             }
             NodeEvent::Written { request, result } => {
                 json!({ "event": "written", "request": request, "result": result })

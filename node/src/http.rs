@@ -54,7 +54,11 @@ pub async fn start(
         .route("/v1/history", get(history))
         .route("/v1/conflicts", get(conflicts))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
-    let app = v1.fallback(not_found).layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX)).with_state(api);
+    let app = v1
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
+        .with_state(api);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!("the HTTP API stopped: {e}");
@@ -160,6 +164,24 @@ fn bad(reason: String) -> Response {
 
 fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, String> {
     params.get(name).map(|v| v.parse::<u64>().map_err(|_| format!("{name} must be a whole number"))).transpose()
+}
+
+/// The OpenMetrics text (`metrics.rs`). Outside `/v1/`: it carries counts,
+/// never data, and scrapers rarely send a token.
+async fn metrics(State(api): State<Api>) -> Response {
+    let status = api.shared.status.snapshot();
+    let node = api.shared.node.clone();
+    let text = crate::pool::blocking(move || {
+        node.metrics.render(&crate::metrics::Scrape {
+            store_dir: node.home.store_dir(),
+            peers_known: status.peers.len(),
+            peers_connected: status.peers.values().filter(|p| p.connected).count(),
+            in_flight: status.sessions.len(),
+            feed_cursor: node.store.feed_last().unwrap_or(0),
+        })
+    })
+    .await;
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 async fn status(State(api): State<Api>) -> Response {

@@ -63,6 +63,8 @@ pub struct Node {
     /// The feed's cursor range of each commit since `hooks::after_apply`
     /// last ran (kept only when an `after-apply` hook is configured).
     pub applied: Arc<std::sync::Mutex<Vec<(u64, u64)>>>,
+    /// What `GET /metrics` reports (`metrics.rs`).
+    pub metrics: crate::metrics::Metrics,
     /// Held until the node is dropped, after the store has closed.
     _lock: crate::home::HomeLock,
 }
@@ -175,6 +177,7 @@ impl Node {
             keyring: Default::default(),
             feed,
             applied,
+            metrics: Default::default(),
             _lock: lock,
         };
         for (_, bytes) in node.own_chains()? {

@@ -245,6 +245,8 @@ pub async fn sync(
     if let Some(watch) = watch {
         watch.finished(result.as_ref().map(|o| &o.report));
     }
+    let failed = result.as_ref().map(|o| &o.report).map_err(|e| format!("{e:#}"));
+    node.metrics.session("initiator", failed.as_ref().copied().map_err(String::as_str));
     if !node.config.hooks.is_empty() {
         crate::hooks::after_apply(node).await;
         let failed = result.as_ref().map_err(|e| format!("{e:#}"));
@@ -442,6 +444,7 @@ async fn answer(
     if result.as_ref().is_ok_and(|r| r.received > 0) {
         crate::blob_sync::gc_after_sync(node).await;
     }
+    node.metrics.session("responder", result.as_ref().map_err(String::as_str));
     let result = result.map(|report| SyncOutcome { peer, report, blobs: Default::default() });
     crate::hooks::after_apply(node).await;
     crate::hooks::after_sync(node, after_sync_input(&peer, "responder", result.as_ref().map_err(|e| e.as_str()))).await;

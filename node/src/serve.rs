@@ -155,6 +155,9 @@ pub async fn serve(
         }
     });
 
+    // Every record a commit changes, as a `changed` event for watchers.
+    let feed_events = tokio::spawn(changed_events(node.clone(), events.clone()));
+
     let mut tasks = tokio::task::JoinSet::new();
 
     // Automatic syncs (SENAITE's auto-sync, TAO's cron).
@@ -221,7 +224,7 @@ pub async fn serve(
     }
     printer.event(&NodeEvent::Stopping);
     // Stop accepting, and wait until the stopped tasks have let go of the node.
-    for task in [control_task, net_events].into_iter().chain(http_task) {
+    for task in [control_task, net_events, feed_events].into_iter().chain(http_task) {
         task.abort();
         let _ = task.await;
     }
@@ -246,6 +249,35 @@ pub async fn serve(
         }),
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// Sends a `changed` event for each entry of the change feed, as commits
+/// add them; reads nothing while no one watches.
+async fn changed_events(node: Arc<Node>, events: broadcast::Sender<NodeEvent>) {
+    let mut told = node.feed.subscribe();
+    let mut at = *told.borrow_and_update();
+    while told.changed().await.is_ok() {
+        let last = *told.borrow_and_update();
+        while at < last {
+            if events.receiver_count() == 0 {
+                at = last;
+                break;
+            }
+            let (reader, since) = (node.clone(), at);
+            let page = crate::pool::blocking(move || reader.store.feed(since, 1000, &mut |_| true)).await;
+            let Ok(page) = page else {
+                at = last;
+                break;
+            };
+            for e in page.entries {
+                let _ = events.send(NodeEvent::Changed { cursor: e.cursor, key: e.key, origin: e.origin });
+            }
+            if page.next <= at {
+                break;
+            }
+            at = page.next;
+        }
+    }
 }
 
 /// What a successful start holds: every fallible step is done, and a

@@ -143,6 +143,15 @@ fn an_app_that_keeps_its_cursor_gets_every_change_once_in_order_across_a_kill_9(
     let entry = &woke["entries"][0];
     assert_eq!((&entry["id"], &entry["origin"]), (&"d3".into(), &device_id.clone().into()), "{woke}");
     assert_eq!(entry["record"]["fields"]["score"], 4);
+    // The figures of what moved since the restart.
+    let metrics = request(&url, "GET", "/metrics", None, None);
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.header("content-type").is_some_and(|t| t.starts_with("application/openmetrics-text")));
+    let text = metrics.body;
+    assert!(text.contains("ferry_sessions_total{role=\"responder\",outcome=\"completed\"} 1"), "{text}");
+    assert!(text.contains("ferry_changes_total{direction=\"received\"} 1"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ferry_store_bytes ") && !l.ends_with(" 0")), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("ferry_feed_cursor ") && !l.ends_with(" 0")), "{text}");
     // A cursor from nowhere is told to read again.
     let ahead = request(&url, "GET", "/v1/changes?since=999999", Some(&token), None);
     assert_eq!(ahead.status, 410, "{ahead:?}");
@@ -262,4 +271,62 @@ fn the_python_app_of_the_api_doc_mirrors_results_and_survives_restarts_of_itself
     assert!(behind.status.success(), "{}", String::from_utf8_lossy(&behind.stderr));
     assert_eq!(ids(mirrored(&db)), ["c1", "c2", "c3", "c4", "d1", "d3"]);
     server.stop();
+}
+
+/// Reads `watch` lines from the local API until `wanted` accepts an event.
+fn watch_until(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    what: &str,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_else(|e| panic!("no {what} event: {e}"));
+        let value: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        let event = value["line"].clone();
+        if wanted(&event) {
+            return event;
+        }
+    }
+    panic!("the watch ended before a {what} event");
+}
+
+#[test]
+fn watchers_hear_each_changed_record_and_the_syncs_this_node_starts_through_its_api() {
+    use std::io::{BufRead, Write};
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    central.json(&["org", "create", "District", "--authority", "central"]);
+    let hub = central.serve();
+    let device = Home::init(root.path(), "device");
+    let token = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
+    device.json(&["enroll", token["token"].as_str().expect("token")]);
+    let server = device.serve();
+    let mut socket = std::os::unix::net::UnixStream::connect(device.dir.join("control.sock")).expect("socket");
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(60))).expect("timeout");
+    socket.write_all(b"{\"op\":\"watch\"}\n").expect("watch");
+    let mut lines = std::io::BufReader::new(socket.try_clone().expect("clone")).lines();
+    watch_until(&mut lines, "watching", |e| e["event"] == "watching");
+    device.ok(&["put", "result", "r1", "--partition", "results", "--set", "score=1"]);
+    let changed = watch_until(&mut lines, "changed", |e| e["event"] == "changed");
+    assert_eq!(
+        (&changed["id"], &changed["type"], &changed["origin"]),
+        (&"r1".into(), &"result".into(), &"local".into())
+    );
+    assert!(changed["partition"].as_str().expect("partition").ends_with(":results"), "{changed}");
+    // A sync started through the device's API: its records, then its summary.
+    central.ok(&["put", "result", "c1", "--partition", "results", "--set", "score=2"]);
+    device.json(&["sync", &hub.address]);
+    // The two come from different tasks: in either order.
+    let (mut from_hub, mut synced) = (None, None);
+    while from_hub.is_none() || synced.is_none() {
+        let event = watch_until(&mut lines, "changed c1 and synced", |e| {
+            (e["event"] == "changed" && e["id"] == "c1") || e["event"] == "synced"
+        });
+        if event["event"] == "synced" { synced = Some(event) } else { from_hub = Some(event) }
+    }
+    let (from_hub, synced) = (from_hub.expect("changed"), synced.expect("synced"));
+    assert_eq!(from_hub["origin"], central.peer_id());
+    assert_eq!((&synced["started_by"], &synced["received"], &synced["sent"]), (&"api".into(), &1.into(), &1.into()));
+    server.stop();
+    hub.stop();
 }
