@@ -47,8 +47,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        let mut registry = Registry::default();
-        let metrics = Metrics {
+        let mut metrics = Metrics {
             sessions: Family::default(),
             changes: Family::default(),
             bytes: Family::default(),
@@ -60,6 +59,7 @@ impl Default for Metrics {
             feed_cursor: Gauge::default(),
             registry: Registry::default(),
         };
+        let registry = &mut metrics.registry;
         registry.register("ferry_sessions", "Sync sessions ended, by role and outcome", metrics.sessions.clone());
         registry.register("ferry_changes", "Changes moved, by direction", metrics.changes.clone());
         registry.register("ferry_bytes", "Bytes of sync sessions, by direction", metrics.bytes.clone());
@@ -73,7 +73,7 @@ impl Default for Metrics {
         registry.register("ferry_peers", "Peers known and connected", metrics.peers.clone());
         registry.register("ferry_sessions_in_flight", "Sync sessions running", metrics.in_flight.clone());
         registry.register("ferry_feed_cursor", "The change feed's newest cursor", metrics.feed_cursor.clone());
-        Metrics { registry, ..metrics }
+        metrics
     }
 }
 

@@ -245,13 +245,12 @@ pub async fn sync(
     if let Some(watch) = watch {
         watch.finished(result.as_ref().map(|o| &o.report));
     }
-    let failed = result.as_ref().map(|o| &o.report).map_err(|e| format!("{e:#}"));
-    node.metrics.session("initiator", failed.as_ref().copied().map_err(String::as_str));
+    let reason = result.as_ref().err().map(|e| format!("{e:#}"));
+    let ended = || result.as_ref().map_err(|_| reason.as_deref().unwrap_or_default());
+    node.metrics.session("initiator", ended().map(|o| &o.report));
     if !node.config.hooks.is_empty() {
         crate::hooks::after_apply(node).await;
-        let failed = result.as_ref().map_err(|e| format!("{e:#}"));
-        let input = after_sync_input(&peer, "initiator", failed.as_ref().copied().map_err(String::as_str));
-        crate::hooks::after_sync(node, input).await;
+        crate::hooks::after_sync(node, after_sync_input(&peer, "initiator", ended())).await;
     }
     result
 }

@@ -3,8 +3,8 @@
 //! The store calls `changed` inside the commit being prepared, with the
 //! record's state before and after, and `committed` once that commit is
 //! durable and the store's write lock is released. node's revocation cache
-//! is the first user (node/src/authority.rs); the change feed of the HTTP
-//! API is the next.
+//! is the first user (node/src/authority.rs). The change feed does not
+//! need one: the store writes its entries itself (`store/feed.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
