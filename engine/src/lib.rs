@@ -42,7 +42,7 @@ pub use report::SyncReport;
 pub use seal::Seal;
 pub use session::{Direction, Env, Event, FromPeer, Role, Session, SessionConfig, SessionError, SessionStore};
 pub use store::{
-    ApplyHook, LocalAuthor, LocalOp, LocalWrite, Opened, RecordView, SerialSigner, Signer, Store, StoreError,
+    ApplyHook, LocalAuthor, LocalOp, LocalWrite, Opened, RecordView, Refusal, SerialSigner, Signer, Store, StoreError,
     WriteRejection, Written,
 };
 pub use value::Value;

@@ -46,8 +46,8 @@ pub use blobs::Referenced;
 pub use check::{CheckReport, Damage};
 pub use feed::{EVICT_ORIGIN, FeedEntry, FeedError, FeedPage, LOCAL_ORIGIN, PURGE_ORIGIN};
 pub use frontier::{ScanEnd, digest_of};
-pub use hook::ApplyHook;
 use hook::Observed;
+pub use hook::{ApplyHook, Refusal};
 use open::{count_records, write_epoch_file};
 use pending::{IndexEntry, Pending, counter_of, parse_index_value};
 pub use purge::{Held, Purged};
@@ -70,6 +70,9 @@ pub enum StoreError {
         "this home's store was created with {found}, but the configuration says {configured}: set store = \"{found}\" in ferry.toml (a store's backend is fixed when it is created)"
     )]
     WrongBackend { found: &'static str, configured: &'static str },
+    /// An `ApplyHook` refused the commit: nothing of it was stored.
+    #[error("an application hook refused the change, and nothing of it was stored: {0}")]
+    Refused(String),
 }
 
 impl From<BackendError> for StoreError {
@@ -191,8 +194,8 @@ impl Store {
         key: &RecordKey,
         state: &RecordState,
         existed: bool,
-    ) -> Vec<String> {
-        let refs = observed.persisted(key, state);
+    ) -> Result<Vec<String>, StoreError> {
+        let refs = observed.persisted(key, state).map_err(|r| StoreError::Refused(r.0))?;
         for r in refs.removed {
             pending.delete(keys::blob_ref(&r.hash, &key.partition, &key.record_type, &key.id));
         }
@@ -204,9 +207,9 @@ impl Store {
         pending.feed.push(key.clone());
         if key.record_type.as_str() == crate::policy::PROFILE_TYPE {
             self.profiles.lock().expect("profile cache lock").remove(&key.partition.org());
-            return self.readable_profile(pending, key, state);
+            return Ok(self.readable_profile(pending, key, state));
         }
-        Vec::new()
+        Ok(Vec::new())
     }
 
     /// A profile record as the commit will store it: the texts this node

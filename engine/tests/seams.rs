@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use engine::backend::BackendKind;
-use engine::{ApplyHook, RecordKey, RecordState, Signed, StaticAuthorizer, SyncReport, Value, Verifier};
+use engine::{
+    ApplyHook, RecordKey, RecordState, Refusal, Signed, StaticAuthorizer, StoreError, SyncReport, Value, Verifier,
+};
 use partitions::{Partition, RecordType};
 
 /// Records every call, for the hooks test.
@@ -25,12 +27,13 @@ impl ApplyHook for Recorder {
         record_type.as_str() == self.wanted
     }
 
-    fn changed(&self, key: &RecordKey, before: Option<&RecordState>, after: &RecordState) {
+    fn changed(&self, key: &RecordKey, before: Option<&RecordState>, after: &RecordState) -> Result<(), Refusal> {
         let field = |state: &RecordState| {
             state.view(&Default::default()).fields.get("n").map_or("-".to_owned(), |v| format!("{v:?}"))
         };
         let before = before.map_or("new".to_owned(), field);
         self.calls.lock().expect("lock").push(format!("changed {} {before} -> {}", key.id, field(after)));
+        Ok(())
     }
 
     fn committed(&self) {
@@ -67,6 +70,89 @@ fn apply_hooks_see_local_writes_and_received_changes_with_their_states_before_an
             "committed",
         ]
     );
+}
+
+/// An application's own table kept atomic with the data: it refuses any
+/// record whose `n` is 13 (while `strict`), stages the rest in `changed`,
+/// and keeps them only at `committed`.
+#[derive(Default)]
+struct Table {
+    strict: std::sync::atomic::AtomicBool,
+    staged: Mutex<Vec<String>>,
+    rows: Mutex<Vec<String>>,
+    aborted: std::sync::atomic::AtomicUsize,
+}
+
+impl ApplyHook for Table {
+    fn wants(&self, _partition: &Partition, record_type: &RecordType) -> bool {
+        record_type.as_str() == "results"
+    }
+
+    fn changed(&self, key: &RecordKey, _before: Option<&RecordState>, after: &RecordState) -> Result<(), Refusal> {
+        let n = after.view(&Default::default()).fields.get("n").cloned();
+        if self.strict.load(std::sync::atomic::Ordering::SeqCst) && n == Some(Value::Int(13)) {
+            return Err(Refusal(format!("{} has n = 13, which the app's table refuses", key.id)));
+        }
+        self.staged.lock().expect("lock").push(key.id.to_string());
+        Ok(())
+    }
+
+    fn committed(&self) {
+        let staged = std::mem::take(&mut *self.staged.lock().expect("lock"));
+        self.rows.lock().expect("lock").extend(staged);
+    }
+
+    fn aborted(&self) {
+        self.staged.lock().expect("lock").clear();
+        self.aborted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_apply_hook_that_refuses_rolls_back_the_whole_batch_and_the_session_fails_with_its_reason() {
+    let auth = StaticAuthorizer::default();
+    let everything = scope("results", "results", "");
+    let a = Node::new(BackendKind::Memory, 1, everything.clone(), &auth);
+    let b = Node::new(BackendKind::Memory, 2, everything, &auth);
+    let table = Arc::new(Table::default());
+    table.strict.store(true, std::sync::atomic::Ordering::SeqCst);
+    b.store.add_hook(table.clone());
+
+    // One batch of three records, the middle one refused.
+    let keys: Vec<RecordKey> = ["r1", "r2", "r3"].iter().map(|id| record("results", "results", id)).collect();
+    for (key, n) in keys.iter().zip([1, 13, 3]) {
+        a.put(&auth, key, &[("n", Value::Int(n))], T0);
+    }
+    let feed_before = b.store.feed_last().expect("feed");
+    let failed = try_sync(&a, &b, &auth, a.config(&b, 1), T0 + 10).expect_err("the hook refuses the batch");
+    assert!(failed.contains("r2 has n = 13"), "the session says the hook's reason: {failed}");
+    for key in &keys {
+        assert_eq!(b.fields(key), None, "nothing of the refused batch is stored ({})", key.id);
+    }
+    assert_eq!(b.store.feed_last().expect("feed"), feed_before, "the feed shows no change of the batch");
+    assert!(table.rows.lock().expect("lock").is_empty(), "the app's table kept nothing");
+    assert_eq!(table.aborted.load(std::sync::atomic::Ordering::SeqCst), 1, "the hook heard the commit abort");
+
+    // A local write the hook refuses fails whole, with the reason.
+    let local = engine::LocalWrite {
+        record: record("results", "results", "mine"),
+        op: engine::LocalOp::Put { set: [("n".to_owned(), Value::Int(13))].into(), unset: Default::default() },
+    };
+    match b.store.write(&b.author(), &[local], T0 + 20, &auth, &engine::SerialSigner) {
+        Err(StoreError::Refused(reason)) => assert!(reason.contains("mine has n = 13"), "{reason}"),
+        other => panic!("a refused local write fails whole: {:?}", other.map(|r| r.len())),
+    }
+    assert_eq!(b.fields(&record("results", "results", "mine")), None);
+
+    // Once the app accepts, the next sync brings the whole batch.
+    table.strict.store(false, std::sync::atomic::Ordering::SeqCst);
+    try_sync(&a, &b, &auth, a.config(&b, 2), T0 + 30).expect("the batch is sent again and accepted");
+    for (key, n) in keys.iter().zip([1, 13, 3]) {
+        assert_eq!(b.fields(key).and_then(|f| f.get("n").cloned()), Some(Value::Int(n)));
+    }
+    let mut rows = table.rows.lock().expect("lock").clone();
+    rows.sort();
+    assert_eq!(rows, ["r1", "r2", "r3"]);
 }
 
 /// A verifier that, in the middle of verifying a batch, asks another

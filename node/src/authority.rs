@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use certs::{CertId, Chain, Revocation, Revocations};
 use engine::policy::{PROFILE_TYPE, system_partition};
-use engine::{ApplyHook, AuthorKey, Authorizer, Denied, RecordKey, RecordState, Store};
+use engine::{ApplyHook, AuthorKey, Authorizer, Denied, RecordKey, RecordState, Refusal, Store};
 use partitions::{Filter, OrgId, Partition, RecordType, Scope, WriteKind};
 
 /// The record type of revocation statements.
@@ -286,7 +286,9 @@ impl ApplyHook for RevocationHook {
         record_type.as_str() == REVOCATION_TYPE && *partition == system_partition(partition.org())
     }
 
-    fn changed(&self, _key: &RecordKey, _before: Option<&RecordState>, _after: &RecordState) {}
+    fn changed(&self, _key: &RecordKey, _before: Option<&RecordState>, _after: &RecordState) -> Result<(), Refusal> {
+        Ok(())
+    }
 
     fn committed(&self) {
         // A failed read marks the org unreadable: its certificates are

@@ -447,7 +447,7 @@ impl Store {
             if !touched {
                 continue;
             }
-            for note in self.persist(&mut pending, &mut observed, key, state, *existed) {
+            for note in self.persist(&mut pending, &mut observed, key, state, *existed)? {
                 applied.note(note);
             }
             // Finished by a change from elsewhere while this node held back

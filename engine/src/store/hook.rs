@@ -5,6 +5,14 @@
 //! durable and the store's write lock is released. node's revocation cache
 //! is the first user (node/src/authority.rs). The change feed does not
 //! need one: the store writes its entries itself (`store/feed.rs`).
+//!
+//! A hook can refuse a change (Morango's operations: an application's own
+//! tables kept atomic with the data): `changed` returns `Err`, and the
+//! whole commit is dropped, the other records of its batch included. A
+//! local write then fails with `StoreError::Refused`; a batch from a peer
+//! fails its session on both sides with the hook's reason, and nothing of
+//! it is stored, so the peer sends it again at the next sync. Hooks that
+//! saw a change of a commit that does not happen hear `aborted`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -24,12 +32,21 @@ pub trait ApplyHook: Send + Sync {
     fn wants(&self, partition: &Partition, record_type: &RecordType) -> bool;
     /// A record this hook wants changes in the commit being prepared
     /// (`before` is `None` for a new record). Runs under the store's write
-    /// lock: it must be quick and must not call back into the store.
-    fn changed(&self, key: &RecordKey, before: Option<&RecordState>, after: &RecordState);
+    /// lock: it must be quick and must not call back into the store. An
+    /// `Err` refuses the commit whole: nothing of it is stored.
+    fn changed(&self, key: &RecordKey, before: Option<&RecordState>, after: &RecordState) -> Result<(), Refusal>;
     /// The commit holding the changes `changed` saw is durable. Runs
     /// without the store's lock: it may read the store.
     fn committed(&self);
+    /// The commit holding the changes `changed` saw will not happen (a
+    /// hook refused it, or the store could not write it): forget them.
+    fn aborted(&self) {}
 }
+
+/// Why an `ApplyHook` refuses a commit: one line, said in the store's
+/// error and, for a batch from a peer, to both sides of the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal(pub String);
 
 /// The hooks of one commit and the states they need.
 pub(super) struct Observed {
@@ -41,6 +58,8 @@ pub(super) struct Observed {
     /// any), kept as the commit changes them, so `persisted` knows which
     /// entries of the blob index to add and remove.
     blob_refs: BTreeMap<RecordKey, BTreeSet<BlobRef>>,
+    /// Set once the commit is durable; otherwise dropping tells `aborted`.
+    done: bool,
 }
 
 /// What a persisted record changes in the blob index.
@@ -69,8 +88,8 @@ impl Observed {
     }
 
     /// A record as the commit will store it; returns what that changes in
-    /// the blob index.
-    pub(super) fn persisted(&mut self, key: &RecordKey, after: &RecordState) -> RefChanges {
+    /// the blob index, or the first hook's refusal.
+    pub(super) fn persisted(&mut self, key: &RecordKey, after: &RecordState) -> Result<RefChanges, Refusal> {
         let refs = blob::refs_of(after);
         let before =
             if refs.is_empty() { self.blob_refs.remove(key) } else { self.blob_refs.insert(key.clone(), refs.clone()) };
@@ -82,18 +101,33 @@ impl Observed {
         for (hook, saw) in self.hooks.iter().zip(self.saw.iter_mut()) {
             if hook.wants(&key.partition, &key.record_type) {
                 let before = self.before.get(key).and_then(Option::as_ref);
-                hook.changed(key, before, after);
+                // Told before it answers: a hook that refuses hears
+                // `aborted` as the others do.
                 *saw = true;
+                hook.changed(key, before, after)?;
             }
         }
-        changes
+        Ok(changes)
     }
 
     /// The commit is durable: tells the hooks that saw a change.
-    pub(super) fn committed(self) {
-        for (hook, saw) in self.hooks.iter().zip(self.saw) {
-            if saw {
+    pub(super) fn committed(mut self) {
+        self.done = true;
+        for (hook, saw) in self.hooks.iter().zip(&self.saw) {
+            if *saw {
                 hook.committed();
+            }
+        }
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if !self.done {
+            for (hook, saw) in self.hooks.iter().zip(&self.saw) {
+                if *saw {
+                    hook.aborted();
+                }
             }
         }
     }
@@ -108,6 +142,6 @@ impl Store {
     pub(super) fn observe(&self) -> Observed {
         let hooks = self.hooks.read().expect("hook list lock").clone();
         let saw = vec![false; hooks.len()];
-        Observed { hooks, before: BTreeMap::new(), saw, blob_refs: BTreeMap::new() }
+        Observed { hooks, before: BTreeMap::new(), saw, blob_refs: BTreeMap::new(), done: false }
     }
 }

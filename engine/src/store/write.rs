@@ -382,7 +382,7 @@ impl Store {
                 }
             }
             // Local profile writes were checked strictly above: nothing to say.
-            let _ = self.persist(&mut pending, &mut observed, key, state, *existed);
+            self.persist(&mut pending, &mut observed, key, state, *existed)?;
         }
         for (change, length) in changes.iter().zip(lengths) {
             // A change superseded by a later one of this same call is not
