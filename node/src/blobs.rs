@@ -213,7 +213,7 @@ impl Blobs {
     }
 
     /// A damaged blob is removed: a peer holds it whole.
-    fn quarantine(&self, hash: &BlobHash) {
+    pub fn quarantine(&self, hash: &BlobHash) {
         let _ = std::fs::remove_file(self.path(hash));
         let _ = std::fs::remove_file(self.outline_path(hash));
     }

@@ -117,6 +117,9 @@ pub enum Command {
     Peers,
     /// What a serving node is doing: peers with their last sync, sessions in flight.
     Status,
+    /// The web console's URL, with a one-time login for the browser (needs
+    /// a node serving HTTP on this home).
+    Console,
     /// The sync ledger.
     History(ops::History),
     /// The change feed: every record changed after a cursor, in order.
@@ -306,6 +309,7 @@ fn to_op(command: &Command) -> anyhow::Result<Option<Op>> {
         Command::Sync(args) => Op::Sync(args.clone()),
         Command::Peers => Op::Peers,
         Command::Status => Op::Status,
+        Command::Console => Op::Console,
         Command::History(args) => Op::History(args.clone()),
         Command::Changes(args) => Op::Changes(args.clone()),
         Command::Conflicts => Op::Conflicts,

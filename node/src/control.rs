@@ -59,6 +59,25 @@ pub struct Shared {
     pub events: broadcast::Sender<NodeEvent>,
     /// What `status` answers.
     pub status: Arc<StatusBoard>,
+    /// The HTTP API's base URL, once it answers (`http::start`).
+    pub http_url: std::sync::OnceLock<String>,
+    /// The web console's login codes and sessions.
+    pub logins: crate::logins::Logins,
+}
+
+impl Shared {
+    pub fn new(node: Arc<Node>, net: Arc<Net>, events: broadcast::Sender<NodeEvent>) -> Arc<Shared> {
+        let status = StatusBoard::new(node.identity.peer_id().to_string(), node.store.instance().to_string());
+        Arc::new(Shared {
+            node,
+            net,
+            enrol_lock: Arc::new(std::sync::Mutex::new(())),
+            events,
+            status,
+            http_url: std::sync::OnceLock::new(),
+            logins: crate::logins::Logins::default(),
+        })
+    }
 }
 
 /// The places requests and watchers take.
@@ -147,6 +166,13 @@ async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow:
         };
         return watch(reader, write, shared).await;
     }
+    if let Op::Console = op {
+        let answer = match console_url(shared) {
+            Ok(url) => json!({ "ok": { "url": url, "valid_s": crate::logins::CODE_TTL.as_secs() } }),
+            Err(e) => json!({ "error": format!("{e:#}") }),
+        };
+        return send(&mut write, &format!("{answer}\n")).await;
+    }
     // Lines go out through their own task, so heartbeats flow while the
     // operation runs (it blocks its thread on the store).
     let (lines, queue) = tokio::sync::mpsc::channel::<String>(64);
@@ -155,18 +181,6 @@ async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow:
         permit = limits.requests.clone().acquire_owned() => permit?,
         // The client hung up while waiting: nothing to do.
         () = lines.closed() => return Ok(()),
-    };
-    let announce = matches!(
-        op,
-        Op::Put { .. } | Op::Delete { .. } | Op::Import { .. } | Op::Resolve { .. } | Op::BundleImport { .. }
-    );
-    let description = serde_json::to_value(&op).unwrap_or_default();
-    let syncs = if let Op::Sync(ops::Sync { peer, .. }) = &op { Some(peer.clone()) } else { None };
-    let ctx = Ctx {
-        node: &shared.node,
-        net: Some(&shared.net),
-        enrol_lock: &shared.enrol_lock,
-        status: Some(&shared.status),
     };
     // Progress goes out while the operation runs (best effort: a slow
     // client misses some); records are kept and all written after.
@@ -180,29 +194,55 @@ async fn handle(stream: UnixStream, shared: &Shared, limits: &Limits) -> anyhow:
             Line::Record(_) => records.push(text),
         }
     };
-    let result = ops::execute(&ctx, op, &mut sink).await;
+    let result = run(shared, op, &mut sink).await;
     for record in records {
         if lines.send(record).await.is_err() {
             break;
         }
     }
-    if let Some(peer) = syncs {
-        let result = result.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
-        let _ = shared.events.send(NodeEvent::ApiSync { peer, result });
-    }
     let answer = match result {
-        Ok(value) => {
-            if announce {
-                let _ = shared.events.send(NodeEvent::Written { request: description, result: value.clone() });
-            }
-            json!({ "ok": value })
-        }
+        Ok(value) => json!({ "ok": value }),
         Err(e) => json!({ "error": format!("{e:#}") }),
     };
     let _ = lines.send(format!("{answer}\n")).await;
     drop(lines);
     let _ = writer.await;
     Ok(())
+}
+
+/// `ferry console`: the console's URL with a fresh one-time login code.
+fn console_url(shared: &Shared) -> anyhow::Result<String> {
+    let base = shared.http_url.get().context(
+        "this node serves no HTTP: restart it with `ferry serve --http 127.0.0.1:8080` (or set http in ferry.toml), then run `ferry console` again",
+    )?;
+    Ok(format!("{base}/console/login?code={}", shared.logins.code()))
+}
+
+/// Runs `op` for a local client, through the socket or HTTP: the operation
+/// (`ops::execute`), then what it announces to watchers, so a write or a
+/// sync an app asks for is heard as one the node started.
+pub async fn run(shared: &Shared, op: Op, sink: &mut (dyn FnMut(Line) + Send)) -> anyhow::Result<serde_json::Value> {
+    let announce = matches!(
+        op,
+        Op::Put { .. } | Op::Delete { .. } | Op::Import { .. } | Op::Resolve { .. } | Op::BundleImport { .. }
+    );
+    let description = if announce { serde_json::to_value(&op).unwrap_or_default() } else { serde_json::Value::Null };
+    let syncs = if let Op::Sync(ops::Sync { peer, .. }) = &op { Some(peer.clone()) } else { None };
+    let ctx = Ctx {
+        node: &shared.node,
+        net: Some(&shared.net),
+        enrol_lock: &shared.enrol_lock,
+        status: Some(&shared.status),
+    };
+    let result = ops::execute(&ctx, op, sink).await;
+    if let Some(peer) = syncs {
+        let result = result.as_ref().map(Clone::clone).map_err(|e| format!("{e:#}"));
+        let _ = shared.events.send(NodeEvent::ApiSync { peer, result });
+    }
+    if announce && let Ok(value) = &result {
+        let _ = shared.events.send(NodeEvent::Written { request: description, result: value.clone() });
+    }
+    result
 }
 
 /// Writes queued lines, and a heartbeat after each second of silence, until

@@ -51,16 +51,7 @@ impl Member {
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr");
         let net = Arc::new(Net::start(&self.node.identity, &[listen], false, None).await?);
         let (events, _) = broadcast::channel(16);
-        let shared = Arc::new(Shared {
-            node: self.node.clone(),
-            net: net.clone(),
-            enrol_lock: Arc::new(std::sync::Mutex::new(())),
-            events,
-            status: crate::status::StatusBoard::new(
-                self.node.identity.peer_id().to_string(),
-                self.node.store.instance().to_string(),
-            ),
-        });
+        let shared = Shared::new(self.node.clone(), net.clone(), events);
         let quiet: Report = Arc::new(|_| {});
         self.responders = Some(Responders::start(self.node.clone(), &net, shared, quiet)?);
         let address = net.dialable().into_iter().next().context("no listen address")?;

@@ -3,8 +3,17 @@
 //! the command and the local API (`ops::execute`); this module only maps
 //! requests to `Op`s and answers to status codes. Every `/v1/` request needs
 //! `Authorization: Bearer <HOME/api-token>`: without it the answer is 401
-//! and nothing is read or changed. Bodies are limited to
+//! and nothing is read or changed (the web console's browser sends its
+//! session cookie instead: `http/console.rs`). Bodies are limited to
 //! `HTTP_BODY_BYTES_MAX`; errors are `{"error": "one-line reason"}`.
+//!
+//! - `http/stream.rs`: `POST /v1/sync` and `feed=sse`, by server-sent events;
+//! - `http/blob.rs`: `GET /v1/blobs/{hash}` with range requests;
+//! - `http/console.rs`: the console's login and page (`http/console.html`).
+
+mod blob;
+mod console;
+mod stream;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -12,16 +21,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 
 use engine::store::FeedError;
 
 use crate::control::Shared;
-use crate::ops::{self, Ctx, Op};
+use crate::ops::{self, Op};
 
 /// The most bytes a request body may have (as the local API's requests).
 pub const HTTP_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -45,17 +54,24 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot serve HTTP on {address}: give a free IP:PORT, such as 127.0.0.1:8080"))?;
     let url = format!("http://{}", listener.local_addr()?);
+    let _ = shared.http_url.set(url.clone());
     let api = Api { shared, token: token.into() };
     let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/records", get(list))
         .route("/v1/records/{type}/{id}", get(get_record).put(put_record).delete(delete_record))
-        .route("/v1/changes", get(changes))
+        .route("/v1/changes", get(stream::changes))
+        .route("/v1/sync", post(stream::sync))
         .route("/v1/history", get(history))
         .route("/v1/conflicts", get(conflicts))
+        .route("/v1/resolve", post(resolve))
+        .route("/v1/blobs/{hash}", get(blob::get))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     let app = v1
         .route("/metrics", get(metrics))
+        .route("/console", get(console::page))
+        .route("/console/login", get(console::login))
+        .route("/", get(|| async { axum::response::Redirect::to("/console") }))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
         .with_state(api);
@@ -72,6 +88,20 @@ fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response {
 }
 
 async fn authorize(State(api): State<Api>, request: Request, next: Next) -> Response {
+    // The console's browser: its session, and for a write the header no
+    // other site's page can send (`http/console.rs`).
+    if let Some(session) = console::session(request.headers())
+        && api.shared.logins.valid(session)
+    {
+        let writes = !matches!(*request.method(), Method::GET | Method::HEAD);
+        if writes && request.headers().get(console::WRITE_HEADER).is_none() {
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("a change made with the console's cookie needs the header {}: 1", console::WRITE_HEADER),
+            );
+        }
+        return next.run(request).await;
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -97,28 +127,10 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "no such route: see docs/api.md, \"HTTP\"")
 }
 
-/// Runs `op` as the local API does, and answers with its JSON.
+/// Runs `op` as the local API does (`control::run`: the same operation,
+/// and the same events for watchers), and answers with its JSON.
 async fn run(api: &Api, op: Op) -> Result<serde_json::Value, Response> {
-    let shared = &api.shared;
-    let ctx = Ctx {
-        node: &shared.node,
-        net: Some(&shared.net),
-        enrol_lock: &shared.enrol_lock,
-        status: Some(&shared.status),
-    };
-    let writes = matches!(op, Op::Put { .. } | Op::Delete { .. });
-    let description = serde_json::to_value(&op).unwrap_or_default();
-    match ops::execute(&ctx, op, &mut |_| {}).await {
-        Ok(value) => {
-            if writes {
-                let _ = shared
-                    .events
-                    .send(crate::event::NodeEvent::Written { request: description, result: value.clone() });
-            }
-            Ok(value)
-        }
-        Err(e) => Err(error(status_of(&e), format!("{e:#}"))),
-    }
+    crate::control::run(&api.shared, op, &mut |_| {}).await.map_err(|e| error(status_of(&e), format!("{e:#}")))
 }
 
 /// 404 for a record or route that is not there, 500 for a failing store,
@@ -261,40 +273,36 @@ async fn put_record(
     run(&api, op).await.map_or_else(|e| e, json_ok)
 }
 
-async fn changes(State(api): State<Api>, Query(params): Params) -> Response {
-    if let Err(e) = known(&params, &["since", "type", "partition", "org", "limit", "feed", "timeout_ms"]) {
-        return bad(e);
-    }
-    let (since, limit, timeout) =
-        match (number(&params, "since"), number(&params, "limit"), number(&params, "timeout_ms")) {
-            (Ok(s), Ok(l), Ok(t)) => (s.unwrap_or(0), l, t),
-            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
-        };
-    let timeout_ms = match params.get("feed").map(String::as_str) {
-        None | Some("normal") => None,
-        Some("longpoll") => Some(timeout.unwrap_or(LONGPOLL_DEFAULT_MS)),
-        Some(other) => {
-            return error(StatusCode::BAD_REQUEST, format!("feed={other}: use normal or longpoll"));
-        }
+/// `GET /v1/changes` with `feed=normal` (or none) or `feed=longpoll`.
+async fn changes(api: Api, params: &HashMap<String, String>) -> Response {
+    let (since, limit, timeout) = match (number(params, "since"), number(params, "limit"), number(params, "timeout_ms"))
+    {
+        (Ok(s), Ok(l), Ok(t)) => (s.unwrap_or(0), l, t),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return bad(e),
     };
+    let longpoll = params.get("feed").is_some_and(|f| f == "longpoll");
     let ask = ops::Changes {
         org: params.get("org").cloned(),
         since,
         record_type: params.get("type").cloned(),
         partition: params.get("partition").cloned(),
         limit: limit.map(|l| l as usize),
-        timeout_ms,
+        timeout_ms: longpoll.then(|| timeout.unwrap_or(LONGPOLL_DEFAULT_MS)),
     };
     match ops::changes(&api.shared.node, ask).await {
         Ok(page) => json_ok(page),
-        Err(e) => match e.downcast_ref::<FeedError>() {
-            // An expired or foreign cursor: the app reads the records
-            // again, then follows the feed from `last_cursor`.
-            Some(FeedError::Expired { last, .. } | FeedError::Ahead { last, .. }) => {
-                (StatusCode::GONE, axum::Json(json!({ "error": e.to_string(), "last_cursor": last }))).into_response()
-            }
-            _ => error(status_of(&e), format!("{e:#}")),
-        },
+        Err(e) => feed_error(e),
+    }
+}
+
+/// A feed read that failed: an expired or foreign cursor is 410 with the
+/// cursor to follow from once the app has read the records again.
+fn feed_error(e: anyhow::Error) -> Response {
+    match e.downcast_ref::<FeedError>() {
+        Some(FeedError::Expired { last, .. } | FeedError::Ahead { last, .. }) => {
+            (StatusCode::GONE, axum::Json(json!({ "error": e.to_string(), "last_cursor": last }))).into_response()
+        }
+        _ => error(status_of(&e), format!("{e:#}")),
     }
 }
 
@@ -304,4 +312,43 @@ async fn history(State(api): State<Api>) -> Response {
 
 async fn conflicts(State(api): State<Api>) -> Response {
     run(&api, Op::Conflicts).await.map_or_else(|e| e, |v| ndjson(&v))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    #[serde(rename = "type")]
+    record_type: String,
+    id: String,
+    partition: Option<String>,
+    org: Option<String>,
+    /// The conflict to take, as `n` in the record's `conflicts`.
+    take: Option<usize>,
+    #[serde(default)]
+    set: BTreeMap<String, serde_json::Value>,
+}
+
+/// `POST /v1/resolve`: `ferry resolve`, `{"type","id","partition","take"}`
+/// or with `"set":{…}`; answers with the record.
+async fn resolve(State(api): State<Api>, body: String) -> Response {
+    if let Err(e) = crate::json::check_integers(&body) {
+        return bad(e);
+    }
+    let body: ResolveBody = match serde_json::from_str(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            return bad(format!(
+                "the body must be {{\"type\",\"id\",\"partition\",\"take\":N}} or with \"set\":{{…}}: {e}"
+            ));
+        }
+    };
+    let op = Op::Resolve {
+        org: body.org,
+        record_type: body.record_type,
+        id: body.id,
+        partition: body.partition,
+        take: body.take,
+        set: body.set,
+    };
+    run(&api, op).await.map_or_else(|e| e, json_ok)
 }

@@ -21,6 +21,7 @@ pub mod hooks;
 pub mod http;
 pub mod identity;
 pub mod json;
+pub mod logins;
 pub mod metrics;
 pub mod net;
 pub mod node;

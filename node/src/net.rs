@@ -51,7 +51,9 @@ pub struct Behaviour {
 pub enum NetEvent {
     Listening(Multiaddr),
     Discovered(PeerId, Multiaddr),
-    Connected(PeerId, Multiaddr),
+    /// The peer, its address, and whether this node dialed it (an address
+    /// a peer dialed from is an ephemeral port, not one to dial back).
+    Connected(PeerId, Multiaddr, bool),
     Disconnected(PeerId),
 }
 
@@ -265,7 +267,7 @@ async fn drive(
                     if let Some(reply) = dials.remove(&connection_id) {
                         let _ = reply.send(Ok(peer_id));
                     }
-                    emit(NetEvent::Connected(peer_id, endpoint.get_remote_address().clone()));
+                    emit(NetEvent::Connected(peer_id, endpoint.get_remote_address().clone(), endpoint.is_dialer()));
                 }
                 SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
                     if let Some(reply) = dials.remove(&connection_id) {

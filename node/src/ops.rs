@@ -142,17 +142,16 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
         }
         Op::Changes(ask) => changes(node, ask).await?,
         Op::Watch => bail!("watch is only served over the control socket of a running node"),
+        Op::Console => bail!(
+            "the console is served by a running node: start `ferry serve --http 127.0.0.1:8080` on this home, then run `ferry console`"
+        ),
         Op::Status => {
             let board = ctx.status.context(
                 "the status is kept by a serving node: start `ferry serve` on this home (`ferry id` and `ferry history` work without it)",
             )?;
-            let mut status = board.snapshot();
+            let status = board.snapshot();
             let node = node.clone();
-            status.certificates = crate::pool::blocking(move || {
-                node.own_chains().map(|chains| chains.iter().map(|(c, _)| node.certificate(c, true)).collect())
-            })
-            .await?;
-            serde_json::to_value(status)?
+            crate::pool::blocking(move || status_details(&node, status)).await?
         }
         op => {
             // Only `id` shows where the serving node listens.
@@ -211,6 +210,22 @@ pub async fn changes(node: &Arc<Node>, ask: Changes) -> anyhow::Result<serde_jso
             Ok(Err(_)) | Err(_) => return Ok(page),
         }
     }
+}
+
+/// A status snapshot with what the board does not keep: the feed's
+/// cursor, the orgs, the certificates with their expiry, and each peer's
+/// lag (a peer id that does not parse, or whose lag cannot be read, shows
+/// none).
+fn status_details(node: &Node, mut status: crate::status::Status) -> anyhow::Result<serde_json::Value> {
+    let chains = node.own_chains()?;
+    status.feed_cursor = node.store.feed_last()?;
+    status.orgs = node.orgs()?.iter().map(ToString::to_string).collect();
+    status.certificates = chains.iter().map(|(c, _)| node.certificate(c, true)).collect();
+    for (peer, at) in status.peers.iter_mut() {
+        let key = crate::identity::parse_peer_id(peer).ok().and_then(|p| crate::identity::key_of(&p));
+        at.lag = key.and_then(|k| node.lag(&engine::AuthorKey(k)).ok().flatten());
+    }
+    Ok(serde_json::to_value(status)?)
 }
 
 /// The operations that need only the store and the home, run on the
@@ -325,6 +340,7 @@ fn execute_local(
         | Op::Peers
         | Op::Changes(_)
         | Op::Watch
+        | Op::Console
         | Op::Status => {
             unreachable!("network operations run in `execute`")
         }

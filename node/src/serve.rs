@@ -25,7 +25,6 @@ use crate::event::NodeEvent;
 use crate::home::Home;
 use crate::net::{ENROL_PROTOCOL, Net, NetEvent, SYNC_PROTOCOL};
 use crate::node::Node;
-use crate::status::StatusBoard;
 
 /// Sessions a node answers at once, and per peer.
 const SESSIONS_MAX: usize = 64;
@@ -141,8 +140,8 @@ pub async fn serve(
                     board.discovered(&peer, &address);
                     NodeEvent::Discovered { peer, address }
                 }
-                NetEvent::Connected(peer, address) => {
-                    board.connected(&peer, &address);
+                NetEvent::Connected(peer, address, dialed) => {
+                    board.connected(&peer, dialed.then_some(&address));
                     NodeEvent::Connected { peer, address }
                 }
                 NetEvent::Disconnected(peer) => {
@@ -319,13 +318,7 @@ async fn start(
         }
     };
     let (events, _) = broadcast::channel(256);
-    let shared = Arc::new(Shared {
-        node: node.clone(),
-        net: net.clone(),
-        enrol_lock: Arc::new(std::sync::Mutex::new(())),
-        events: events.clone(),
-        status: StatusBoard::new(node.identity.peer_id().to_string(), node.store.instance().to_string()),
-    });
+    let shared = Shared::new(node.clone(), net.clone(), events.clone());
     let control_task = match control::serve(&home.control_socket(), shared.clone()).await {
         Ok(task) => task,
         Err(e) => {

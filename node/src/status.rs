@@ -21,19 +21,26 @@ pub struct Status {
     pub peer_id: String,
     pub instance_id: String,
     pub listening: Vec<String>,
+    /// The orgs this node belongs to; filled in when the snapshot is read.
+    pub orgs: Vec<String>,
     /// Filled in when the snapshot is read (`Node::certificate`).
     pub certificates: Vec<CertificateInfo>,
     /// By peer id.
     pub peers: BTreeMap<String, PeerStatus>,
     pub sessions: Vec<SessionStatus>,
+    /// The change feed's newest cursor; filled in when the snapshot is read.
+    pub feed_cursor: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PeerStatus {
     pub connected: bool,
-    /// Where it was last seen or found.
+    /// Where it was found (mDNS) or dialed: addresses to dial it at.
     pub addresses: Vec<String>,
     pub last_sync: Option<LastSync>,
+    /// What it lacks of ours (`Node::lag`); filled in when the snapshot is
+    /// read, `None` for a peer that shares no org with this node.
+    pub lag: Option<crate::node::Lag>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -104,10 +111,14 @@ impl StatusBoard {
         self.peer(peer, |p| Self::seen_at(p, address));
     }
 
-    pub fn connected(&self, peer: &PeerId, address: &Multiaddr) {
+    /// `address` only when this node dialed it: a peer that dialed in did
+    /// so from a port nobody can dial back.
+    pub fn connected(&self, peer: &PeerId, address: Option<&Multiaddr>) {
         self.peer(peer, |p| {
             p.connected = true;
-            Self::seen_at(p, address);
+            if let Some(address) = address {
+                Self::seen_at(p, address);
+            }
         });
     }
 

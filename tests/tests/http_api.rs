@@ -50,7 +50,7 @@ fn every_route_needs_the_token_and_answers_json_with_status_codes() {
         ("PUT", "/v1/records/result/r2", "{\"set\":{\"a\":1}}", "needs ?partition"),
         ("PUT", "/v1/records/result/r2?partition=results", "{\"set\":{\"a\":123456789012345678901234}}", "64"),
         ("GET", "/v1/changes?since=x", "", "whole number"),
-        ("GET", "/v1/changes?feed=sometimes", "", "normal or longpoll"),
+        ("GET", "/v1/changes?feed=sometimes", "", "longpoll or sse"),
         ("GET", "/v1/records?colour=red", "", "unknown parameter"),
         ("GET", "/v1/nothing-here", "", "no such route"),
     ] {
@@ -329,4 +329,248 @@ fn watchers_hear_each_changed_record_and_the_syncs_this_node_starts_through_its_
     assert_eq!((&synced["started_by"], &synced["received"], &synced["sent"]), (&"api".into(), &1.into(), &1.into()));
     server.stop();
     hub.stop();
+}
+
+/// A central serving the network only, and a device serving HTTP.
+fn central_and_device(root: &std::path::Path) -> (Home, Server, Home, Server, String, String) {
+    let central = Home::init(root, "central");
+    central.json(&["org", "create", "District", "--authority", "central"]);
+    let central_server = central.serve();
+    let device = Home::init(root, "device");
+    let enrol = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
+    device.json(&["enroll", enrol["token"].as_str().expect("token")]);
+    let device_server = device.serve_with(&["--http", "127.0.0.1:0"], &[]);
+    let url = device_server.wait_for("http")["url"].as_str().expect("url").to_owned();
+    let token = std::fs::read_to_string(device.dir.join("api-token")).expect("api-token").trim().to_owned();
+    (central, central_server, device, device_server, url, token)
+}
+
+#[test]
+fn a_sync_posted_over_http_streams_its_progress_then_its_summary_and_resolve_settles_a_conflict() {
+    let root = tempfile::tempdir().expect("dir");
+    let (central, central_server, device, device_server, url, token) = central_and_device(root.path());
+    let lines: String = (0..3000)
+        .map(|i| {
+            format!("{{\"type\":\"result\",\"id\":\"c{i}\",\"partition\":\"results\",\"fields\":{{\"n\":{i}}}}}\n")
+        })
+        .collect();
+    let file = root.path().join("results.ndjson");
+    std::fs::write(&file, lines).expect("write");
+    central.json(&["import", file.to_str().expect("path")]);
+    central.ok(&["put", "result", "shared", "--partition", "results", "--set", "score=1"]);
+
+    // The sync, as the console starts it: events as it goes, then the summary.
+    let body = serde_json::json!({ "peer": central_server.address }).to_string();
+    let mut seen = Vec::new();
+    let (status, headers) = tests::http::events(&url, "POST", "/v1/sync", Some(&token), Some(&body), &mut |e| {
+        seen.push(e.clone());
+        true
+    });
+    assert_eq!(status, 200);
+    assert!(headers.iter().any(|(k, v)| k == "content-type" && v.starts_with("text/event-stream")), "{headers:?}");
+    let progress: Vec<serde_json::Value> = seen.iter().filter(|e| e.name == "progress").map(|e| e.json()).collect();
+    assert!(!progress.is_empty(), "progress comes before the end: {seen:?}");
+    let received: Vec<u64> =
+        progress.iter().filter(|p| p["what"] == "received").map(|p| p["done"].as_u64().expect("done")).collect();
+    assert!(received.windows(2).all(|w| w[0] <= w[1]), "progress only grows: {received:?}");
+    let last = seen.last().expect("events");
+    assert_eq!(last.name, "done", "the stream ends with the summary: {seen:?}");
+    assert_eq!(last.json()["received"], 3001, "{}", last.data);
+    assert_eq!(device.json(&["get", "result", "c2999"])["fields"]["n"], 2999);
+
+    // A conflict: both sides change the same field, then a sync.
+    central.ok(&["put", "result", "shared", "--partition", "results", "--set", "score=2"]);
+    let written = request(
+        &url,
+        "PUT",
+        "/v1/records/result/shared?partition=results",
+        Some(&token),
+        Some(r#"{"set":{"score":3}}"#),
+    );
+    assert_eq!(written.status, 200, "{written:?}");
+    // With Accept: application/json, only the summary, once the sync ends.
+    let summary = tests::http::request_with(
+        &url,
+        "POST",
+        "/v1/sync",
+        Some(&token),
+        &[("Accept", "application/json")],
+        Some(&body),
+    );
+    assert_eq!(summary.status, 200, "{summary:?}");
+    assert_eq!(summary.json()["conflicts"], 1, "{}", summary.body);
+    let conflicts = request(&url, "GET", "/v1/conflicts", Some(&token), None).lines();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let shown = conflicts[0]["fields"]["score"].clone();
+    let other = conflicts[0]["conflicts"][0]["value"].clone();
+    assert_ne!(shown, other);
+    let resolved = request(
+        &url,
+        "POST",
+        "/v1/resolve",
+        Some(&token),
+        Some(r#"{"type":"result","id":"shared","partition":"results","take":1}"#),
+    );
+    assert_eq!(resolved.status, 200, "{resolved:?}");
+    assert_eq!(resolved.json()["fields"]["score"], other, "the taken value is the record's now");
+    assert!(request(&url, "GET", "/v1/conflicts", Some(&token), None).lines().is_empty());
+    let again = request(&url, "POST", "/v1/resolve", Some(&token), Some(r#"{"type":"result","id":"nope"}"#));
+    assert_eq!(again.status, 404, "{again:?}");
+
+    // The status: orgs, certificates with their expiry, the peer's lag.
+    let status = request(&url, "GET", "/v1/status", Some(&token), None).json();
+    assert_eq!(status["orgs"].as_array().map(Vec::len), Some(1), "{status}");
+    assert!(status["certificates"][0]["expires_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{status}");
+    let peer = &status["peers"][central.peer_id().as_str()];
+    assert!(peer["last_sync"]["outcome"] == "completed", "{status}");
+    assert_eq!(peer["lag"]["changes"], 1, "the resolve is not sent yet: {status}");
+    assert!(peer["addresses"].as_array().is_some_and(|a| !a.is_empty()), "the address dialed: {status}");
+
+    // A sync that cannot happen ends with a reason; a bad body is a 400.
+    let nowhere = serde_json::json!({ "peer": "/ip4/127.0.0.1/tcp/9" }).to_string();
+    let failed = tests::http::request_with(&url, "POST", "/v1/sync", Some(&token), &[], Some(&nowhere)).events();
+    assert_eq!(failed.last().map(|e| e.name.as_str()), Some("failed"), "{failed:?}");
+    assert!(failed.last().expect("event").json()["error"].as_str().is_some_and(|e| !e.is_empty()));
+    for bad in [r#"{"peer":1}"#, r#"{"peer":"x","pull":false,"push":false}"#, r#"{"peer":"x","colour":1}"#] {
+        assert_eq!(request(&url, "POST", "/v1/sync", Some(&token), Some(bad)).status, 400, "{bad}");
+    }
+    device_server.stop();
+    central_server.stop();
+}
+
+#[test]
+fn the_sse_feed_sends_each_change_as_it_commits_and_resumes_from_last_event_id() {
+    let root = tempfile::tempdir().expect("dir");
+    let (home, server, url, token) = serving(root.path(), "central");
+    home.ok(&["put", "result", "r0", "--partition", "results", "--set", "n=0"]);
+    let start = request(&url, "GET", "/v1/status", Some(&token), None).json()["feed_cursor"].as_u64().expect("cursor");
+    let (feed_url, feed_token) = (url.clone(), token.clone());
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let path = format!("/v1/changes?feed=sse&type=result&since={start}");
+        tests::http::events(&feed_url, "GET", &path, Some(&feed_token), None, &mut |e| {
+            got.push(e.clone());
+            got.len() < 3
+        });
+        got
+    });
+    for i in 1..=3 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        home.ok(&["put", "result", &format!("r{i}"), "--partition", "results", "--set", &format!("n={i}")]);
+    }
+    let got = reader.join().expect("reader");
+    let ids: Vec<String> = got.iter().map(|e| e.json()["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(ids, ["r1", "r2", "r3"], "{got:?}");
+    assert!(got.iter().all(|e| e.name == "change"));
+    // A browser that reconnects sends the last id it got, and goes on there.
+    let second = got[1].id.clone().expect("an id");
+    let mut resumed = Vec::new();
+    let (status, _) = tests::http::events_with(
+        &url,
+        "GET",
+        "/v1/changes?feed=sse&type=result",
+        Some(&token),
+        &[("Last-Event-ID", &second)],
+        None,
+        &mut |e| {
+            resumed.push(e.clone());
+            false
+        },
+    );
+    assert_eq!(status, 200);
+    assert_eq!(resumed[0].json()["id"], "r3", "{resumed:?}");
+    // A cursor the feed does not hold is a 410 before any event.
+    let gone = request(&url, "GET", "/v1/changes?feed=sse&since=999999", Some(&token), None);
+    assert_eq!(gone.status, 410, "{gone:?}");
+    server.stop();
+}
+
+#[test]
+fn a_blob_is_served_whole_or_by_range_and_a_damaged_one_is_never_served() {
+    let root = tempfile::tempdir().expect("dir");
+    let (home, server, url, token) = serving(root.path(), "central");
+    // Three blocks and a bit, so ranges cross block edges.
+    let bytes: Vec<u8> =
+        (0..(3 * 256 * 1024 + 1000)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let file = root.path().join("package.bin");
+    std::fs::write(&file, &bytes).expect("write");
+    let attach = format!("package={}", file.display());
+    let put = home.json(&["put", "delivery", "d1", "--partition", "results", "--attach", &attach]);
+    let hash = put["fields"]["package"]["$blob"]["hash"].as_str().expect("hash").to_owned();
+    let path = format!("/v1/blobs/{hash}");
+    let whole = request(&url, "GET", &path, Some(&token), None);
+    assert_eq!(whole.status, 200);
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"));
+    assert!(whole.raw == bytes, "the whole blob, byte for byte");
+    let len = bytes.len();
+    for (range, from, to) in [
+        ("bytes=0-9", 0, 10),
+        ("bytes=262140-262150", 262_140, 262_151),
+        ("bytes=-100", len - 100, len),
+        (&format!("bytes={}-", len - 5) as &str, len - 5, len),
+    ] {
+        let part = tests::http::request_with(&url, "GET", &path, Some(&token), &[("Range", range)], None);
+        assert_eq!(part.status, 206, "{range}");
+        assert!(part.raw == bytes[from..to], "{range}");
+        assert_eq!(part.header("content-range"), Some(format!("bytes {from}-{}/{len}", to - 1).as_str()));
+    }
+    let past = tests::http::request_with(&url, "GET", &path, Some(&token), &[("Range", "bytes=99999999-")], None);
+    assert_eq!(past.status, 416);
+    assert_eq!(past.header("content-range"), Some(format!("bytes */{len}").as_str()));
+    assert_eq!(request(&url, "GET", &format!("/v1/blobs/{}", "0".repeat(64)), Some(&token), None).status, 404);
+    assert_eq!(request(&url, "GET", "/v1/blobs/xyz", Some(&token), None).status, 400);
+    assert_eq!(request(&url, "GET", &path, None, None).status, 401);
+    // One byte changed on disk, in the second block: a range inside it
+    // gets no byte, the whole blob ends short, and the blob is removed.
+    let stored = home.dir.join("blobs").join(&hash[..2]).join(&hash);
+    let mut damaged = std::fs::read(&stored).expect("stored blob");
+    damaged[300_000] ^= 0xff;
+    std::fs::write(&stored, damaged).expect("damage");
+    let inside = tests::http::request_with(&url, "GET", &path, Some(&token), &[("Range", "bytes=300000-300010")], None);
+    assert!(inside.raw.is_empty(), "no byte of a damaged block: {:?}", inside.status);
+    assert!(!stored.exists(), "the damaged blob is removed; a sync fetches it again");
+    assert_eq!(request(&url, "GET", &path, Some(&token), None).status, 404);
+    server.stop();
+}
+
+#[test]
+fn the_console_logs_in_once_by_the_url_ferry_console_prints_and_its_cookie_needs_the_write_header() {
+    let root = tempfile::tempdir().expect("dir");
+    let (home, server, url, _token) = serving(root.path(), "central");
+    let printed = home.ok(&["console"]);
+    let login = printed.lines().next().expect("a URL").to_owned();
+    assert!(login.starts_with(&format!("{url}/console/login?code=")), "{printed}");
+    let path = login.strip_prefix(&url).expect("same base");
+    let before = request(&url, "GET", "/console", None, None);
+    assert_eq!(before.status, 401);
+    assert!(before.body.contains("ferry console"), "the page says how to log in: {}", before.body);
+    let answer = request(&url, "GET", path, None, None);
+    assert_eq!(answer.status, 303, "{answer:?}");
+    let cookie = answer.header("set-cookie").expect("a session cookie").to_owned();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().expect("name=value").to_owned();
+    assert_eq!(request(&url, "GET", path, None, None).status, 401, "a login URL works once");
+    let with = |method: &str, route: &str, extra: &[(&str, &str)], body: Option<&str>| {
+        let mut headers = vec![("Cookie", session.as_str())];
+        headers.extend_from_slice(extra);
+        tests::http::request_with(&url, method, route, None, &headers, body)
+    };
+    let page = with("GET", "/console", &[], None);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Sync now") || page.body.contains("syncNow"), "the console page");
+    assert!(page.header("content-security-policy").is_some_and(|c| c.contains("default-src 'none'")));
+    assert_eq!(with("GET", "/v1/status", &[], None).json()["peer_id"], home.peer_id());
+    let put = r#"{"set":{"n":1}}"#;
+    let refused = with("PUT", "/v1/records/result/r1?partition=results", &[], Some(put));
+    assert_eq!(refused.status, 403, "a cookie alone cannot write (another site could send it): {refused:?}");
+    assert!(home.fails(&["get", "result", "r1"]).contains("no record"));
+    let written = with("PUT", "/v1/records/result/r1?partition=results", &[("X-Ferry-Console", "1")], Some(put));
+    assert_eq!(written.status, 200, "{written:?}");
+    let forged = tests::http::request_with(&url, "GET", "/v1/status", None, &[("Cookie", "ferry_console=abc")], None);
+    assert_eq!(forged.status, 401);
+    server.stop();
+    // Without HTTP, `ferry console` says how to get it.
+    let quiet = home.serve();
+    assert!(home.fails(&["console"]).contains("--http"));
+    quiet.stop();
 }

@@ -121,6 +121,12 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
         }
         Op::Check(crate::ops::Check { repair }) => write_check(out, *repair, value),
         Op::Status => write_status(out, value),
+        Op::Console => writeln!(
+            out,
+            "{}\n(open it in a browser on this machine within {} minutes; it logs in once)",
+            value["url"].as_str().unwrap_or_default(),
+            value["valid_s"].as_u64().unwrap_or(0) / 60
+        ),
         Op::BlobList => write_blob_list(out, value),
         Op::ProfileSet(_) => write_profile_line(out, value),
         Op::SealingKey(_) => write_sealing_keys(out, value),

@@ -33,6 +33,8 @@ pub struct CertificateInfo {
     pub can_issue: bool,
     pub not_before: u64,
     pub not_after: u64,
+    /// `not_after` in ISO 8601, for people and the console.
+    pub expires_at: String,
     pub revoked: bool,
     pub held: bool,
 }
@@ -241,6 +243,7 @@ impl Node {
             can_issue: leaf.is_ca(),
             not_before: leaf.not_before(),
             not_after: leaf.not_after(),
+            expires_at: super::iso8601_ms(leaf.not_after().saturating_mul(1000)),
             revoked,
             held,
         }

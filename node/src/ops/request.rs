@@ -76,6 +76,9 @@ pub enum Op {
     /// Serving nodes only: identity, certificates, peers with their last
     /// sync, sessions in flight (`status::Status`).
     Status,
+    /// Serving nodes only, with HTTP: the web console's URL with a
+    /// one-time login (`logins.rs`).
+    Console,
 }
 
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
