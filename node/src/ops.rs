@@ -222,8 +222,14 @@ fn status_details(node: &Node, mut status: crate::status::Status) -> anyhow::Res
     status.orgs = node.orgs()?.iter().map(ToString::to_string).collect();
     status.certificates = chains.iter().map(|(c, _)| node.certificate(c, true)).collect();
     for (peer, at) in status.peers.iter_mut() {
-        let key = crate::identity::parse_peer_id(peer).ok().and_then(|p| crate::identity::key_of(&p));
-        at.lag = key.and_then(|k| node.lag(&engine::AuthorKey(k)).ok().flatten());
+        let Some(key) = crate::identity::parse_peer_id(peer).ok().and_then(|p| crate::identity::key_of(&p)) else {
+            continue;
+        };
+        let key = engine::AuthorKey(key);
+        at.lag = node.lag(&key).ok().flatten();
+        at.name = node.store.chains_of(&key).ok().and_then(|chains| {
+            chains.iter().find_map(|bytes| certs::Chain::decode(bytes).ok().map(|c| c.leaf().info().name.clone()))
+        });
     }
     Ok(serde_json::to_value(status)?)
 }

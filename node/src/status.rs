@@ -34,6 +34,9 @@ pub struct Status {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PeerStatus {
+    /// The name in its certificate, once this node holds its chain (from
+    /// a session with it); filled in when the snapshot is read.
+    pub name: Option<String>,
     pub connected: bool,
     /// Where it was found (mDNS) or dialed: addresses to dial it at.
     pub addresses: Vec<String>,

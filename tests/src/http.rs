@@ -198,6 +198,10 @@ pub fn request_with(
         while let Some(data) = chunk(&mut reader) {
             raw.extend(data);
         }
+    } else if let Some(length) = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()) {
+        // By its length: not every server closes at once (ChromeDriver).
+        // A body that ends short is kept as it came: the caller sees less.
+        let _ = reader.take(length).read_to_end(&mut raw);
     } else {
         reader.read_to_end(&mut raw).expect("read the answer");
     }

@@ -61,4 +61,3 @@ impl Node {
         Ok(shared.then_some(lag))
     }
 }
-
