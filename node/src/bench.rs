@@ -27,6 +27,7 @@ use crate::node::Node;
 use crate::ops::Op;
 use crate::parallel::ParallelSigner;
 
+mod api;
 mod primitives;
 mod scenarios;
 use scenarios::*;
@@ -72,6 +73,15 @@ pub struct BenchArgs {
     /// Only the blob scenario.
     #[arg(long)]
     pub blobs_only: bool,
+    /// Rounds of the change-feed latency scenario (0: skip the API figures).
+    #[arg(long, default_value_t = 30)]
+    pub api_rounds: u64,
+    /// Requests per run of the API throughput scenario.
+    #[arg(long, default_value_t = 3000)]
+    pub api_requests: u64,
+    /// Only the HTTP API's figures (feed latency, requests per second).
+    #[arg(long)]
+    pub api_only: bool,
     /// Tiny sizes, for a smoke run (what CI runs).
     #[arg(long)]
     pub quick: bool,
@@ -149,15 +159,24 @@ pub(super) struct Proc {
     child: Child,
     home: Home,
     address: String,
+    /// The HTTP API's URL, when started with `--http`.
+    http: Option<String>,
 }
 
 impl Proc {
     fn start(home: &Home) -> anyhow::Result<Proc> {
+        Proc::start_with(home, &[])
+    }
+
+    /// With more `serve` arguments; waits for the HTTP API when they ask
+    /// for it.
+    fn start_with(home: &Home, extra: &[&str]) -> anyhow::Result<Proc> {
         let exe = std::env::current_exe().context("cannot find the ferry binary")?;
         let mut child = Command::new(exe)
             .arg("--home")
             .arg(&home.dir)
             .args(["--json", "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .args(extra)
             .env("RUST_LOG", std::env::var("FERRY_BENCH_LOG").unwrap_or_else(|_| "error".into()))
             .stdout(Stdio::piped())
             .stderr(match std::env::var_os("FERRY_BENCH_LOG") {
@@ -167,11 +186,27 @@ impl Proc {
             .spawn()
             .context("cannot start ferry serve")?;
         let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout);
         let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first)?;
+        lines.read_line(&mut first)?;
         let event: Json = serde_json::from_str(&first).context("ferry serve did not start")?;
         let address = event["address"].as_str().context("ferry serve printed no address")?.to_owned();
-        Ok(Proc { child, home: home.clone(), address })
+        let mut http = None;
+        if extra.contains(&"--http") {
+            for _ in 0..16 {
+                let mut line = String::new();
+                if lines.read_line(&mut line)? == 0 {
+                    break;
+                }
+                let event: Json = serde_json::from_str(&line).unwrap_or_default();
+                if event["event"] == "http" {
+                    http = event["url"].as_str().map(str::to_owned);
+                    break;
+                }
+            }
+            http.as_ref().context("ferry serve --http announced no URL")?;
+        }
+        Ok(Proc { child, home: home.clone(), address, http })
     }
 
     async fn op(&self, op: &Op) -> anyhow::Result<Json> {
@@ -364,6 +399,8 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
         args.load_devices = args.load_devices.min(3);
         args.blob_mib = vec![4];
         args.blob_devices = vec![1, 2];
+        args.api_rounds = args.api_rounds.min(5);
+        args.api_requests = args.api_requests.min(100);
     }
     let backends = match args.backend.as_str() {
         "both" => vec![BackendKind::Redb, BackendKind::Sled],
@@ -377,7 +414,8 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
     // is also given as a fraction of them.
     let limits = std::cell::Cell::new(None);
     let mut print = |mut figure: Figure| {
-        if !figure.scenario.starts_with("primitive:") && !figure.scenario.starts_with("blob ") {
+        let own_unit = ["primitive:", "blob ", "feed:", "API:"].iter().any(|p| figure.scenario.starts_with(p));
+        if !own_unit {
             figure.limits = limits.get();
         }
         if json_output {
@@ -423,6 +461,14 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
                 print(figure);
             }
             limits.set(Some(found));
+            if args.api_rounds > 0 {
+                for figure in api::api(root.path(), backend, args.api_rounds, args.api_requests).await? {
+                    print(figure);
+                }
+            }
+            if args.api_only {
+                continue;
+            }
             if args.load_seconds > 0 {
                 print(load(root.path(), backend, args.load_devices, args.load_seconds, args.device_records).await?);
             }
