@@ -81,6 +81,10 @@ pub async fn serve(
     http: Option<String>,
     printer: Printer,
 ) -> anyhow::Result<()> {
+    // Before anything is announced: a SIGTERM that follows the `listening`
+    // line at once must find the handler in place, or it kills the process
+    // before the store is closed.
+    let stop = StopSignals::new();
     let node = Node::open_shared(home.clone()).await?;
     // A start that fails (a mistyped or taken address) closes the store
     // cleanly, so the next command continues the same instance.
@@ -219,7 +223,7 @@ pub async fn serve(
     }
 
     if failed.is_none() {
-        wait_for_signal().await;
+        stop.wait().await;
     }
     printer.event(&NodeEvent::Stopping);
     // Stop accepting, and wait until the stopped tasks have let go of the node.
@@ -558,19 +562,35 @@ impl Drop for PeerSlot {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, caught from the moment this is made.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl StopSignals {
+    fn new() -> StopSignals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            // Registering fails only when the runtime has no signal driver;
+            // then `wait` falls back to Ctrl-C.
+            let signals = signal(SignalKind::terminate()).ok().zip(signal(SignalKind::interrupt()).ok());
+            StopSignals { signals }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.signals {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

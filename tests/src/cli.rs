@@ -224,6 +224,12 @@ impl Server {
         let _ = self.child.wait();
     }
 
+    /// Waits for the process to end, and for a clean exit.
+    pub fn wait_stopped(mut self) {
+        let status = self.child.wait().expect("wait for ferry serve");
+        assert!(status.success(), "{}: ferry serve exited with {status}", self.name);
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(mut self) {
         let pid = self.child.id().to_string();

@@ -201,3 +201,20 @@ fn an_import_through_serve_tells_the_client_what_was_rejected() {
     assert!(stderr.contains(r#"rejected: line 2: unknown key "colour""#), "{stderr}");
     server.stop();
 }
+
+/// A SIGTERM sent the moment `ferry serve` announces itself (here while it
+/// is stopped, so it lands before the node gets any further) stops it
+/// cleanly. Before, the handler was installed only once everything had
+/// started, and such a signal killed the process with its store open.
+#[test]
+fn a_sigterm_right_after_the_listening_line_stops_the_node_cleanly() {
+    let root = tempfile::tempdir().expect("dir");
+    let home = Home::init(root.path(), "node");
+    for _ in 0..5 {
+        let server = home.serve_with(&["--http", "127.0.0.1:0"], &[]);
+        server.signal("STOP");
+        server.signal("TERM");
+        server.signal("CONT");
+        server.wait_stopped();
+    }
+}
