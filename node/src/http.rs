@@ -258,15 +258,9 @@ async fn put_record(
     let Some(partition) = params.get("partition").cloned() else {
         return error(StatusCode::BAD_REQUEST, "PUT needs ?partition=P: the partition the record is written in");
     };
-    // An integer beyond 64 bits is refused, never read as a float.
-    if let Err(e) = crate::json::check_integers(&body) {
-        return error(StatusCode::BAD_REQUEST, e);
-    }
-    let body: PutBody = match serde_json::from_str(&body) {
+    let body: PutBody = match parse_body(&body, "{\"set\":{…},\"unset\":[…]}") {
         Ok(body) => body,
-        Err(e) => {
-            return error(StatusCode::BAD_REQUEST, format!("the body must be {{\"set\":{{…}},\"unset\":[…]}}: {e}"));
-        }
+        Err(reason) => return bad(reason),
     };
     let op =
         Op::Put { org: params.get("org").cloned(), record_type: t, id, partition, set: body.set, unset: body.unset };
@@ -295,15 +289,31 @@ async fn changes(api: Api, params: &HashMap<String, String>) -> Response {
     }
 }
 
-/// A feed read that failed: an expired or foreign cursor is 410 with the
-/// cursor to follow from once the app has read the records again.
-fn feed_error(e: anyhow::Error) -> Response {
+/// The cursor to follow from when a feed read failed because its cursor
+/// is expired or foreign (the app reads the records again first).
+fn gone_cursor(e: &anyhow::Error) -> Option<u64> {
     match e.downcast_ref::<FeedError>() {
-        Some(FeedError::Expired { last, .. } | FeedError::Ahead { last, .. }) => {
+        Some(FeedError::Expired { last, .. } | FeedError::Ahead { last, .. }) => Some(*last),
+        _ => None,
+    }
+}
+
+/// A feed read that failed: an expired or foreign cursor is 410 with the
+/// cursor to follow from.
+fn feed_error(e: anyhow::Error) -> Response {
+    match gone_cursor(&e) {
+        Some(last) => {
             (StatusCode::GONE, axum::Json(json!({ "error": e.to_string(), "last_cursor": last }))).into_response()
         }
-        _ => error(status_of(&e), format!("{e:#}")),
+        None => error(status_of(&e), format!("{e:#}")),
     }
+}
+
+/// A JSON request body of `shape` (said in the error): an integer beyond
+/// 64 bits is refused, never read as a float.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &str, shape: &str) -> Result<T, String> {
+    crate::json::check_integers(body)?;
+    serde_json::from_str(body).map_err(|e| format!("the body must be {shape}: {e}"))
 }
 
 async fn history(State(api): State<Api>) -> Response {
@@ -331,16 +341,10 @@ struct ResolveBody {
 /// `POST /v1/resolve`: `ferry resolve`, `{"type","id","partition","take"}`
 /// or with `"set":{…}`; answers with the record.
 async fn resolve(State(api): State<Api>, body: String) -> Response {
-    if let Err(e) = crate::json::check_integers(&body) {
-        return bad(e);
-    }
-    let body: ResolveBody = match serde_json::from_str(&body) {
+    let body: ResolveBody = match parse_body(&body, "{\"type\",\"id\",\"partition\",\"take\":N} or with \"set\":{…}")
+    {
         Ok(body) => body,
-        Err(e) => {
-            return bad(format!(
-                "the body must be {{\"type\",\"id\",\"partition\",\"take\":N}} or with \"set\":{{…}}: {e}"
-            ));
-        }
+        Err(reason) => return bad(reason),
     };
     let op = Op::Resolve {
         org: body.org,

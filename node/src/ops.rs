@@ -219,7 +219,8 @@ pub async fn changes(node: &Arc<Node>, ask: Changes) -> anyhow::Result<serde_jso
 fn status_details(node: &Node, mut status: crate::status::Status) -> anyhow::Result<serde_json::Value> {
     let chains = node.own_chains()?;
     status.feed_cursor = node.store.feed_last()?;
-    status.orgs = node.orgs()?.iter().map(ToString::to_string).collect();
+    let orgs: std::collections::BTreeSet<OrgId> = chains.iter().map(|(c, _)| c.org()).collect();
+    status.orgs = orgs.iter().map(ToString::to_string).collect();
     status.certificates = chains.iter().map(|(c, _)| node.certificate(c, true)).collect();
     for (peer, at) in status.peers.iter_mut() {
         let Some(key) = crate::identity::parse_peer_id(peer).ok().and_then(|p| crate::identity::key_of(&p)) else {

@@ -13,8 +13,6 @@ use futures::Stream;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use engine::store::FeedError;
-
 use super::{Api, Params, bad, error, known, number};
 use crate::ops::{self, Line, Op};
 
@@ -70,13 +68,10 @@ fn yes() -> bool {
 /// summary, as JSON, once the sync ends. The sync runs to its end even if
 /// the client goes away.
 pub(super) async fn sync(State(api): State<Api>, headers: HeaderMap, body: String) -> Response {
-    let body: SyncBody = match serde_json::from_str(&body) {
+    let shape = "{\"peer\":\"ADDRESS or PEER_ID\",\"filter\":…,\"pull\":…,\"push\":…,\"types\":[…]}";
+    let body: SyncBody = match super::parse_body(&body, shape) {
         Ok(body) => body,
-        Err(e) => {
-            return bad(format!(
-                "the body must be {{\"peer\":\"ADDRESS or PEER_ID\",\"filter\":…,\"pull\":…,\"push\":…,\"types\":[…]}}: {e}"
-            ));
-        }
+        Err(reason) => return bad(reason),
     };
     let filters = match body.filter {
         None => Vec::new(),
@@ -178,10 +173,7 @@ pub(super) async fn feed(
             page = match ops::changes(&node, ask.clone()).await {
                 Ok(page) => page,
                 Err(e) => {
-                    let last = match e.downcast_ref::<FeedError>() {
-                        Some(FeedError::Expired { last, .. } | FeedError::Ahead { last, .. }) => Some(*last),
-                        _ => None,
-                    };
+                    let last = super::gone_cursor(&e);
                     let _ = tx.send(event("gone", &json!({ "error": format!("{e:#}"), "last_cursor": last })));
                     return;
                 }
