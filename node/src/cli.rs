@@ -548,9 +548,11 @@ pub fn main() -> std::process::ExitCode {
         Err(e) => e.exit(),
     };
     let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
+    // quinn_udp warns of every datagram a route refused: QUIC trying a
+    // peer's address that is behind its NAT is expected, not news.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new(format!("{default_level},libp2p=warn,libp2p_mdns=error"))
+            tracing_subscriber::EnvFilter::new(format!("{default_level},libp2p=warn,libp2p_mdns=error,quinn_udp=error"))
         }))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

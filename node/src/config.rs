@@ -9,6 +9,18 @@
 //! batch_changes = 4096
 //! window = 1                  # batches in flight when sending: 1 or 2
 //!
+//! relay_server = false      # true on a central: relay and rendezvous for its orgs
+//! relays = []                 # more relays than the one enrolment names
+//!
+//! [relay_limits]              # only read with relay_server = true
+//! max_reservations = 1024
+//! max_reservations_per_peer = 4
+//! reservation_duration = "1h"
+//! max_circuits = 64
+//! max_circuits_per_peer = 8
+//! max_circuit_duration = "30m"
+//! max_circuit_bytes = 1073741824
+//!
 //! [[peers]]
 //! name = "central"
 //! address = "/ip4/10.0.0.1/tcp/4040/p2p/12D3KooW…"
@@ -69,6 +81,84 @@ pub struct Config {
     /// Programs the node runs around syncs (`hooks.rs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookConfig>,
+    /// Serve as a circuit relay and rendezvous point for the members of
+    /// this node's orgs (`meet.rs`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub relay_server: bool,
+    /// Relays to register with besides the one enrolment names, as
+    /// multiaddrs ending in `/p2p/PEER_ID`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<String>,
+    /// What a relay server lets its members use.
+    #[serde(default, skip_serializing_if = "RelayLimits::is_default")]
+    pub relay_limits: RelayLimits,
+}
+
+/// `[relay_limits]`: bounds on what a relay server hands out. The defaults
+/// let a device behind a NAT carry a whole sync of a school's results (the
+/// libp2p defaults, 128 KiB and 2 minutes per circuit, do not).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayLimits {
+    pub max_reservations: usize,
+    pub max_reservations_per_peer: usize,
+    pub reservation_duration: String,
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    pub max_circuit_duration: String,
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> RelayLimits {
+        RelayLimits {
+            max_reservations: 1024,
+            max_reservations_per_peer: 4,
+            reservation_duration: "1h".into(),
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: "30m".into(),
+            max_circuit_bytes: 1 << 30,
+        }
+    }
+}
+
+impl RelayLimits {
+    fn is_default(&self) -> bool {
+        *self == RelayLimits::default()
+    }
+
+    pub fn reservation_duration(&self) -> Duration {
+        parse_duration(&self.reservation_duration).unwrap_or(Duration::from_secs(3600))
+    }
+
+    pub fn max_circuit_duration(&self) -> Duration {
+        parse_duration(&self.max_circuit_duration).unwrap_or(Duration::from_secs(1800))
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        for (name, value) in [
+            ("max_reservations", self.max_reservations),
+            ("max_reservations_per_peer", self.max_reservations_per_peer),
+            ("max_circuits", self.max_circuits),
+            ("max_circuits_per_peer", self.max_circuits_per_peer),
+        ] {
+            if value == 0 {
+                anyhow::bail!("relay_limits.{name} must be at least 1");
+            }
+        }
+        if self.max_circuit_bytes == 0 {
+            anyhow::bail!("relay_limits.max_circuit_bytes must be at least 1");
+        }
+        for (name, text) in
+            [("reservation_duration", &self.reservation_duration), ("max_circuit_duration", &self.max_circuit_duration)]
+        {
+            if parse_duration(text).with_context(|| format!("relay_limits.{name}"))?.is_zero() {
+                anyhow::bail!("relay_limits.{name} must be at least 1s");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A `[[hooks]]` entry: `run` (program and arguments) with one JSON object
@@ -168,6 +258,17 @@ pub fn type_rules(only: Option<&[String]>, skip: &[String]) -> anyhow::Result<Ty
     Ok(TypeRules { only, skip })
 }
 
+/// A relay as `relays` in ferry.toml names it: a multiaddr ending in the
+/// relay's peer id.
+pub fn parse_relay(text: &str) -> anyhow::Result<(libp2p::Multiaddr, libp2p::PeerId)> {
+    use libp2p::multiaddr::Protocol;
+    let address: libp2p::Multiaddr = text.trim().parse().with_context(|| format!("{text:?} is not a multiaddr"))?;
+    match address.iter().last() {
+        Some(Protocol::P2p(peer)) => Ok((address.clone(), peer)),
+        _ => anyhow::bail!("{address} names no peer id: end it with /p2p/PEER_ID (`ferry id` on the relay shows it)"),
+    }
+}
+
 /// Bytes of `ferry.toml` we read at most (it is a handful of lines).
 pub const CONFIG_BYTES_MAX: usize = 256 * 1024;
 
@@ -203,6 +304,9 @@ impl Default for Config {
             hooks: Vec::new(),
             http: None,
             peers: Vec::new(),
+            relay_server: false,
+            relays: Vec::new(),
+            relay_limits: RelayLimits::default(),
         }
     }
 }
@@ -241,6 +345,10 @@ impl Config {
             if timeout.is_zero() {
                 anyhow::bail!("hooks[{i}].timeout must be at least 1s");
             }
+        }
+        config.relay_limits.check()?;
+        for relay in &config.relays {
+            parse_relay(relay).with_context(|| format!("relays: {relay:?}"))?;
         }
         for peer in &config.peers {
             if let Some(every) = &peer.sync_every {

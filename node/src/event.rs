@@ -80,6 +80,35 @@ pub enum NodeEvent {
         request: serde_json::Value,
         result: serde_json::Value,
     },
+    /// A registration with a relay and rendezvous point, or why it failed.
+    Registered {
+        relay: Multiaddr,
+        result: Result<(), String>,
+    },
+    /// A relay holds a slot for this node: peers reach it through there.
+    Reserved {
+        relay: PeerId,
+    },
+    ReservationFailed {
+        relay: PeerId,
+        reason: String,
+    },
+    /// What AutoNAT found: `public`, `private` or `unknown`.
+    Reachability {
+        reach: &'static str,
+    },
+    /// A relayed connection to `peer` became direct, or not.
+    HolePunch {
+        peer: PeerId,
+        result: Result<(), String>,
+    },
+    /// What this node did as a relay: a slot or circuit given or refused.
+    Relayed {
+        what: &'static str,
+        peer: PeerId,
+        to: Option<PeerId>,
+        refused: Option<String>,
+    },
     Stopping,
     /// Sessions that did not finish within the shutdown grace.
     Abandoned {
@@ -153,6 +182,33 @@ impl NodeEvent {
             }
             NodeEvent::Written { request, result } => {
                 json!({ "event": "written", "request": request, "result": result })
+            }
+            NodeEvent::Registered { relay, result: Ok(()) } => {
+                json!({ "event": "registered", "relay": relay.to_string() })
+            }
+            NodeEvent::Registered { relay, result: Err(reason) } => {
+                json!({ "event": "registration_failed", "relay": relay.to_string(), "reason": reason })
+            }
+            NodeEvent::Reserved { relay } => json!({ "event": "reserved", "relay": relay.to_string() }),
+            NodeEvent::ReservationFailed { relay, reason } => {
+                json!({ "event": "reservation_failed", "relay": relay.to_string(), "reason": reason })
+            }
+            NodeEvent::Reachability { reach } => json!({ "event": "reachability", "reach": reach }),
+            NodeEvent::HolePunch { peer, result: Ok(()) } => {
+                json!({ "event": "hole_punched", "peer": peer.to_string() })
+            }
+            NodeEvent::HolePunch { peer, result: Err(reason) } => {
+                json!({ "event": "hole_punch_failed", "peer": peer.to_string(), "reason": reason })
+            }
+            NodeEvent::Relayed { what, peer, to, refused } => {
+                let mut value = json!({ "event": "relay", "what": what, "peer": peer.to_string() });
+                if let Some(to) = to {
+                    value["to"] = json!(to.to_string());
+                }
+                if let Some(reason) = refused {
+                    value["refused"] = json!(reason);
+                }
+                value
             }
             NodeEvent::Stopping => json!({ "event": "stopping" }),
             NodeEvent::Abandoned { reason } => json!({ "event": "abandoned", "reason": reason }),

@@ -59,6 +59,12 @@ impl Home {
     pub fn api_token_file(&self) -> PathBuf {
         self.dir.join("api-token")
     }
+    /// Relays and rendezvous points enrolment remembered, one multiaddr a
+    /// line (`meet.rs`).
+    pub fn relays_file(&self) -> PathBuf {
+        self.dir.join("relays")
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("control.sock")
     }

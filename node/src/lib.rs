@@ -22,6 +22,7 @@ pub mod http;
 pub mod identity;
 pub mod json;
 pub mod logins;
+pub mod meet;
 pub mod metrics;
 pub mod net;
 pub mod node;

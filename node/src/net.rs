@@ -1,20 +1,32 @@
 //! The libp2p side: a swarm with TCP + Noise + Yamux and QUIC, identify,
-//! ping, mDNS (optional) and connection limits, driven by its own task;
-//! framed streams; and the sync and enrolment protocols on them.
+//! ping, mDNS (optional) and connection limits, the circuit relay (a client
+//! always, a server with `relay_server = true`), AutoNAT and hole punching
+//! (DCUtR), driven by its own task; framed streams; and the sync and
+//! enrolment protocols on them.
+//!
+//! A relayed connection is replaced by a direct one as soon as one exists:
+//! the relayed ones to that peer are closed, so streams (which libp2p-stream
+//! opens on any connection to the peer) go direct.
 //!
 //! Everything that waits on a peer has a timeout; every channel is bounded;
 //! a peer's bad message ends that peer's stream and nothing else.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
+use libp2p::swarm::ConnectionId;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, connection_limits, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, autonat, connection_limits, dcutr, identify, mdns, noise, ping, relay, tcp,
+    yamux,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::identity::Identity;
@@ -25,10 +37,12 @@ pub type Stream = libp2p::Stream;
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/sync/1");
 pub const ENROL_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/enrol/1");
 pub const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/blob/1");
+pub const MEET_PROTOCOL: StreamProtocol = StreamProtocol::new("/ferry/meet/1");
 
-/// Connections in total, and per peer (two: both sides may dial at once).
+/// Connections in total, and per peer (three: both sides may dial at once,
+/// and a relayed one lasts until hole punching replaced it).
 const CONNECTIONS_MAX: u32 = 512;
-const CONNECTIONS_PER_PEER_MAX: u32 = 2;
+const CONNECTIONS_PER_PEER_MAX: u32 = 3;
 const PENDING_INCOMING_MAX: u32 = 64;
 /// Commands queued to the swarm task.
 const COMMANDS_MAX: usize = 64;
@@ -36,6 +50,11 @@ const COMMANDS_MAX: usize = 64;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connections without streams close after this.
 const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+/// How long a dial of a peer's direct addresses may take before its relayed
+/// ones are tried.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Observed addresses of this node kept (what peers saw it dial from).
+const OBSERVED_MAX: usize = 8;
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
@@ -43,7 +62,150 @@ pub struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    relay: Toggle<relay::Behaviour>,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
     stream: libp2p_stream::Behaviour,
+}
+
+/// How a node starts its network.
+pub struct NetOptions {
+    pub listen: Vec<Multiaddr>,
+    pub mdns: bool,
+    /// Serve as a circuit relay with these limits, for the peers `admitted`
+    /// lets in.
+    pub relay_server: Option<crate::config::RelayLimits>,
+    pub admitted: Arc<Admitted>,
+}
+
+impl NetOptions {
+    pub fn new(listen: &[Multiaddr], mdns: bool) -> NetOptions {
+        NetOptions { listen: listen.to_vec(), mdns, relay_server: None, admitted: Arc::default() }
+    }
+}
+
+/// The peers that proved, with a certificate, that they are members of an
+/// org this relay serves (`meet.rs`), each until a time: only they may
+/// reserve a slot on the relay or open a circuit through it.
+#[derive(Default)]
+pub struct Admitted(Mutex<BTreeMap<PeerId, Instant>>);
+
+/// Peers admitted at once, at most: an admission older than every other is
+/// dropped first when full.
+const ADMITTED_MAX: usize = 65_536;
+
+impl Admitted {
+    pub fn admit(&self, peer: PeerId, until: Instant) {
+        let mut admitted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if admitted.len() >= ADMITTED_MAX {
+            admitted.retain(|_, until| *until > now);
+        }
+        if admitted.len() >= ADMITTED_MAX
+            && let Some(oldest) = admitted.iter().min_by_key(|(_, until)| **until).map(|(p, _)| *p)
+        {
+            admitted.remove(&oldest);
+        }
+        admitted.insert(peer, until);
+    }
+
+    pub fn allows(&self, peer: &PeerId) -> bool {
+        let admitted = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        admitted.get(peer).is_some_and(|until| *until > Instant::now())
+    }
+
+    /// A rate limiter for the relay that lets only admitted peers through.
+    fn limiter(self: &Arc<Self>) -> Box<dyn relay::RateLimiter> {
+        let admitted = self.clone();
+        Box::new(move |peer: PeerId, _: &Multiaddr, _: Instant| admitted.allows(&peer))
+    }
+}
+
+/// A rendezvous point's book (on a relay server): per namespace (one per
+/// org, `meet.rs`), the peers registered and where they can be dialed, each
+/// until a time. Bounded: a full namespace refuses new peers.
+#[derive(Default)]
+pub struct Rendezvous(Mutex<BTreeMap<String, Registrations>>);
+
+/// The peers of one namespace: their addresses, and until when.
+type Registrations = BTreeMap<PeerId, (Vec<Multiaddr>, Instant)>;
+
+/// Peers one namespace holds at most.
+pub const RENDEZVOUS_PEERS_MAX: usize = 4096;
+
+impl Rendezvous {
+    pub fn register(
+        &self,
+        namespace: &str,
+        peer: PeerId,
+        addresses: Vec<Multiaddr>,
+        until: Instant,
+    ) -> Result<(), String> {
+        let mut book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let peers = book.entry(namespace.to_owned()).or_default();
+        peers.retain(|_, (_, until)| *until > now);
+        if peers.len() >= RENDEZVOUS_PEERS_MAX && !peers.contains_key(&peer) {
+            return Err(format!("the rendezvous point holds {RENDEZVOUS_PEERS_MAX} peers of this org already"));
+        }
+        peers.insert(peer, (addresses, until));
+        Ok(())
+    }
+
+    /// The peers registered under `namespace` now, with their addresses.
+    pub fn discover(&self, namespace: &str) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        let book = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        book.get(namespace)
+            .map(|peers| {
+                peers.iter().filter(|(_, (_, until))| *until > now).map(|(p, (a, _))| (*p, a.clone())).collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One connection to a peer, as `ferry peers` and the status show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub address: Multiaddr,
+    /// Through a relay's circuit, not straight to the peer.
+    pub relayed: bool,
+    pub dialed: bool,
+}
+
+pub type Links = BTreeMap<PeerId, BTreeMap<ConnectionId, Link>>;
+
+/// Whether AutoNAT found this node reachable from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    Unknown,
+    Private,
+    Public,
+}
+
+impl Reach {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reach::Unknown => "unknown",
+            Reach::Private => "private",
+            Reach::Public => "public",
+        }
+    }
+}
+
+/// What a relay server did for or against a peer (printed by `serve`).
+#[derive(Clone, Debug)]
+pub enum RelayNote {
+    Reserved(PeerId),
+    ReservationRefused(PeerId, String),
+    Circuit(PeerId, PeerId),
+    CircuitRefused(PeerId, PeerId, String),
+}
+
+/// Whether an address goes through a relay.
+pub fn is_relayed(address: &Multiaddr) -> bool {
+    address.iter().any(|p| matches!(p, Protocol::P2pCircuit))
 }
 
 /// Something the swarm task reports.
@@ -55,11 +217,33 @@ pub enum NetEvent {
     /// a peer dialed from is an ephemeral port, not one to dial back).
     Connected(PeerId, Multiaddr, bool),
     Disconnected(PeerId),
+    /// A relay reservation was accepted (this node is reachable through
+    /// that relay) or refused.
+    Reservation(PeerId, Result<(), String>),
+    Reach(Reach),
+    /// A relayed connection became direct by hole punching, or not.
+    HolePunch(PeerId, Result<(), String>),
+    Relay(RelayNote),
 }
 
 enum Command {
-    /// Dial; answer with the peer's id once connected.
-    Dial(Multiaddr, Option<PeerId>, oneshot::Sender<Result<PeerId, String>>),
+    /// Dial any of the addresses; answer with the peer's id once connected.
+    /// `Fresh` dials from a new local port, not the one this node listens
+    /// on.
+    Dial(Vec<Multiaddr>, Option<PeerId>, Port, oneshot::Sender<Result<PeerId, String>>),
+    /// Reserve a slot on this relay (and keep it) while AutoNAT does not
+    /// find this node reachable.
+    UseRelay(Multiaddr),
+}
+
+/// The local port of a dial. `Listening` (libp2p's port reuse) makes the
+/// address peers observe the one hole punching needs; `Fresh` is for a try
+/// of addresses that may be behind a NAT, whose unanswered attempt would
+/// otherwise hold the very port pair hole punching then dials.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Port {
+    Listening,
+    Fresh,
 }
 
 /// Peers found on the LAN by mDNS, with their addresses.
@@ -76,7 +260,28 @@ pub struct Net {
     /// Kept up to date by the swarm task; a receiver wakes when they change.
     listening: watch::Receiver<Vec<Multiaddr>>,
     discovered: watch::Receiver<Discovered>,
+    links: watch::Receiver<Links>,
+    /// Addresses peers saw this node at, newest last.
+    observed: watch::Receiver<Vec<Multiaddr>>,
+    reach: watch::Receiver<Reach>,
+    /// The last hole punching outcome per peer.
+    punched: watch::Receiver<BTreeMap<PeerId, Result<(), String>>>,
+    /// Who may use this node's relay, and its rendezvous book.
+    pub admitted: Arc<Admitted>,
+    pub rendezvous: Arc<Rendezvous>,
+    /// Whether this node serves as a relay and rendezvous point.
+    pub relay_server: bool,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The channels the swarm task keeps current.
+struct Watches {
+    listening: watch::Sender<Vec<Multiaddr>>,
+    discovered: watch::Sender<Discovered>,
+    links: watch::Sender<Links>,
+    observed: watch::Sender<Vec<Multiaddr>>,
+    reach: watch::Sender<Reach>,
+    punched: watch::Sender<BTreeMap<PeerId, Result<(), String>>>,
 }
 
 impl Net {
@@ -88,13 +293,27 @@ impl Net {
         enable_mdns: bool,
         events: Option<mpsc::Sender<NetEvent>>,
     ) -> anyhow::Result<Net> {
+        Net::start_with(identity, NetOptions::new(listen, enable_mdns), events).await
+    }
+
+    pub async fn start_with(
+        identity: &Identity,
+        options: NetOptions,
+        events: Option<mpsc::Sender<NetEvent>>,
+    ) -> anyhow::Result<Net> {
+        let NetOptions { listen, mdns: enable_mdns, relay_server, admitted } = options;
+        let serves_relay = relay_server.is_some();
         let keypair = identity.keypair();
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
             .with_quic()
-            .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            .with_relay_client(noise::Config::new, yamux::Config::default)?
+            .with_behaviour(|key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let local = key.public().to_peer_id();
+                let relay =
+                    relay_server.as_ref().map(|limits| relay::Behaviour::new(local, relay_config(limits, &admitted)));
                 let mdns = if enable_mdns {
                     let config = mdns::Config { query_interval: Duration::from_secs(5), ..Default::default() };
                     match mdns::tokio::Behaviour::new(config, key.public().to_peer_id()) {
@@ -120,29 +339,184 @@ impl Net {
                     ),
                     ping: ping::Behaviour::new(ping::Config::new()),
                     mdns: Toggle::from(mdns),
+                    relay: Toggle::from(relay),
+                    relay_client,
+                    dcutr: dcutr::Behaviour::new(local),
+                    autonat: autonat::Behaviour::new(local, autonat_config()),
                     stream: libp2p_stream::Behaviour::new(),
                 })
             })?
             .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION))
             .build();
+        let listeners = listen.len();
         for address in listen {
             swarm.listen_on(address.clone()).with_context(|| format!("cannot listen on {address}"))?;
         }
         let control = swarm.behaviour().stream.new_control();
         let (listening_tx, listening) = watch::channel(Vec::new());
         let (discovered_tx, discovered) = watch::channel(Discovered::new());
+        let (links_tx, links) = watch::channel(Links::new());
+        let (observed_tx, observed) = watch::channel(Vec::new());
+        let (reach_tx, reach) = watch::channel(Reach::Unknown);
+        let (punched_tx, punched) = watch::channel(BTreeMap::new());
+        let watches = Watches {
+            listening: listening_tx,
+            discovered: discovered_tx,
+            links: links_tx,
+            observed: observed_tx,
+            reach: reach_tx,
+            punched: punched_tx,
+        };
         let (commands, command_rx) = mpsc::channel(COMMANDS_MAX);
-        let task = tokio::spawn(drive(swarm, command_rx, events, listening_tx, discovered_tx));
-        let net = Net { peer_id, control, commands, listening, discovered, task };
+        let task = tokio::spawn(drive(swarm, command_rx, events, watches));
+        let net = Net {
+            peer_id,
+            control,
+            commands,
+            listening,
+            discovered,
+            links,
+            observed,
+            reach,
+            punched,
+            admitted,
+            rendezvous: Arc::default(),
+            relay_server: serves_relay,
+            task,
+        };
         // Wait until every listener has an address (or a short while): woken
         // by each new address. A task that stopped ends the wait too.
         let mut addresses = net.listening.clone();
-        let _ = tokio::time::timeout(LISTEN_WAIT, addresses.wait_for(|a| a.len() >= listen.len())).await;
+        let _ = tokio::time::timeout(LISTEN_WAIT, addresses.wait_for(|a| a.len() >= listeners)).await;
         Ok(net)
+    }
+
+    /// The connections open now, per peer.
+    pub fn links(&self) -> Links {
+        self.links.borrow().clone()
+    }
+
+    /// `direct` when some connection to `peer` is, `relayed` when all go
+    /// through a relay, `None` when not connected.
+    pub fn link(&self, peer: &PeerId) -> Option<&'static str> {
+        let links = self.links.borrow();
+        let of_peer = links.get(peer).filter(|l| !l.is_empty())?;
+        Some(if of_peer.values().any(|l| !l.relayed) { "direct" } else { "relayed" })
+    }
+
+    /// Addresses peers saw this node at (its NAT's outside, behind one).
+    pub fn observed(&self) -> Vec<Multiaddr> {
+        self.observed.borrow().clone()
+    }
+
+    pub fn reach(&self) -> Reach {
+        *self.reach.borrow()
+    }
+
+    /// Reserves a slot on `relay` (a multiaddr ending in its peer id) while
+    /// this node is not known to be reachable, and keeps it.
+    pub async fn use_relay(&self, relay: Multiaddr) -> anyhow::Result<()> {
+        self.commands.send(Command::UseRelay(relay)).await.map_err(|_| anyhow!("the network task stopped"))
+    }
+
+    /// After a relayed connection to `peer`: waits, up to `limit`, for hole
+    /// punching to make it direct. True when the link is direct.
+    pub async fn wait_direct(&self, peer: PeerId, limit: Duration) -> bool {
+        if self.link(&peer) != Some("relayed") {
+            return self.link(&peer) == Some("direct");
+        }
+        let before = self.punched.borrow().get(&peer).cloned();
+        let mut links = self.links.clone();
+        let mut punched = self.punched.clone();
+        let wait = async {
+            loop {
+                let direct = links.borrow_and_update().get(&peer).is_some_and(|l| l.values().any(|l| !l.relayed));
+                if direct {
+                    return true;
+                }
+                let outcome = punched.borrow_and_update().get(&peer).cloned();
+                if matches!(outcome, Some(Err(_))) && outcome != before {
+                    return false;
+                }
+                tokio::select! {
+                    changed = links.changed() => if changed.is_err() { return false },
+                    changed = punched.changed() => if changed.is_err() { return false },
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or(false)
+    }
+
+    /// Connects to `peer` by the first of `addresses` that answers: the
+    /// direct ones first (for `DIRECT_TIMEOUT`), then those through a relay.
+    pub async fn connect_by(&self, peer: PeerId, addresses: &[Multiaddr]) -> anyhow::Result<PeerId> {
+        if self.link(&peer).is_some() {
+            return Ok(peer);
+        }
+        let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) = addresses.iter().cloned().partition(is_relayed);
+        let mut reasons = Vec::new();
+        for (group, limit) in [(direct, DIRECT_TIMEOUT), (relayed, CONNECT_TIMEOUT)] {
+            if group.is_empty() {
+                continue;
+            }
+            match self.dial(group, Some(peer), Port::Fresh, limit).await {
+                Ok(found) => return Ok(found),
+                Err(e) => reasons.push(e.to_string()),
+            }
+        }
+        if reasons.is_empty() {
+            bail!("no address of peer {peer} is known");
+        }
+        bail!("{}", reasons.join("; "))
+    }
+
+    async fn dial(
+        &self,
+        addresses: Vec<Multiaddr>,
+        expected: Option<PeerId>,
+        port: Port,
+        limit: Duration,
+    ) -> anyhow::Result<PeerId> {
+        let shown = addresses.first().map(short_address).unwrap_or_default();
+        let shown =
+            if addresses.len() > 1 { format!("{shown} (and {} more addresses)", addresses.len() - 1) } else { shown };
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::Dial(addresses, expected, port, reply))
+            .await
+            .map_err(|_| anyhow!("the network task stopped"))?;
+        // A connection to the peer made otherwise meanwhile (the peer
+        // dialing back, or a relayed one the swarm added) ends the wait too.
+        let mut links = self.links.clone();
+        let connected = async {
+            match expected {
+                Some(peer) => {
+                    let _ = links.wait_for(|l| l.get(&peer).is_some_and(|c| !c.is_empty())).await;
+                    peer
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let answered = async {
+            tokio::select! {
+                answer = answer => answer
+                    .map_err(|_| anyhow!("the network task stopped"))?
+                    .map_err(|e| anyhow!("cannot reach {shown}: {e}")),
+                peer = connected => Ok(peer),
+            }
+        };
+        tokio::time::timeout(limit, answered)
+            .await
+            .map_err(|_| anyhow!("no answer from {shown} within {} s", limit.as_secs()))?
     }
 
     pub fn addresses(&self) -> Vec<Multiaddr> {
         self.listening.borrow().clone()
+    }
+
+    /// A receiver that wakes whenever a listen address comes or goes.
+    pub fn watch_listening(&self) -> watch::Receiver<Vec<Multiaddr>> {
+        self.listening.clone()
     }
 
     /// The peers found on the LAN so far.
@@ -161,11 +535,14 @@ impl Net {
     }
 
     /// Connects to `address` (its `/p2p/` part, if any, must match the
-    /// peer), or to a peer id found by mDNS. Returns the peer's id.
+    /// peer), or to a peer id connected already or found by mDNS. Returns
+    /// the peer's id.
     pub async fn connect(&self, target: &str) -> anyhow::Result<PeerId> {
         let (address, expected) = match target.parse::<Multiaddr>() {
             Ok(address) => {
-                let expected = address.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
+                // The last `/p2p/`: in a relayed address the first is the relay.
+                let expected =
+                    address.iter().filter_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None }).last();
                 (Some(address), expected)
             }
             Err(e) if target.starts_with('/') => {
@@ -177,21 +554,15 @@ impl Net {
             Some(a) => a,
             None => {
                 let peer = expected.expect("set above");
+                if self.link(&peer).is_some() {
+                    return Ok(peer);
+                }
                 let found = self.discovered.borrow().get(&peer).and_then(|s| s.iter().next().cloned());
                 found
                     .with_context(|| format!("peer {peer} was not found on the LAN (mDNS): give its address instead"))?
             }
         };
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(Command::Dial(address.clone(), expected, reply))
-            .await
-            .map_err(|_| anyhow!("the network task stopped"))?;
-        let peer = tokio::time::timeout(CONNECT_TIMEOUT, answer)
-            .await
-            .map_err(|_| anyhow!("no answer from {} within {} s", short_address(&address), CONNECT_TIMEOUT.as_secs()))?
-            .map_err(|_| anyhow!("the network task stopped"))?
-            .map_err(|e| anyhow!("cannot reach {}: {e}", short_address(&address)))?;
+        let peer = self.dial(vec![address.clone()], expected, Port::Listening, CONNECT_TIMEOUT).await?;
         if let Some(expected) = expected
             && expected != peer
         {
@@ -218,14 +589,86 @@ impl Net {
     }
 }
 
+fn relay_config(limits: &crate::config::RelayLimits, admitted: &Arc<Admitted>) -> relay::Config {
+    let mut config = relay::Config {
+        max_reservations: limits.max_reservations,
+        max_reservations_per_peer: limits.max_reservations_per_peer,
+        reservation_duration: limits.reservation_duration(),
+        max_circuits: limits.max_circuits,
+        max_circuits_per_peer: limits.max_circuits_per_peer,
+        max_circuit_duration: limits.max_circuit_duration(),
+        max_circuit_bytes: limits.max_circuit_bytes,
+        ..relay::Config::default()
+    };
+    // Members only, and then the per-peer and per-IP token buckets of the
+    // defaults (30 reservations, then one per 2 minutes, per peer).
+    config.reservation_rate_limiters.insert(0, admitted.limiter());
+    config.circuit_src_rate_limiters.insert(0, admitted.limiter());
+    config
+}
+
+fn autonat_config() -> autonat::Config {
+    autonat::Config {
+        // Soon after start: a device decides early whether it needs its
+        // relay. Private addresses count: a school's "internet" may be a
+        // district network in 10.0.0.0/8.
+        boot_delay: Duration::from_secs(2),
+        retry_interval: Duration::from_secs(30),
+        refresh_interval: Duration::from_secs(5 * 60),
+        throttle_server_period: Duration::from_secs(5),
+        timeout: Duration::from_secs(10),
+        confidence_max: 1,
+        only_global_ips: false,
+        ..autonat::Config::default()
+    }
+}
+
+/// The swarm task's own state besides the swarm.
+struct Driver {
+    dials: BTreeMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>>,
+    relays: Vec<Multiaddr>,
+    reservations: BTreeMap<Multiaddr, ListenerId>,
+    reach: Reach,
+    relay_server: bool,
+}
+
+impl Driver {
+    /// Reserves on every relay while not reachable, and lets go when it is.
+    fn reserve(&mut self, swarm: &mut libp2p::Swarm<Behaviour>) {
+        if self.reach == Reach::Public {
+            for (_, listener) in std::mem::take(&mut self.reservations) {
+                swarm.remove_listener(listener);
+            }
+            return;
+        }
+        for relay in &self.relays {
+            if self.reservations.contains_key(relay) {
+                continue;
+            }
+            match swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
+                Ok(listener) => {
+                    self.reservations.insert(relay.clone(), listener);
+                }
+                Err(e) => tracing::warn!("cannot reserve on the relay {relay}: {e}"),
+            }
+        }
+    }
+}
+
 async fn drive(
     mut swarm: libp2p::Swarm<Behaviour>,
     mut commands: mpsc::Receiver<Command>,
     events: Option<mpsc::Sender<NetEvent>>,
-    listening: watch::Sender<Vec<Multiaddr>>,
-    discovered: watch::Sender<Discovered>,
+    watches: Watches,
 ) {
-    let mut dials: BTreeMap<libp2p::swarm::ConnectionId, oneshot::Sender<Result<PeerId, String>>> = BTreeMap::new();
+    let relay_server = swarm.behaviour().relay.is_enabled();
+    let mut state = Driver {
+        dials: BTreeMap::new(),
+        relays: Vec::new(),
+        reservations: BTreeMap::new(),
+        reach: Reach::Unknown,
+        relay_server,
+    };
     let emit = |event: NetEvent| {
         if let Some(events) = &events {
             let _ = events.try_send(event);
@@ -233,73 +676,216 @@ async fn drive(
     };
     loop {
         tokio::select! {
-            command = commands.recv() => {
-                let Some(Command::Dial(address, peer, reply)) = command else { return };
-                // One connection is enough: streams multiplex over it.
-                if let Some(peer) = peer
-                    && swarm.is_connected(&peer)
-                {
-                    let _ = reply.send(Ok(peer));
-                    continue;
-                }
-                let opts = match peer {
-                    Some(peer) => {
-                        let mut bare = address.clone();
-                        if matches!(bare.iter().last(), Some(Protocol::P2p(_))) {
-                            bare.pop();
-                        }
-                        DialOpts::peer_id(peer).addresses(vec![bare]).condition(libp2p::swarm::dial_opts::PeerCondition::Always).build()
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::UseRelay(relay)) => {
+                    if !state.relays.contains(&relay) {
+                        state.relays.push(relay);
                     }
-                    None => DialOpts::unknown_peer_id().address(address).build(),
-                };
-                let id = opts.connection_id();
-                match swarm.dial(opts) {
-                    Ok(()) => { dials.insert(id, reply); }
-                    Err(e) => { let _ = reply.send(Err(describe_dial_error(&e))); }
+                    state.reserve(&mut swarm);
+                }
+                Some(Command::Dial(addresses, peer, port, reply)) => {
+                    // One connection is enough: streams multiplex over it.
+                    if let Some(peer) = peer
+                        && swarm.is_connected(&peer)
+                    {
+                        let _ = reply.send(Ok(peer));
+                        continue;
+                    }
+                    let opts = match peer {
+                        Some(peer) => {
+                            let bare = addresses
+                                .into_iter()
+                                .map(|mut a| {
+                                    if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+                                        a.pop();
+                                    }
+                                    a
+                                })
+                                .collect();
+                            let opts = DialOpts::peer_id(peer).addresses(bare).condition(libp2p::swarm::dial_opts::PeerCondition::Always);
+                            if port == Port::Fresh { opts.allocate_new_port().build() } else { opts.build() }
+                        }
+                        None => match addresses.into_iter().next() {
+                            Some(address) => DialOpts::unknown_peer_id().address(address).build(),
+                            None => {
+                                let _ = reply.send(Err("no address to dial".into()));
+                                continue;
+                            }
+                        },
+                    };
+                    let id = opts.connection_id();
+                    match swarm.dial(opts) {
+                        Ok(()) => { state.dials.insert(id, reply); }
+                        Err(e) => { let _ = reply.send(Err(describe_dial_error(&e))); }
+                    }
+                }
+            },
+            event = swarm.select_next_some() => on_event(&mut swarm, &mut state, &watches, &emit, event),
+        }
+    }
+}
+
+fn on_event(
+    swarm: &mut libp2p::Swarm<Behaviour>,
+    state: &mut Driver,
+    watches: &Watches,
+    emit: &dyn Fn(NetEvent),
+    event: SwarmEvent<BehaviourEvent>,
+) {
+    match event {
+        SwarmEvent::NewListenAddr { address, .. } => {
+            // A relay serves only once it has an external address, and one
+            // set up as relay is meant to be reached where it listens.
+            if state.relay_server && !is_relayed(&address) {
+                swarm.add_external_address(address.clone());
+            }
+            watches.listening.send_modify(|known| known.push(address.clone()));
+            emit(NetEvent::Listening(address));
+        }
+        SwarmEvent::ExpiredListenAddr { address, .. } => {
+            watches.listening.send_modify(|known| known.retain(|a| *a != address));
+        }
+        SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+            // A reservation that ended (the relay went away, or refused
+            // it): taken again on the next change of reachability or use.
+            if let Some(relay) = state.reservations.iter().find(|(_, l)| **l == listener_id).map(|(r, _)| r.clone()) {
+                state.reservations.remove(&relay);
+                let relay_id = relay.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
+                if let (Err(e), Some(relay_id)) = (reason, relay_id) {
+                    emit(NetEvent::Reservation(relay_id, Err(root_cause(&e))));
                 }
             }
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    listening.send_modify(|known| known.push(address.clone()));
-                    emit(NetEvent::Listening(address));
-                }
-                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
-                    if let Some(reply) = dials.remove(&connection_id) {
-                        let _ = reply.send(Ok(peer_id));
-                    }
-                    emit(NetEvent::Connected(peer_id, endpoint.get_remote_address().clone(), endpoint.is_dialer()));
-                }
-                SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
-                    if let Some(reply) = dials.remove(&connection_id) {
-                        let _ = reply.send(Err(describe_dial_error(&error)));
-                    }
-                }
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => emit(NetEvent::Disconnected(peer_id)),
-                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
-                    for (peer, address) in list {
-                        let new = discovered.send_if_modified(|known| known.entry(peer).or_default().insert(address.clone()));
-                        if new {
-                            emit(NetEvent::Discovered(peer, address));
-                        }
-                    }
-                }
-                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(list))) => {
-                    discovered.send_if_modified(|known| {
-                        let mut changed = false;
-                        for (peer, address) in list {
-                            if let Some(set) = known.get_mut(&peer) {
-                                changed |= set.remove(&address);
-                                if set.is_empty() {
-                                    known.remove(&peer);
-                                }
-                            }
-                        }
-                        changed
-                    });
-                }
-                _ => {}
-            },
         }
+        SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+            let address = endpoint.get_remote_address().clone();
+            let relayed = endpoint.is_relayed();
+            let link = Link { address: address.clone(), relayed, dialed: endpoint.is_dialer() };
+            let mut replaced = Vec::new();
+            watches.links.send_modify(|links| {
+                let of_peer = links.entry(peer_id).or_default();
+                of_peer.insert(connection_id, link);
+                if !relayed {
+                    replaced = of_peer.iter().filter(|(_, l)| l.relayed).map(|(id, _)| *id).collect();
+                }
+            });
+            // Streams go on any connection to the peer: leave only direct ones.
+            for id in replaced {
+                swarm.close_connection(id);
+            }
+            // After the links: whoever dialed sees this connection in them.
+            if let Some(reply) = state.dials.remove(&connection_id) {
+                let _ = reply.send(Ok(peer_id));
+            }
+            emit(NetEvent::Connected(peer_id, address, endpoint.is_dialer()));
+        }
+        SwarmEvent::OutgoingConnectionError { connection_id, error, peer_id } => {
+            tracing::debug!(?peer_id, "a dial failed: {}", describe_dial_error(&error));
+            if let Some(reply) = state.dials.remove(&connection_id) {
+                let _ = reply.send(Err(describe_dial_error(&error)));
+            }
+        }
+        SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+            watches.links.send_modify(|links| {
+                if let Some(of_peer) = links.get_mut(&peer_id) {
+                    of_peer.remove(&connection_id);
+                    if of_peer.is_empty() {
+                        links.remove(&peer_id);
+                    }
+                }
+            });
+            if num_established == 0 {
+                emit(NetEvent::Disconnected(peer_id));
+            }
+        }
+        SwarmEvent::NewExternalAddrCandidate { address } => {
+            watches.observed.send_if_modified(|known| {
+                if known.contains(&address) || is_relayed(&address) {
+                    return false;
+                }
+                known.push(address);
+                if known.len() > OBSERVED_MAX {
+                    known.remove(0);
+                }
+                true
+            });
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+            for (peer, address) in list {
+                let new =
+                    watches.discovered.send_if_modified(|known| known.entry(peer).or_default().insert(address.clone()));
+                if new {
+                    emit(NetEvent::Discovered(peer, address));
+                }
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(list))) => {
+            watches.discovered.send_if_modified(|known| {
+                let mut changed = false;
+                for (peer, address) in list {
+                    if let Some(set) = known.get_mut(&peer) {
+                        changed |= set.remove(&address);
+                        if set.is_empty() {
+                            known.remove(&peer);
+                        }
+                    }
+                }
+                changed
+            });
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. })) => {
+            let reach = match new {
+                autonat::NatStatus::Public(_) => Reach::Public,
+                autonat::NatStatus::Private => Reach::Private,
+                autonat::NatStatus::Unknown => Reach::Unknown,
+            };
+            state.reach = reach;
+            watches.reach.send_replace(reach);
+            state.reserve(swarm);
+            emit(NetEvent::Reach(reach));
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => match event {
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal: false, .. } => {
+                emit(NetEvent::Reservation(relay_peer_id, Ok(())));
+            }
+            other => tracing::debug!("relay client: {other:?}"),
+        },
+        SwarmEvent::ListenerError { listener_id, error } => {
+            let relay = state.reservations.iter().find(|(_, l)| **l == listener_id).map(|(r, _)| r.clone());
+            match relay
+                .as_ref()
+                .and_then(|r| r.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None }))
+            {
+                Some(relay) => emit(NetEvent::Reservation(relay, Err(root_cause(&error)))),
+                None => tracing::info!("a listener failed: {error}"),
+            }
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => {
+            let outcome = result.map(|_| ()).map_err(|e| e.to_string());
+            watches.punched.send_modify(|known| {
+                known.insert(remote_peer_id, outcome.clone());
+            });
+            emit(NetEvent::HolePunch(remote_peer_id, outcome));
+        }
+        SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+            let note = match event {
+                relay::Event::ReservationReqAccepted { src_peer_id, .. } => Some(RelayNote::Reserved(src_peer_id)),
+                relay::Event::ReservationReqDenied { src_peer_id, status } => {
+                    Some(RelayNote::ReservationRefused(src_peer_id, format!("{status:?}")))
+                }
+                relay::Event::CircuitReqAccepted { src_peer_id, dst_peer_id } => {
+                    Some(RelayNote::Circuit(src_peer_id, dst_peer_id))
+                }
+                relay::Event::CircuitReqDenied { src_peer_id, dst_peer_id, status } => {
+                    Some(RelayNote::CircuitRefused(src_peer_id, dst_peer_id, format!("{status:?}")))
+                }
+                _ => None,
+            };
+            if let Some(note) = note {
+                emit(NetEvent::Relay(note));
+            }
+        }
+        _ => {}
     }
 }
 

@@ -130,15 +130,7 @@ pub async fn execute(ctx: &Ctx<'_>, op: Op, out: &mut (dyn FnMut(Line) + Send)) 
         }
         Op::Peers => {
             let net = ctx.net.context("listing peers needs the network")?;
-            let found = net.discovered();
-            serde_json::Value::Array(
-                found
-                    .into_iter()
-                    .map(|(peer, addresses)| {
-                        json!({ "peer_id": peer.to_string(), "addresses": addresses.iter().map(ToString::to_string).collect::<Vec<_>>() })
-                    })
-                    .collect(),
-            )
+            serde_json::Value::Array(crate::meet::peers(node, net).await)
         }
         Op::Changes(ask) => changes(node, ask).await?,
         Op::Watch => bail!("watch is only served over the control socket of a running node"),

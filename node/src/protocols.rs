@@ -212,7 +212,7 @@ pub async fn sync(
     on_event: &mut (dyn FnMut(&Event) + Send),
     on_blob: crate::blob_sync::BlobProgress<'_>,
 ) -> anyhow::Result<SyncOutcome> {
-    let peer = net.connect(target).await?;
+    let (peer, _) = crate::meet::reach(node, net, target, org).await?;
     if !node.config.hooks.is_empty() {
         let filter = ask.filter.clone().unwrap_or_else(|| Filter::org(org));
         let asked = hook_input(&peer, "initiator", &filter, ask.pull, ask.push);
@@ -272,7 +272,16 @@ async fn sync_with(
     let mut ledger_key;
     let (session, result) = loop {
         attempt += 1;
-        let mut stream = net.open(peer, SYNC_PROTOCOL).await?;
+        // A stream may also fail to open because its connection closed under
+        // it (a relayed one that hole punching replaced): nothing was said.
+        let mut stream = match net.open(peer, SYNC_PROTOCOL).await {
+            Ok(stream) => stream,
+            Err(_) if attempt < STREAM_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let on_pool = node.clone();
         let mut config =
             crate::pool::blocking(move || on_pool.session_config(org, peer_key, crate::random::bytes())).await?;
@@ -581,6 +590,13 @@ pub async fn enroll(node: &Arc<Node>, net: &Net, token_text: &str, name: &str) -
                 let chain = decode_enrol_answer(&answer)?;
                 let enrolled = node.clone();
                 let mut out = crate::pool::blocking(move || enrolled.store_enrolled(&chain)).await?;
+                // The issuer is this device's relay and rendezvous point
+                // from now on (if it serves as one).
+                if let Ok(relay) = target.parse::<libp2p::Multiaddr>()
+                    && let Err(e) = crate::meet::remember_relay(node, &[relay])
+                {
+                    tracing::warn!("enrolled, but cannot remember the issuer as a relay: {e:#}");
+                }
                 // The org's profile and sealing keys before anything is
                 // written here: a field the profile seals or keeps local, or
                 // a record it holds back, must never go out as a write made

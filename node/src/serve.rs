@@ -34,6 +34,8 @@ const SESSIONS_PER_PEER_MAX: usize = 4;
 /// cost a central with many devices. A stream beyond it is dropped; the
 /// device's next sync resumes after its last verified block.
 const BLOB_STREAMS_MAX: usize = 16;
+/// Rendezvous requests answered at once (each is one short exchange).
+const MEET_STREAMS_MAX: usize = 32;
 /// Refused streams told why at once, and how long telling one may take.
 const REFUSALS_MAX: usize = 8;
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -152,6 +154,20 @@ pub async fn serve(
                     board.disconnected(&peer);
                     NodeEvent::Disconnected { peer }
                 }
+                NetEvent::Reservation(relay, Ok(())) => NodeEvent::Reserved { relay },
+                NetEvent::Reservation(relay, Err(reason)) => NodeEvent::ReservationFailed { relay, reason },
+                NetEvent::Reach(reach) => NodeEvent::Reachability { reach: reach.as_str() },
+                NetEvent::HolePunch(peer, result) => NodeEvent::HolePunch { peer, result },
+                NetEvent::Relay(note) => {
+                    use crate::net::RelayNote;
+                    let (what, peer, to, refused) = match note {
+                        RelayNote::Reserved(peer) => ("reservation", peer, None, None),
+                        RelayNote::ReservationRefused(peer, why) => ("reservation", peer, None, Some(why)),
+                        RelayNote::Circuit(from, to) => ("circuit", from, Some(to), None),
+                        RelayNote::CircuitRefused(from, to, why) => ("circuit", from, Some(to), Some(why)),
+                    };
+                    NodeEvent::Relayed { what, peer, to, refused }
+                }
             };
             p.event(&event);
             let _ = events_for_net.send(event);
@@ -162,6 +178,17 @@ pub async fn serve(
     let feed_events = tokio::spawn(changed_events(node.clone(), events.clone()));
 
     let mut tasks = tokio::task::JoinSet::new();
+
+    // Registered with the relays this node knows, holding a slot on each
+    // while it is not reachable from outside.
+    {
+        let (node, net, printer, events) = (node.clone(), net.clone(), printer.clone(), events.clone());
+        tasks.spawn(crate::meet::keep_registered(node, net, move |relay, result| {
+            let event = NodeEvent::Registered { relay: relay.clone(), result };
+            printer.event(&event);
+            let _ = events.send(event);
+        }));
+    }
 
     // Automatic syncs (SENAITE's auto-sync, TAO's cron).
     for (peer, every) in every {
@@ -315,7 +342,13 @@ async fn start(
         }
     }
     let (net_tx, net_rx) = mpsc::channel(256);
-    let net = Arc::new(Net::start(&node.identity, &addresses, node.config.mdns && !no_mdns, Some(net_tx)).await?);
+    let options = crate::net::NetOptions {
+        listen: addresses,
+        mdns: node.config.mdns && !no_mdns,
+        relay_server: node.config.relay_server.then(|| node.config.relay_limits.clone()),
+        admitted: Arc::default(),
+    };
+    let net = Arc::new(Net::start_with(&node.identity, options, Some(net_tx)).await?);
     let stop_net = |net: Arc<Net>| {
         if let Ok(net) = Arc::try_unwrap(net) {
             net.stop();
@@ -372,6 +405,10 @@ impl Responders {
         let mut incoming = net.accept(SYNC_PROTOCOL)?;
         let mut enrolments = net.accept(ENROL_PROTOCOL)?;
         let mut blob_streams = net.accept(crate::net::BLOB_PROTOCOL)?;
+        // A relay server answers the rendezvous protocol; other nodes do
+        // not accept it, so an asker hears that they are no relay.
+        let meetings = if net.relay_server { Some(net.accept(crate::net::MEET_PROTOCOL)?) } else { None };
+        let (m_node, m_net) = (shared.node.clone(), shared.net.clone());
         let b_node = shared.node.clone();
         let (s_report, s_limit, s_sessions) = (report.clone(), limit.clone(), sessions.clone());
         let s_board = shared.status.clone();
@@ -466,7 +503,26 @@ impl Responders {
                 });
             }
         });
-        Ok(Responders { accepting: vec![syncs, enrols, blobs], sessions })
+        let mut accepting = vec![syncs, enrols, blobs];
+        if let Some(mut meetings) = meetings {
+            let m_sessions = sessions.clone();
+            let meet_limit = Arc::new(Semaphore::new(MEET_STREAMS_MAX));
+            accepting.push(tokio::spawn(async move {
+                while let Some((peer, stream)) = meetings.next().await {
+                    let Ok(permit) = meet_limit.clone().try_acquire_owned() else {
+                        tracing::info!(%peer, "too many rendezvous requests at once: a stream dropped");
+                        continue;
+                    };
+                    let (node, net) = (m_node.clone(), m_net.clone());
+                    m_sessions.spawn(async move {
+                        let _permit = permit;
+                        let from = net.links().get(&peer).and_then(|l| l.values().next()).map(|l| l.address.clone());
+                        crate::meet::answer(&node, &net, peer, from, stream).await;
+                    });
+                }
+            }));
+        }
+        Ok(Responders { accepting, sessions })
     }
 
     /// Stops accepting, lets sessions in flight finish within `grace`, and

@@ -148,10 +148,18 @@ pub fn print_op_result(out: &mut dyn Write, json: bool, op: &Op, value: &serde_j
         Op::Peers => {
             let list = value.as_array().cloned().unwrap_or_default();
             if list.is_empty() {
-                writeln!(out, "no peers found on the LAN")?;
+                writeln!(out, "no peers found on the LAN, connected, or at a rendezvous point")?;
             }
-            list.iter()
-                .try_for_each(|p| writeln!(out, "{} {}", p["peer_id"].as_str().unwrap_or("?"), join(&p["addresses"])))
+            list.iter().try_for_each(|p| {
+                writeln!(
+                    out,
+                    "{} {} (found by {}) {}",
+                    p["peer_id"].as_str().unwrap_or("?"),
+                    p["link"].as_str().unwrap_or("not connected"),
+                    join(&p["found_by"]),
+                    join(&p["addresses"])
+                )
+            })
         }
         _ => write_fields(out, value),
     }
