@@ -16,7 +16,10 @@
 #   fh-b[-TAG]         10.214.2.2     a device in home 2
 #
 # The routers masquerade what leaves a home and let in only the answers to
-# it (conntrack): nobody outside can open a connection to a device.
+# it (conntrack): nobody outside can open a connection to a device. Like
+# most home routers they drop, without answering, what comes to their own
+# outside address unasked: a router answering a hole-punching SYN with a
+# reset would close the hole its own device was opening.
 #   cone       (default) masquerade keeps a flow's source port when it can,
 #              so a hole punched towards one peer works for another:
 #              endpoint-independent mapping, as most home routers do.
@@ -86,6 +89,11 @@ table ip home {
         $udp
         iifname "$2" oifname "wan0" accept
         iifname "wan0" oifname "$2" ct state established,related accept
+    }
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "wan0" ct state established,related accept
+        iifname "wan0" drop
     }
     chain postrouting {
         type nat hook postrouting priority srcnat;

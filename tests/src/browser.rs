@@ -24,20 +24,7 @@ pub fn require() {
     if Path::new(CHROMIUM).exists() && Path::new(CHROMEDRIVER).exists() {
         return;
     }
-    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-    assert!(
-        root,
-        "the console's browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"
-    );
-    for args in [&["update", "-q"][..], &["install", "-y", "-q", "chromium", "chromium-driver"][..]] {
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .expect("run apt-get");
-        assert!(status.success(), "apt-get {args:?} failed: install chromium and chromium-driver by hand");
-    }
+    crate::system::apt_install(&["chromium", "chromium-driver"], "the console's browser test");
 }
 
 /// A ChromeDriver process and one browser session in it; both end on drop.

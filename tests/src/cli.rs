@@ -85,18 +85,35 @@ pub fn within(mut command: Command, limit: Duration) -> Output {
 pub struct Home {
     pub dir: PathBuf,
     pub name: String,
+    /// The network namespace its commands run in (`ip netns exec`), if any.
+    pub netns: Option<String>,
 }
 
 impl Home {
     /// Creates and initialises a home under `root`.
     pub fn init(root: &Path, name: &str) -> Home {
-        let home = Home { dir: root.join(name), name: name.to_owned() };
+        let home = Home { dir: root.join(name), name: name.to_owned(), netns: None };
+        home.ok(&["init"]);
+        home
+    }
+
+    /// A home whose commands run inside the network namespace `netns`.
+    pub fn init_in(root: &Path, name: &str, netns: &str) -> Home {
+        let home = Home { dir: root.join(name), name: name.to_owned(), netns: Some(netns.to_owned()) };
         home.ok(&["init"]);
         home
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(ferry_binary());
+        let mut command = match &self.netns {
+            Some(netns) => {
+                // `ip netns exec` execs ferry: the process keeps its pid.
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(ferry_binary());
+                command
+            }
+            None => Command::new(ferry_binary()),
+        };
         command.arg("--home").arg(&self.dir).args(args).env("RUST_LOG", "warn");
         command
     }
@@ -185,26 +202,20 @@ impl Server {
         Server { child, address, events, name: home.name.clone() }
     }
 
-    /// Waits for an event of this kind (other events are skipped).
+    /// Waits for an event of this kind (other events are skipped), for 60 s
+    /// in all however many others come.
     pub fn wait_for(&self, kind: &str) -> serde_json::Value {
-        loop {
-            let event = self
-                .events
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("{}: no {kind} event", self.name));
-            if event["event"] == kind {
-                return event;
-            }
-        }
+        self.wait_until(&format!("of kind {kind}"), |event| event["event"] == kind)
     }
 
-    /// Waits for the first event `wanted` accepts (others are skipped).
+    /// Waits for the first event `wanted` accepts (others are skipped), for
+    /// 60 s in all.
     pub fn wait_until(&self, what: &str, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let event = self
-                .events
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("{}: no event {what} within 60 s", self.name));
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event =
+                self.events.recv_timeout(left).unwrap_or_else(|_| panic!("{}: no event {what} within 60 s", self.name));
             if wanted(&event) {
                 return event;
             }

@@ -10,3 +10,4 @@ pub mod cli;
 pub mod hostile;
 pub mod http;
 pub mod sim;
+pub mod system;
