@@ -28,6 +28,7 @@ use crate::ops::Op;
 use crate::parallel::ParallelSigner;
 
 mod api;
+mod nat;
 mod primitives;
 mod scenarios;
 use scenarios::*;
@@ -82,6 +83,13 @@ pub struct BenchArgs {
     /// Only the HTTP API's figures (feed latency, requests per second).
     #[arg(long)]
     pub api_only: bool,
+    /// Records of the relayed-versus-direct scenario, run in network
+    /// namespaces behind NAT routers (needs root, `ip` and `nft`; 0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub nat_records: u64,
+    /// Only the relayed-versus-direct scenario.
+    #[arg(long)]
+    pub nat_only: bool,
     /// Tiny sizes, for a smoke run (what CI runs).
     #[arg(long)]
     pub quick: bool,
@@ -171,12 +179,29 @@ impl Proc {
     /// With more `serve` arguments; waits for the HTTP API when they ask
     /// for it.
     fn start_with(home: &Home, extra: &[&str]) -> anyhow::Result<Proc> {
+        let mut serve = vec!["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"];
+        serve.extend_from_slice(extra);
+        Proc::spawn(home, None, &serve)
+    }
+
+    /// `ferry serve` with these arguments, inside the network namespace
+    /// `netns` when given.
+    fn spawn(home: &Home, netns: Option<&str>, serve: &[&str]) -> anyhow::Result<Proc> {
         let exe = std::env::current_exe().context("cannot find the ferry binary")?;
-        let mut child = Command::new(exe)
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", netns]).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
+        let extra = serve;
+        let mut child = command
             .arg("--home")
             .arg(&home.dir)
-            .args(["--json", "serve", "--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-            .args(extra)
+            .args(["--json", "serve"])
+            .args(serve)
             .env("RUST_LOG", std::env::var("FERRY_BENCH_LOG").unwrap_or_else(|_| "error".into()))
             .stdout(Stdio::piped())
             .stderr(match std::env::var_os("FERRY_BENCH_LOG") {
@@ -461,6 +486,14 @@ pub async fn run(args: &BenchArgs, json_output: bool) -> anyhow::Result<()> {
                 print(figure);
             }
             limits.set(Some(found));
+            if args.nat_records > 0 {
+                for figure in nat::relayed_and_direct(root.path(), backend, args.nat_records).await? {
+                    print(figure);
+                }
+            }
+            if args.nat_only {
+                continue;
+            }
             if args.api_rounds > 0 {
                 for figure in api::api(root.path(), backend, args.api_rounds, args.api_requests).await? {
                     print(figure);

@@ -45,7 +45,7 @@ const REQUEST_BYTES_MAX: usize = 64 * 1024;
 const ANSWER_BYTES_MAX: usize = 2 * 1024 * 1024;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `reach` waits for a relayed connection to become direct.
-pub const HOLE_PUNCH_WAIT: Duration = Duration::from_secs(10);
+pub const HOLE_PUNCH_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
@@ -265,6 +265,14 @@ pub async fn register(node: &Arc<Node>, net: &Net, relay: &Multiaddr) -> anyhow:
         let request = Request::Register { chain: chain_text(node, org)?, addresses: addresses.clone() };
         ask(net, relay_id, &request).await.with_context(|| format!("registering in org {org}"))?;
     }
+    Ok(())
+}
+
+/// Registers at `relay` with `chain` (an encoded certificate chain of this
+/// node) and these addresses: what `register` does for each org.
+pub async fn register_chain(net: &Net, relay: &Multiaddr, chain: &[u8], addresses: Vec<String>) -> anyhow::Result<()> {
+    let relay_id = net.connect(&relay.to_string()).await?;
+    ask(net, relay_id, &Request::Register { chain: data_encoding::BASE64.encode(chain), addresses }).await?;
     Ok(())
 }
 

@@ -50,9 +50,11 @@ const COMMANDS_MAX: usize = 64;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connections without streams close after this.
 const IDLE_CONNECTION: Duration = Duration::from_secs(60);
-/// How long a dial of a peer's direct addresses may take before its relayed
-/// ones are tried.
-pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a dial of a peer's direct addresses may take.
+pub const DIRECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the direct addresses are tried alone before the relayed ones
+/// join in.
+pub const DIRECT_HEAD_START: Duration = Duration::from_millis(1000);
 /// Observed addresses of this node kept (what peers saw it dial from).
 const OBSERVED_MAX: usize = 8;
 
@@ -234,6 +236,8 @@ enum Command {
     /// Reserve a slot on this relay (and keep it) while AutoNAT does not
     /// find this node reachable.
     UseRelay(Multiaddr),
+    /// Ask this relay for one more slot now, and answer whether it gave it.
+    ReserveOnce(Multiaddr, oneshot::Sender<Result<(), String>>),
 }
 
 /// The local port of a dial. `Listening` (libp2p's port reuse) makes the
@@ -419,6 +423,21 @@ impl Net {
         self.commands.send(Command::UseRelay(relay)).await.map_err(|_| anyhow!("the network task stopped"))
     }
 
+    /// Asks `relay` for a slot now, whatever this node's reachability, and
+    /// says whether it gave one (a relay's limits are tested with this).
+    pub async fn reserve_once(&self, relay: Multiaddr) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::ReserveOnce(relay, reply))
+            .await
+            .map_err(|_| anyhow!("the network task stopped"))?;
+        tokio::time::timeout(CONNECT_TIMEOUT, answer)
+            .await
+            .map_err(|_| anyhow!("the relay did not answer within {} s", CONNECT_TIMEOUT.as_secs()))?
+            .map_err(|_| anyhow!("the network task stopped"))?
+            .map_err(|e| anyhow!("{e}"))
+    }
+
     /// After a relayed connection to `peer`: waits, up to `limit`, for hole
     /// punching to make it direct. True when the link is direct.
     pub async fn wait_direct(&self, peer: PeerId, limit: Duration) -> bool {
@@ -447,26 +466,52 @@ impl Net {
         tokio::time::timeout(limit, wait).await.unwrap_or(false)
     }
 
-    /// Connects to `peer` by the first of `addresses` that answers: the
-    /// direct ones first (for `DIRECT_TIMEOUT`), then those through a relay.
+    /// Connects to `peer` by the first of `addresses` that answers. The
+    /// direct ones go first; the relayed ones follow after a head start of
+    /// `DIRECT_HEAD_START` (or at once when the direct ones failed), and
+    /// whichever connects first wins. A direct address behind the peer's NAT
+    /// never answers, so waiting for it in full would make every relayed
+    /// sync wait too.
     pub async fn connect_by(&self, peer: PeerId, addresses: &[Multiaddr]) -> anyhow::Result<PeerId> {
         if self.link(&peer).is_some() {
             return Ok(peer);
         }
         let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) = addresses.iter().cloned().partition(is_relayed);
-        let mut reasons = Vec::new();
-        for (group, limit) in [(direct, DIRECT_TIMEOUT), (relayed, CONNECT_TIMEOUT)] {
-            if group.is_empty() {
-                continue;
-            }
-            match self.dial(group, Some(peer), Port::Fresh, limit).await {
-                Ok(found) => return Ok(found),
-                Err(e) => reasons.push(e.to_string()),
-            }
-        }
-        if reasons.is_empty() {
+        if direct.is_empty() && relayed.is_empty() {
             bail!("no address of peer {peer} is known");
         }
+        let try_group = |group: Vec<Multiaddr>, limit: Duration| async move {
+            if group.is_empty() {
+                return Err(None);
+            }
+            self.dial(group, Some(peer), Port::Fresh, limit).await.map_err(|e| Some(e.to_string()))
+        };
+        let direct_try = try_group(direct, DIRECT_TIMEOUT);
+        tokio::pin!(direct_try);
+        let mut direct_failed: Option<Option<String>> = None;
+        tokio::select! {
+            result = &mut direct_try => match result {
+                Ok(found) => return Ok(found),
+                Err(reason) => direct_failed = Some(reason),
+            },
+            _ = tokio::time::sleep(DIRECT_HEAD_START) => {}
+        }
+        let relayed_try = try_group(relayed, CONNECT_TIMEOUT);
+        tokio::pin!(relayed_try);
+        let mut relayed_failed: Option<Option<String>> = None;
+        while direct_failed.is_none() || relayed_failed.is_none() {
+            tokio::select! {
+                result = &mut direct_try, if direct_failed.is_none() => match result {
+                    Ok(found) => return Ok(found),
+                    Err(reason) => direct_failed = Some(reason),
+                },
+                result = &mut relayed_try, if relayed_failed.is_none() => match result {
+                    Ok(found) => return Ok(found),
+                    Err(reason) => relayed_failed = Some(reason),
+                },
+            }
+        }
+        let reasons: Vec<String> = [direct_failed, relayed_failed].into_iter().flatten().flatten().collect();
         bail!("{}", reasons.join("; "))
     }
 
@@ -630,6 +675,8 @@ struct Driver {
     reservations: BTreeMap<Multiaddr, ListenerId>,
     reach: Reach,
     relay_server: bool,
+    /// `ReserveOnce` requests waiting for their listener to say yes or no.
+    asked: std::collections::HashMap<ListenerId, oneshot::Sender<Result<(), String>>>,
 }
 
 impl Driver {
@@ -668,6 +715,7 @@ async fn drive(
         reservations: BTreeMap::new(),
         reach: Reach::Unknown,
         relay_server,
+        asked: std::collections::HashMap::new(),
     };
     let emit = |event: NetEvent| {
         if let Some(events) = &events {
@@ -678,6 +726,12 @@ async fn drive(
         tokio::select! {
             command = commands.recv() => match command {
                 None => return,
+                Some(Command::ReserveOnce(relay, reply)) => {
+                    match swarm.listen_on(relay.with(Protocol::P2pCircuit)) {
+                        Ok(listener) => { state.asked.insert(listener, reply); }
+                        Err(e) => { let _ = reply.send(Err(e.to_string())); }
+                    }
+                }
                 Some(Command::UseRelay(relay)) => {
                     if !state.relays.contains(&relay) {
                         state.relays.push(relay);
@@ -734,7 +788,10 @@ fn on_event(
     event: SwarmEvent<BehaviourEvent>,
 ) {
     match event {
-        SwarmEvent::NewListenAddr { address, .. } => {
+        SwarmEvent::NewListenAddr { address, listener_id } => {
+            if let Some(reply) = state.asked.remove(&listener_id) {
+                let _ = reply.send(Ok(()));
+            }
             // A relay serves only once it has an external address, and one
             // set up as relay is meant to be reached where it listens.
             if state.relay_server && !is_relayed(&address) {
@@ -747,6 +804,13 @@ fn on_event(
             watches.listening.send_modify(|known| known.retain(|a| *a != address));
         }
         SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+            if let Some(reply) = state.asked.remove(&listener_id) {
+                let why = match &reason {
+                    Err(e) => root_cause(e),
+                    Ok(()) => "the reservation ended".to_owned(),
+                };
+                let _ = reply.send(Err(why));
+            }
             // A reservation that ended (the relay went away, or refused
             // it): taken again on the next change of reachability or use.
             if let Some(relay) = state.reservations.iter().find(|(_, l)| **l == listener_id).map(|(r, _)| r.clone()) {
@@ -851,6 +915,9 @@ fn on_event(
             other => tracing::debug!("relay client: {other:?}"),
         },
         SwarmEvent::ListenerError { listener_id, error } => {
+            if let Some(reply) = state.asked.remove(&listener_id) {
+                let _ = reply.send(Err(root_cause(&error)));
+            }
             let relay = state.reservations.iter().find(|(_, l)| **l == listener_id).map(|(r, _)| r.clone());
             match relay
                 .as_ref()

@@ -90,6 +90,21 @@ impl Hostile {
 }
 
 impl Hostile {
+    /// Registers at the relay `address` with `chain` (which admits this
+    /// peer, when the chain is of an org the relay serves).
+    pub fn register(&self, address: &str, chain: &[u8]) -> Result<(), String> {
+        let relay = address.parse().map_err(|e| format!("{e}"))?;
+        self.rt.block_on(node::meet::register_chain(&self.net, &relay, chain, vec![])).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Asks the relay `address` for one more slot.
+    pub fn reserve(&self, address: &str) -> Result<(), String> {
+        let relay = address.parse().map_err(|e| format!("{e}"))?;
+        self.rt.block_on(self.net.reserve_once(relay)).map_err(|e| format!("{e:#}"))
+    }
+}
+
+impl Hostile {
     /// Opens a blob stream (`/ferry/blob/1`) to `address`.
     pub fn open_blobs(&self, address: &str) -> BlobConn<'_> {
         let stream = self.rt.block_on(async {

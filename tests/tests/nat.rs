@@ -295,3 +295,50 @@ fn a_device_of_another_org_cannot_register_reserve_or_get_a_circuit_and_the_rela
     drop(server);
     drop(place);
 }
+
+/// A member's key and certificate chain, enrolled the usual way.
+fn member_key_and_chain(home: &Home) -> (ed25519_dalek::SigningKey, Vec<u8>) {
+    let secret: [u8; 32] = std::fs::read(home.dir.join("node.key")).expect("key").try_into().expect("32 bytes");
+    let pem = std::fs::read_dir(home.dir.join("certs")).expect("certs").next().expect("a chain").expect("entry");
+    let chain = certs::pem::decode_chain(&std::fs::read_to_string(pem.path()).expect("pem")).expect("chain");
+    (ed25519_dalek::SigningKey::from_bytes(&secret), chain)
+}
+
+/// On 127.0.0.1: no NAT is needed to flood a relay.
+#[test]
+fn a_flood_of_reservation_requests_is_refused_and_the_relay_keeps_serving() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    central.configure("relay_server = true\n");
+    central.ok(&["org", "create", "District", "--authority", "central"]);
+    let server = central.serve();
+    let enrol = |name: &str| {
+        let device = Home::init(root.path(), name);
+        let token = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
+        device.json(&["enroll", token["token"].as_str().expect("token")]);
+        device
+    };
+    // A member's own key, driven by a peer that asks for slot after slot.
+    let (key, chain) = member_key_and_chain(&enrol("flooder"));
+    let flooder = tests::hostile::Hostile::new(key);
+    flooder.register(&server.address, &chain).expect("a member registers");
+    let outcomes: Vec<Result<(), String>> = (0..40).map(|_| flooder.reserve(&server.address)).collect();
+    let given = outcomes.iter().filter(|o| o.is_ok()).count();
+    eprintln!("the relay gave {given} slots of 40 asked at once; the last refusal: {:?}", outcomes.last());
+    assert!(given >= 1, "a member gets a slot: {outcomes:?}");
+    assert!(given <= 30, "a member got {given} slots of 40 asked at once: {outcomes:?}");
+    let refused = outcomes.last().expect("40").as_ref().expect_err("the flood is refused by its end");
+    assert!(refused.contains("resource limit"), "{refused}");
+    // A stranger gets none at all.
+    let stranger = tests::hostile::Hostile::new(ed25519_dalek::SigningKey::from_bytes(&rand::random()));
+    assert!(stranger.reserve(&server.address).is_err(), "a stranger got a slot");
+    // The relay keeps serving members.
+    let other = enrol("other");
+    let other_server = other.serve();
+    other_server.wait_for("registered");
+    other_server.wait_for("reserved");
+    let synced = other.json(&["sync", &server.address]);
+    assert!(synced["received"].is_u64(), "{synced}");
+    drop(other_server);
+    drop(server);
+}
