@@ -284,7 +284,7 @@ pub async fn discover(node: &Node, net: &Net, relay: &Multiaddr, org: OrgId) -> 
 }
 
 /// Keeps this serving node registered with its relays, and holding a slot
-/// on each while AutoNAT does not find it reachable. `report` hears each
+/// on each (`net::Driver::reserve` says why whatever AutoNAT finds). `report` hears each
 /// registration's outcome.
 pub async fn keep_registered(node: Arc<Node>, net: Arc<Net>, report: impl Fn(&Multiaddr, Result<(), String>)) {
     let relays = relays(&node);
@@ -305,7 +305,9 @@ pub async fn keep_registered(node: Arc<Node>, net: Arc<Net>, report: impl Fn(&Mu
             if net.link(relay_id).is_some() {
                 let _ = net.use_relay(relay.clone()).await;
             }
-            if last[i] != Some(ok) || !ok {
+            // Told when it changes: a relay that is down is said once, not
+            // at every retry.
+            if last[i] != Some(ok) {
                 report(relay, outcome.map_err(|e| format!("{e:#}")));
             }
             last[i] = Some(ok);

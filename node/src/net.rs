@@ -233,8 +233,7 @@ enum Command {
     /// `Fresh` dials from a new local port, not the one this node listens
     /// on.
     Dial(Vec<Multiaddr>, Option<PeerId>, Port, oneshot::Sender<Result<PeerId, String>>),
-    /// Reserve a slot on this relay (and keep it) while AutoNAT does not
-    /// find this node reachable.
+    /// Reserve a slot on this relay, and keep it.
     UseRelay(Multiaddr),
     /// Ask this relay for one more slot now, and answer whether it gave it.
     ReserveOnce(Multiaddr, oneshot::Sender<Result<(), String>>),
@@ -417,8 +416,8 @@ impl Net {
         *self.reach.borrow()
     }
 
-    /// Reserves a slot on `relay` (a multiaddr ending in its peer id) while
-    /// this node is not known to be reachable, and keeps it.
+    /// Reserves a slot on `relay` (a multiaddr ending in its peer id), and
+    /// keeps it: taken again when it ends (`Driver::reserve`).
     pub async fn use_relay(&self, relay: Multiaddr) -> anyhow::Result<()> {
         self.commands.send(Command::UseRelay(relay)).await.map_err(|_| anyhow!("the network task stopped"))
     }
@@ -673,21 +672,18 @@ struct Driver {
     dials: BTreeMap<ConnectionId, oneshot::Sender<Result<PeerId, String>>>,
     relays: Vec<Multiaddr>,
     reservations: BTreeMap<Multiaddr, ListenerId>,
-    reach: Reach,
     relay_server: bool,
     /// `ReserveOnce` requests waiting for their listener to say yes or no.
     asked: std::collections::HashMap<ListenerId, oneshot::Sender<Result<(), String>>>,
 }
 
 impl Driver {
-    /// Reserves on every relay while not reachable, and lets go when it is.
+    /// Holds a slot on every relay, whatever AutoNAT says. AutoNAT (v1)
+    /// over QUIC dials back from the very socket of the flow it checks,
+    /// which a NAT lets in, so a node behind one can be called public; a
+    /// wrong "public" that let go of the slot would leave it unreachable,
+    /// while a slot held for nothing costs its relay a few hundred bytes.
     fn reserve(&mut self, swarm: &mut libp2p::Swarm<Behaviour>) {
-        if self.reach == Reach::Public {
-            for (_, listener) in std::mem::take(&mut self.reservations) {
-                swarm.remove_listener(listener);
-            }
-            return;
-        }
         for relay in &self.relays {
             if self.reservations.contains_key(relay) {
                 continue;
@@ -713,7 +709,6 @@ async fn drive(
         dials: BTreeMap::new(),
         relays: Vec::new(),
         reservations: BTreeMap::new(),
-        reach: Reach::Unknown,
         relay_server,
         asked: std::collections::HashMap::new(),
     };
@@ -815,6 +810,14 @@ fn on_event(
             // it): taken again on the next change of reachability or use.
             if let Some(relay) = state.reservations.iter().find(|(_, l)| **l == listener_id).map(|(r, _)| r.clone()) {
                 state.reservations.remove(&relay);
+                // A slot that was held and ended: its address goes, which
+                // wakes `meet::keep_registered` to register and reserve
+                // again. (A refused slot had no address: no retry loop.)
+                watches.listening.send_if_modified(|known| {
+                    let before = known.len();
+                    known.retain(|a| !(is_relayed(a) && a.to_string().starts_with(&relay.to_string())));
+                    known.len() != before
+                });
                 let relay_id = relay.iter().find_map(|p| if let Protocol::P2p(id) = p { Some(id) } else { None });
                 if let (Err(e), Some(relay_id)) = (reason, relay_id) {
                     emit(NetEvent::Reservation(relay_id, Err(root_cause(&e))));
@@ -903,9 +906,7 @@ fn on_event(
                 autonat::NatStatus::Private => Reach::Private,
                 autonat::NatStatus::Unknown => Reach::Unknown,
             };
-            state.reach = reach;
             watches.reach.send_replace(reach);
-            state.reserve(swarm);
             emit(NetEvent::Reach(reach));
         }
         SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => match event {

@@ -289,6 +289,7 @@ fn a_device_of_another_org_cannot_register_reserve_or_get_a_circuit_and_the_rela
         e["event"] == "relay" && e["what"] == "circuit" && !e["refused"].is_null()
     });
     // Members are still served.
+    peer_entry(&place.b, &a_id, "was at the rendezvous point with a relayed address", relayed_address_known);
     write_results(&place.a, 10, "after", root.path());
     let synced = place.b.json(&["sync", &a_id]);
     assert_eq!(synced["received"], 10, "{synced}");
@@ -340,5 +341,36 @@ fn a_flood_of_reservation_requests_is_refused_and_the_relay_keeps_serving() {
     let synced = other.json(&["sync", &server.address]);
     assert!(synced["received"].is_u64(), "{synced}");
     drop(other_server);
+    drop(server);
+}
+
+/// On 127.0.0.1: a `[[peers]]` entry by peer id alone is found at the
+/// rendezvous point the device learnt at enrolment.
+#[test]
+fn a_peer_named_by_its_id_alone_is_found_at_the_rendezvous_point_and_synced_on_schedule() {
+    let root = tempfile::tempdir().expect("dir");
+    let central = Home::init(root.path(), "central");
+    central.configure("relay_server = true\n");
+    central.ok(&["org", "create", "District", "--authority", "central"]);
+    let server = central.serve();
+    let enrol = |name: &str| {
+        let device = Home::init(root.path(), name);
+        let token = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
+        device.json(&["enroll", token["token"].as_str().expect("token")]);
+        device
+    };
+    let (a, b) = (enrol("a"), enrol("b"));
+    a.ok(&["put", "result", "r1", "--partition", "results", "--set", "score=3"]);
+    let a_server = a.serve();
+    a_server.wait_for("registered");
+    b.configure(&format!("[[peers]]\nname = \"a\"\naddress = \"{}\"\nsync_every = \"1s\"\n", a.peer_id()));
+    let b_server = b.serve();
+    let synced = b_server.wait_until("an automatic sync with a", |e| {
+        e["event"] == "auto_synced" && e["received"].as_u64().is_some_and(|n| n >= 1)
+    });
+    assert_eq!(synced["name"], "a", "{synced}");
+    assert_eq!(b.json(&["get", "result", "r1"])["fields"]["score"], 3);
+    drop(b_server);
+    drop(a_server);
     drop(server);
 }
