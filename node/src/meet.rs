@@ -253,7 +253,9 @@ pub async fn register(node: &Arc<Node>, net: &Net, relay: &Multiaddr) -> anyhow:
             full = full.with(Protocol::P2p(me));
         }
         let text = full.to_string();
-        if !addresses.contains(&text) && addresses.len() < ADDRESSES_MAX {
+        // The relay's own limits, kept here too: one address too long
+        // would have it refuse the whole registration.
+        if text.len() <= ADDRESS_CHARS_MAX && !addresses.contains(&text) && addresses.len() < ADDRESSES_MAX {
             addresses.push(text);
         }
     }
@@ -320,25 +322,17 @@ pub async fn keep_registered(node: Arc<Node>, net: Arc<Net>, report: impl Fn(&Mu
     }
 }
 
-/// How `reach` got to a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Path {
-    /// A multiaddr given, or a connection open already, or mDNS.
-    Known,
-    Rendezvous,
-}
-
 /// Connects to `target`: a multiaddr, or a peer id found by an open
 /// connection, mDNS, or a relay's rendezvous book of `org`. A relayed
 /// connection is given a while to become direct by hole punching.
-pub async fn reach(node: &Node, net: &Net, target: &str, org: OrgId) -> anyhow::Result<(PeerId, Path)> {
+pub async fn reach(node: &Node, net: &Net, target: &str, org: OrgId) -> anyhow::Result<PeerId> {
     if target.starts_with('/') {
-        return Ok((net.connect(target).await?, Path::Known));
+        return net.connect(target).await;
     }
     let peer = crate::identity::parse_peer_id(target)?;
     let known = net.link(&peer).is_some() || net.discovered().contains_key(&peer);
     if known {
-        return Ok((net.connect(target).await?, Path::Known));
+        return net.connect(target).await;
     }
     // On the relay itself: its own book.
     let mut addresses: Vec<Multiaddr> = if net.relay_server {
@@ -375,7 +369,7 @@ pub async fn reach(node: &Node, net: &Net, target: &str, org: OrgId) -> anyhow::
     if net.link(&found) == Some("relayed") {
         net.wait_direct(found, HOLE_PUNCH_WAIT).await;
     }
-    Ok((found, Path::Rendezvous))
+    Ok(found)
 }
 
 /// `ferry peers`: the peers found on the LAN, those connected, and those

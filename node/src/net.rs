@@ -75,15 +75,14 @@ pub struct Behaviour {
 pub struct NetOptions {
     pub listen: Vec<Multiaddr>,
     pub mdns: bool,
-    /// Serve as a circuit relay with these limits, for the peers `admitted`
-    /// lets in.
+    /// Serve as a circuit relay with these limits, for the peers
+    /// `Net::admitted` lets in.
     pub relay_server: Option<crate::config::RelayLimits>,
-    pub admitted: Arc<Admitted>,
 }
 
 impl NetOptions {
     pub fn new(listen: &[Multiaddr], mdns: bool) -> NetOptions {
-        NetOptions { listen: listen.to_vec(), mdns, relay_server: None, admitted: Arc::default() }
+        NetOptions { listen: listen.to_vec(), mdns, relay_server: None }
     }
 }
 
@@ -266,7 +265,6 @@ pub struct Net {
     links: watch::Receiver<Links>,
     /// Addresses peers saw this node at, newest last.
     observed: watch::Receiver<Vec<Multiaddr>>,
-    reach: watch::Receiver<Reach>,
     /// The last hole punching outcome per peer.
     punched: watch::Receiver<BTreeMap<PeerId, Result<(), String>>>,
     /// Who may use this node's relay, and its rendezvous book.
@@ -283,7 +281,6 @@ struct Watches {
     discovered: watch::Sender<Discovered>,
     links: watch::Sender<Links>,
     observed: watch::Sender<Vec<Multiaddr>>,
-    reach: watch::Sender<Reach>,
     punched: watch::Sender<BTreeMap<PeerId, Result<(), String>>>,
 }
 
@@ -304,7 +301,8 @@ impl Net {
         options: NetOptions,
         events: Option<mpsc::Sender<NetEvent>>,
     ) -> anyhow::Result<Net> {
-        let NetOptions { listen, mdns: enable_mdns, relay_server, admitted } = options;
+        let NetOptions { listen, mdns: enable_mdns, relay_server } = options;
+        let admitted = Arc::<Admitted>::default();
         let serves_relay = relay_server.is_some();
         let keypair = identity.keypair();
         let peer_id = keypair.public().to_peer_id();
@@ -360,14 +358,12 @@ impl Net {
         let (discovered_tx, discovered) = watch::channel(Discovered::new());
         let (links_tx, links) = watch::channel(Links::new());
         let (observed_tx, observed) = watch::channel(Vec::new());
-        let (reach_tx, reach) = watch::channel(Reach::Unknown);
         let (punched_tx, punched) = watch::channel(BTreeMap::new());
         let watches = Watches {
             listening: listening_tx,
             discovered: discovered_tx,
             links: links_tx,
             observed: observed_tx,
-            reach: reach_tx,
             punched: punched_tx,
         };
         let (commands, command_rx) = mpsc::channel(COMMANDS_MAX);
@@ -380,7 +376,6 @@ impl Net {
             discovered,
             links,
             observed,
-            reach,
             punched,
             admitted,
             rendezvous: Arc::default(),
@@ -410,10 +405,6 @@ impl Net {
     /// Addresses peers saw this node at (its NAT's outside, behind one).
     pub fn observed(&self) -> Vec<Multiaddr> {
         self.observed.borrow().clone()
-    }
-
-    pub fn reach(&self) -> Reach {
-        *self.reach.borrow()
     }
 
     /// Reserves a slot on `relay` (a multiaddr ending in its peer id), and
@@ -806,8 +797,7 @@ fn on_event(
                 };
                 let _ = reply.send(Err(why));
             }
-            // A reservation that ended (the relay went away, or refused
-            // it): taken again on the next change of reachability or use.
+            // A reservation that ended (the relay went away, or refused it).
             if let Some(relay) = state.reservations.iter().find(|(_, l)| **l == listener_id).map(|(r, _)| r.clone()) {
                 state.reservations.remove(&relay);
                 // A slot that was held and ended: its address goes, which
@@ -906,7 +896,6 @@ fn on_event(
                 autonat::NatStatus::Private => Reach::Private,
                 autonat::NatStatus::Unknown => Reach::Unknown,
             };
-            watches.reach.send_replace(reach);
             emit(NetEvent::Reach(reach));
         }
         SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => match event {

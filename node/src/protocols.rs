@@ -212,7 +212,7 @@ pub async fn sync(
     on_event: &mut (dyn FnMut(&Event) + Send),
     on_blob: crate::blob_sync::BlobProgress<'_>,
 ) -> anyhow::Result<SyncOutcome> {
-    let (peer, _) = crate::meet::reach(node, net, target, org).await?;
+    let peer = crate::meet::reach(node, net, target, org).await?;
     if !node.config.hooks.is_empty() {
         let filter = ask.filter.clone().unwrap_or_else(|| Filter::org(org));
         let asked = hook_input(&peer, "initiator", &filter, ask.pull, ask.push);

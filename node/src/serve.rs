@@ -346,7 +346,6 @@ async fn start(
         listen: addresses,
         mdns: node.config.mdns && !no_mdns,
         relay_server: node.config.relay_server.then(|| node.config.relay_limits.clone()),
-        admitted: Arc::default(),
     };
     let net = Arc::new(Net::start_with(&node.identity, options, Some(net_tx)).await?);
     let stop_net = |net: Arc<Net>| {

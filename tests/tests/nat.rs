@@ -74,16 +74,30 @@ struct Place {
     _b_server: Server,
 }
 
+/// Enrols `device` with the serving `central`: `results`, read and write.
+fn enrol(central: &Home, device: &Home) {
+    let token = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
+    device.json(&["enroll", token["token"].as_str().expect("token")]);
+}
+
+/// On 127.0.0.1: a central serving as relay, with an org.
+fn loopback_relay(root: &Path) -> (Home, Server) {
+    let central = Home::init(root, "central");
+    central.configure("relay_server = true\n");
+    central.ok(&["org", "create", "District", "--authority", "central"]);
+    let server = central.serve();
+    (central, server)
+}
+
 fn place(root: &Path, homes: &Homes) -> Place {
     let central = Home::init_in(root, "central", &homes.ns("central"));
     central.configure("relay_server = true\nmdns = false\n");
     central.ok(&["org", "create", "District", "--authority", "central"]);
     let central_server = serve(&central, &[]);
-    let enrol = |name: &str, ns: &str| {
+    let device_in = |name: &str, ns: &str| {
         let device = Home::init_in(root, name, &homes.ns(ns));
         device.configure("mdns = false\n");
-        let token = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
-        device.json(&["enroll", token["token"].as_str().expect("token")]);
+        enrol(&central, &device);
         let relays = std::fs::read_to_string(device.dir.join("relays")).expect("enrolment remembers the relay");
         assert!(relays.contains("10.214.0.10"), "the relay is the central's internet address: {relays}");
         let server = serve(&device, &[]);
@@ -91,8 +105,8 @@ fn place(root: &Path, homes: &Homes) -> Place {
         server.wait_for("reserved");
         (device, server)
     };
-    let (a, a_server) = enrol("a", "a");
-    let (b, b_server) = enrol("b", "b");
+    let (a, a_server) = device_in("a", "a");
+    let (b, b_server) = device_in("b", "b");
     Place { central, central_server: Some(central_server), a, _a_server: a_server, b, _b_server: b_server }
 }
 
@@ -309,18 +323,14 @@ fn member_key_and_chain(home: &Home) -> (ed25519_dalek::SigningKey, Vec<u8>) {
 #[test]
 fn a_flood_of_reservation_requests_is_refused_and_the_relay_keeps_serving() {
     let root = tempfile::tempdir().expect("dir");
-    let central = Home::init(root.path(), "central");
-    central.configure("relay_server = true\n");
-    central.ok(&["org", "create", "District", "--authority", "central"]);
-    let server = central.serve();
-    let enrol = |name: &str| {
+    let (central, server) = loopback_relay(root.path());
+    let enrolled = |name: &str| {
         let device = Home::init(root.path(), name);
-        let token = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
-        device.json(&["enroll", token["token"].as_str().expect("token")]);
+        enrol(&central, &device);
         device
     };
     // A member's own key, driven by a peer that asks for slot after slot.
-    let (key, chain) = member_key_and_chain(&enrol("flooder"));
+    let (key, chain) = member_key_and_chain(&enrolled("flooder"));
     let flooder = tests::hostile::Hostile::new(key);
     flooder.register(&server.address, &chain).expect("a member registers");
     let outcomes: Vec<Result<(), String>> = (0..40).map(|_| flooder.reserve(&server.address)).collect();
@@ -334,7 +344,7 @@ fn a_flood_of_reservation_requests_is_refused_and_the_relay_keeps_serving() {
     let stranger = tests::hostile::Hostile::new(ed25519_dalek::SigningKey::from_bytes(&rand::random()));
     assert!(stranger.reserve(&server.address).is_err(), "a stranger got a slot");
     // The relay keeps serving members.
-    let other = enrol("other");
+    let other = enrolled("other");
     let other_server = other.serve();
     other_server.wait_for("registered");
     other_server.wait_for("reserved");
@@ -349,17 +359,13 @@ fn a_flood_of_reservation_requests_is_refused_and_the_relay_keeps_serving() {
 #[test]
 fn a_peer_named_by_its_id_alone_is_found_at_the_rendezvous_point_and_synced_on_schedule() {
     let root = tempfile::tempdir().expect("dir");
-    let central = Home::init(root.path(), "central");
-    central.configure("relay_server = true\n");
-    central.ok(&["org", "create", "District", "--authority", "central"]);
-    let server = central.serve();
-    let enrol = |name: &str| {
+    let (central, server) = loopback_relay(root.path());
+    let enrolled = |name: &str| {
         let device = Home::init(root.path(), name);
-        let token = central.json(&["enroll", "token", "--read", "results", "--write", "results"]);
-        device.json(&["enroll", token["token"].as_str().expect("token")]);
+        enrol(&central, &device);
         device
     };
-    let (a, b) = (enrol("a"), enrol("b"));
+    let (a, b) = (enrolled("a"), enrolled("b"));
     a.ok(&["put", "result", "r1", "--partition", "results", "--set", "score=3"]);
     let a_server = a.serve();
     a_server.wait_for("registered");
