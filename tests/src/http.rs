@@ -106,6 +106,31 @@ fn connect(url: &str) -> (TcpStream, String) {
     (stream, host)
 }
 
+/// Bodies larger than this are sent after the server's `100 Continue`.
+const EXPECT_CONTINUE_BYTES: usize = 64 * 1024;
+
+/// The request line and headers of a request whose body of `len` bytes
+/// follows later.
+fn send_head(
+    stream: &mut TcpStream,
+    host: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    len: usize,
+) {
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        text.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str(&format!("Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n"));
+    stream.write_all(text.as_bytes()).expect("send the request");
+}
+
 fn send(
     stream: &mut TcpStream,
     host: &str,
@@ -190,9 +215,30 @@ pub fn request_with(
     body: Option<&str>,
 ) -> Answer {
     let (mut stream, host) = connect(url);
-    send(&mut stream, &host, method, path, token, headers, body);
-    let mut reader = BufReader::new(stream);
-    let (status, headers) = head(&mut reader);
+    // A large body waits for the server's go-ahead (RFC 9110, 100-continue):
+    // a server that refuses it at once (413) closes the connection, and
+    // writing the rest into the closed socket fails with a broken pipe.
+    let large = body.is_some_and(|b| b.len() > EXPECT_CONTINUE_BYTES);
+    let (status, headers, reader) = if large {
+        let mut with_expect = headers.to_vec();
+        with_expect.push(("Expect", "100-continue"));
+        send_head(&mut stream, &host, method, path, token, &with_expect, body.unwrap_or("").len());
+        let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+        let (status, headers) = head(&mut reader);
+        if status == 100 {
+            stream.write_all(body.unwrap_or("").as_bytes()).expect("send the body");
+            let (status, headers) = head(&mut reader);
+            (status, headers, reader)
+        } else {
+            (status, headers, reader)
+        }
+    } else {
+        send(&mut stream, &host, method, path, token, headers, body);
+        let mut reader = BufReader::new(stream);
+        let (status, headers) = head(&mut reader);
+        (status, headers, reader)
+    };
+    let mut reader = reader;
     let mut raw = Vec::new();
     if chunked(&headers) {
         while let Some(data) = chunk(&mut reader) {
